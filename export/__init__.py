@@ -1,0 +1,1 @@
+"""Model export (installed as ``fashionrec_export``): the only code that needs TensorFlow."""

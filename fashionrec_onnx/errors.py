@@ -1,0 +1,43 @@
+"""One exception family, so callers can catch everything from the library in one place.
+
+Every message says what happened and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class FashionrecError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+
+class ModelError(FashionrecError):
+    """The ONNX model is missing, unreadable, or not one of ours."""
+
+
+class ModelMismatchError(ModelError):
+    """A catalog was built with a different model than the one offered."""
+
+
+class ImageLoadError(FashionrecError, ValueError):
+    """An input could not be turned into an image (not an image, truncated, too large...)."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"cannot load image {source}: {reason}")
+
+
+class CatalogError(FashionrecError):
+    """A catalog operation cannot be done (missing catalog, unknown key, bad argument)."""
+
+
+class CatalogCorruptError(CatalogError):
+    """A catalog file is truncated or corrupt; the message names the file and the recovery."""
+
+
+class ExportError(FashionrecError):
+    """The export could not produce a valid model (weights, output path, parity)."""
+
+
+class WeightsUnavailableError(ExportError):
+    """Pretrained weights could not be had (offline, no cached file); the message says where to put them."""

@@ -1,0 +1,174 @@
+"""The model contract: metadata written by the exporter, and the one place that opens a session.
+
+Only onnxruntime is needed here: reading a model never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"
+METADATA_PREFIX = "fashionrec."
+INPUT_NAME = "image"
+OUTPUT_NAME = "embedding"
+RESIZE_METHODS = ("squash", "pad")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the exporter recorded about a model; the runtime trusts this, not guesses."""
+
+    format_version: str
+    backbone: str
+    pooling: str
+    input_size: int
+    resize: str
+    color_order: str
+    preprocessing: str
+    weights: str
+    weights_sha256: str
+    normalized: bool
+    dim: int
+    opset: int
+    tensorflow_version: str
+    tf2onnx_version: str
+    fingerprint: str
+    precision: str = "fp32"
+    calibration: str = ""
+
+    def to_metadata(self) -> dict[str, str]:
+        """Flatten to ONNX ``metadata_props`` (string to string)."""
+        out: dict[str, str] = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            out[METADATA_PREFIX + key] = str(value)
+        return out
+
+    @classmethod
+    def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> ModelInfo:
+        """Parse ``metadata_props``; a model without our keys is a clear error."""
+        ours = {k[len(METADATA_PREFIX):]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)}
+        if not ours:
+            raise ModelError(
+                f"{source} has no fashionrec metadata: it was not made by `fashionrec export`. "
+                "Export a model with `fashionrec export --out model.onnx`."
+            )
+        if ours.get("format_version") != FORMAT_VERSION:
+            raise ModelError(
+                f"{source} has metadata format {ours.get('format_version')!r}, this library reads "
+                f"{FORMAT_VERSION!r}. Re-export it with this version of `fashionrec export`."
+            )
+        fields = cls.__dataclass_fields__
+        missing = [name for name, f in fields.items() if name not in ours and f.default is MISSING]
+        if missing:
+            raise ModelError(f"{source} metadata lacks {', '.join(missing)}; re-export the model.")
+        kwargs: dict[str, object] = {}
+        try:
+            for name, f in fields.items():
+                if name not in ours:
+                    continue
+                raw = ours[name]
+                if f.type in ("int", int):
+                    kwargs[name] = int(raw)
+                elif f.type in ("bool", bool):
+                    kwargs[name] = raw == "true"
+                else:
+                    kwargs[name] = raw
+        except ValueError as exc:
+            raise ModelError(f"{source} has malformed metadata ({exc}); re-export the model.") from exc
+        info = cls(**kwargs)  # type: ignore[arg-type]
+        if info.resize not in RESIZE_METHODS:
+            raise ModelError(f"{source} records unknown resize method {info.resize!r}.")
+        return info
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def _check_model_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelError(f"model file {path} does not exist; create it with `fashionrec export --out {path}`.")
+    if not path.is_file():
+        raise ModelError(f"model path {path} is not a file.")
+
+
+def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
+    """Read a model's metadata without building a full inference session."""
+    path = Path(path)
+    _check_model_file(path)
+    return ModelInfo.from_metadata(_session_metadata(create_session(path, threads=1)), str(path))
+
+
+def _session_metadata(session: ort.InferenceSession) -> dict[str, str]:
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def default_threads() -> int:
+    """Intra-op threads: all cores the process may use (2 on the reference machine)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def create_session(
+    path: str | os.PathLike[str],
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+) -> ort.InferenceSession:
+    """Build the onnxruntime session: the only place session options and providers are set."""
+    path = Path(path)
+    _check_model_file(path)
+    available = ort.get_available_providers()
+    chosen = list(providers) if providers else ["CPUExecutionProvider"]
+    unknown = [p for p in chosen if p not in available]
+    if unknown:
+        raise ModelError(
+            f"onnxruntime provider(s) {', '.join(unknown)} not available here; "
+            f"available: {', '.join(available)}."
+        )
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+    except Exception as exc:  # onnxruntime raises its own, untyped errors
+        raise ModelError(f"onnxruntime cannot load {path}: {exc}. Is it an ONNX model file?") from exc
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+) -> tuple[ort.InferenceSession, ModelInfo]:
+    """Open a session and check it honours the model contract."""
+    session = create_session(path, threads=threads, providers=providers)
+    info = ModelInfo.from_metadata(_session_metadata(session), str(path))
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs or len(inputs) != 1:
+        raise ModelError(
+            f"{path} does not follow the contract (one input {INPUT_NAME!r}, output "
+            f"{OUTPUT_NAME!r}); got inputs {list(inputs)} and outputs {list(outputs)}."
+        )
+    if inputs[INPUT_NAME].type != "tensor(uint8)":
+        raise ModelError(f"{path} input {INPUT_NAME!r} is {inputs[INPUT_NAME].type}, expected uint8.")
+    log.debug("loaded %s (%s, %s px, dim %d)", path, info.weights, info.input_size, info.dim)
+    return session, info

@@ -1,0 +1,66 @@
+"""Shared fixtures: the exported test models are built once per session (and cached on disk).
+
+Tests use seeded random weights: ImageNet weights cannot be downloaded here, and the pipeline's
+behaviour (contract, parity, storage, search) does not depend on which weights are loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORT_SCRIPT = ROOT / "export" / "export_resnet50.py"
+MODEL_CACHE = ROOT / ".cache" / "test-models"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _export_cached(name: str, **config: object) -> Path:
+    """Export once per code version; later sessions reuse the file (the key covers the exporter)."""
+    from fashionrec_export.export_resnet50 import ExportConfig, export_model
+
+    key = hashlib.sha256(EXPORT_SCRIPT.read_bytes() + repr(sorted(config.items())).encode())
+    path = MODEL_CACHE / f"{name}-{key.hexdigest()[:12]}.onnx"
+    if not path.exists():
+        MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+        export_model(ExportConfig(out=path, **config))  # type: ignore[arg-type]
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_model() -> Path:
+    """The contract-sized model: 224 px, max pooling, random weights with seed 0."""
+    return _export_cached("resnet50-224-seed0", weights="random", seed=0, size=224)
+
+
+@pytest.fixture(scope="session")
+def small_model() -> Path:
+    """Same architecture at 64 px: Fashion-MNIST images are 28 px, and it embeds ~10x faster."""
+    return _export_cached("resnet50-64-seed0", weights="random", seed=0, size=64)
+
+
+@pytest.fixture()
+def model_copy(tmp_path: Path, test_model: Path) -> Path:
+    """A private copy for tests that move, corrupt or delete the model file."""
+    target = tmp_path / "model.onnx"
+    shutil.copyfile(test_model, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.fail(
+            f"{FASHION_MNIST_DIR} is missing: install the Debian package dataset-fashion-mnist "
+            "(.ci/run does)."
+        )
+    return FASHION_MNIST_DIR
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
