@@ -35,7 +35,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _export_missing(args: argparse.Namespace) -> int:
-    raise FashionrecError("the export code is not installed; install with `pip install 'fashionrec-onnx[export]'`.")
+    raise FashionrecError(
+        "the export code is not installed; install with `pip install 'fashionrec-onnx[export]'`."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

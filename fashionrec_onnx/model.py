@@ -99,7 +99,9 @@ class ModelInfo:
 
 def _check_model_file(path: Path) -> None:
     if not path.exists():
-        raise ModelError(f"model file {path} does not exist; create it with `fashionrec export --out {path}`.")
+        raise ModelError(
+            f"model file {path} does not exist; create it with `fashionrec export --out {path}`."
+        )
     if not path.is_file():
         raise ModelError(f"model path {path} is not a file.")
 
