@@ -1,0 +1,241 @@
+"""The exported model honours its contract, matches Keras, and the exporter fails cleanly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.utils
+import onnxruntime as ort
+import pytest
+from fashionrec_export.export_resnet50 import (
+    IMAGENET_NOTOP_FILE,
+    ExportConfig,
+    build_keras_model,
+    keras_embeddings,
+    parity_images,
+)
+
+from fashionrec_onnx import ModelError, ModelInfo, read_model_info
+from fashionrec_onnx.model import INPUT_NAME, OUTPUT_NAME, load_model
+
+FASHIONREC = str(Path(sys.executable).with_name("fashionrec"))
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FASHIONREC, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def embed(model: Path, images: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+
+
+# --- contract -------------------------------------------------------------------------------
+
+
+def test_model_has_one_uint8_image_input_and_one_float_embedding_output(test_model: Path) -> None:
+    session = ort.InferenceSession(str(test_model), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    (out,) = session.get_outputs()
+    assert inp.name == "image" and inp.type == "tensor(uint8)"
+    assert inp.shape[1:] == [224, 224, 3] and not isinstance(inp.shape[0], int)
+    assert out.name == "embedding" and out.type == "tensor(float)"
+    assert out.shape[1] == 2048
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_embeddings_are_float32_unit_vectors_for_any_batch(test_model: Path, batch: int) -> None:
+    vectors = embed(test_model, parity_images(224)[:batch])
+    assert vectors.dtype == np.float32 and vectors.shape == (batch, 2048)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_different_images_give_different_embeddings(test_model: Path) -> None:
+    vectors = embed(test_model, parity_images(224))
+    cosine = vectors @ vectors.T
+    off_diagonal = cosine[~np.eye(len(vectors), dtype=bool)]
+    assert off_diagonal.max() < 0.99999
+
+
+def test_all_zero_feature_row_normalises_to_zeros_not_nan(test_model: Path, tmp_path: Path) -> None:
+    # Cut the real graph at the pooled features (the numerator of the final division) and feed
+    # zeros: the normaliser must divide by max(norm, eps), never by zero.
+    model = onnx.load(str(test_model), load_external_data=False)
+    (division,) = [n for n in model.graph.node if OUTPUT_NAME in n.output]
+    assert division.op_type == "Div"
+    features = division.input[0]
+    tail = tmp_path / "normaliser.onnx"
+    onnx.utils.extract_model(str(test_model), str(tail), [features], [OUTPUT_NAME])
+    session = ort.InferenceSession(str(tail), providers=["CPUExecutionProvider"])
+    rows = np.zeros((2, 2048), np.float32)
+    rows[1, 7] = 3.0
+    out = session.run([OUTPUT_NAME], {features: rows})[0]
+    assert not np.isnan(out).any()
+    assert np.all(out[0] == 0.0)
+    assert out[1, 7] == pytest.approx(1.0)
+
+
+# --- metadata ---------------------------------------------------------------------------------
+
+
+def test_metadata_reads_back_without_tensorflow(test_model: Path) -> None:
+    info = read_model_info(test_model)
+    assert info.backbone == "resnet50" and info.pooling == "max"
+    assert info.input_size == 224 and info.dim == 2048 and info.normalized
+    assert info.resize == "squash" and info.color_order == "RGB"
+    assert info.preprocessing.startswith("caffe:bgr")
+    assert info.weights == "random:seed=0" and len(info.weights_sha256) == 64
+    assert info.opset == 17 and info.tensorflow_version and info.tf2onnx_version
+    assert info.precision == "fp32" and len(info.fingerprint) == 16
+
+
+def test_metadata_round_trips_through_metadata_props(test_model: Path) -> None:
+    info = read_model_info(test_model)
+    assert ModelInfo.from_metadata(info.to_metadata()) == info
+
+
+def test_load_model_checks_the_contract(test_model: Path) -> None:
+    session, info = load_model(test_model, threads=1)
+    assert info == read_model_info(test_model)
+    assert session.get_inputs()[0].name == INPUT_NAME
+
+
+def test_model_without_our_metadata_is_refused_with_advice(tmp_path: Path, test_model: Path) -> None:
+    model = onnx.load(str(test_model))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(ModelError, match="fashionrec export"):
+        read_model_info(bare)
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        read_model_info(tmp_path / "nope.onnx")
+
+
+def test_unknown_provider_lists_the_available_ones(test_model: Path) -> None:
+    with pytest.raises(ModelError, match="CPUExecutionProvider"):
+        load_model(test_model, providers=["NoSuchExecutionProvider"])
+
+
+def test_import_does_not_load_tensorflow_or_gradio() -> None:
+    code = (
+        "import sys, fashionrec_onnx, fashionrec_onnx.cli; "
+        "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'gradio') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- parity and determinism ---------------------------------------------------------------------
+
+
+def test_onnx_matches_keras_on_varied_images(test_model: Path) -> None:
+    keras_model = build_keras_model(ExportConfig(out=test_model, weights="random", seed=0, size=224))
+    images = parity_images(224)
+    assert len(images) >= 8
+    want = keras_embeddings(keras_model, images)
+    got = embed(test_model, images)
+    assert np.abs(got - want).max() <= 1e-4
+    assert np.sum(got * want, axis=1).min() >= 0.9999
+
+
+def test_cli_export_is_deterministic_per_seed_and_prints_parity(
+    tmp_path: Path, small_model: Path
+) -> None:
+    out = tmp_path / "again.onnx"
+    result = run_cli("export", "--weights", "random", "--seed", "0", "--size", "64", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "max abs diff" in result.stderr and "min cosine" in result.stderr
+    images = parity_images(64)
+    np.testing.assert_array_equal(embed(out, images), embed(small_model, images))
+    assert read_model_info(out).fingerprint == read_model_info(small_model).fingerprint
+    assert [p.name for p in tmp_path.iterdir()] == ["again.onnx"]  # no temp file left behind
+
+
+def test_a_different_seed_gives_a_different_model(tmp_path: Path, small_model: Path) -> None:
+    out = tmp_path / "seed1.onnx"
+    result = run_cli("export", "--weights", "random", "--seed", "1", "--size", "64", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    images = parity_images(64)
+    cosine = np.sum(embed(out, images) * embed(small_model, images), axis=1)
+    assert cosine.max() < 0.999
+    assert read_model_info(out).fingerprint != read_model_info(small_model).fingerprint
+
+
+# --- error paths: one line, exit code 2, no traceback, nothing written ------------------------
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in error_lines[0]
+
+
+def test_missing_weights_file(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    result = run_cli("export", "--weights", str(tmp_path / "nope.h5"), "--out", str(out))
+    assert_clean_failure(result, "nope.h5", "does not exist")
+    assert not out.exists()
+
+
+def test_weights_file_of_the_wrong_type(tmp_path: Path) -> None:
+    notes = tmp_path / "weights.txt"
+    notes.write_text("not weights")
+    result = run_cli("export", "--weights", str(notes), "--out", str(tmp_path / "m.onnx"))
+    assert_clean_failure(result, "weights.txt", "not a Keras weights file")
+
+
+def test_corrupt_h5_weights_file(tmp_path: Path) -> None:
+    fake = tmp_path / "broken.h5"
+    fake.write_bytes(b"\x00garbage" * 100)
+    out = tmp_path / "m.onnx"
+    result = run_cli("export", "--weights", str(fake), "--out", str(out))
+    assert_clean_failure(result, "broken.h5", "cannot load weights")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "file-as-dir", "is-a-dir"])
+def test_unwritable_output(tmp_path: Path, where: str) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = {
+        "missing-dir": tmp_path / "no" / "such" / "m.onnx",
+        "file-as-dir": blocker / "m.onnx",
+        "is-a-dir": tmp_path,
+    }[where]
+    result = run_cli("export", "--weights", "random", "--out", str(out))
+    assert_clean_failure(result, "--out" if where == "is-a-dir" else "output directory")
+
+
+def test_imagenet_unavailable_offline_names_the_file_and_where_to_put_it(tmp_path: Path) -> None:
+    keras_home = tmp_path / "keras-home"
+    offline = {
+        "KERAS_HOME": str(keras_home),  # empty cache: nothing to fall back on
+        "HTTPS_PROXY": "http://127.0.0.1:9",  # a dead proxy: offline even where there is network
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+        "NO_PROXY": "",
+        "no_proxy": "",
+    }
+    out = tmp_path / "m.onnx"
+    result = run_cli("export", "--weights", "imagenet", "--out", str(out), env=offline)
+    assert_clean_failure(result, IMAGENET_NOTOP_FILE, str(keras_home / "models"))
+    assert not out.exists()
