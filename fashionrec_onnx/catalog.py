@@ -1,0 +1,806 @@
+"""A searchable catalog of product images: a directory holding a SQLite store and an HNSW graph.
+
+The store holds items and their vectors (the truth); the graph is a cache of them, saved at
+checkpoints and on close, and reconciled with the store whenever they differ (after a crash, or
+after another process wrote). So a crash never loses committed work and never needs re-embedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .embedder import Embedder, Failure
+from .errors import CatalogCorruptError, CatalogError, ModelError, ModelMismatchError
+from .evaluation import recall_at_k
+from .images import Source
+from .index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswIndex, HnswParams, ReadWriteLock
+from .model import ModelInfo, read_model_info
+from .scan import ImageFile, metadata_for, read_metadata, scan_folder
+from .store import DB_NAME, Item, NewItem, Store
+
+log = logging.getLogger(__name__)
+
+CATALOG_FORMAT = "1"
+LOCK_NAME = ".lock"
+GRAPH_PREFIX = "graph-"
+GRAPH_SUFFIX = ".hnsw"
+CHECKPOINT_SECONDS = 120.0
+EXACT_FILTER_LIMIT = 20_000  # a filter matching fewer items than this is searched exactly
+
+Filter = Mapping[str, Any] | Callable[[Item], bool]
+ModelArg = str | os.PathLike | Embedder
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``distance`` is squared L2; on unit vectors ``similarity = 1 - d/2``."""
+
+    rank: int
+    key: str
+    path: str | None
+    distance: float
+    similarity: float
+    metadata: dict[str, Any]
+
+
+@dataclass
+class IndexReport:
+    """What `index_folder` did; ``embedded`` counts images that went through the model."""
+
+    scanned: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    metadata_updated: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def embedded(self) -> int:
+        return self.added + self.updated
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Recall of the HNSW graph against exact search, on a sample of the catalog's own items."""
+
+    k: int
+    queries: int
+    recall: float
+    items: int
+    ef: int
+    M: int
+    ef_construction: int
+
+
+def _unit(vector: np.ndarray, dim: int) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if vector.shape != (dim,):
+        raise CatalogError(f"a query vector must have {dim} values, got {vector.shape[0]}")
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm):
+        raise CatalogError("the query vector holds NaN or infinite values")
+    return vector / norm if norm > 0 else vector
+
+
+def _is_vector(value: object) -> bool:
+    return isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind == "f"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _matches(item: Item, wanted: Mapping[str, Any]) -> bool:
+    for name, value in wanted.items():
+        have = item.metadata.get(name)
+        if isinstance(value, (list, tuple, set, frozenset)):
+            if str(have) not in {str(v) for v in value}:
+                return False
+        elif str(have) != str(value):
+            return False
+    return True
+
+
+class Catalog:
+    """Create with `Catalog.create`, open with `Catalog.open`; use as a context manager."""
+
+    def __init__(self, path: Path, store: Store, *, readonly: bool, threads: int | None) -> None:
+        self.path = path
+        self._store = store
+        self.readonly = readonly
+        self._threads = threads
+        settings = store.settings()
+        try:
+            self.info = ModelInfo.from_metadata(
+                {k[len("model."):]: v for k, v in settings.items() if k.startswith("model.")},
+                str(store.path),
+            )
+            self.params = HnswParams(
+                int(settings["hnsw.M"]), int(settings["hnsw.ef_construction"]), int(settings["hnsw.ef"])
+            )
+        except (KeyError, ValueError, ModelError) as exc:
+            raise CatalogCorruptError(
+                f"{store.path} lacks the catalog settings ({exc}); it was not created by "
+                "Catalog.create. Delete it and index again."
+            ) from exc
+        self.model_path = Path(settings.get("model_path", ""))
+        self.dim = self.info.dim
+        self._embedder: Embedder | None = None
+        self._embedder_lock = threading.Lock()
+        self._rw = ReadWriteLock()
+        self._lock_file: int | None = None
+        self._items: dict[int, Item] = {}
+        self._by_key: dict[str, int] = {}
+        self._matrix: tuple[np.ndarray, np.ndarray] | None = None
+        self._exact_model: Any = None
+        self._generation = -1
+        self._graph: HnswIndex
+        self._dirty = False
+
+    # -- opening --------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        model: ModelArg,
+        *,
+        M: int = DEFAULT_M,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+        ef: int = DEFAULT_EF,
+        exist_ok: bool = False,
+        threads: int | None = None,
+    ) -> Catalog:
+        """A new, empty catalog bound to ``model`` (its fingerprint is recorded)."""
+        root = Path(path).expanduser()
+        if (root / DB_NAME).exists():
+            if exist_ok:
+                return cls.open(root, model, threads=threads)
+            raise CatalogError(f"a catalog already exists at {root}; open it with Catalog.open.")
+        params = HnswParams(M, ef_construction, ef)
+        model_path, info = cls._model_identity(model)
+        root.mkdir(parents=True, exist_ok=True)
+        store = Store(root / DB_NAME, create=True)
+        settings = {f"model.{k}": v for k, v in info.to_metadata().items()}
+        settings.update(
+            {
+                "catalog_format": CATALOG_FORMAT,
+                "model_path": str(model_path),
+                "hnsw.M": str(params.M),
+                "hnsw.ef_construction": str(params.ef_construction),
+                "hnsw.ef": str(params.ef),
+            }
+        )
+        store.set_settings(settings)
+        catalog = cls(root, store, readonly=False, threads=threads)
+        if isinstance(model, Embedder):
+            catalog._embedder = model
+        catalog._load_graph(rebuild=True)
+        return catalog
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        model: ModelArg | None = None,
+        *,
+        readonly: bool = False,
+        rebuild: bool = False,
+        threads: int | None = None,
+    ) -> Catalog:
+        """Open an existing catalog; ``model`` must be the one it was built with.
+
+        ``rebuild=True`` recreates the HNSW graph from the stored vectors (the recovery for a
+        missing or corrupt graph file).
+        """
+        root = Path(path).expanduser()
+        if not (root / DB_NAME).exists():
+            raise CatalogError(
+                f"no catalog at {root}; create one with `fashionrec index IMAGES --catalog {root}`."
+            )
+        store = Store(root / DB_NAME, create=False, readonly=readonly)
+        catalog = cls(root, store, readonly=readonly, threads=threads)
+        try:
+            if model is not None:
+                model_path, info = cls._model_identity(model)
+                if info.fingerprint != catalog.info.fingerprint:
+                    raise ModelMismatchError(
+                        f"{root} was built with model {catalog.info.fingerprint} "
+                        f"({catalog.info.weights}, {catalog.info.precision}) but {model_path} is "
+                        f"{info.fingerprint} ({info.weights}, {info.precision}). Open it without a "
+                        "model to use the recorded one, or index into a new catalog."
+                    )
+                if isinstance(model, Embedder):
+                    catalog._embedder = model
+                else:
+                    catalog.model_path = model_path
+            catalog._load_graph(rebuild=rebuild)
+        except BaseException:
+            store.close()
+            raise
+        return catalog
+
+    @classmethod
+    def open_or_create(cls, path: str | os.PathLike[str], model: ModelArg | None, **params: Any) -> Catalog:
+        """What `fashionrec index` does: reuse the catalog if there is one, else make it."""
+        if (Path(path).expanduser() / DB_NAME).exists():
+            return cls.open(path, model, threads=params.get("threads"))
+        if model is None:
+            raise CatalogError(f"no catalog at {path} yet: pass the model to create it (--model).")
+        return cls.create(path, model, **params)
+
+    @staticmethod
+    def _model_identity(model: ModelArg) -> tuple[Path, ModelInfo]:
+        if isinstance(model, Embedder):
+            return model.model_path.resolve(), model.info
+        model_path = Path(model).expanduser().resolve()
+        return model_path, read_model_info(model_path)
+
+    @property
+    def embedder(self) -> Embedder:
+        """The model, loaded on first use (searches by vector or key never need it)."""
+        with self._embedder_lock:
+            if self._embedder is None:
+                if not self.model_path.is_file():
+                    raise ModelError(
+                        f"the model this catalog was built with, {self.model_path}, is missing; pass "
+                        "the same model explicitly (Catalog.open(path, model=...) or --model)."
+                    )
+                embedder = Embedder(self.model_path, threads=self._threads)
+                if embedder.fingerprint != self.info.fingerprint:
+                    embedder.close()
+                    raise ModelMismatchError(
+                        f"{self.model_path} has changed since {self.path} was built (fingerprint "
+                        f"{embedder.fingerprint}, catalog {self.info.fingerprint}); pass the original "
+                        "model with --model or index into a new catalog."
+                    )
+                self._embedder = embedder
+            return self._embedder
+
+    # -- the graph cache --------------------------------------------------------------------
+
+    def _graph_file(self) -> Path | None:
+        name = self._store.get_setting("graph.file")
+        return self.path / name if name else None
+
+    def _load_graph(self, rebuild: bool) -> None:
+        """Load the saved graph (checked by size and checksum), then reconcile it with the store."""
+        self._reload_items()
+        graph_file = self._graph_file()
+        if rebuild or graph_file is None:
+            self._graph = HnswIndex(self.dim, self.params, capacity=len(self._items))
+            self._dirty = True
+        else:
+            self._graph = self._read_graph(graph_file)
+        self._reconcile()
+        if rebuild and not self.readonly:
+            self.save()
+
+    def _read_graph(self, graph_file: Path) -> HnswIndex:
+        recovery = f"recreate it from the stored vectors with `fashionrec rebuild --catalog {self.path}`"
+        if not graph_file.is_file():
+            raise CatalogCorruptError(f"the HNSW graph file {graph_file} is missing; {recovery}.")
+        size = int(self._store.get_setting("graph.size", "-1") or -1)
+        checksum = self._store.get_setting("graph.sha256")
+        if graph_file.stat().st_size != size or _sha256(graph_file) != checksum:
+            raise CatalogCorruptError(
+                f"the HNSW graph file {graph_file} is truncated or corrupt (size or checksum differs "
+                f"from what was saved); {recovery}."
+            )
+        try:
+            return HnswIndex.load(graph_file, self.dim, self.params)
+        except (RuntimeError, ValueError, MemoryError) as exc:
+            raise CatalogCorruptError(
+                f"cannot load the HNSW graph {graph_file} ({exc}); {recovery}."
+            ) from exc
+
+    def _reload_items(self) -> None:
+        self._generation = self._store.generation
+        items = self._store.items()
+        self._items = {item.label: item for item in items}
+        self._by_key = {item.key: item.label for item in items}
+        self._matrix = None
+        self._exact_model = None
+
+    def _reconcile(self) -> None:
+        """Make the graph hold exactly the stored items (after a crash or another process's write)."""
+        in_graph = self._graph.labels()
+        missing = sorted(set(self._items) - in_graph)
+        stale = in_graph - set(self._items)
+        if stale:
+            self._graph.delete(stale)
+        if missing:
+            if len(missing) > 1000:
+                log.info("adding %d stored items to the HNSW graph of %s", len(missing), self.path)
+            for start in range(0, len(missing), 5000):
+                labels, vectors = self._store.vectors(self.dim, missing[start : start + 5000])
+                self._graph.add(labels, vectors)
+        if missing or stale:
+            self._dirty = True
+
+    def _sync(self) -> None:
+        """Catch up with writes made by another process since we last looked."""
+        if self._store.generation == self._generation:
+            return
+        with self._rw.write():
+            if self._store.generation != self._generation:
+                self._reload_items()
+                self._reconcile()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Exclusive across threads (write lock) and processes (flock on the catalog's .lock)."""
+        if self.readonly:
+            raise CatalogError(f"{self.path} is open read-only.")
+        if self._lock_file is None:
+            self._lock_file = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        with self._rw.write():
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            try:
+                if self._store.generation != self._generation:
+                    self._reload_items()
+                    self._reconcile()
+                yield
+            finally:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    def save(self) -> None:
+        """Write the graph atomically under a new name, then record it; old files are removed."""
+        if self.readonly:
+            return
+        with self._writing():
+            if not self._dirty and self._graph_file() is not None:
+                return
+            generation = self._store.generation
+            target = self.path / f"{GRAPH_PREFIX}{generation}{GRAPH_SUFFIX}"
+            temporary = target.with_suffix(".tmp")
+            self._graph.save(temporary)
+            with temporary.open("rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+            self._store.set_settings(
+                {
+                    "graph.file": target.name,
+                    "graph.size": str(target.stat().st_size),
+                    "graph.sha256": _sha256(target),
+                    "graph.generation": str(generation),
+                }
+            )
+            self._dirty = False
+            for old in self.path.glob(f"{GRAPH_PREFIX}*"):
+                if old.name != target.name:
+                    old.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Save the graph if it changed, release files. The catalog is consistent without it."""
+        try:
+            if not self.readonly and self._dirty:
+                self.save()
+        finally:
+            if self._lock_file is not None:
+                os.close(self._lock_file)
+                self._lock_file = None
+            self._store.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- contents ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        self._sync()
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        self._sync()
+        return key in self._by_key
+
+    def keys(self) -> list[str]:
+        self._sync()
+        return [item.key for item in self._items.values()]
+
+    def items(self) -> list[Item]:
+        self._sync()
+        return list(self._items.values())
+
+    def get(self, key: str) -> Item:
+        self._sync()
+        label = self._by_key.get(key)
+        if label is None:
+            raise CatalogError(f"no item with key {key!r} in {self.path}.")
+        return self._items[label]
+
+    def vector(self, key: str) -> np.ndarray:
+        """The stored embedding of an item."""
+        label = self.get(key).label
+        return self._store.vectors(self.dim, [label])[1][0]
+
+    def image_path(self, key: str) -> Path | None:
+        path = self.get(key).path
+        return Path(path) if path else None
+
+    def categories(self, field: str = "category") -> list[str]:
+        """Distinct values of a metadata field, for filter menus."""
+        self._sync()
+        return sorted({str(i.metadata[field]) for i in self._items.values() if field in i.metadata})
+
+    def set_ef(self, ef: int) -> None:
+        """Trade speed for recall at search time; persisted (hnswlib itself forgets ef)."""
+        with self._writing():
+            self._graph.set_ef(ef)
+            self.params = self._graph.params
+            self._store.set_settings({"hnsw.ef": str(ef)})
+
+    def summary(self) -> dict[str, Any]:
+        self._sync()
+        graph_file = self._graph_file()
+        return {
+            "path": str(self.path),
+            "items": len(self._items),
+            "model_path": str(self.model_path),
+            "model_fingerprint": self.info.fingerprint,
+            "weights": self.info.weights,
+            "precision": self.info.precision,
+            "input_size": self.info.input_size,
+            "resize": self.info.resize,
+            "dim": self.dim,
+            "M": self.params.M,
+            "ef_construction": self.params.ef_construction,
+            "ef": self.params.ef,
+            "graph_file": str(graph_file) if graph_file else None,
+            "disk_bytes": sum(p.stat().st_size for p in self.path.iterdir() if p.is_file()),
+        }
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _apply(self, new: list[NewItem], remove_keys: Iterable[str] = ()) -> tuple[int, int]:
+        """One transaction, then the graph; returns (written, removed)."""
+        with self._writing():
+            result = self._store.write(new, remove_keys)
+            self._graph.delete(result.removed)
+            if result.added:
+                self._graph.add(
+                    np.asarray(result.added, np.int64), np.stack([n.vector for n in new]), threads=-1
+                )
+            for label in result.removed:
+                item = self._items.pop(label, None)
+                if item is not None:
+                    self._by_key.pop(item.key, None)
+            for label, n in zip(result.added, new):
+                self._items[label] = Item(label, n.key, n.path, n.size, n.mtime_ns, dict(n.metadata or {}))
+                self._by_key[n.key] = label
+            self._generation = result.generation
+            self._matrix = None
+            self._exact_model = None
+            if result.added or result.removed:
+                self._dirty = True
+        return len(result.added), len(result.removed)
+
+    def add(
+        self,
+        key: str,
+        image_or_vector: Source,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add one item (an image, or a ready vector); an existing key is replaced."""
+        if _is_vector(image_or_vector):
+            vector = _unit(image_or_vector, self.dim)  # type: ignore[arg-type]
+        else:
+            vector = self.embedder.embed_one(image_or_vector)
+            if path is None and isinstance(image_or_vector, (str, os.PathLike)):
+                path = Path(image_or_vector).expanduser().resolve()
+        self._apply([NewItem(key, vector, str(path) if path else None, metadata=dict(metadata or {}))])
+
+    def add_many(
+        self,
+        keys: Iterable[str],
+        vectors: np.ndarray,
+        *,
+        paths: Iterable[str | None] | None = None,
+        metadata: Iterable[Mapping[str, Any] | None] | None = None,
+    ) -> int:
+        """Add ready vectors in one transaction (for vectors computed elsewhere)."""
+        keys = list(keys)
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.shape != (len(keys), self.dim):
+            raise CatalogError(f"expected vectors of shape ({len(keys)}, {self.dim}), got {vectors.shape}")
+        paths_list = list(paths) if paths is not None else [None] * len(keys)
+        meta_list = list(metadata) if metadata is not None else [None] * len(keys)
+        new = [
+            NewItem(k, _unit(v, self.dim), p, metadata=dict(m or {}))
+            for k, v, p, m in zip(keys, vectors, paths_list, meta_list)
+        ]
+        return self._apply(new)[0]
+
+    def remove(self, *keys: str) -> int:
+        """Remove items by key; unknown or already removed keys are ignored. Returns how many went."""
+        return self._apply([], keys)[1]
+
+    def rebuild(self) -> None:
+        """Recreate the HNSW graph from the stored vectors (no re-embedding)."""
+        with self._writing():
+            self._graph = HnswIndex(self.dim, self.params, capacity=len(self._items))
+            self._reconcile()
+            self._dirty = True
+        self.save()
+
+    def index_folder(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        metadata: str | os.PathLike[str] | Mapping[str, Mapping[str, Any]] | None = None,
+        prune: bool = False,
+        progress: bool = True,
+        batch_size: int = 32,
+    ) -> IndexReport:
+        """Index every image below ``folder``; only new or changed files go through the model.
+
+        Each batch is committed on its own, so an interrupted run resumes where it stopped.
+        Unreadable files are skipped and listed in the report.
+        """
+        started = time.perf_counter()
+        report = IndexReport()
+        table = read_metadata(metadata) if isinstance(metadata, (str, os.PathLike)) else dict(metadata or {})
+        root = Path(folder).expanduser().resolve()
+        files = list(scan_folder(root))
+        report.scanned = len(files)
+        self._sync()
+        known = {item.key: item for item in self._items.values()}
+        todo = [file for file in files if not self._unchanged(known.get(file.key), file)]
+        report.unchanged = len(files) - len(todo)
+        if table:
+            report.metadata_updated = self._refresh_metadata(files, todo, known, table)
+        last_checkpoint = time.monotonic()
+        with tqdm(total=len(todo), unit="img", desc="indexing", disable=not progress or not todo) as bar:
+            for result in self.embedder.iter_batches([f.path for f in todo], batch_size=batch_size):
+                new = []
+                for row, index in enumerate(result.indices):
+                    file = todo[int(index)]
+                    previous = known.get(file.key)
+                    values = metadata_for(file.key, table) if table else None
+                    if values is None:
+                        values = previous.metadata if previous else {}
+                    new.append(
+                        NewItem(file.key, result.vectors[row], str(file.path), file.size, file.mtime_ns,
+                                dict(values))
+                    )
+                    if previous:
+                        report.updated += 1
+                    else:
+                        report.added += 1
+                if new:
+                    self._apply(new)
+                report.failures.extend(
+                    Failure(f.index, todo[f.index].key, f.reason) for f in result.failures
+                )
+                bar.update(len(result.indices) + len(result.failures))
+                if result.failures:
+                    bar.set_postfix(skipped=len(report.failures))
+                if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                    self.save()
+                    last_checkpoint = time.monotonic()
+        if prune:
+            present = {f.key for f in files}
+            gone = [
+                item.key
+                for item in known.values()
+                if item.key not in present and item.path and Path(item.path).is_relative_to(root)
+            ]
+            if gone:
+                report.removed = self.remove(*gone)
+        self.save()
+        report.seconds = time.perf_counter() - started
+        if report.failures:
+            log.warning("%d file(s) could not be indexed and were skipped", len(report.failures))
+        return report
+
+    @staticmethod
+    def _unchanged(item: Item | None, file: ImageFile) -> bool:
+        return (
+            item is not None
+            and item.path == str(file.path)
+            and item.size == file.size
+            and item.mtime_ns == file.mtime_ns
+        )
+
+    def _refresh_metadata(
+        self,
+        files: list[ImageFile],
+        todo: list[ImageFile],
+        known: dict[str, Item],
+        table: Mapping[str, Mapping[str, Any]],
+    ) -> int:
+        """New metadata for unchanged images is written without re-embedding them."""
+        pending = {file.key for file in todo}
+        changed: dict[str, dict[str, Any]] = {}
+        for file in files:
+            values = metadata_for(file.key, table)  # type: ignore[arg-type]
+            item = known.get(file.key)
+            if values is None or item is None or file.key in pending:
+                continue
+            if item.metadata != values:
+                changed[file.key] = dict(values)
+        if not changed:
+            return 0
+        with self._writing():
+            count = self._store.update_metadata(changed)
+            self._reload_items()
+        return count
+
+    # -- searching --------------------------------------------------------------------------
+
+    def _query_vector(self, query: Source | str) -> tuple[np.ndarray, int | None]:
+        """The vector to search with, and the label to leave out ("more like this")."""
+        if isinstance(query, str) and query in self._by_key:
+            label = self._by_key[query]
+            return self._store.vectors(self.dim, [label])[1][0], label
+        if _is_vector(query):
+            return _unit(query, self.dim), None  # type: ignore[arg-type]
+        if isinstance(query, str) and not Path(query).expanduser().exists():
+            raise CatalogError(f"{query!r} is neither a key in {self.path} nor an image file.")
+        return self.embedder.embed_one(query), None
+
+    def _acceptor(self, filter: Filter | None, exclude: int | None) -> Callable[[int], bool] | None:
+        if filter is None and exclude is None:
+            return None
+        if filter is None:
+            return lambda label: label != exclude
+        test = (lambda item: _matches(item, filter)) if isinstance(filter, Mapping) else filter
+        items = self._items
+
+        def accept(label: int) -> bool:
+            item = items.get(label)
+            return item is not None and label != exclude and bool(test(item))
+
+        return accept
+
+    def _hits(
+        self, labels: np.ndarray, distances: np.ndarray, k: int, exclude: int | None = None
+    ) -> list[Hit]:
+        hits: list[Hit] = []
+        for label, distance in zip(labels.tolist(), distances.tolist()):
+            item = self._items.get(int(label))
+            if item is None or label == exclude or len(hits) == k:
+                continue
+            d = max(float(distance), 0.0)
+            hits.append(Hit(len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata)))
+        return hits
+
+    def search(self, query: Source | str, k: int = 5, filter: Filter | None = None) -> list[Hit]:
+        """The k most similar items to an image, a vector, or the key of an item in the catalog.
+
+        A key searches "more like this" and leaves the item itself out. ``filter`` is a dict of
+        metadata values (a list value means any of them) or a callable taking an `Item`; k hits
+        that all match come back when that many exist.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self._sync()
+        vector, exclude = self._query_vector(query)
+        with self._rw.read():
+            accept = self._acceptor(filter, exclude)
+            if filter is not None:
+                matching = [label for label in self._items if accept(label)]  # type: ignore[misc]
+                if len(matching) <= EXACT_FILTER_LIMIT:
+                    return self._exact_among(vector, k, np.asarray(matching, np.int64))
+            if filter is None:
+                # Leaving one item out needs one more hit, not a per-candidate Python callback.
+                extra = 0 if exclude is None else 1
+                labels, distances = self._graph.search(vector, k + extra, len(self._items))
+            else:
+                labels, distances = self._graph.search(vector, k, len(self._items), accept=accept)
+            return self._hits(labels[0], distances[0], k, exclude)
+
+    def _exact_among(self, vector: np.ndarray, k: int, labels: np.ndarray) -> list[Hit]:
+        """Exact top-k within a subset (selective filters): cheap, and never misses a match."""
+        if len(labels) == 0:
+            return []
+        all_labels, matrix = self._vector_matrix()
+        rows = np.searchsorted(all_labels, labels)
+        distances = np.maximum(2.0 - 2.0 * (matrix[rows] @ vector), 0.0)
+        order = np.argsort(distances, kind="stable")[:k]
+        return self._hits(labels[order], distances[order], k)
+
+    def _vector_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        matrix = self._matrix
+        if matrix is None:
+            matrix = self._store.vectors(self.dim)
+            self._matrix = matrix
+        return matrix
+
+    def _exact_neighbors(self) -> tuple[np.ndarray, Any]:
+        from sklearn.neighbors import NearestNeighbors
+
+        labels, matrix = self._vector_matrix()
+        model = self._exact_model
+        if model is None:
+            model = NearestNeighbors(algorithm="brute", metric="euclidean").fit(matrix)
+            self._exact_model = model
+        return labels, model
+
+    def exact_search(self, query: Source | str, k: int = 5, filter: Filter | None = None) -> list[Hit]:
+        """The oracle: scikit-learn brute-force KNN over every stored vector."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self._sync()
+        vector, exclude = self._query_vector(query)
+        with self._rw.read():
+            if filter is not None or exclude is not None:
+                accept = self._acceptor(filter, exclude)
+                matching = np.asarray([label for label in self._items if accept(label)], np.int64)  # type: ignore[misc]
+                if len(matching) == 0:
+                    return []
+                from sklearn.neighbors import NearestNeighbors
+
+                all_labels, matrix = self._vector_matrix()
+                subset = matrix[np.searchsorted(all_labels, matching)]
+                model = NearestNeighbors(algorithm="brute", metric="euclidean").fit(subset)
+                distances, rows = model.kneighbors(vector[None], n_neighbors=min(k, len(matching)))
+                return self._hits(matching[rows[0]], distances[0] ** 2, k)
+            if not self._items:
+                return []
+            labels, model = self._exact_neighbors()
+            distances, rows = model.kneighbors(vector[None], n_neighbors=min(k, len(labels)))
+            return self._hits(labels[rows[0]], distances[0] ** 2, k)
+
+    def check(self, k: int = 5, sample: int = 1000, seed: int = 0) -> CheckReport:
+        """recall@k of the HNSW graph against exact sklearn KNN, queried with stored items."""
+        self._sync()
+        with self._rw.read():
+            labels, matrix = self._vector_matrix()
+            if len(labels) == 0:
+                raise CatalogError(f"{self.path} is empty: index some images first.")
+            rng = np.random.default_rng(seed)
+            picks = rng.choice(len(labels), size=min(sample, len(labels)), replace=False)
+            queries = matrix[picks]
+            kk = min(k, len(labels))
+            approx, _ = self._graph.search(queries, kk, len(self._items))
+            exact_labels, model = self._exact_neighbors()
+            _, rows = model.kneighbors(queries, n_neighbors=kk)
+            recall = recall_at_k(approx, exact_labels[rows], kk)
+        return CheckReport(
+            k, len(picks), recall, len(labels), self.params.ef, self.params.M, self.params.ef_construction
+        )
+
+    def verify(self) -> list[str]:
+        """Problems found in the store and the graph; empty when the catalog is consistent."""
+        problems = [f"{self._store.path}: {p}" for p in self._store.integrity_problems()]
+        self._sync()
+        with self._rw.read():
+            stored = set(self._items)
+            if len(stored) != self._store.count():
+                problems.append("items in memory differ from the store")
+            missing = stored - self._graph.labels()
+            if missing:
+                problems.append(f"{len(missing)} stored items are missing from the HNSW graph")
+            labels, matrix = self._vector_matrix()
+            if set(labels.tolist()) != stored:
+                problems.append("stored vectors do not match the items")
+            norms = np.linalg.norm(matrix, axis=1) if len(matrix) else np.ones(0)
+            if len(norms) and not np.all(np.abs(norms[norms > 0] - 1.0) < 1e-3):
+                problems.append("some stored vectors are not unit length")
+        return problems
