@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 
+from .catalog import Catalog, CheckReport, Hit, IndexReport
+from .embedder import Embedder, EmbedResult, Failure
 from .errors import (
     CatalogCorruptError,
     CatalogError,
@@ -17,13 +19,25 @@ from .errors import (
     ModelMismatchError,
     WeightsUnavailableError,
 )
+from .images import load_image, prepare_image
 from .model import ModelInfo, read_model_info
+from .store import Item
 
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "Catalog",
+    "CheckReport",
+    "EmbedResult",
+    "Embedder",
+    "Failure",
+    "Hit",
+    "IndexReport",
+    "Item",
+    "load_image",
+    "prepare_image",
     "CatalogCorruptError",
     "CatalogError",
     "ExportError",
