@@ -155,6 +155,7 @@ class Catalog:
         self._generation = -1
         self._graph: HnswIndex
         self._dirty = False
+        self._closed = False
 
     # -- opening --------------------------------------------------------------------------
 
@@ -392,6 +393,9 @@ class Catalog:
 
     def close(self) -> None:
         """Save the graph if it changed, release files. The catalog is consistent without it."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             if not self.readonly and self._dirty:
                 self.save()

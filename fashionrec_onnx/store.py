@@ -151,6 +151,8 @@ class Store:
         with self._lock:
             try:
                 return self._db.execute(sql, tuple(params)).fetchall()
+            except sqlite3.ProgrammingError as exc:
+                raise CatalogError(f"{self.path} is closed ({exc}); open the catalog again.") from exc
             except sqlite3.DatabaseError as exc:
                 raise _corrupt(self.path, exc) from exc
 
