@@ -248,12 +248,60 @@ def _add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     fmnist.set_defaults(handler=_cmd_import_fashion_mnist)
 
 
+# -- demo ---------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from fashionrec_demo.app import (
+            RANDOM_WEIGHTS_BANNER,
+            build_app,
+            default_home,
+            ensure_model,
+            ensure_sample_catalog,
+            launch,
+        )
+    except ImportError as exc:
+        raise FashionrecError(
+            f"the demo needs gradio ({exc}); install with `pip install 'fashionrec-onnx[demo,export]'`."
+        ) from exc
+    from .catalog import Catalog
+
+    banner = None
+    if args.catalog:
+        catalog = Catalog.open(args.catalog, args.model, readonly=True)
+    else:
+        home = args.home or default_home()
+        model, untrained = (args.model, False) if args.model else ensure_model(home)
+        catalog = ensure_sample_catalog(home, model)
+        banner = RANDOM_WEIGHTS_BANNER if untrained else None
+    if catalog.info.weights.startswith("random") and banner is None:
+        banner = RANDOM_WEIGHTS_BANNER
+    print(f"serving {len(catalog)} products on http://{args.host}:{args.port} (Ctrl+C to stop)")
+    try:
+        launch(build_app(catalog, banner=banner), host=args.host, port=args.port)
+    finally:
+        catalog.close()
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="run the Gradio search page")
+    demo.add_argument("--catalog", type=Path, help="catalog to search (default: the bundled sample)")
+    demo.add_argument("--model", type=Path, help="model (default: exported on first run)")
+    demo.add_argument("--home", type=Path, help="cache for the default model and catalog")
+    demo.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.set_defaults(handler=_cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashionrec", description="Visual product search for fashion.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_export(sub)
     _add_catalog_commands(sub)
+    _add_demo(sub)
     return parser
 
 

@@ -1,0 +1,287 @@
+"""The Gradio demo: upload a photo, see the most similar products of a catalog.
+
+UI only: every search, embedding and bootstrap step is a library call. Results are sent to the
+browser as thumbnails made from the catalog's own images, so the app serves no file from disk
+(no ``allowed_paths``): nothing outside the catalog is reachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from fashionrec_onnx import Catalog, FashionrecError, Hit, ImageLoadError, WeightsUnavailableError
+from fashionrec_onnx.datasets import sample_dir
+
+log = logging.getLogger("fashionrec.demo")
+
+ALL_CATEGORIES = "All categories"
+MAX_UPLOAD = "10mb"
+THUMBNAIL = 192
+RANDOM_WEIGHTS_BANNER = (
+    "**Untrained weights: results show the pipeline, not real similarity.** The ImageNet weights "
+    "could not be downloaded, so this demo runs ResNet50 with seeded random weights. Put "
+    "`resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5` in `~/.keras/models/` and restart "
+    "for real results."
+)
+CSS = """
+#banner {background: #fff4e5; border: 1px solid #f0a040; border-radius: 8px; padding: 4px 12px;}
+#footer {color: #777; font-size: 0.85em;}
+"""
+
+
+def default_home() -> Path:
+    """Where the demo keeps its model and catalog between runs."""
+    return Path(os.environ.get("FASHIONREC_HOME", Path.home() / ".cache" / "fashionrec")).expanduser()
+
+
+# -- bootstrap: model and catalog ------------------------------------------------------------------
+
+
+def ensure_model(home: Path) -> tuple[Path, bool]:
+    """The ImageNet model if it can be had, else (demo only) seeded random weights.
+
+    Returns the model path and whether it is the untrained fallback.
+    """
+    from fashionrec_export.export_resnet50 import ExportConfig, export_model
+
+    home.mkdir(parents=True, exist_ok=True)
+    pretrained = home / "resnet50-imagenet.onnx"
+    if pretrained.exists():
+        return pretrained, False
+    log.info("exporting ResNet50 with ImageNet weights to %s (about a minute)", pretrained)
+    try:
+        export_model(ExportConfig(out=pretrained, weights="imagenet"))
+        return pretrained, False
+    except WeightsUnavailableError as exc:
+        log.warning("%s", exc)
+        log.warning("FALLING BACK TO SEEDED RANDOM WEIGHTS: results show the pipeline, not similarity")
+    untrained = home / "resnet50-random-seed0.onnx"
+    if not untrained.exists():
+        export_model(ExportConfig(out=untrained, weights="random", seed=0))
+    return untrained, True
+
+
+def ensure_sample_catalog(home: Path, model: Path) -> Catalog:
+    """The bundled Fashion-MNIST sample, indexed once per model (incremental afterwards)."""
+    from fashionrec_onnx import read_model_info
+
+    fingerprint = read_model_info(model).fingerprint
+    catalog = Catalog.open_or_create(home / f"catalog-{fingerprint}", model)
+    sample = sample_dir()
+    if len(catalog) < 1000:
+        log.info("indexing the bundled Fashion-MNIST sample into %s", catalog.path)
+    catalog.index_folder(sample, metadata=sample / "labels.csv", progress=True)
+    return catalog
+
+
+# -- search handlers --------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchOutput:
+    gallery: list[tuple[Image.Image, str]]
+    keys: list[str]
+    timings: str
+    status: str
+
+
+class DemoSearch:
+    """The page's actions on one catalog; safe for many users at once (the catalog is)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._thumbnail = lru_cache(maxsize=4096)(self._make_thumbnail)
+        self._lock = threading.Lock()
+
+    def _make_thumbnail(self, key: str) -> Image.Image:
+        path = self.catalog.image_path(key)
+        if path is None or not path.is_file():
+            return Image.new("RGB", (THUMBNAIL, THUMBNAIL), (235, 235, 235))
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            scale = THUMBNAIL / max(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            return image.resize(size, Image.Resampling.LANCZOS)
+
+    def thumbnail(self, key: str) -> Image.Image:
+        with self._lock:
+            return self._thumbnail(key)
+
+    def _filter(self, category: str | None) -> dict[str, str] | None:
+        return None if not category or category == ALL_CATEGORIES else {"category": category}
+
+    def _render(
+        self, hits: list[Hit], embed_ms: float | None, search_ms: float, note: str = ""
+    ) -> SearchOutput:
+        gallery = []
+        for hit in hits:
+            category = hit.metadata.get("category", "")
+            caption = f"#{hit.rank} · {category} · similarity {hit.similarity:.3f} · {hit.key}"
+            gallery.append((self.thumbnail(hit.key), caption))
+        parts = [f"embedding {embed_ms:.0f} ms"] if embed_ms is not None else []
+        parts.append(f"search {search_ms:.1f} ms")
+        timings = " · ".join(parts) + f" · {len(hits)} results"
+        status = note or ("" if hits else "No product matches this filter.")
+        return SearchOutput(gallery, [h.key for h in hits], timings, status)
+
+    def by_image(self, image: str | None, k: int, category: str | None) -> SearchOutput:
+        if not image:
+            return SearchOutput([], [], "", "Upload, paste or take a photo to search.")
+        try:
+            started = time.perf_counter()
+            vector = self.catalog.embedder.embed_one(image)
+            embedded = time.perf_counter()
+            hits = self.catalog.search(vector, k=int(k), filter=self._filter(category))
+            done = time.perf_counter()
+        except ImageLoadError as exc:
+            return SearchOutput([], [], "", f"Could not read this image: {exc.reason}.")
+        except FashionrecError as exc:
+            return SearchOutput([], [], "", f"Search failed: {exc}")
+        return self._render(hits, (embedded - started) * 1000, (done - embedded) * 1000)
+
+    def by_key(self, key: str, k: int, category: str | None) -> SearchOutput:
+        started = time.perf_counter()
+        try:
+            hits = self.catalog.search(key, k=int(k), filter=self._filter(category))
+        except FashionrecError as exc:
+            return SearchOutput([], [], "", f"Search failed: {exc}")
+        note = f"More like **{key}**"
+        return self._render(hits, None, (time.perf_counter() - started) * 1000, note)
+
+    def examples(self, count: int = 10) -> list[str]:
+        """One example per category (or the first items), for the clickable example strip."""
+        seen: dict[str, str] = {}
+        for item in self.catalog.items():
+            category = str(item.metadata.get("category", item.key))
+            seen.setdefault(category, item.key)
+            if len(seen) >= count:
+                break
+        return list(seen.values())
+
+
+# -- the page -----------------------------------------------------------------------------------------
+
+
+class PhotoInput(gr.Image):
+    """gr.Image that hands uploads to the library undecoded.
+
+    gr.Image decodes uploads itself and fails with a stack trace on a broken file; passing the
+    file on lets the library's loader answer with its own message (and its bomb guard apply).
+    """
+
+    is_template = True  # rendered by the frontend as a plain Image
+
+    def preprocess(self, payload):  # type: ignore[no-untyped-def]
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return super().preprocess(payload)
+
+
+
+def footer(catalog: Catalog) -> str:
+    info = catalog.info
+    return (
+        f"Catalog: **{len(catalog):,} products** · model ResNet50 + global {info.pooling} pool "
+        f"({info.weights}, {info.precision}, {info.input_size} px, {info.dim}-d, fingerprint "
+        f"`{info.fingerprint}`) · HNSW M={catalog.params.M}, ef={catalog.params.ef} · "
+        "powered by onnxruntime + hnswlib"
+    )
+
+
+def build_app(catalog: Catalog, banner: str | None = None) -> gr.Blocks:
+    """The Blocks app for one catalog. ``banner`` is shown on top (the demo's fallback notice)."""
+    search = DemoSearch(catalog)
+    example_keys = search.examples()
+    categories = [ALL_CATEGORIES, *catalog.categories()]
+
+    def outputs(result: SearchOutput) -> tuple:
+        return result.gallery, result.keys, result.timings, result.status
+
+    def on_search(image: str | None, k: float, category: str) -> tuple:
+        return outputs(search.by_image(image, int(k), category))
+
+    def on_result_click(keys: list[str], k: float, category: str, event: gr.SelectData) -> tuple:
+        key = keys[event.index]
+        return (search.thumbnail(key), *outputs(search.by_key(key, int(k), category)))
+
+    def on_example_click(k: float, category: str, event: gr.SelectData) -> tuple:
+        key = example_keys[event.index]
+        path = catalog.image_path(key)
+        return (search.thumbnail(key), *outputs(search.by_image(str(path), int(k), category)))
+
+    with gr.Blocks(title="fashionrec: visual product search") as app:
+        gr.Markdown(
+            "# Find similar products\nUpload a photo of a garment and see the closest items of the catalog."
+        )
+        if banner:
+            gr.Markdown(banner, elem_id="banner")
+        with gr.Row():
+            with gr.Column(scale=2):
+                query = PhotoInput(
+                    label="Your photo",
+                    sources=["upload", "clipboard", "webcam"],
+                    type="filepath",
+                    height=280,
+                    elem_id="query",
+                )
+                k = gr.Slider(1, 20, value=5, step=1, label="Results", elem_id="k")
+                category = gr.Dropdown(categories, value=ALL_CATEGORIES, label="Category", elem_id="category")
+                button = gr.Button("Search", variant="primary", elem_id="search")
+                timings = gr.Markdown(elem_id="timings")
+                status = gr.Markdown(elem_id="status")
+            with gr.Column(scale=5):
+                results = gr.Gallery(
+                    label="Similar products (click one for more like it)",
+                    columns=5,
+                    height="auto",
+                    object_fit="contain",
+                    allow_preview=False,
+                    elem_id="results",
+                )
+                examples = gr.Gallery(
+                    value=[(search.thumbnail(key), key) for key in example_keys],
+                    label="Or try one of these catalog items",
+                    columns=10,
+                    height="auto",
+                    allow_preview=False,
+                    elem_id="examples",
+                )
+        gr.Markdown(footer(catalog), elem_id="footer")
+        result_keys = gr.State([])
+
+        shown = [results, result_keys, timings, status]
+        button.click(on_search, [query, k, category], shown, api_name="search")
+        query.upload(on_search, [query, k, category], shown, api_name=False)
+        results.select(on_result_click, [result_keys, k, category], [query, *shown], api_name=False)
+        examples.select(on_example_click, [k, category], [query, *shown], api_name=False)
+
+        def by_key_api(key: str, k: float, category: str) -> tuple:
+            return outputs(search.by_key(key, int(k), category))
+
+        hidden_key = gr.Textbox(visible=False)
+        hidden_key.submit(by_key_api, [hidden_key, k, category], shown, api_name="more_like_this")
+    app.queue(default_concurrency_limit=4)
+    return app
+
+
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, block: bool = True) -> gr.Blocks:
+    """Serve on loopback unless told otherwise; uploads are size-limited; no files from disk."""
+    app.launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=MAX_UPLOAD,
+        show_error=True,
+        prevent_thread_lock=not block,
+        css=CSS,
+        quiet=not block,
+    )
+    return app

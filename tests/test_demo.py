@@ -1,0 +1,122 @@
+"""The demo, served for real on loopback: a real HTTP client (gradio_client) and a real browser."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+from fashionrec_demo.app import ALL_CATEGORIES, RANDOM_WEIGHTS_BANNER, build_app, launch
+from fashionrec_demo.screenshot import capture, free_port
+from gradio_client import Client, handle_file
+
+from fashionrec_onnx import Catalog
+from fashionrec_onnx.datasets import SAMPLE_DIR
+
+QUERY = SAMPLE_DIR / "dress" / "test-00013.png"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, small_model: Path):
+    """The bundled sample indexed with the test model, served in-process on a free port."""
+    catalog = Catalog.create(tmp_path_factory.mktemp("demo") / "catalog", small_model)
+    catalog.index_folder(SAMPLE_DIR, metadata=SAMPLE_DIR / "labels.csv", progress=False)
+    port = free_port()
+    app = launch(build_app(catalog, banner=RANDOM_WEIGHTS_BANNER), port=port, block=False)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        yield url, catalog
+    finally:
+        app.close()
+        catalog.close()
+
+
+@pytest.fixture(scope="module")
+def client(served) -> Client:
+    return Client(served[0], verbose=False)
+
+
+def search(client: Client, image: Path, k: int = 5, category: str = ALL_CATEGORIES) -> tuple:
+    return client.predict(handle_file(str(image)), k, category, api_name="/search")
+
+
+def captions(gallery: list[dict]) -> list[str]:
+    return [item["caption"] for item in gallery]
+
+
+def test_client_search_returns_k_results_led_by_the_query_itself(client: Client) -> None:
+    gallery, timings, status = search(client, QUERY, k=5)
+    assert len(gallery) == 5
+    assert captions(gallery)[0].startswith("#1 · Dress · similarity 1.000 · dress/test-00013.png")
+    assert "embedding" in timings and "search" in timings
+    assert status == ""
+    assert all(Path(item["image"]).is_file() for item in gallery)  # thumbnails really come back
+
+
+def test_k_and_category_filter_are_honoured(client: Client) -> None:
+    gallery, _, _ = search(client, QUERY, k=12, category="Sneaker")
+    assert len(gallery) == 12
+    assert all(" · Sneaker · " in caption for caption in captions(gallery))
+
+
+def test_more_like_this_leaves_the_item_out(client: Client) -> None:
+    gallery, _, status = client.predict("dress/test-00013.png", 5, ALL_CATEGORIES, api_name="/more_like_this")
+    assert len(gallery) == 5 and "dress/test-00013.png" not in " ".join(captions(gallery))
+    assert "More like" in status
+
+
+def test_a_broken_image_shows_a_message_and_the_app_keeps_serving(client: Client, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(QUERY.read_bytes()[:120])
+    gallery, _, status = search(client, truncated)
+    assert gallery == [] and status.startswith("Could not read this image")
+
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("this is not a picture")
+    gallery, _, status = search(client, not_an_image)
+    assert gallery == [] and status == "Could not read this image: not an image (unrecognised format)."
+
+    gallery, _, _ = search(client, QUERY)
+    assert len(gallery) == 5
+
+
+def test_files_outside_the_catalog_are_refused(served, small_model: Path) -> None:
+    url, catalog = served
+    secrets = ["/etc/passwd", str(small_model), str(catalog.path / "catalog.sqlite"), str(QUERY)]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for path in secrets:
+            response = http.get(f"gradio_api/file={path}")
+            assert response.status_code in (403, 404), (path, response.status_code)
+        assert http.get("").status_code == 200  # and the page itself is served
+
+
+def test_concurrent_users_get_their_own_results(served) -> None:
+    url, _ = served
+    queries = sorted(SAMPLE_DIR.glob("*/*.png"))[::97][:6]
+    answers: dict[Path, str] = {}
+    errors: list[BaseException] = []
+
+    def user(image: Path) -> None:
+        try:
+            gallery, _, _ = search(Client(url, verbose=False), image, k=3)
+            answers[image] = captions(gallery)[0]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=user, args=(q,)) for q in queries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and len(answers) == len(queries)
+    for image, top in answers.items():
+        assert top.endswith(f"{image.parent.name}/{image.name}")
+
+
+def test_the_page_in_a_real_browser_shows_five_results(served, tmp_path: Path) -> None:
+    url, _ = served
+    screenshot = tmp_path / "demo.png"
+    shown = capture(url, QUERY, screenshot)
+    assert shown == 5
+    assert screenshot.stat().st_size > 10_000
