@@ -242,7 +242,7 @@ def build_app(catalog: Catalog, banner: str | None = None) -> gr.Blocks:
                 results = gr.Gallery(
                     label="Similar products (click one for more like it)",
                     columns=5,
-                    height="auto",
+                    height=420,
                     object_fit="contain",
                     allow_preview=False,
                     elem_id="results",
@@ -251,7 +251,7 @@ def build_app(catalog: Catalog, banner: str | None = None) -> gr.Blocks:
                     value=[(search.thumbnail(key), key) for key in example_keys],
                     label="Or try one of these catalog items",
                     columns=10,
-                    height="auto",
+                    height=150,
                     allow_preview=False,
                     elem_id="examples",
                 )
