@@ -307,6 +307,19 @@ def export_model(config: ExportConfig) -> tuple[ModelInfo, ParityReport]:
     return info, report
 
 
+def export_cached(cache_dir: Path, name: str, **config: object) -> Path:
+    """Export once per exporter version and settings; later calls reuse the file.
+
+    For tests and benchmarks, which need the same model many times but never stale ones.
+    """
+    key = hashlib.sha256(Path(__file__).read_bytes() + repr(sorted(config.items())).encode())
+    path = Path(cache_dir) / f"{name}-{key.hexdigest()[:12]}.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_model(ExportConfig(out=path, **config))  # type: ignore[arg-type]
+    return path
+
+
 class ParityError(ExportError):
     """ONNX and Keras disagree: the model is not written."""
 

@@ -6,7 +6,6 @@ behaviour (contract, parity, storage, search) does not depend on which weights a
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -14,21 +13,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPORT_SCRIPT = ROOT / "export" / "export_resnet50.py"
 MODEL_CACHE = ROOT / ".cache" / "test-models"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _export_cached(name: str, **config: object) -> Path:
-    """Export once per code version; later sessions reuse the file (the key covers the exporter)."""
-    from fashionrec_export.export_resnet50 import ExportConfig, export_model
+    from fashionrec_export.export_resnet50 import export_cached
 
-    key = hashlib.sha256(EXPORT_SCRIPT.read_bytes() + repr(sorted(config.items())).encode())
-    path = MODEL_CACHE / f"{name}-{key.hexdigest()[:12]}.onnx"
-    if not path.exists():
-        MODEL_CACHE.mkdir(parents=True, exist_ok=True)
-        export_model(ExportConfig(out=path, **config))  # type: ignore[arg-type]
-    return path
+    return export_cached(MODEL_CACHE, name, **config)
 
 
 @pytest.fixture(scope="session")
