@@ -245,6 +245,9 @@ def write_atomically(data: bytes, out: Path) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a model is an ordinary file
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -350,6 +353,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how the runtime fits images to the input: squash (like Keras load_img) or pad",
     )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    from fashionrec_export import quantize
+
+    quantize.add_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:
@@ -366,8 +372,12 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Exit code: 0 written, 1 parity failed, 2 bad arguments / weights / output."""
+    from fashionrec_export import quantize
+
     try:
-        export_model(config_from_args(args))
+        config = config_from_args(args)
+        export_model(config)
+        quantize.run_after_export(args, config.out)
     except ParityError as exc:
         _say(f"error: {exc}")
         return 1

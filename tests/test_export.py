@@ -157,13 +157,19 @@ def test_cli_export_is_deterministic_per_seed_and_prints_parity(
     tmp_path: Path, small_model: Path
 ) -> None:
     out = tmp_path / "again.onnx"
-    result = run_cli("export", "--weights", "random", "--seed", "0", "--size", "64", "--out", str(out))
+    result = run_cli(
+        "export", "--weights", "random", "--seed", "0", "--size", "64", "--out", str(out),
+        "--quantize", "int8", "--calibration-images", "16",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "max abs diff" in result.stderr and "min cosine" in result.stderr
     images = parity_images(64)
     np.testing.assert_array_equal(embed(out, images), embed(small_model, images))
     assert read_model_info(out).fingerprint == read_model_info(small_model).fingerprint
-    assert [p.name for p in tmp_path.iterdir()] == ["again.onnx"]  # no temp file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again-int8.onnx", "again.onnx"]  # no temp files
+    assert out.stat().st_mode & 0o044  # an ordinary readable file, not mkstemp's private one
+    int8 = read_model_info(tmp_path / "again-int8.onnx")
+    assert int8.precision == "int8" and int8.calibration == "fashion-mnist-sample:16 images"
 
 
 def test_a_different_seed_gives_a_different_model(tmp_path: Path, small_model: Path) -> None:
