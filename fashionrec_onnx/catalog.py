@@ -28,6 +28,7 @@ from .evaluation import recall_at_k
 from .images import Source
 from .index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswIndex, HnswParams, ReadWriteLock
 from .model import ModelInfo, read_model_info
+from .reduce import PCA
 from .scan import ImageFile, metadata_for, read_metadata, scan_folder
 from .store import DB_NAME, Item, NewItem, Store
 
@@ -38,7 +39,8 @@ LOCK_NAME = ".lock"
 GRAPH_PREFIX = "graph-"
 GRAPH_SUFFIX = ".hnsw"
 CHECKPOINT_SECONDS = 120.0
-EXACT_FILTER_LIMIT = 20_000  # a filter matching fewer items than this is searched exactly
+EXACT_FILTER_LIMIT = 20_000
+RERANK_EXTRA = 20  # a filter matching fewer items than this is searched exactly
 
 Filter = Mapping[str, Any] | Callable[[Item], bool]
 ModelArg = str | os.PathLike | Embedder
@@ -85,6 +87,8 @@ class CheckReport:
     ef: int
     M: int
     ef_construction: int
+    reduced_dim: int | None = None
+    recall_reduced: float | None = None  # graph vs exact search in the reduced space
 
 
 def _unit(vector: np.ndarray, dim: int) -> np.ndarray:
@@ -131,7 +135,7 @@ class Catalog:
         settings = store.settings()
         try:
             self.info = ModelInfo.from_metadata(
-                {k[len("model."):]: v for k, v in settings.items() if k.startswith("model.")},
+                {k[len("model.") :]: v for k, v in settings.items() if k.startswith("model.")},
                 str(store.path),
             )
             self.params = HnswParams(
@@ -156,6 +160,8 @@ class Catalog:
         self._graph: HnswIndex
         self._dirty = False
         self._closed = False
+        reduction = settings.get("reduction.file")
+        self._reduction: PCA | None = PCA.load(path / reduction) if reduction else None
 
     # -- opening --------------------------------------------------------------------------
 
@@ -170,8 +176,12 @@ class Catalog:
         ef: int = DEFAULT_EF,
         exist_ok: bool = False,
         threads: int | None = None,
+        vector_dtype: str = "float32",
     ) -> Catalog:
-        """A new, empty catalog bound to ``model`` (its fingerprint is recorded)."""
+        """A new, empty catalog bound to ``model`` (its fingerprint is recorded).
+
+        ``vector_dtype="float16"`` halves the stored vectors (the graph stays float32).
+        """
         root = Path(path).expanduser()
         if (root / DB_NAME).exists():
             if exist_ok:
@@ -189,6 +199,7 @@ class Catalog:
                 "hnsw.M": str(params.M),
                 "hnsw.ef_construction": str(params.ef_construction),
                 "hnsw.ef": str(params.ef),
+                "vector_dtype": vector_dtype,
             }
         )
         store.set_settings(settings)
@@ -247,6 +258,7 @@ class Catalog:
             return cls.open(path, model, threads=params.get("threads"))
         if model is None:
             raise CatalogError(f"no catalog at {path} yet: pass the model to create it (--model).")
+        params = {name: value for name, value in params.items() if value is not None}
         return cls.create(path, model, **params)
 
     @staticmethod
@@ -279,6 +291,27 @@ class Catalog:
 
     # -- the graph cache --------------------------------------------------------------------
 
+    @property
+    def graph_dim(self) -> int:
+        """Dimension of the HNSW graph: the model's, or the PCA's when the catalog is reduced."""
+        return self._reduction.dim if self._reduction is not None else self.dim
+
+    @property
+    def reduction(self) -> PCA | None:
+        return self._reduction
+
+    def _for_graph(self, vectors: np.ndarray) -> np.ndarray:
+        """What the graph indexes: the vectors themselves, or their PCA projection."""
+        return vectors if self._reduction is None else self._reduction.transform(vectors)
+
+    def _rerank(self, vector: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Order candidates found in the reduced space by their full-space distance."""
+        candidates = labels[labels >= 0]
+        found, stored = self._store.vectors(self.dim, candidates.tolist())
+        distances = np.maximum(2.0 - 2.0 * (stored @ vector), 0.0).astype(np.float32)
+        order = np.argsort(distances, kind="stable")
+        return found[order], distances[order]
+
     def _graph_file(self) -> Path | None:
         name = self._store.get_setting("graph.file")
         return self.path / name if name else None
@@ -287,8 +320,13 @@ class Catalog:
         """Load the saved graph (checked by size and checksum), then reconcile it with the store."""
         self._reload_items()
         graph_file = self._graph_file()
+        if graph_file is not None and self._store.get_setting("graph.dim", str(self.dim)) != str(
+            self.graph_dim
+        ):
+            log.info("the saved graph of %s predates a change of reduction; rebuilding it", self.path)
+            rebuild = True
         if rebuild or graph_file is None:
-            self._graph = HnswIndex(self.dim, self.params, capacity=len(self._items))
+            self._graph = HnswIndex(self.graph_dim, self.params, capacity=len(self._items))
             self._dirty = True
         else:
             self._graph = self._read_graph(graph_file)
@@ -308,7 +346,7 @@ class Catalog:
                 f"from what was saved); {recovery}."
             )
         try:
-            return HnswIndex.load(graph_file, self.dim, self.params)
+            return HnswIndex.load(graph_file, self.graph_dim, self.params)
         except (RuntimeError, ValueError, MemoryError) as exc:
             raise CatalogCorruptError(
                 f"cannot load the HNSW graph {graph_file} ({exc}); {recovery}."
@@ -334,7 +372,7 @@ class Catalog:
                 log.info("adding %d stored items to the HNSW graph of %s", len(missing), self.path)
             for start in range(0, len(missing), 5000):
                 labels, vectors = self._store.vectors(self.dim, missing[start : start + 5000])
-                self._graph.add(labels, vectors)
+                self._graph.add(labels, self._for_graph(vectors))
         if missing or stale:
             self._dirty = True
 
@@ -384,6 +422,7 @@ class Catalog:
                     "graph.size": str(target.stat().st_size),
                     "graph.sha256": _sha256(target),
                     "graph.generation": str(generation),
+                    "graph.dim": str(self.graph_dim),
                 }
             )
             self._dirty = False
@@ -474,6 +513,14 @@ class Catalog:
             "ef_construction": self.params.ef_construction,
             "ef": self.params.ef,
             "graph_file": str(graph_file) if graph_file else None,
+            "graph_dim": self.graph_dim,
+            "reduction": (
+                f"PCA {self.dim}->{self._reduction.dim}{' whitened' if self._reduction.whiten else ''}, "
+                f"{self._reduction.explained_variance_ratio:.1%} of variance"
+                if self._reduction is not None
+                else None
+            ),
+            "vector_dtype": str(self._store.vector_dtype),
             "disk_bytes": sum(p.stat().st_size for p in self.path.iterdir() if p.is_file()),
         }
 
@@ -485,9 +532,8 @@ class Catalog:
             result = self._store.write(new, remove_keys)
             self._graph.delete(result.removed)
             if result.added:
-                self._graph.add(
-                    np.asarray(result.added, np.int64), np.stack([n.vector for n in new]), threads=-1
-                )
+                vectors = self._for_graph(np.stack([n.vector for n in new]))
+                self._graph.add(np.asarray(result.added, np.int64), vectors, threads=-1)
             for label in result.removed:
                 item = self._items.pop(label, None)
                 if item is not None:
@@ -547,7 +593,7 @@ class Catalog:
     def rebuild(self) -> None:
         """Recreate the HNSW graph from the stored vectors (no re-embedding)."""
         with self._writing():
-            self._graph = HnswIndex(self.dim, self.params, capacity=len(self._items))
+            self._graph = HnswIndex(self.graph_dim, self.params, capacity=len(self._items))
             self._reconcile()
             self._dirty = True
         self.save()
@@ -589,8 +635,14 @@ class Catalog:
                     if values is None:
                         values = previous.metadata if previous else {}
                     new.append(
-                        NewItem(file.key, result.vectors[row], str(file.path), file.size, file.mtime_ns,
-                                dict(values))
+                        NewItem(
+                            file.key,
+                            result.vectors[row],
+                            str(file.path),
+                            file.size,
+                            file.mtime_ns,
+                            dict(values),
+                        )
                     )
                     if previous:
                         report.updated += 1
@@ -598,9 +650,7 @@ class Catalog:
                         report.added += 1
                 if new:
                     self._apply(new)
-                report.failures.extend(
-                    Failure(f.index, todo[f.index].key, f.reason) for f in result.failures
-                )
+                report.failures.extend(Failure(f.index, todo[f.index].key, f.reason) for f in result.failures)
                 bar.update(len(result.indices) + len(result.failures))
                 if result.failures:
                     bar.set_postfix(skipped=len(report.failures))
@@ -711,13 +761,17 @@ class Catalog:
                 matching = [label for label in self._items if accept(label)]  # type: ignore[misc]
                 if len(matching) <= EXACT_FILTER_LIMIT:
                     return self._exact_among(vector, k, np.asarray(matching, np.int64))
-            if filter is None:
-                # Leaving one item out needs one more hit, not a per-candidate Python callback.
-                extra = 0 if exclude is None else 1
-                labels, distances = self._graph.search(vector, k + extra, len(self._items))
-            else:
-                labels, distances = self._graph.search(vector, k, len(self._items), accept=accept)
-            return self._hits(labels[0], distances[0], k, exclude)
+            extra = 0 if exclude is None else 1  # leaving one item out needs one more hit
+            wanted = k + extra if filter is None else k
+            if self._reduction is not None:
+                wanted = max(2 * wanted, wanted + RERANK_EXTRA)  # candidates for the full-space rerank
+            labels, distances = self._graph.search(
+                self._for_graph(vector), wanted, len(self._items), accept=None if filter is None else accept
+            )
+            labels, distances = labels[0], distances[0]
+            if self._reduction is not None:
+                labels, distances = self._rerank(vector, labels)
+            return self._hits(labels, distances, k, exclude)
 
     def _exact_among(self, vector: np.ndarray, k: int, labels: np.ndarray) -> list[Hit]:
         """Exact top-k within a subset (selective filters): cheap, and never misses a match."""
@@ -772,7 +826,8 @@ class Catalog:
             return self._hits(labels[rows[0]], distances[0] ** 2, k)
 
     def check(self, k: int = 5, sample: int = 1000, seed: int = 0) -> CheckReport:
-        """recall@k of the HNSW graph against exact sklearn KNN, queried with stored items."""
+        """recall@k of searches (HNSW, plus the rerank of a reduced catalog) against exact sklearn
+        KNN over the full stored vectors, queried with the catalog's own items."""
         self._sync()
         with self._rw.read():
             labels, matrix = self._vector_matrix()
@@ -782,13 +837,62 @@ class Catalog:
             picks = rng.choice(len(labels), size=min(sample, len(labels)), replace=False)
             queries = matrix[picks]
             kk = min(k, len(labels))
-            approx, _ = self._graph.search(queries, kk, len(self._items))
+            live = len(self._items)
             exact_labels, model = self._exact_neighbors()
             _, rows = model.kneighbors(queries, n_neighbors=kk)
-            recall = recall_at_k(approx, exact_labels[rows], kk)
+            exact = exact_labels[rows]
+            if self._reduction is None:
+                approx, _ = self._graph.search(queries, kk, live)
+                return CheckReport(
+                    k, len(picks), recall_at_k(approx, exact, kk), len(labels),
+                    self.params.ef, self.params.M, self.params.ef_construction,
+                )  # fmt: skip
+            reduced = self._reduction.transform(queries)
+            graph_only, _ = self._graph.search(reduced, kk, live)
+            wanted = max(2 * kk, kk + RERANK_EXTRA)
+            candidates, _ = self._graph.search(reduced, wanted, live)
+            approx = np.stack([self._rerank(q, c)[0][:kk] for q, c in zip(queries, candidates)])
+            from sklearn.neighbors import NearestNeighbors
+
+            space = NearestNeighbors(algorithm="brute").fit(self._reduction.transform(matrix))
+            _, reduced_rows = space.kneighbors(reduced, n_neighbors=kk)
         return CheckReport(
-            k, len(picks), recall, len(labels), self.params.ef, self.params.M, self.params.ef_construction
-        )
+            k, len(picks), recall_at_k(approx, exact, kk), len(labels), self.params.ef, self.params.M,
+            self.params.ef_construction, self._reduction.dim,
+            recall_at_k(graph_only, labels[reduced_rows], kk),
+        )  # fmt: skip
+
+    def reduce(
+        self, dim: int | None, *, whiten: bool = False, sample: int = 50_000, seed: int = 0
+    ) -> PCA | None:
+        """Index a PCA projection of the vectors (``dim=None`` goes back to full vectors).
+
+        The PCA is fitted on (a sample of) the catalog's own vectors and saved beside it; queries
+        are projected automatically and hits re-ranked with the full vectors.
+        """
+        with self._writing():
+            if dim is None:
+                self._reduction = None
+                self._store.set_settings({"reduction.file": ""})
+            else:
+                _, matrix = self._vector_matrix()
+                if len(matrix) == 0:
+                    raise CatalogError(f"{self.path} is empty: index images before reducing.")
+                rng = np.random.default_rng(seed)
+                picks = rng.choice(len(matrix), size=min(sample, len(matrix)), replace=False)
+                pca = PCA.fit(matrix[picks], dim, whiten)
+                name = f"pca-{dim}{'-whitened' if whiten else ''}.npz"
+                pca.save(self.path / name)
+                self._store.set_settings({"reduction.file": name})
+                self._reduction = pca
+            for old in self.path.glob("pca-*.npz"):
+                if self._reduction is None or old.name != self._store.get_setting("reduction.file"):
+                    old.unlink(missing_ok=True)
+            self._graph = HnswIndex(self.graph_dim, self.params, capacity=len(self._items))
+            self._reconcile()
+            self._dirty = True
+        self.save()
+        return self._reduction
 
     def verify(self) -> list[str]:
         """Problems found in the store and the graph; empty when the catalog is consistent."""

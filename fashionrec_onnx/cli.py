@@ -68,6 +68,12 @@ def _build_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--vector-dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="stored vectors (new catalogs)",
+    )
 
 
 def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
@@ -80,6 +86,7 @@ def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
         ef_construction=args.ef_construction,
         ef=args.ef,
         threads=args.threads,
+        vector_dtype=args.vector_dtype,
     )
 
 
@@ -188,6 +195,25 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reduce(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+
+    with Catalog.open(args.catalog) as catalog:
+        pca = catalog.reduce(None if args.dim == 0 else args.dim, whiten=args.whiten)
+        if pca is None:
+            print(f"{args.catalog}: the HNSW graph indexes the full {catalog.dim}-d vectors again")
+        else:
+            print(
+                f"{args.catalog}: HNSW graph on PCA {catalog.dim}->{pca.dim} "
+                f"({pca.explained_variance_ratio:.1%} of variance{', whitened' if pca.whiten else ''})"
+            )
+        report = catalog.check(k=5, sample=min(1000, len(catalog)))
+    print(f"recall@5 against exact full-dimension search: {report.recall:.4f}")
+    if report.recall_reduced is not None:
+        print(f"recall@5 of the graph against exact search in the reduced space: {report.recall_reduced:.4f}")
+    return 0
+
+
 def _cmd_import_fashion_mnist(args: argparse.Namespace) -> int:
     from .datasets import export_split
 
@@ -238,6 +264,12 @@ def _add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     _catalog_arg(rebuild)
     rebuild.add_argument("--ef", type=int, help="also set the search ef")
     rebuild.set_defaults(handler=_cmd_rebuild)
+
+    reduce = sub.add_parser("reduce", help="index a PCA projection (smaller, faster graph)")
+    _catalog_arg(reduce)
+    reduce.add_argument("--dim", type=int, required=True, help="target dimension (0: back to full)")
+    reduce.add_argument("--whiten", action="store_true")
+    reduce.set_defaults(handler=_cmd_reduce)
 
     fmnist = sub.add_parser("import-fashion-mnist", help="index Fashion-MNIST (real labelled images)")
     _catalog_arg(fmnist)

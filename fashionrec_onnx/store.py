@@ -24,6 +24,7 @@ from .errors import CatalogCorruptError, CatalogError
 
 SCHEMA_VERSION = 1
 DB_NAME = "catalog.sqlite"
+VECTOR_DTYPES = ("float32", "float16")  # float16 halves storage; vectors are unit length
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (
@@ -105,11 +106,18 @@ class Store:
                 self._db.executescript(_SCHEMA)
                 self._init_version()
             self._check_version()
+            self.vector_dtype = self._dtype(self.get_setting("vector_dtype", "float32"))
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise _corrupt(path, exc) from exc
 
     # -- schema ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _dtype(name: str | None) -> np.dtype:
+        if name not in VECTOR_DTYPES:
+            raise CatalogError(f"vector storage must be one of {', '.join(VECTOR_DTYPES)}, not {name!r}")
+        return np.dtype(name)
 
     def _init_version(self) -> None:
         with self.transaction():
@@ -172,6 +180,8 @@ class Store:
                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 list(values.items()),
             )
+        if "vector_dtype" in values:
+            self.vector_dtype = self._dtype(values["vector_dtype"])
 
     @property
     def generation(self) -> int:
@@ -194,7 +204,7 @@ class Store:
                 row = db.execute("DELETE FROM items WHERE key = ? RETURNING label", (item.key,)).fetchone()
                 if row:
                     removed.append(row[0])
-                vector = np.ascontiguousarray(item.vector, dtype=np.float32)
+                vector = np.ascontiguousarray(item.vector, dtype=self.vector_dtype)
                 cursor = db.execute(
                     "INSERT INTO items(key, path, size, mtime_ns, metadata, vector, added_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -251,14 +261,15 @@ class Store:
                 rows += self._read(f"SELECT label, vector FROM items WHERE label IN ({marks})", chunk)
         out = np.empty((len(rows), dim), np.float32)
         found = np.empty(len(rows), np.int64)
+        width = dim * self.vector_dtype.itemsize
         for i, (label, blob) in enumerate(rows):
-            if len(blob) != dim * 4:
+            if len(blob) != width:
                 raise CatalogCorruptError(
                     f"{self.path}: the vector of item {label} has {len(blob)} bytes, expected "
-                    f"{dim * 4}; delete the catalog and index again."
+                    f"{width}; delete the catalog and index again."
                 )
             found[i] = label
-            out[i] = np.frombuffer(blob, np.float32)
+            out[i] = np.frombuffer(blob, self.vector_dtype)
         return found, out
 
     def integrity_problems(self) -> list[str]:
