@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import embedding, quality, report, search, speed_memory
+from benchmarks import embedding, ingest, quality, report, search, speed_memory
 from benchmarks.common import FULL, QUICK, RAW, RESULTS, TINY, Sizes, bench_model, embed_corpus, machine_info
 
 log = logging.getLogger("benchmarks")
@@ -46,6 +46,8 @@ def run(sizes: Sizes, out: Path, command: str) -> dict[str, object]:
     speed_int8 = int8_of(speed_model, sizes.calibration)
     stage("embedding speed (Keras baseline, tf.function, onnxruntime, int8) and ingest")
     results["embedding"] = embedding.run(speed_model, speed_int8, sizes)
+    stage("ingest: model-only vs end-to-end from JPEG files (fp32)")
+    results["ingest"] = ingest.run(speed_model, sizes.ingest_photos, 32, sizes.rounds)
 
     corpus_model = bench_model(sizes.corpus_size_px)
     corpus_int8 = int8_of(corpus_model, sizes.calibration)

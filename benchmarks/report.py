@@ -69,6 +69,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "",
     ]
     emb = results["embedding"]
+    ingest = results["ingest"]
     lines += [
         f"## Embedding ({emb['model']['input_size']} px, {emb['model']['weights']})",
         "",
@@ -97,6 +98,17 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
                 for name, v in emb["ingest"]["methods"].items()
             ],
         ),  # fmt: skip
+        "",
+        f"### Ingest: model-only vs end to end ({results['ingest']['photos']} photos, "
+        f"{results['ingest']['photo_size']}, batch {results['ingest']['batch_size']}, fp32)",
+        "",
+        *_table(["path", "median ms/image", "images/s"], [
+            ["model only (pixels already decoded)", f"{ingest['model_only']['median_ms']:.2f}",
+             f"{ingest['model_only']['per_second']:.1f}"],
+            ["end to end (JPEG files, decoding overlapped)", f"{ingest['end_to_end']['median_ms']:.2f}",
+             f"{ingest['end_to_end']['per_second']:.1f}"],
+            ["ratio end-to-end / model-only", "", f"{ingest['ratio']:.2f}"],
+        ]),  # fmt: skip
         "",
         "## Search",
         "",
