@@ -83,6 +83,17 @@ def ensure_sample_catalog(home: Path, model: Path) -> Catalog:
     return catalog
 
 
+def default_catalog(home: Path | None = None, model: Path | None = None) -> tuple[Catalog, str | None]:
+    """What `fashionrec demo` serves with no --catalog: the sample, and the banner to show."""
+    home = home or default_home()
+    untrained = False
+    if model is None:
+        model, untrained = ensure_model(home)
+    catalog = ensure_sample_catalog(home, model)
+    random_weights = untrained or catalog.info.weights.startswith("random")
+    return catalog, RANDOM_WEIGHTS_BANNER if random_weights else None
+
+
 # -- search handlers --------------------------------------------------------------------------------
 
 

@@ -61,14 +61,7 @@ def capture(url: str, image: Path, out: Path, *, chromium: str = CHROMIUM, timeo
 
 
 def main() -> None:
-    from fashionrec_demo.app import (
-        RANDOM_WEIGHTS_BANNER,
-        build_app,
-        default_home,
-        ensure_model,
-        ensure_sample_catalog,
-        launch,
-    )
+    from fashionrec_demo.app import build_app, default_catalog, launch
 
     from fashionrec_onnx.datasets import sample_dir
 
@@ -77,10 +70,9 @@ def main() -> None:
     parser.add_argument("--query", type=Path, default=sample_dir() / "dress" / "test-00013.png")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    model, untrained = ensure_model(default_home())
-    catalog = ensure_sample_catalog(default_home(), model)
+    catalog, banner = default_catalog()
     port = free_port()
-    app = launch(build_app(catalog, RANDOM_WEIGHTS_BANNER if untrained else None), port=port, block=False)
+    app = launch(build_app(catalog, banner), port=port, block=False)
     try:
         shown = capture(f"http://127.0.0.1:{port}/", args.query, args.out)
         log.info("wrote %s (%d results shown)", args.out, shown)

@@ -285,30 +285,18 @@ def _add_catalog_commands(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     try:
-        from fashionrec_demo.app import (
-            RANDOM_WEIGHTS_BANNER,
-            build_app,
-            default_home,
-            ensure_model,
-            ensure_sample_catalog,
-            launch,
-        )
+        from fashionrec_demo.app import RANDOM_WEIGHTS_BANNER, build_app, default_catalog, launch
     except ImportError as exc:
         raise FashionrecError(
             f"the demo needs gradio ({exc}); install with `pip install 'fashionrec-onnx[demo,export]'`."
         ) from exc
     from .catalog import Catalog
 
-    banner = None
     if args.catalog:
         catalog = Catalog.open(args.catalog, args.model, readonly=True)
+        banner = RANDOM_WEIGHTS_BANNER if catalog.info.weights.startswith("random") else None
     else:
-        home = args.home or default_home()
-        model, untrained = (args.model, False) if args.model else ensure_model(home)
-        catalog = ensure_sample_catalog(home, model)
-        banner = RANDOM_WEIGHTS_BANNER if untrained else None
-    if catalog.info.weights.startswith("random") and banner is None:
-        banner = RANDOM_WEIGHTS_BANNER
+        catalog, banner = default_catalog(args.home, args.model)
     print(f"serving {len(catalog)} products on http://{args.host}:{args.port} (Ctrl+C to stop)")
     try:
         launch(build_app(catalog, banner=banner), host=args.host, port=args.port)

@@ -43,6 +43,18 @@ def model_copy(tmp_path: Path, test_model: Path) -> Path:
     return target
 
 
+@pytest.fixture()
+def bare_model(tmp_path: Path, small_model: Path) -> Path:
+    """The test model with its fashionrec metadata stripped: an ONNX file that is not ours."""
+    import onnx
+
+    model = onnx.load(str(small_model))
+    del model.metadata_props[:]
+    path = tmp_path / "bare.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_dir() -> Path:
     if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():

@@ -120,3 +120,44 @@ def test_the_page_in_a_real_browser_shows_five_results(served, tmp_path: Path) -
     shown = capture(url, QUERY, screenshot)
     assert shown == 5
     assert screenshot.stat().st_size > 10_000
+
+
+def test_fashionrec_demo_offline_falls_back_to_random_weights_with_a_banner(tmp_path: Path) -> None:
+    """What `make demo` runs on a fresh machine without internet: export fails, the demo says so."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    offline = {
+        **os.environ,
+        "KERAS_HOME": str(tmp_path / "keras"),  # no cached ImageNet weights
+        "HTTPS_PROXY": "http://127.0.0.1:9",  # and no way to download them, even with network
+        "https_proxy": "http://127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+    command = [str(Path(sys.executable).with_name("fashionrec")), "demo", "--home", str(tmp_path / "home"),
+               "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=offline, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 400
+        page = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/config", timeout=5)
+                if page.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        assert page is not None and page.status_code == 200, "the demo did not come up"
+        assert "Untrained weights: results show the pipeline, not real similarity" in page.text
+        assert "1,000 products" in page.text
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=60)[0]
+    assert "FALLING BACK TO SEEDED RANDOM WEIGHTS" in output
+    assert (tmp_path / "home" / "resnet50-random-seed0.onnx").exists()

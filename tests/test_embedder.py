@@ -141,15 +141,9 @@ def test_one_embedder_shared_by_threads_matches_serial_use(
         np.testing.assert_allclose(vectors, serial, atol=1e-5)
 
 
-def test_model_without_fashionrec_metadata_is_refused(tmp_path: Path, small_model: Path) -> None:
-    import onnx
-
-    model = onnx.load(str(small_model))
-    del model.metadata_props[:]
-    bare = tmp_path / "bare.onnx"
-    onnx.save(model, str(bare))
+def test_model_without_fashionrec_metadata_is_refused(bare_model: Path) -> None:
     with pytest.raises(ModelError, match="fashionrec export"):
-        Embedder(bare)
+        Embedder(bare_model)
 
 
 def test_end_to_end_matches_keras_fed_the_same_resized_pixels(test_model: Path, tmp_path: Path) -> None:
