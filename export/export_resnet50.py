@@ -113,6 +113,9 @@ def build_keras_model(config: ExportConfig):  # -> keras.Model
     _quiet_tensorflow()
     import keras
 
+    # A fresh Keras session per export: layer names (and so the ONNX node names) must not depend
+    # on how many models this process built before.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     shape = (config.size, config.size, 3)
     if config.weights == "random":
@@ -224,13 +227,28 @@ def weights_source(config: ExportConfig) -> str:
     return f"file:{Path(config.weights).name}"
 
 
+def graph_fingerprint(onnx_model, info_fields: dict[str, object]) -> str:
+    """Identify a model by what it computes: operators, weights and the recorded contract.
+
+    Tensor and node names are left out: they depend on the converter's naming, not the model.
+    """
+    from onnx import numpy_helper
+
+    digest = hashlib.sha256(repr(sorted(info_fields.items())).encode())
+    for node in onnx_model.graph.node:
+        digest.update(f"{node.domain}:{node.op_type};".encode())
+    for tensor in onnx_model.graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        digest.update(f"{array.dtype}{array.shape};".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def attach_metadata(onnx_model, info_fields: dict[str, object]) -> ModelInfo:
-    """Fingerprint the graph, then record the contract in ``metadata_props``."""
+    """Fingerprint the model, then record the contract in ``metadata_props``."""
     import onnx
 
-    graph_digest = hashlib.sha256(onnx_model.graph.SerializeToString(deterministic=True))
-    graph_digest.update(repr(sorted(info_fields.items())).encode())
-    info = ModelInfo(fingerprint=graph_digest.hexdigest()[:16], **info_fields)  # type: ignore[arg-type]
+    info = ModelInfo(fingerprint=graph_fingerprint(onnx_model, info_fields), **info_fields)  # type: ignore[arg-type]
     onnx.helper.set_model_props(onnx_model, info.to_metadata())
     onnx_model.doc_string = f"fashionrec ResNet50 + global {info.pooling} pool, unit embeddings"
     return info
