@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from . import __version__
 from .errors import CatalogError, FashionrecError
 from .index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 
@@ -318,6 +319,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashionrec", description="Visual product search for fashion.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"fashionrec-onnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_export(sub)
     _add_catalog_commands(sub)
