@@ -326,11 +326,10 @@ class Catalog:
             log.info("the saved graph of %s predates a change of reduction; rebuilding it", self.path)
             rebuild = True
         if rebuild or graph_file is None:
-            self._graph = HnswIndex(self.graph_dim, self.params, capacity=len(self._items))
-            self._dirty = True
+            self._fresh_graph()
         else:
             self._graph = self._read_graph(graph_file)
-        self._reconcile()
+            self._reconcile()
         if rebuild and not self.readonly:
             self.save()
 
@@ -360,6 +359,12 @@ class Catalog:
         self._matrix = None
         self._exact_model = None
 
+    def _fresh_graph(self) -> None:
+        """A new graph filled from the stored vectors (callers hold the write lock)."""
+        self._graph = HnswIndex(self.graph_dim, self.params, capacity=len(self._items))
+        self._reconcile()
+        self._dirty = True
+
     def _reconcile(self) -> None:
         """Make the graph hold exactly the stored items (after a crash or another process's write)."""
         in_graph = self._graph.labels()
@@ -376,14 +381,18 @@ class Catalog:
         if missing or stale:
             self._dirty = True
 
+    def _catch_up(self) -> None:
+        """Under the write lock: take in writes made by another process since we last looked."""
+        if self._store.generation != self._generation:
+            self._reload_items()
+            self._reconcile()
+
     def _sync(self) -> None:
-        """Catch up with writes made by another process since we last looked."""
+        """Before reading: catch up, taking the write lock only when something changed."""
         if self._store.generation == self._generation:
             return
         with self._rw.write():
-            if self._store.generation != self._generation:
-                self._reload_items()
-                self._reconcile()
+            self._catch_up()
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -395,9 +404,7 @@ class Catalog:
         with self._rw.write():
             fcntl.flock(self._lock_file, fcntl.LOCK_EX)
             try:
-                if self._store.generation != self._generation:
-                    self._reload_items()
-                    self._reconcile()
+                self._catch_up()
                 yield
             finally:
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
@@ -593,9 +600,7 @@ class Catalog:
     def rebuild(self) -> None:
         """Recreate the HNSW graph from the stored vectors (no re-embedding)."""
         with self._writing():
-            self._graph = HnswIndex(self.graph_dim, self.params, capacity=len(self._items))
-            self._reconcile()
-            self._dirty = True
+            self._fresh_graph()
         self.save()
 
     def index_folder(
@@ -888,9 +893,7 @@ class Catalog:
             for old in self.path.glob("pca-*.npz"):
                 if self._reduction is None or old.name != self._store.get_setting("reduction.file"):
                     old.unlink(missing_ok=True)
-            self._graph = HnswIndex(self.graph_dim, self.params, capacity=len(self._items))
-            self._reconcile()
-            self._dirty = True
+            self._fresh_graph()
         self.save()
         return self._reduction
 
