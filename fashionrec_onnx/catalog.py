@@ -521,6 +521,7 @@ class Catalog:
             "ef": self.params.ef,
             "graph_file": str(graph_file) if graph_file else None,
             "graph_dim": self.graph_dim,
+            "graph_slots": self._graph.slots,
             "reduction": (
                 f"PCA {self.dim}->{self._reduction.dim}{' whitened' if self._reduction.whiten else ''}, "
                 f"{self._reduction.explained_variance_ratio:.1%} of variance"

@@ -168,7 +168,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"ef_construction={report.ef_construction}, ef={report.ef})"
     )
     if report.recall < args.min_recall:
-        print(f"recall below {args.min_recall}: raise ef (`fashionrec info`) or rebuild with a larger M")
+        print(
+            f"recall below {args.min_recall}: raise ef "
+            f"(`fashionrec rebuild --catalog {args.catalog} --ef {2 * report.ef}`)"
+        )
     return 1 if problems or report.recall < args.min_recall else 0
 
 

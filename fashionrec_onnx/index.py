@@ -3,6 +3,7 @@
 hnswlib forgets ``ef`` on save, raises when full, when k exceeds what it holds and on a double
 delete, and is not safe when searches run during adds or deletes. This wrapper grows capacity,
 clamps k, makes deletes idempotent and keeps a readers-writer lock; the catalog persists ef.
+New items take the slots of deleted ones, so a catalog whose products come and go does not grow.
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ class HnswIndex:
         self.params = params
         self._index = hnswlib.Index(space="l2", dim=dim)
         self._index.init_index(
-            max_elements=max(capacity, _MIN_CAPACITY), M=params.M, ef_construction=params.ef_construction
+            max_elements=max(capacity, _MIN_CAPACITY),
+            M=params.M,
+            ef_construction=params.ef_construction,
+            allow_replace_deleted=True,
         )
         self._index.set_ef(params.ef)
         self._deleted: set[int] = set()
@@ -94,7 +98,7 @@ class HnswIndex:
         self.dim = dim
         self.params = params
         self._index = hnswlib.Index(space="l2", dim=dim)
-        self._index.load_index(str(path), allow_replace_deleted=False)
+        self._index.load_index(str(path), allow_replace_deleted=True)
         self._index.set_ef(params.ef)  # hnswlib does not save ef
         self._deleted = set()
         return self
@@ -108,17 +112,24 @@ class HnswIndex:
     def capacity(self) -> int:
         return int(self._index.get_max_elements())
 
+    @property
+    def slots(self) -> int:
+        """Elements held, live and deleted-but-not-yet-reused: what the graph costs in memory."""
+        return int(self._index.get_current_count())
+
     def labels(self) -> set[int]:
-        """Every label the graph has seen, deleted ones included (hnswlib keeps them)."""
+        """Labels the graph holds, deleted ones whose slot was not reused yet included."""
         return set(self._index.get_ids_list())
 
     def add(self, labels: np.ndarray, vectors: np.ndarray, threads: int = -1) -> None:
         if len(labels) == 0:
             return
-        needed = self._index.get_current_count() + len(labels)
+        needed = self.slots + len(labels)  # as if no deleted slot were free: never too small
         if needed > self.capacity:
             self._index.resize_index(max(needed, int(self.capacity * _GROWTH)))
-        self._index.add_items(np.ascontiguousarray(vectors, np.float32), labels, num_threads=threads)
+        self._index.add_items(
+            np.ascontiguousarray(vectors, np.float32), labels, num_threads=threads, replace_deleted=True
+        )
 
     def delete(self, labels: Iterable[int]) -> None:
         """Hide labels from results; deleting a deleted or unknown label is a no-op."""

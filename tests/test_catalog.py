@@ -171,6 +171,27 @@ def test_add_replace_and_remove(small_catalog: Catalog, image_folder: Path) -> N
     assert small_catalog.verify() == []
 
 
+def test_products_that_come_and_go_reuse_graph_slots(tmp_path: Path, small_model: Path) -> None:
+    """A shop's churn (remove, add new, replace) must not grow the graph without bound."""
+    rng = np.random.default_rng(1)
+    with Catalog.create(tmp_path / "churn", small_model) as catalog:
+        catalog.add_many([f"p{i}" for i in range(200)], rng.random((200, 2048), np.float32))
+        for round_ in range(5):
+            catalog.remove(*[f"p{i}" for i in range(round_ * 40, round_ * 40 + 40)])
+            fresh = rng.random((40, 2048), np.float32)
+            catalog.add_many([f"new{round_}-{i}" for i in range(40)], fresh)
+            catalog.add_many([f"new{round_}-0"], rng.random((1, 2048), np.float32))  # replaced
+            assert [h.key for h in catalog.search(fresh[7], k=1)] == [f"new{round_}-7"]
+        assert len(catalog) == 200
+        assert catalog.summary()["graph_slots"] <= 201
+        assert "p0" not in catalog and catalog.verify() == []
+    with Catalog.open(tmp_path / "churn") as reopened:  # slots freed before a save stay reusable
+        reopened.remove("new0-1")
+        reopened.add_many(["again"], rng.random((1, 2048), np.float32))
+        assert reopened.summary()["graph_slots"] <= 201
+        assert reopened.check(k=5).recall == 1.0
+
+
 def test_reindexing_skips_unchanged_files_and_reembeds_changed_ones(
     small_catalog: Catalog, image_folder: Path
 ) -> None:
