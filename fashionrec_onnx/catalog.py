@@ -66,6 +66,7 @@ class IndexReport:
     added: int = 0
     updated: int = 0
     unchanged: int = 0
+    moved: int = 0  # same file at a new place: path updated, not re-embedded
     removed: int = 0
     metadata_updated: int = 0
     failures: list[Failure] = field(default_factory=list)
@@ -612,22 +613,32 @@ class Catalog:
         prune: bool = False,
         progress: bool = True,
         batch_size: int = 32,
+        key_prefix: str = "",
     ) -> IndexReport:
         """Index every image below ``folder``; only new or changed files go through the model.
 
-        Each batch is committed on its own, so an interrupted run resumes where it stopped.
-        Unreadable files are skipped and listed in the report.
+        Keys are ``key_prefix`` + the path relative to ``folder``: give each folder its own prefix
+        to keep several in one catalog. A key already held by an image from elsewhere is refused
+        before anything is written, never silently replaced. Each batch is committed on its own,
+        so an interrupted run resumes where it stopped. Unreadable files are skipped and listed.
         """
         started = time.perf_counter()
         report = IndexReport()
         table = read_metadata(metadata) if isinstance(metadata, (str, os.PathLike)) else dict(metadata or {})
         root = Path(folder).expanduser().resolve()
-        files = list(scan_folder(root))
+        files = list(scan_folder(root, key_prefix))
         report.scanned = len(files)
         self._sync()
         known = {item.key: item for item in self._items.values()}
+        self._refuse_foreign_keys(files, known, root)
         todo = [file for file in files if not self._unchanged(known.get(file.key), file)]
         report.unchanged = len(files) - len(todo)
+        moved = {file.key: str(file.path) for file in todo if self._moved(known.get(file.key), file)}
+        if moved:
+            with self._writing():
+                report.moved = self._store.update_paths(moved)
+                self._reload_items()
+            todo = [file for file in todo if file.key not in moved]
         if table:
             report.metadata_updated = self._refresh_metadata(files, todo, known, table)
         last_checkpoint = time.monotonic()
@@ -637,7 +648,7 @@ class Catalog:
                 for row, index in enumerate(result.indices):
                     file = todo[int(index)]
                     previous = known.get(file.key)
-                    values = metadata_for(file.key, table) if table else None
+                    values = metadata_for(file.relative, table) if table else None
                     if values is None:
                         values = previous.metadata if previous else {}
                     new.append(
@@ -678,6 +689,33 @@ class Catalog:
             log.warning("%d file(s) could not be indexed and were skipped", len(report.failures))
         return report
 
+    def _refuse_foreign_keys(self, files: list[ImageFile], known: dict[str, Item], root: Path) -> None:
+        """Keys that belong to another image (indexed from another folder, or added by hand)."""
+        clashes = []
+        for file in files:
+            item = known.get(file.key)
+            if item is None or item.path == str(file.path):
+                continue
+            if item.path is None or (not Path(item.path).is_relative_to(root) and Path(item.path).exists()):
+                clashes.append(f"{file.key!r} is {item.path or 'an item added without a file'}")
+        if clashes:
+            raise CatalogError(
+                f"{len(clashes)} image(s) of {root} have keys that {self.path} already gives to other "
+                f"images ({'; '.join(clashes[:3])}). Nothing was written. Give this folder its own "
+                "key prefix (key_prefix=, --key-prefix NAME/) to keep both, or remove the old items."
+            )
+
+    @staticmethod
+    def _moved(item: Item | None, file: ImageFile) -> bool:
+        """The folder was moved or renamed: the old file is gone, this one has its size and mtime."""
+        return (
+            item is not None
+            and item.path is not None
+            and item.size == file.size
+            and item.mtime_ns == file.mtime_ns
+            and not Path(item.path).exists()
+        )
+
     @staticmethod
     def _unchanged(item: Item | None, file: ImageFile) -> bool:
         return (
@@ -698,7 +736,7 @@ class Catalog:
         pending = {file.key for file in todo}
         changed: dict[str, dict[str, Any]] = {}
         for file in files:
-            values = metadata_for(file.key, table)  # type: ignore[arg-type]
+            values = metadata_for(file.relative, table)  # type: ignore[arg-type]
             item = known.get(file.key)
             if values is None or item is None or file.key in pending:
                 continue

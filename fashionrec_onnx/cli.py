@@ -94,7 +94,8 @@ def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
 def _print_index_report(report) -> int:  # report: IndexReport
     print(
         f"indexed {report.scanned} files in {report.seconds:.1f}s: {report.added} added, "
-        f"{report.updated} updated, {report.unchanged} unchanged, {report.removed} removed, "
+        f"{report.updated} updated, {report.unchanged} unchanged, {report.moved} moved, "
+        f"{report.removed} removed, "
         f"{len(report.failures)} skipped"
     )
     for failure in report.failures:
@@ -110,6 +111,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
             prune=args.prune,
             progress=not args.quiet,
             batch_size=args.batch_size,
+            key_prefix=args.key_prefix,
         )
         code = _print_index_report(report)
         print(f"catalog {args.catalog}: {len(catalog)} items")
@@ -223,7 +225,7 @@ def _cmd_import_fashion_mnist(args: argparse.Namespace) -> int:
 
     images = args.catalog / "images"
     labels = export_split(images, split=args.split, limit=args.limit, source=args.source)
-    args.images, args.metadata, args.prune = images, labels, False
+    args.images, args.metadata, args.prune, args.key_prefix = images, labels, False, ""
     return _cmd_index(args)
 
 
@@ -233,6 +235,11 @@ def _add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     _catalog_arg(index)
     _build_args(index)
     index.add_argument("--metadata", type=Path, help="CSV or JSON lines with a key/path column")
+    index.add_argument(
+        "--key-prefix",
+        default="",
+        help="put before every key (e.g. shop-b/) to index several folders into one catalog",
+    )
     index.add_argument("--prune", action="store_true", help="remove items whose file has gone")
     index.set_defaults(handler=_cmd_index)
 

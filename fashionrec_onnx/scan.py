@@ -18,15 +18,17 @@ KEY_COLUMNS = ("key", "path", "id", "filename", "file")
 
 @dataclass(frozen=True)
 class ImageFile:
-    """An image on disk: its key (path relative to the indexed folder) and change markers."""
+    """An image on disk: its key (the key prefix, then the path relative to the indexed folder),
+    that relative path (what metadata files name) and change markers."""
 
     key: str
     path: Path
     size: int
     mtime_ns: int
+    relative: str = ""
 
 
-def scan_folder(folder: str | os.PathLike[str]) -> Iterator[ImageFile]:
+def scan_folder(folder: str | os.PathLike[str], key_prefix: str = "") -> Iterator[ImageFile]:
     """Image files below ``folder``, recursively, in a stable order; hidden entries skipped."""
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -42,7 +44,8 @@ def scan_folder(folder: str | os.PathLike[str]) -> Iterator[ImageFile]:
                 stat = path.stat()
             except OSError:
                 continue  # vanished while scanning
-            yield ImageFile(path.relative_to(root).as_posix(), path, stat.st_size, stat.st_mtime_ns)
+            relative = path.relative_to(root).as_posix()
+            yield ImageFile(key_prefix + relative, path, stat.st_size, stat.st_mtime_ns, relative)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

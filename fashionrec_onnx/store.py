@@ -236,6 +236,17 @@ class Store:
                 self._bump(db)
         return changed
 
+    def update_paths(self, paths: dict[str, str]) -> int:
+        """Point existing keys at files that moved (same content), keeping their vectors."""
+        with self.transaction() as db:
+            changed = sum(
+                db.execute("UPDATE items SET path = ? WHERE key = ?", (path, key)).rowcount
+                for key, path in paths.items()
+            )
+            if changed:
+                self._bump(db)
+        return changed
+
     @staticmethod
     def _bump(db: sqlite3.Connection) -> int:
         db.execute("UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE name = 'generation'")

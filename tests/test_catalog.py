@@ -220,6 +220,39 @@ def test_prune_removes_items_whose_files_have_gone(small_catalog: Catalog, image
     assert len(small_catalog) == 59
 
 
+def test_a_second_folder_with_the_same_keys_is_refused_until_given_a_prefix(
+    small_catalog: Catalog, image_folder: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "shop-b"
+    shutil.copytree(image_folder / "bag", other / "bag")
+    before = {item.key: item.path for item in small_catalog.items()}
+    with pytest.raises(CatalogError, match=r"6 image\(s\) of .*shop-b.*'bag/.*key prefix"):
+        small_catalog.index_folder(other, progress=False)
+    assert {item.key: item.path for item in small_catalog.items()} == before  # nothing written
+
+    report = small_catalog.index_folder(other, key_prefix="shop-b/", metadata=LABELS, progress=False)
+    assert report.added == 6 and len(small_catalog) == 66
+    item = small_catalog.get(f"shop-b/bag/{next(other.glob('bag/*.png')).name}")
+    assert item.metadata["category"] == "Bag"  # metadata found by the path relative to the folder
+    again = small_catalog.index_folder(image_folder, prune=True, progress=False)
+    assert again.unchanged == 60 and again.removed == 0  # pruning one folder spares the other's
+
+
+def test_a_moved_folder_takes_over_its_keys_without_reembedding(
+    small_catalog: Catalog, image_folder: Path, tmp_path: Path
+) -> None:
+    vector = small_catalog.vector("bag/" + next(image_folder.glob("bag/*.png")).name)
+    moved = image_folder.rename(tmp_path / "moved")
+    edited = next(moved.glob("shirt/*.png"))
+    Image.new("RGB", (28, 28), "red").save(edited)  # changed while moved: embedded again
+    report = small_catalog.index_folder(moved, progress=False)
+    assert (report.moved, report.updated, report.added, len(small_catalog)) == (59, 1, 0, 60)
+    assert all(item.path.startswith(str(moved)) for item in small_catalog.items())
+    assert np.array_equal(small_catalog.vector("bag/" + next(moved.glob("bag/*.png")).name), vector)
+    assert small_catalog.index_folder(moved, progress=False).unchanged == 60
+    assert small_catalog.verify() == []
+
+
 def test_unreadable_files_are_skipped_counted_and_listed(small_catalog: Catalog, image_folder: Path) -> None:
     (image_folder / "broken.jpg").write_bytes(b"\xff\xd8 half a jpeg")
     (image_folder / "empty.png").write_bytes(b"")

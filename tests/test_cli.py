@@ -121,6 +121,23 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, indexed: Path) -> 
     )
 
 
+def test_a_second_shop_folder_needs_its_own_key_prefix(tmp_path: Path, small_model: Path) -> None:
+    shops = [tmp_path / "shop-a", tmp_path / "shop-b"]
+    for shop in shops:
+        (shop / "bag").mkdir(parents=True)
+        for path in sorted((SAMPLE_DIR / "bag").glob("*.png"))[:3]:
+            (shop / "bag" / path.name).write_bytes(path.read_bytes())
+    catalog = tmp_path / "catalog"
+    first_shop = fashionrec("index", shops[0], "--catalog", catalog, "--model", small_model, "--quiet")
+    assert first_shop.returncode == 0
+    assert_one_line_error(fashionrec("index", shops[1], "--catalog", catalog, "--quiet"), "--key-prefix")
+    result = fashionrec("index", shops[1], "--catalog", catalog, "--key-prefix", "shop-b/", "--quiet")
+    assert result.returncode == 0 and "3 added" in result.stdout
+    first = sorted((SAMPLE_DIR / "bag").glob("*.png"))[0].name
+    keys = fashionrec("search", f"shop-b/bag/{first}", "--catalog", catalog, "-k", "6", "--json")
+    assert {hit["key"].split("/")[0] for hit in json.loads(keys.stdout)} == {"bag", "shop-b"}
+
+
 def test_import_fashion_mnist_indexes_real_labelled_images(
     tmp_path: Path, small_model: Path, fashion_mnist_dir: Path
 ) -> None:
