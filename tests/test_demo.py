@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fashionrec_demo.app import ALL_CATEGORIES, RANDOM_WEIGHTS_BANNER, build_app, launch
-from fashionrec_demo.screenshot import capture, free_port
+from fashionrec_demo.screenshot import capture, free_port, open_page, upload, wait_for_results
 from gradio_client import Client, handle_file
 
 from fashionrec_onnx import Catalog
@@ -120,6 +120,33 @@ def test_the_page_in_a_real_browser_shows_five_results(served, tmp_path: Path) -
     shown = capture(url, QUERY, screenshot)
     assert shown == 5
     assert screenshot.stat().st_size > 10_000
+
+
+def _captions(page) -> list[str]:  # page: playwright Page
+    return page.locator("#results .caption-label").all_inner_texts()
+
+
+def test_in_the_browser_a_result_click_shows_more_like_it_and_k_and_category_apply(served) -> None:
+    url, _ = served
+    with open_page(url) as page:
+        assert upload(page, QUERY) == 5
+        clicked = _captions(page)[1].rsplit(" · ", 1)[-1]
+        page.locator("#results img").nth(1).click()
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('More like')")
+        assert clicked in page.locator("#status").inner_text()
+        assert wait_for_results(page) == 5
+        assert clicked not in [caption.rsplit(" · ", 1)[-1] for caption in _captions(page)]
+
+        page.locator("#k input[type=number]").fill("3")
+        page.locator("#k input[type=number]").press("Enter")
+        page.locator("#category input").fill("Bag")
+        page.keyboard.press("Enter")
+        page.locator("#search").click()
+        page.wait_for_function(
+            "() => { const c = [...document.querySelectorAll('#results .caption-label')];"
+            " return c.length === 3 && c.every(t => t.innerText.includes('Bag')); }"
+        )
+        assert "3 results" in page.locator("#timings").inner_text()
 
 
 def test_fashionrec_demo_offline_falls_back_to_random_weights_with_a_banner(tmp_path: Path) -> None:
