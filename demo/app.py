@@ -21,6 +21,8 @@ from PIL import Image
 from fashionrec_onnx import Catalog, FashionrecError, Hit, ImageLoadError, WeightsUnavailableError
 from fashionrec_onnx.datasets import sample_dir
 
+from .photo_input import PhotoInput
+
 log = logging.getLogger("fashionrec.demo")
 
 ALL_CATEGORIES = "All categories"
@@ -180,22 +182,6 @@ class DemoSearch:
 
 
 # -- the page -----------------------------------------------------------------------------------------
-
-
-class PhotoInput(gr.Image):
-    """gr.Image that hands uploads to the library undecoded.
-
-    gr.Image decodes uploads itself and fails with a stack trace on a broken file; passing the
-    file on lets the library's loader answer with its own message (and its bomb guard apply).
-    """
-
-    is_template = True  # rendered by the frontend as a plain Image
-
-    def preprocess(self, payload):  # type: ignore[no-untyped-def]
-        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-            return str(payload.path)
-        return super().preprocess(payload)
-
 
 
 def footer(catalog: Catalog) -> str:
