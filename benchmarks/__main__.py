@@ -20,9 +20,10 @@ log = logging.getLogger("benchmarks")
 
 
 def int8_of(model: Path, calibration_images: int) -> Path:
-    from fashionrec_export.quantize import quantize_int8
+    from fashionrec_export.quantize import QUANTIZED_OPS, quantize_int8
 
-    out = RAW / "models" / f"{model.stem}-int8-cal{calibration_images}.onnx"
+    ops = "-".join(QUANTIZED_OPS).lower()
+    out = RAW / "models" / f"{model.stem}-int8-{ops}-cal{calibration_images}.onnx"
     if not out.exists():
         quantize_int8(model, out, count=calibration_images)
     return out

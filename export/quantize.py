@@ -1,8 +1,10 @@
 """Static int8 quantisation of an exported model, calibrated on real images.
 
 QDQ format, per-channel int8 weights and uint8 activations (onnxruntime.quantization). Only
-the backbone's convolutions, residual additions and max pooling are quantised; the pooled
-features and their normalisation stay float, so the output is still exactly unit length.
+the backbone's convolutions and max pooling are quantised. The residual additions stay float:
+quantising them too was no faster and cost top-5 agreement with the fp32 model (0.874 against
+0.903 on Fashion-MNIST, `python -m benchmarks`). The pooled features and their normalisation
+stay float, so the output is still exactly unit length.
 The result keeps the input/output contract and the metadata, marked precision=int8 with its
 calibration source and a new fingerprint (a catalog built with fp32 refuses it, and vice versa).
 
@@ -24,7 +26,7 @@ from fashionrec_onnx.errors import ExportError, ImageLoadError
 from fashionrec_onnx.images import IMAGE_SUFFIXES, load_image, prepare_image
 from fashionrec_onnx.model import INPUT_NAME, ModelInfo, read_model_info
 
-QUANTIZED_OPS = ["Conv", "Add", "MaxPool"]
+QUANTIZED_OPS = ["Conv", "MaxPool"]
 DEFAULT_CALIBRATION_IMAGES = 64
 
 
