@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .embedder import Embedder, Failure
 from .errors import CatalogCorruptError, CatalogError, ModelError, ModelMismatchError
 from .evaluation import recall_at_k
+from .filters import Filter, MetadataIndex, allowed_labels
 from .images import Source
 from .index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswIndex, HnswParams, ReadWriteLock
 from .model import ModelInfo, read_model_info
@@ -42,7 +43,6 @@ CHECKPOINT_SECONDS = 120.0
 EXACT_FILTER_LIMIT = 20_000
 RERANK_EXTRA = 20  # a filter matching fewer items than this is searched exactly
 
-Filter = Mapping[str, Any] | Callable[[Item], bool]
 ModelArg = str | os.PathLike | Embedder
 
 
@@ -114,17 +114,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _matches(item: Item, wanted: Mapping[str, Any]) -> bool:
-    for name, value in wanted.items():
-        have = item.metadata.get(name)
-        if isinstance(value, (list, tuple, set, frozenset)):
-            if str(have) not in {str(v) for v in value}:
-                return False
-        elif str(have) != str(value):
-            return False
-    return True
-
-
 class Catalog:
     """Create with `Catalog.create`, open with `Catalog.open`; use as a context manager."""
 
@@ -157,6 +146,7 @@ class Catalog:
         self._by_key: dict[str, int] = {}
         self._matrix: tuple[np.ndarray, np.ndarray] | None = None
         self._exact_model: Any = None
+        self._metadata: MetadataIndex | None = None
         self._generation = -1
         self._graph: HnswIndex
         self._dirty = False
@@ -359,6 +349,7 @@ class Catalog:
         self._by_key = {item.key: item.label for item in items}
         self._matrix = None
         self._exact_model = None
+        self._metadata = None
 
     def _fresh_graph(self) -> None:
         """A new graph filled from the stored vectors (callers hold the write lock)."""
@@ -553,6 +544,7 @@ class Catalog:
             self._generation = result.generation
             self._matrix = None
             self._exact_model = None
+            self._metadata = None
             if result.added or result.removed:
                 self._dirty = True
         return len(result.added), len(result.removed)
@@ -762,19 +754,18 @@ class Catalog:
             raise CatalogError(f"{query!r} is neither a key in {self.path} nor an image file.")
         return self.embedder.embed_one(query), None
 
-    def _acceptor(self, filter: Filter | None, exclude: int | None) -> Callable[[int], bool] | None:
-        if filter is None and exclude is None:
-            return None
+    def _metadata_index(self) -> MetadataIndex:
+        index = self._metadata
+        if index is None:
+            index = self._metadata = MetadataIndex(self._items.values())
+        return index
+
+    def _allowed(self, filter: Filter | None, exclude: int | None) -> frozenset[int] | None:
+        """Labels a filtered search may return; None when there is no filter."""
         if filter is None:
-            return lambda label: label != exclude
-        test = (lambda item: _matches(item, filter)) if isinstance(filter, Mapping) else filter
-        items = self._items
-
-        def accept(label: int) -> bool:
-            item = items.get(label)
-            return item is not None and label != exclude and bool(test(item))
-
-        return accept
+            return None
+        allowed = allowed_labels(filter, self._items, self._metadata_index)
+        return allowed - {exclude} if exclude in allowed else allowed
 
     def _hits(
         self, labels: np.ndarray, distances: np.ndarray, k: int, exclude: int | None = None
@@ -800,27 +791,28 @@ class Catalog:
         self._sync()
         vector, exclude = self._query_vector(query)
         with self._rw.read():
-            accept = self._acceptor(filter, exclude)
-            if filter is not None:
-                matching = [label for label in self._items if accept(label)]  # type: ignore[misc]
-                if len(matching) <= EXACT_FILTER_LIMIT:
-                    return self._exact_among(vector, k, np.asarray(matching, np.int64))
-            extra = 0 if exclude is None else 1  # leaving one item out needs one more hit
-            wanted = k + extra if filter is None else k
+            allowed = self._allowed(filter, exclude)
+            if allowed is not None and len(allowed) <= EXACT_FILTER_LIMIT:
+                return self._exact_among(vector, k, allowed)
+            wanted = k + 1 if exclude is not None and allowed is None else k  # one more to leave out
             if self._reduction is not None:
                 wanted = max(2 * wanted, wanted + RERANK_EXTRA)  # candidates for the full-space rerank
             labels, distances = self._graph.search(
-                self._for_graph(vector), wanted, len(self._items), accept=None if filter is None else accept
+                self._for_graph(vector),
+                wanted,
+                len(self._items) if allowed is None else len(allowed),
+                accept=None if allowed is None else allowed.__contains__,
             )
             labels, distances = labels[0], distances[0]
             if self._reduction is not None:
                 labels, distances = self._rerank(vector, labels)
             return self._hits(labels, distances, k, exclude)
 
-    def _exact_among(self, vector: np.ndarray, k: int, labels: np.ndarray) -> list[Hit]:
+    def _exact_among(self, vector: np.ndarray, k: int, allowed: frozenset[int]) -> list[Hit]:
         """Exact top-k within a subset (selective filters): cheap, and never misses a match."""
-        if len(labels) == 0:
+        if not allowed:
             return []
+        labels = np.sort(np.fromiter(allowed, np.int64, len(allowed)))
         all_labels, matrix = self._vector_matrix()
         rows = np.searchsorted(all_labels, labels)
         distances = np.maximum(2.0 - 2.0 * (matrix[rows] @ vector), 0.0)
@@ -851,13 +843,13 @@ class Catalog:
         self._sync()
         vector, exclude = self._query_vector(query)
         with self._rw.read():
-            if filter is not None or exclude is not None:
-                accept = self._acceptor(filter, exclude)
-                matching = np.asarray([label for label in self._items if accept(label)], np.int64)  # type: ignore[misc]
-                if len(matching) == 0:
+            allowed = self._allowed(filter, exclude)
+            if allowed is not None:
+                if not allowed:
                     return []
                 from sklearn.neighbors import NearestNeighbors
 
+                matching = np.sort(np.fromiter(allowed, np.int64, len(allowed)))
                 all_labels, matrix = self._vector_matrix()
                 subset = matrix[np.searchsorted(all_labels, matching)]
                 model = NearestNeighbors(algorithm="brute", metric="euclidean").fit(subset)
@@ -866,8 +858,9 @@ class Catalog:
             if not self._items:
                 return []
             labels, model = self._exact_neighbors()
-            distances, rows = model.kneighbors(vector[None], n_neighbors=min(k, len(labels)))
-            return self._hits(labels[rows[0]], distances[0] ** 2, k)
+            wanted = min(k + (exclude is not None), len(labels))
+            distances, rows = model.kneighbors(vector[None], n_neighbors=wanted)
+            return self._hits(labels[rows[0]], distances[0] ** 2, k, exclude)
 
     def check(self, k: int = 5, sample: int = 1000, seed: int = 0) -> CheckReport:
         """recall@k of searches (HNSW, plus the rerank of a reduced catalog) against exact sklearn

@@ -101,6 +101,30 @@ def test_filter_with_several_values_and_a_callable(sample_catalog: Catalog) -> N
     assert len(odd) == 5 and all(int(h.key[-5]) % 2 == 1 for h in odd)
 
 
+@pytest.mark.parametrize(
+    "wanted",
+    [{"category": ["Bag", "Dress"]}, {"category": "Shirt", "split": "test"}, {"label": 8}],
+    ids=["any-of", "all-of", "number-as-text"],
+)
+def test_a_broad_filter_searched_in_the_graph_agrees_with_exact_search(
+    sample_catalog: Catalog, wanted: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past EXACT_FILTER_LIMIT matches, filters run inside the HNSW search; lowered here so the
+    1,000-item sample takes that path."""
+    import fashionrec_onnx.catalog as catalog_module
+
+    monkeypatch.setattr(catalog_module, "EXACT_FILTER_LIMIT", 10)
+    for key in ("dress/test-00013.png", "bag/test-00598.png"):
+        graph = sample_catalog.search(key, k=8, filter=wanted)
+        exact = sample_catalog.exact_search(key, k=8, filter=wanted)
+        assert [h.key for h in graph] == [h.key for h in exact] and len(graph) == 8
+        assert key not in [h.key for h in graph]
+        for hit in graph:
+            for name, value in wanted.items():
+                values = value if isinstance(value, list) else [value]
+                assert hit.metadata[name] in [str(v) for v in values]
+
+
 def test_filter_matching_fewer_than_k_returns_all_matches(sample_catalog: Catalog) -> None:
     keys = ["bag/test-00598.png", "dress/test-00013.png"]
     hits = sample_catalog.search("bag/test-00598.png", k=5, filter=lambda item: item.key in keys)
