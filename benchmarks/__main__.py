@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import embedding, ingest, quality, report, search, speed_memory
+from benchmarks import embedding, filtered, ingest, quality, report, search, speed_memory
 from benchmarks.common import FULL, QUICK, RAW, RESULTS, TINY, Sizes, bench_model, embed_corpus, machine_info
 
 log = logging.getLogger("benchmarks")
@@ -59,6 +59,12 @@ def run(sizes: Sizes, out: Path, command: str) -> dict[str, object]:
 
     stage("search: hnswlib vs sklearn brute force vs numpy")
     results["search"] = search.run(corpus, queries, sizes)
+
+    stage("filtered search through the catalog vs masked sklearn brute force")
+    filtered_n = max(n for n in sizes.search_sizes if n <= len(corpus))
+    results["filtered"] = filtered.run(
+        corpus_model, corpus[:filtered_n], corpus_labels[:filtered_n], queries, sizes.latency_queries
+    )
 
     stage("int8 quality cost")
     subset = min(len(corpus), 10_000)

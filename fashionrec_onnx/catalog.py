@@ -151,8 +151,8 @@ class Catalog:
         self._graph: HnswIndex
         self._dirty = False
         self._closed = False
-        reduction = settings.get("reduction.file")
-        self._reduction: PCA | None = PCA.load(path / reduction) if reduction else None
+        self._reduction_file = settings.get("reduction.file") or None
+        self._reduction: PCA | None = PCA.load(path / self._reduction_file) if self._reduction_file else None
 
     # -- opening --------------------------------------------------------------------------
 
@@ -310,6 +310,12 @@ class Catalog:
     def _load_graph(self, rebuild: bool) -> None:
         """Load the saved graph (checked by size and checksum), then reconcile it with the store."""
         self._reload_items()
+        if self._graph_from_disk(rebuild) and not self.readonly:
+            self.save()
+
+    def _graph_from_disk(self, rebuild: bool = False) -> bool:
+        """The saved graph brought up to date, or a fresh one when there is none, when it indexes
+        another space (the reduction changed) or when asked; returns whether it was rebuilt."""
         graph_file = self._graph_file()
         if graph_file is not None and self._store.get_setting("graph.dim", str(self.dim)) != str(
             self.graph_dim
@@ -318,11 +324,10 @@ class Catalog:
             rebuild = True
         if rebuild or graph_file is None:
             self._fresh_graph()
-        else:
-            self._graph = self._read_graph(graph_file)
-            self._reconcile()
-        if rebuild and not self.readonly:
-            self.save()
+            return True
+        self._graph = self._read_graph(graph_file)
+        self._reconcile()
+        return False
 
     def _read_graph(self, graph_file: Path) -> HnswIndex:
         recovery = f"recreate it from the stored vectors with `fashionrec rebuild --catalog {self.path}`"
@@ -374,10 +379,24 @@ class Catalog:
             self._dirty = True
 
     def _catch_up(self) -> None:
-        """Under the write lock: take in writes made by another process since we last looked."""
-        if self._store.generation != self._generation:
-            self._reload_items()
-            self._reconcile()
+        """Under the write lock: take in writes made by another process since we last looked
+        (items, a new ef, a new or dropped reduction)."""
+        if self._store.generation == self._generation:
+            return
+        self._reload_items()
+        settings = self._store.settings()
+        reduction_file = settings.get("reduction.file") or None
+        ef = int(settings["hnsw.ef"])
+        if reduction_file != self._reduction_file:
+            self.params = HnswParams(self.params.M, self.params.ef_construction, ef)
+            self._reduction_file = reduction_file
+            self._reduction = PCA.load(self.path / reduction_file) if reduction_file else None
+            self._graph_from_disk()
+            return
+        if ef != self.params.ef:
+            self._graph.set_ef(ef)
+            self.params = self._graph.params
+        self._reconcile()
 
     def _sync(self) -> None:
         """Before reading: catch up, taking the write lock only when something changed."""
@@ -493,7 +512,8 @@ class Catalog:
         with self._writing():
             self._graph.set_ef(ef)
             self.params = self._graph.params
-            self._store.set_settings({"hnsw.ef": str(ef)})
+            self._store.set_settings({"hnsw.ef": str(ef)}, bump=True)
+            self._generation = self._store.generation
 
     def summary(self) -> dict[str, Any]:
         self._sync()
@@ -910,7 +930,7 @@ class Catalog:
         with self._writing():
             if dim is None:
                 self._reduction = None
-                self._store.set_settings({"reduction.file": ""})
+                self._store.set_settings({"reduction.file": ""}, bump=True)
             else:
                 _, matrix = self._vector_matrix()
                 if len(matrix) == 0:
@@ -918,12 +938,15 @@ class Catalog:
                 rng = np.random.default_rng(seed)
                 picks = rng.choice(len(matrix), size=min(sample, len(matrix)), replace=False)
                 pca = PCA.fit(matrix[picks], dim, whiten)
-                name = f"pca-{dim}{'-whitened' if whiten else ''}.npz"
+                # A new name per fit: another open catalog notices the change by the name.
+                name = f"pca-{dim}{'-whitened' if whiten else ''}-{self._store.generation}.npz"
                 pca.save(self.path / name)
-                self._store.set_settings({"reduction.file": name})
+                self._store.set_settings({"reduction.file": name}, bump=True)
                 self._reduction = pca
+            self._reduction_file = self._store.get_setting("reduction.file") or None
+            self._generation = self._store.generation
             for old in self.path.glob("pca-*.npz"):
-                if self._reduction is None or old.name != self._store.get_setting("reduction.file"):
+                if old.name != self._reduction_file:
                     old.unlink(missing_ok=True)
             self._fresh_graph()
         self.save()

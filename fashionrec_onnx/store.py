@@ -173,13 +173,16 @@ class Store:
     def settings(self) -> dict[str, str]:
         return dict(self._read("SELECT name, value FROM settings"))  # type: ignore[arg-type]
 
-    def set_settings(self, values: dict[str, str]) -> None:
+    def set_settings(self, values: dict[str, str], *, bump: bool = False) -> None:
+        """``bump`` for settings that other open catalogs must take in (ef, the reduction)."""
         with self.transaction() as db:
             db.executemany(
                 "INSERT INTO settings(name, value) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 list(values.items()),
             )
+            if bump:
+                self._bump(db)
         if "vector_dtype" in values:
             self.vector_dtype = self._dtype(values["vector_dtype"])
 

@@ -99,3 +99,22 @@ def test_float16_storage_halves_the_vectors_and_keeps_the_ranking(
     assert sizes["float16"] < sizes["float32"] * 0.6
     overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(tops["float32"], tops["float16"])])
     assert overlap >= 0.98
+
+
+def test_another_open_catalog_takes_in_a_reduction_and_a_new_ef(catalog: Catalog) -> None:
+    """A search service keeps the catalog open while an admin reduces it or tunes ef elsewhere."""
+    with Catalog.open(catalog.path, readonly=True) as service:
+        key = service.keys()[10]
+        assert service.graph_dim == 2048
+        catalog.reduce(64)
+        assert [h.key for h in service.search(key, k=5)] == [h.key for h in catalog.search(key, k=5)]
+        assert service.graph_dim == 64 and service.reduction is not None
+        catalog.reduce(48)  # a refit under a new file name: noticed too
+        service.search(key, k=5)
+        assert service.graph_dim == 48
+        catalog.set_ef(40)
+        service.search(key, k=5)
+        assert service.params.ef == 40
+        catalog.reduce(None)
+        assert [h.key for h in service.search(key, k=5)] == [h.key for h in catalog.search(key, k=5)]
+        assert service.graph_dim == 2048 and service.verify() == []
