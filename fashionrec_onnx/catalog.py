@@ -799,6 +799,19 @@ class Catalog:
             hits.append(Hit(len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata)))
         return hits
 
+    @contextlib.contextmanager
+    def _searching(
+        self, query: Source | str, k: int, filter: Filter | None
+    ) -> Iterator[tuple[np.ndarray, int | None, frozenset[int] | None]]:
+        """What every search starts with: the query vector, the item to leave out, the labels a
+        filter allows, all read under the read lock once other processes' writes are taken in."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self._sync()
+        vector, exclude = self._query_vector(query)
+        with self._rw.read():
+            yield vector, exclude, self._allowed(filter, exclude)
+
     def search(self, query: Source | str, k: int = 5, filter: Filter | None = None) -> list[Hit]:
         """The k most similar items to an image, a vector, or the key of an item in the catalog.
 
@@ -806,12 +819,7 @@ class Catalog:
         metadata values (a list value means any of them) or a callable taking an `Item`; k hits
         that all match come back when that many exist.
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        self._sync()
-        vector, exclude = self._query_vector(query)
-        with self._rw.read():
-            allowed = self._allowed(filter, exclude)
+        with self._searching(query, k, filter) as (vector, exclude, allowed):
             if allowed is not None and len(allowed) <= EXACT_FILTER_LIMIT:
                 return self._exact_among(vector, k, allowed)
             wanted = k + 1 if exclude is not None and allowed is None else k  # one more to leave out
@@ -858,12 +866,7 @@ class Catalog:
 
     def exact_search(self, query: Source | str, k: int = 5, filter: Filter | None = None) -> list[Hit]:
         """The oracle: scikit-learn brute-force KNN over every stored vector."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        self._sync()
-        vector, exclude = self._query_vector(query)
-        with self._rw.read():
-            allowed = self._allowed(filter, exclude)
+        with self._searching(query, k, filter) as (vector, exclude, allowed):
             if allowed is not None:
                 if not allowed:
                     return []
