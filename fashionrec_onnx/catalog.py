@@ -849,9 +849,7 @@ class Catalog:
         """Exact top-k within a subset (selective filters): cheap, and never misses a match."""
         if not allowed:
             return []
-        labels = np.sort(np.fromiter(allowed, np.int64, len(allowed)))
-        all_labels, matrix = self._vector_matrix()
-        rows = np.searchsorted(all_labels, labels)
+        labels, rows, matrix = self._rows_of(allowed)
         scores = np.empty(len(rows), np.float32)
         for start in range(0, len(rows), GATHER_ROWS):
             scores[start : start + GATHER_ROWS] = matrix[rows[start : start + GATHER_ROWS]] @ vector
@@ -862,6 +860,12 @@ class Catalog:
         else:
             order = np.argsort(distances, kind="stable")
         return self._hits(labels[order], distances[order], k)
+
+    def _rows_of(self, allowed: frozenset[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The allowed labels in order, their rows in the stored-vector matrix, and the matrix."""
+        labels = np.sort(np.fromiter(allowed, np.int64, len(allowed)))
+        all_labels, matrix = self._vector_matrix()
+        return labels, np.searchsorted(all_labels, labels), matrix
 
     def _vector_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         matrix = self._matrix
@@ -888,9 +892,8 @@ class Catalog:
                     return []
                 from sklearn.neighbors import NearestNeighbors
 
-                matching = np.sort(np.fromiter(allowed, np.int64, len(allowed)))
-                all_labels, matrix = self._vector_matrix()
-                subset = matrix[np.searchsorted(all_labels, matching)]
+                matching, rows, matrix = self._rows_of(allowed)
+                subset = matrix[rows]
                 model = NearestNeighbors(algorithm="brute", metric="euclidean").fit(subset)
                 distances, rows = model.kneighbors(vector[None], n_neighbors=min(k, len(matching)))
                 return self._hits(matching[rows[0]], distances[0] ** 2, k)

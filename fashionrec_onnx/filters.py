@@ -22,14 +22,6 @@ def _wanted_values(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, _ANY_OF) else [str(value)]
 
 
-def matches(item: Item, wanted: Mapping[str, Any]) -> bool:
-    """Whether one item passes a dict filter (values are compared as text)."""
-    return all(
-        name in item.metadata and str(item.metadata[name]) in _wanted_values(value)
-        for name, value in wanted.items()
-    )
-
-
 class MetadataIndex:
     """Labels by field and value; built once per catalog state, read by many searches at once."""
 
