@@ -708,19 +708,24 @@ class Catalog:
         return report
 
     def _refuse_foreign_keys(self, files: list[ImageFile], known: dict[str, Item], root: Path) -> None:
-        """Keys that belong to another image (indexed from another folder, or added by hand)."""
+        """Keys that belong to another image (indexed from another folder, or added by hand), and
+        images already indexed under another key (a folder inside one indexed before)."""
         clashes = []
+        keys_by_path = {item.path: item.key for item in known.values() if item.path}
         for file in files:
             item = known.get(file.key)
-            if item is None or item.path == str(file.path):
+            other_key = keys_by_path.get(str(file.path), file.key)
+            if other_key != file.key:
+                clashes.append(f"{file.path} is already indexed as {other_key!r}")
+            elif item is None or item.path == str(file.path):
                 continue
-            if item.path is None or (not Path(item.path).is_relative_to(root) and Path(item.path).exists()):
+            elif item.path is None or (not Path(item.path).is_relative_to(root) and Path(item.path).exists()):
                 clashes.append(f"{file.key!r} is {item.path or 'an item added without a file'}")
         if clashes:
             raise CatalogError(
-                f"{len(clashes)} image(s) of {root} have keys that {self.path} already gives to other "
-                f"images ({'; '.join(clashes[:3])}). Nothing was written. Give this folder its own "
-                "key prefix (key_prefix=, --key-prefix NAME/) to keep both, or remove the old items."
+                f"{len(clashes)} image(s) of {root} clash with what {self.path} holds "
+                f"({'; '.join(clashes[:3])}). Nothing was written. Index each folder once, under "
+                "its own key prefix (key_prefix=, --key-prefix NAME/), or remove the old items."
             )
 
     @staticmethod

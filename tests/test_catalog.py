@@ -263,6 +263,14 @@ def test_a_second_folder_with_the_same_keys_is_refused_until_given_a_prefix(
     assert again.unchanged == 60 and again.removed == 0  # pruning one folder spares the other's
 
 
+def test_a_subfolder_of_an_indexed_folder_is_not_indexed_twice(
+    small_catalog: Catalog, image_folder: Path
+) -> None:
+    with pytest.raises(CatalogError, match=r"6 image\(s\) .* already indexed as 'bag/"):
+        small_catalog.index_folder(image_folder / "bag", progress=False)
+    assert len(small_catalog) == 60
+
+
 def test_a_moved_folder_takes_over_its_keys_without_reembedding(
     small_catalog: Catalog, image_folder: Path, tmp_path: Path
 ) -> None:
