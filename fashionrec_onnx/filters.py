@@ -34,7 +34,7 @@ class MetadataIndex:
                 by_field[name][str(value)].add(item.label)
         self._all = frozenset(labels)
         self._by_field = {
-            name: {value: frozenset(labels) for value, labels in values.items()}
+            name: {value: frozenset(members) for value, members in values.items()}
             for name, values in by_field.items()
         }
 

@@ -90,7 +90,6 @@ class HnswIndex:
             allow_replace_deleted=True,
         )
         self._index.set_ef(params.ef)
-        self._deleted: set[int] = set()
 
     @classmethod
     def load(cls, path: Path, dim: int, params: HnswParams) -> HnswIndex:
@@ -100,7 +99,6 @@ class HnswIndex:
         self._index = hnswlib.Index(space="l2", dim=dim)
         self._index.load_index(str(path), allow_replace_deleted=True)
         self._index.set_ef(params.ef)  # hnswlib does not save ef
-        self._deleted = set()
         return self
 
     def save(self, path: Path) -> None:
@@ -134,12 +132,8 @@ class HnswIndex:
     def delete(self, labels: Iterable[int]) -> None:
         """Hide labels from results; deleting a deleted or unknown label is a no-op."""
         for label in labels:
-            label = int(label)
-            if label in self._deleted:
-                continue
-            with contextlib.suppress(RuntimeError):  # unknown, or deleted before a save/load
-                self._index.mark_deleted(label)
-            self._deleted.add(label)
+            with contextlib.suppress(RuntimeError):  # hnswlib: "already deleted" or "not found"
+                self._index.mark_deleted(int(label))
 
     def set_ef(self, ef: int) -> None:
         self.params = HnswParams(self.params.M, self.params.ef_construction, ef)

@@ -25,7 +25,7 @@ class ImageFile:
     path: Path
     size: int
     mtime_ns: int
-    relative: str = ""
+    relative: str
 
 
 def scan_folder(folder: str | os.PathLike[str], key_prefix: str = "") -> Iterator[ImageFile]:
