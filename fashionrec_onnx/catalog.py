@@ -331,7 +331,12 @@ class Catalog:
         if rebuild or graph_file is None:
             self._fresh_graph()
             return True
-        self._graph = self._read_graph(graph_file)
+        try:
+            self._graph = self._read_graph(graph_file)
+        except CatalogCorruptError:
+            if self._graph_file() == graph_file:
+                raise
+            return self._graph_from_disk()  # another process saved a newer graph meanwhile
         self._reconcile()
         return False
 
