@@ -15,7 +15,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,6 +363,10 @@ class Catalog:
         items = self._store.items()
         self._items = {item.label: item for item in items}
         self._by_key = {item.key: item.label for item in items}
+        self._drop_derived()
+
+    def _drop_derived(self) -> None:
+        """Forget what is computed from the items (vector matrix, exact model, metadata index)."""
         self._matrix = None
         self._exact_model = None
         self._metadata = None
@@ -398,16 +402,15 @@ class Catalog:
         settings = self._store.settings()
         reduction_file = settings.get("reduction.file") or None
         ef = int(settings["hnsw.ef"])
-        if reduction_file != self._reduction_file:
-            self.params = HnswParams(self.params.M, self.params.ef_construction, ef)
-            self._reduction_file = reduction_file
-            self._reduction = PCA.load(self.path / reduction_file) if reduction_file else None
-            self._graph_from_disk()
-            return
         if ef != self.params.ef:
             self._graph.set_ef(ef)
             self.params = self._graph.params
-        self._reconcile()
+        if reduction_file != self._reduction_file:
+            self._reduction_file = reduction_file
+            self._reduction = PCA.load(self.path / reduction_file) if reduction_file else None
+            self._graph_from_disk()
+        else:
+            self._reconcile()
 
     def _sync(self) -> None:
         """Before reading: catch up, taking the write lock only when something changed."""
@@ -573,9 +576,7 @@ class Catalog:
                 self._items[label] = Item(label, n.key, n.path, n.size, n.mtime_ns, dict(n.metadata or {}))
                 self._by_key[n.key] = label
             self._generation = result.generation
-            self._matrix = None
-            self._exact_model = None
-            self._metadata = None
+            self._drop_derived()
             if result.added or result.removed:
                 self._dirty = True
         return len(result.added), len(result.removed)
@@ -658,9 +659,7 @@ class Catalog:
         report.unchanged = len(files) - len(todo)
         moved = {file.key: str(file.path) for file in todo if self._moved(known.get(file.key), file)}
         if moved:
-            with self._writing():
-                report.moved = self._store.update_paths(moved)
-                self._reload_items()
+            report.moved = self._rewrite(lambda: self._store.update_paths(moved))
             todo = [file for file in todo if file.key not in moved]
         if table:
             report.metadata_updated = self._refresh_metadata(files, todo, known, table)
@@ -772,8 +771,12 @@ class Catalog:
                 changed[file.key] = dict(values)
         if not changed:
             return 0
+        return self._rewrite(lambda: self._store.update_metadata(changed))
+
+    def _rewrite(self, change: Callable[[], int]) -> int:
+        """Paths or metadata changed in place (no vector touched, so the graph stays as it is)."""
         with self._writing():
-            count = self._store.update_metadata(changed)
+            count = change()
             self._reload_items()
         return count
 
