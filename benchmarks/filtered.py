@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import summary_ms, timed
+from benchmarks.search import exact_topk
 from fashionrec_onnx import Catalog
 from fashionrec_onnx.datasets import CLASSES
 from fashionrec_onnx.evaluation import recall_at_k
@@ -23,13 +24,6 @@ FILTERS = {
     "narrow (1 category)": [CLASSES[3]],
     "broad (6 categories)": list(CLASSES[:6]),
 }
-
-
-def _exact_filtered(base: np.ndarray, mask: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
-    rows = np.flatnonzero(mask)
-    scores = base[rows] @ query
-    top = np.argpartition(-scores, k)[:k]
-    return rows[top[np.argsort(-scores[top])]]
 
 
 def run(
@@ -68,7 +62,8 @@ def run(
                     if i % 4 == 0:
                         base_s.append(timed(lambda q=query: baseline(q)))
                 ours_ms, base_ms = summary_ms(ours_s), summary_ms(base_s)
-                truth = np.stack([_exact_filtered(base, mask, q, 5) for q in queries])
+                rows = np.flatnonzero(mask)
+                truth = rows[exact_topk(base[rows], queries, 5)]
                 results["filters"][name] = {  # type: ignore[index]
                     "matching": int(mask.sum()),
                     "ours": ours_ms,
