@@ -2,7 +2,9 @@
 
 UI only: every search, embedding and bootstrap step is a library call. Results are sent to the
 browser as thumbnails made from the catalog's own images, so the app serves no file from disk
-(no ``allowed_paths``): nothing outside the catalog is reachable.
+(no ``allowed_paths``). A remote caller reaches catalog keys and its own uploads only: "more like
+this" takes a key and never a path, one upload request is bounded in size, and uploads and
+thumbnails are deleted from Gradio's cache after a while.
 """
 
 from __future__ import annotations
@@ -17,16 +19,27 @@ from pathlib import Path
 
 import gradio as gr
 from PIL import Image
+from starlette.middleware import Middleware
 
-from fashionrec_onnx import Catalog, FashionrecError, Hit, ImageLoadError, WeightsUnavailableError
+from fashionrec_onnx import (
+    Catalog,
+    FashionrecError,
+    Hit,
+    ImageLoadError,
+    UnknownKeyError,
+    WeightsUnavailableError,
+    load_image,
+)
 from fashionrec_onnx.datasets import sample_dir
 
 from .photo_input import PhotoInput
+from .upload_guard import MULTIPART_OVERHEAD, UploadGuard
 
 log = logging.getLogger("fashionrec.demo")
 
 ALL_CATEGORIES = "All categories"
-MAX_UPLOAD = "10mb"
+MAX_UPLOAD_BYTES = 10_000_000  # one photo; one upload request may carry no more than this
+CACHE_CLEANUP = (300, 900)  # every 5 minutes, delete uploads and thumbnails older than 15 minutes
 THUMBNAIL = 192
 RANDOM_WEIGHTS_BANNER = (
     "**Untrained weights: results show the pipeline, not real similarity.** The ImageNet weights "
@@ -107,6 +120,10 @@ class SearchOutput:
     status: str
 
 
+def _placeholder() -> Image.Image:
+    return Image.new("RGB", (THUMBNAIL, THUMBNAIL), (235, 235, 235))
+
+
 class DemoSearch:
     """The page's actions on one catalog; safe for many users at once (the catalog is)."""
 
@@ -116,14 +133,18 @@ class DemoSearch:
         self._lock = threading.Lock()
 
     def _make_thumbnail(self, key: str) -> Image.Image:
-        path = self.catalog.image_path(key)
-        if path is None or not path.is_file():
-            return Image.new("RGB", (THUMBNAIL, THUMBNAIL), (235, 235, 235))
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            scale = THUMBNAIL / max(image.size)
-            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-            return image.resize(size, Image.Resampling.LANCZOS)
+        """The item's picture, or a grey placeholder when its file is gone or damaged (logged)."""
+        try:
+            path = self.catalog.image_path(key)
+            if path is None:
+                return _placeholder()
+            image = load_image(path)
+        except (OSError, FashionrecError) as exc:
+            log.warning("no thumbnail for %s: %s", key, exc)
+            return _placeholder()
+        scale = THUMBNAIL / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return image.resize(size, Image.Resampling.LANCZOS)
 
     def thumbnail(self, key: str) -> Image.Image:
         with self._lock:
@@ -162,9 +183,13 @@ class DemoSearch:
         return self._render(hits, (embedded - started) * 1000, (done - embedded) * 1000)
 
     def by_key(self, key: str, k: int, category: str | None) -> SearchOutput:
+        """More like a catalog item. ``key`` comes from the browser: it is only ever looked up as
+        a key, never opened as a file, and every non-key gets the same answer."""
         started = time.perf_counter()
         try:
-            hits = self.catalog.search(key, k=int(k), filter=self._filter(category))
+            hits = self.catalog.more_like_this(str(key), k=int(k), filter=self._filter(category))
+        except UnknownKeyError:
+            return SearchOutput([], [], "", "No such item in the catalog.")
         except FashionrecError as exc:
             return SearchOutput([], [], "", f"Search failed: {exc}")
         note = f"More like **{key}**"
@@ -194,8 +219,11 @@ def footer(catalog: Catalog) -> str:
     )
 
 
-def build_app(catalog: Catalog, banner: str | None = None) -> gr.Blocks:
-    """The Blocks app for one catalog. ``banner`` is shown on top (the demo's fallback notice)."""
+def build_app(
+    catalog: Catalog, banner: str | None = None, *, delete_cache: tuple[int, int] = CACHE_CLEANUP
+) -> gr.Blocks:
+    """The Blocks app for one catalog. ``banner`` is shown on top (the demo's fallback notice);
+    ``delete_cache`` is Gradio's (every, older than) seconds for removing uploads and thumbnails."""
     search = DemoSearch(catalog)
     example_keys = search.examples()
     categories = [ALL_CATEGORIES, *catalog.categories()]
@@ -211,11 +239,10 @@ def build_app(catalog: Catalog, banner: str | None = None) -> gr.Blocks:
         return (search.thumbnail(key), *outputs(search.by_key(key, int(k), category)))
 
     def on_example_click(k: float, category: str, event: gr.SelectData) -> tuple:
-        key = example_keys[event.index]
-        path = catalog.image_path(key)
-        return (search.thumbnail(key), *outputs(search.by_image(str(path), int(k), category)))
+        key = example_keys[event.index]  # like a result click: more like it, itself left out
+        return (search.thumbnail(key), *outputs(search.by_key(key, int(k), category)))
 
-    with gr.Blocks(title="fashionrec: visual product search") as app:
+    with gr.Blocks(title="fashionrec: visual product search", delete_cache=delete_cache) as app:
         gr.Markdown(
             "# Find similar products\nUpload a photo of a garment and see the closest items of the catalog."
         )
@@ -272,10 +299,12 @@ def build_app(catalog: Catalog, banner: str | None = None) -> gr.Blocks:
 
 def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, block: bool = True) -> gr.Blocks:
     """Serve on loopback unless told otherwise; uploads are size-limited; no files from disk."""
+    guard = Middleware(UploadGuard, max_bytes=MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD)
     app.launch(
         server_name=host,
         server_port=port,
-        max_file_size=MAX_UPLOAD,
+        max_file_size=MAX_UPLOAD_BYTES,
+        app_kwargs={"middleware": [guard]},
         show_error=True,
         prevent_thread_lock=not block,
         css=CSS,

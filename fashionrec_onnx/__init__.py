@@ -17,6 +17,7 @@ from .errors import (
     ImageLoadError,
     ModelError,
     ModelMismatchError,
+    UnknownKeyError,
     WeightsUnavailableError,
 )
 from .images import load_image, prepare_image
@@ -46,6 +47,7 @@ __all__ = [
     "ModelError",
     "ModelInfo",
     "ModelMismatchError",
+    "UnknownKeyError",
     "WeightsUnavailableError",
     "__version__",
     "read_model_info",

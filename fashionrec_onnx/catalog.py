@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .embedder import Embedder, Failure
-from .errors import CatalogCorruptError, CatalogError, ModelError, ModelMismatchError
+from .errors import CatalogCorruptError, CatalogError, ModelError, ModelMismatchError, UnknownKeyError
 from .evaluation import recall_at_k
 from .filters import Filter, MetadataIndex, allowed_labels
 from .images import Source
@@ -106,6 +106,13 @@ def _unit(vector: np.ndarray, dim: int) -> np.ndarray:
     if not np.isfinite(norm):
         raise CatalogError("the query vector holds NaN or infinite values")
     return vector / norm if norm > 0 else vector
+
+
+@dataclass(frozen=True)
+class _KeyQuery:
+    """A query that can only name a stored item, never a file."""
+
+    key: str
 
 
 def _is_vector(value: object) -> bool:
@@ -504,7 +511,7 @@ class Catalog:
         self._sync()
         label = self._by_key.get(key)
         if label is None:
-            raise CatalogError(f"no item with key {key!r} in {self.path}.")
+            raise UnknownKeyError(f"no item with key {key!r} in {self.path}.")
         return self._items[label]
 
     def vector(self, key: str) -> np.ndarray:
@@ -784,6 +791,11 @@ class Catalog:
 
     def _query_vector(self, query: Source | str) -> tuple[np.ndarray, int | None]:
         """The vector to search with, and the label to leave out ("more like this")."""
+        if isinstance(query, _KeyQuery):
+            label = self._by_key.get(query.key)
+            if label is None:  # removed by another writer since the caller looked
+                raise UnknownKeyError(f"no item with key {query.key[:200]!r} in {self.path}.")
+            return self._store.vectors(self.dim, [label])[1][0], label
         if isinstance(query, str) and query in self._by_key:
             label = self._by_key[query]
             return self._store.vectors(self.dim, [label])[1][0], label
@@ -854,6 +866,13 @@ class Catalog:
             if self._reduction is not None:
                 labels, distances = self._rerank(vector, labels)
             return self._hits(labels, distances, k, exclude)
+
+    def more_like_this(self, key: str, k: int = 5, filter: Filter | None = None) -> list[Hit]:
+        """Items like the one stored under ``key`` (itself left out). Unlike `search`, a string
+        here is only ever a key, never a file: the entry point for remote callers."""
+        if not isinstance(key, str) or key not in self:
+            raise UnknownKeyError(f"no item with key {str(key)[:200]!r} in {self.path}.")
+        return self.search(_KeyQuery(key), k, filter)
 
     def _exact_filter_limit(self) -> int:
         return max(EXACT_FILTER_MIN, int(EXACT_FILTER_FACTOR * math.sqrt(len(self._items))))

@@ -31,6 +31,13 @@ class CatalogError(FashionrecError):
     """A catalog operation cannot be done (missing catalog, unknown key, bad argument)."""
 
 
+class UnknownKeyError(CatalogError, KeyError):
+    """No item is stored under this key."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class CatalogCorruptError(CatalogError):
     """A catalog file is truncated or corrupt; the message names the file and the recovery."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import struct
 import warnings
 from pathlib import Path
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 Source = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 
 DEFAULT_MAX_PIXELS = 64_000_000
+# No photo file is this large; a bigger "image" (or /dev/zero) would only exhaust memory.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 """Decompression-bomb guard: 64 MP covers any phone or studio photo (a 200 MP sensor needs more)."""
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -92,15 +95,7 @@ def _read_bytes(source: Source, name: str) -> bytes:
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ImageLoadError(name, "file not found") from None
-        except IsADirectoryError:
-            raise ImageLoadError(name, "is a directory, not an image file") from None
-        except OSError as exc:
-            raise ImageLoadError(name, f"cannot read file ({exc.strerror or exc})") from None
+        data = _read_file(Path(source).expanduser(), name)
     elif hasattr(source, "read"):
         try:
             data = source.read()
@@ -115,6 +110,25 @@ def _read_bytes(source: Source, name: str) -> bytes:
     if not data:
         raise ImageLoadError(name, "empty (0 bytes)")
     return bytes(data)
+
+
+def _read_file(path: Path, name: str) -> bytes:
+    """A regular file's bytes. Devices, FIFOs and sockets are refused before they are opened
+    (reading one could block forever or never end), and so is a file too large to be a photo."""
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageLoadError(name, "is a directory, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageLoadError(name, "not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageLoadError(name, f"file of {info.st_size:,} bytes is larger than {MAX_FILE_BYTES:,}")
+        with path.open("rb") as handle:
+            return handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ImageLoadError(name, "file not found") from None
+    except OSError as exc:
+        raise ImageLoadError(name, f"cannot read file ({exc.strerror or exc})") from None
 
 
 def _decode(data: bytes, name: str, max_pixels: int | None, draft_size: int | None) -> Image.Image:

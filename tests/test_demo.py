@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -188,3 +189,115 @@ def test_fashionrec_demo_offline_falls_back_to_random_weights_with_a_banner(tmp_
         output = process.communicate(timeout=60)[0]
     assert "FALLING BACK TO SEEDED RANDOM WEIGHTS" in output
     assert (tmp_path / "home" / "resnet50-random-seed0.onnx").exists()
+
+
+# -- what a remote caller can reach ---------------------------------------------------------------
+
+
+def test_more_like_this_answers_only_catalog_keys_never_server_paths(client: Client, tmp_path: Path) -> None:
+    """Existing, missing, unreadable and special files all get the one answer an unknown key gets."""
+    unreadable = tmp_path / "secret.png"
+    unreadable.write_bytes(QUERY.read_bytes())
+    unreadable.chmod(0)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    not_keys = [
+        "/etc/shadow",
+        "/etc/passwd",
+        "/nonexistent/photo.png",
+        str(QUERY),  # an image on the server's disk, but not a key
+        str(unreadable),
+        "/dev/zero",
+        str(fifo),
+        "x" * 5000,
+    ]
+    for not_a_key in not_keys:
+        gallery, _, status = client.predict(not_a_key, 3, ALL_CATEGORIES, api_name="/more_like_this")
+        assert (gallery, status) == ([], "No such item in the catalog."), not_a_key
+
+
+def _multipart(files: int, size: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (f"photo{i}.png", os.urandom(size), "image/png")) for i in range(files)]
+
+
+def test_one_upload_request_may_not_store_more_than_one_photo_s_worth(served) -> None:
+    url, _ = served
+    with httpx.Client(base_url=url, timeout=60) as http:
+        refused = http.post("gradio_api/upload", files=_multipart(3, 9_000_000))
+        assert refused.status_code == 413
+        assert "at most 10 MB" in refused.text
+        accepted = http.post("gradio_api/upload", files=_multipart(1, 200_000))
+        assert accepted.status_code == 200 and len(accepted.json()) == 1
+
+
+def test_a_chunked_upload_without_length_is_counted_and_refused(served) -> None:
+    url, _ = served
+
+    def body():  # a generator body is sent chunked, with no Content-Length: two 6 MB files
+        for name in ("a.png", "b.png"):
+            yield f'--b\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n\r\n'.encode()
+            for _ in range(6):
+                yield b"\0" * 1_000_000
+            yield b"\r\n"
+        yield b"--b--\r\n"
+
+    with httpx.Client(base_url=url, timeout=60) as http:
+        response = http.post(
+            "gradio_api/upload", content=body(), headers={"content-type": "multipart/form-data; boundary=b"}
+        )
+    assert response.status_code == 413
+
+
+@pytest.fixture()
+def damaged_catalog(tmp_path: Path, small_model: Path) -> tuple[Catalog, str]:
+    """A few sample images indexed from a copy, then one of them damaged on disk."""
+    import shutil
+
+    folder = tmp_path / "images"
+    for source in sorted(SAMPLE_DIR.glob("*/*.png"))[:15]:
+        (folder / source.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, folder / source.parent.name / source.name)
+    catalog = Catalog.create(tmp_path / "catalog", small_model)
+    catalog.index_folder(folder, progress=False)
+    damaged = sorted(catalog.keys())[0]  # the first item: it is also shown as an example
+    path = catalog.image_path(damaged)
+    path.write_bytes(path.read_bytes()[:40])
+    return catalog, damaged
+
+
+def test_a_damaged_catalog_image_shows_a_placeholder_and_the_app_keeps_serving(
+    damaged_catalog: tuple[Catalog, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog, damaged = damaged_catalog
+    port = free_port()
+    app = launch(build_app(catalog), port=port, block=False)  # start-up shows it as an example
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        neighbour = catalog.search(damaged, k=1)[0].key
+        gallery, _, status = client.predict(neighbour, 20, ALL_CATEGORIES, api_name="/more_like_this")
+        assert status.startswith("More like") and damaged in " ".join(captions(gallery))
+    finally:
+        app.close()
+        catalog.close()
+    assert any(damaged in record.getMessage() for record in caplog.records)
+
+
+def test_uploads_and_thumbnails_are_deleted_from_the_cache_after_a_while(
+    damaged_catalog: tuple[Catalog, str],
+) -> None:
+    import time
+
+    catalog, _ = damaged_catalog
+    port = free_port()
+    app = launch(build_app(catalog, delete_cache=(1, 1)), port=port, block=False)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/", timeout=60) as http:
+            stored = http.post("gradio_api/upload", files=_multipart(1, 100_000)).json()[0]
+        assert Path(stored).exists()
+        deadline = time.monotonic() + 30
+        while Path(stored).exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not Path(stored).exists()
+    finally:
+        app.close()
+        catalog.close()

@@ -260,3 +260,14 @@ def test_pad_keeps_proportions_with_white_borders() -> None:
 def test_unknown_resize_method_is_refused(photo: Image.Image) -> None:
     with pytest.raises(ValueError, match="squash"):
         prepare_image(photo, 32, "crop")
+
+
+def test_special_files_are_refused_without_being_read(tmp_path: Path) -> None:
+    """A device that never ends or a FIFO that never answers must not hang or exhaust memory."""
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    for special in ("/dev/zero", str(fifo)):
+        with pytest.raises(ImageLoadError, match="not a regular file"):
+            load_image(special)
