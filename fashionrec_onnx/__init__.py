@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 
-from .catalog import Catalog, CheckReport, Hit, IndexReport
+from .catalog import Catalog, CheckReport, Hit, IndexReport, Item
 from .embedder import Embedder, EmbedResult, Failure
 from .errors import (
+    BadArgumentError,
     CatalogCorruptError,
     CatalogError,
+    DiskFullError,
     ExportError,
     FashionrecError,
     ImageLoadError,
@@ -22,7 +24,6 @@ from .errors import (
 )
 from .images import load_image, prepare_image
 from .model import ModelInfo, read_model_info
-from .store import Item
 
 __version__ = "0.1.0"
 
@@ -39,7 +40,9 @@ __all__ = [
     "Item",
     "load_image",
     "prepare_image",
+    "BadArgumentError",
     "CatalogCorruptError",
+    "DiskFullError",
     "CatalogError",
     "ExportError",
     "FashionrecError",

@@ -31,11 +31,19 @@ class CatalogError(FashionrecError):
     """A catalog operation cannot be done (missing catalog, unknown key, bad argument)."""
 
 
+class BadArgumentError(CatalogError, ValueError):
+    """An argument is out of range (k < 1, a vector of the wrong width...); the message says which."""
+
+
 class UnknownKeyError(CatalogError, KeyError):
     """No item is stored under this key."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class DiskFullError(CatalogError, OSError):
+    """A write failed for lack of space; the catalog keeps its previous good state."""
 
 
 class CatalogCorruptError(CatalogError):

@@ -109,12 +109,12 @@ def test_filter_with_several_values_and_a_callable(sample_catalog: Catalog) -> N
 def test_a_broad_filter_searched_in_the_graph_agrees_with_exact_search(
     sample_catalog: Catalog, wanted: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Filters matching many items run inside the HNSW search; the threshold is lowered here so
-    the 1,000-item sample takes that path."""
-    import fashionrec_onnx.catalog as catalog_module
+    """Filters matching many items are answered by a wide graph search filtered by the mask; the
+    thresholds are lowered here so the 1,000-item sample takes that path."""
+    from fashionrec_onnx.catalog import search as planner
 
-    monkeypatch.setattr(catalog_module, "EXACT_FILTER_MIN", 0)
-    monkeypatch.setattr(catalog_module, "EXACT_FILTER_FACTOR", 0.3)
+    monkeypatch.setattr(planner, "EXACT_AMONG_MAX", 0)
+    monkeypatch.setattr(planner, "GRAPH_WIDTH_MAX", 10**6)
     for key in ("dress/test-00013.png", "bag/test-00598.png"):
         graph = sample_catalog.search(key, k=8, filter=wanted)
         exact = sample_catalog.exact_search(key, k=8, filter=wanted)

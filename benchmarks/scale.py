@@ -1,0 +1,259 @@
+"""A catalog at scale: build, open, memory, search, filters, exact search and recall against N.
+
+    python -m benchmarks.scale --items 44000 200000 1000000 [--graph reduced|full] [--dtype float16]
+
+Each size is built through the public API (`Catalog.create`, `add_many` in batches of 20,000 with
+``category``, ``product`` and selectivity fields), then measured in a fresh process so that memory
+figures belong to that catalog alone. Vectors: the Fashion-MNIST corpus embedded by the model
+(real image embeddings) grown with structured vectors near them (`benchmarks.search`), never
+isotropic noise. Memory is VmRSS (resident set, file-backed pages included) from
+/proc/self/status; "peak" is VmHWM after resetting it, so it covers only the step measured.
+Writes ``results/scale.json`` and ``results/scale.md``, and a plot of each cost against N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import RAW, RESULTS, bench_model, embed_corpus, machine_info, summary_ms, timed
+from benchmarks.search import structured_vectors
+
+log = logging.getLogger("benchmarks.scale")
+
+BATCH = 20_000
+QUERIES = 1_000
+EXACT_QUERIES = 5
+FILTER_QUERIES = 100
+SELECTIVITY = {"1%": ("one", 100), "10%": ("ten", 10), "50%": ("half", 2)}
+
+
+def status(field: str) -> int:
+    """A /proc/self/status figure in bytes (VmRSS, VmHWM, RssAnon, RssFile)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+
+def metadata(start: int, count: int, labels: np.ndarray) -> list[dict[str, str]]:
+    return [
+        {
+            "category": f"c{int(labels[i % len(labels)])}",
+            "product": f"p{i // 3}",
+            **{field: str(i % every == 0) for field, every in SELECTIVITY.values()},
+        }
+        for i in range(start, start + count)
+    ]
+
+
+def corpus(items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Catalog vectors, their labels, and query vectors (Fashion-MNIST test images)."""
+    model = bench_model(64)
+    real, labels = embed_corpus(model, "train", 44_000)
+    queries, _ = embed_corpus(model, "test", QUERIES)
+    cache = RAW / f"scale-{items}.npy"
+    if items <= len(real):
+        return real[:items], labels, queries
+    if not cache.exists():
+        extra = structured_vectors(real, items - len(real), seed=1)
+        np.save(cache, np.concatenate([real, extra]), allow_pickle=False)
+    return np.load(cache, mmap_mode="r"), labels, queries
+
+
+def build(root: Path, items: int, graph: str, dtype: str) -> dict[str, object]:
+    from fashionrec_onnx import Catalog
+
+    vectors, labels, _ = corpus(items)
+    shutil.rmtree(root, ignore_errors=True)
+    started = time.perf_counter()
+    reduce = 256 if graph == "reduced" else None
+    with Catalog.create(root, bench_model(64), vector_dtype=dtype, reduce_to=reduce) as catalog:
+        for start in range(0, items, BATCH):
+            count = min(BATCH, items - start)
+            keys = [f"item-{i:07d}" for i in range(start, start + count)]
+            catalog.add_many(
+                keys, np.asarray(vectors[start : start + count]), metadata=metadata(start, count, labels)
+            )
+            log.info("%d / %d items (%.0f s)", start + count, items, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    disk = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
+    return {"build_s": seconds, "import_vectors_per_s": items / seconds, "disk_mb": disk / 1e6}
+
+
+def measure(root: Path, items: int) -> dict[str, object]:
+    """In a fresh process: open, search, filters, exact search, check, and the memory of each."""
+    from fashionrec_onnx import Catalog
+    from fashionrec_onnx.catalog import oracle
+    from fashionrec_onnx.evaluation import recall_at_k
+
+    _, _, queries = corpus(items)
+    figures: dict[str, object] = {"rss_start_mb": status("VmRSS") / 1e6}
+    reset_peak()
+    opened = time.perf_counter()
+    catalog = Catalog.open(root, readonly=True)
+    figures["open_s"] = time.perf_counter() - opened
+    figures["rss_after_open_mb"] = status("VmRSS") / 1e6
+    latency = [timed(lambda q=q: catalog.search(q, k=5)) for q in queries]
+    figures["search"] = summary_ms(latency)
+    figures["rss_after_1000_searches_mb"] = status("VmRSS") / 1e6
+    figures["rss_file_after_searches_mb"] = status("RssFile") / 1e6
+
+    core = catalog._core
+    truth_queries = queries[:200]
+    before = status("VmRSS")
+    reset_peak()
+    exact, _ = oracle.exact_topk(core.vectors, core.rows, core.live_mask(), truth_queries, 5)
+    found = np.stack(
+        [[core.store.item_by_key(h.key).label for h in catalog.search(q, k=5)] for q in truth_queries]
+    )
+    figures["recall@5_vs_exact_full"] = recall_at_k(found, exact, 5)
+    exact_times = [timed(lambda q=q: catalog.exact_search(q, k=5)) for q in queries[:EXACT_QUERIES]]
+    figures["exact_search"] = summary_ms(exact_times)
+    report = catalog.check(k=5, sample=1000)
+    figures["check_recall@5"] = report.recall
+    figures["rss_peak_exact_and_check_mb"] = status("VmHWM") / 1e6
+    figures["rss_peak_above_before_mb"] = (status("VmHWM") - before) / 1e6
+
+    for name, (field, _) in SELECTIVITY.items():
+        wanted = {field: "True"}
+        times, hit, total = [], 0, 0
+        for query in queries[:FILTER_QUERIES]:
+            times.append(timed(lambda q=query, w=wanted: catalog.search(q, k=5, filter=w)))
+        for query in queries[:20]:
+            got = {h.key for h in catalog.search(query, k=5, filter=wanted)}
+            want = {h.key for h in catalog.exact_search(query, k=5, filter=wanted)}
+            hit, total = hit + len(got & want), total + len(want)
+        figures[f"filtered_{name}"] = {**summary_ms(times), "recall@5_vs_exact_filtered": hit / max(1, total)}
+    figures["graph_dim"] = catalog.graph_dim
+    figures["vector_dtype"] = core.vectors.dtype.name
+    catalog.close()
+    return figures
+
+
+def run_size(items: int, graph: str, dtype: str, work: Path) -> dict[str, object]:
+    figures: dict[str, object] = {"items": items, "graph": graph, "dtype": dtype}
+    for step in ("build", "measure"):  # each in a fresh process: its memory is its own
+        command = [sys.executable, "-m", "benchmarks.scale", "--step", step, "--items", str(items),
+                   "--graph", graph, "--dtype", dtype, "--work", str(work)]  # fmt: skip
+        output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+        figures.update(json.loads(output.strip().splitlines()[-1]))
+        log.info("%s %d: %s", step, items, figures)
+    return figures
+
+
+def markdown(runs: list[dict[str, object]], machine: dict[str, object]) -> str:
+    def mb(value: object) -> str:
+        return f"{float(value):,.0f}"  # type: ignore[arg-type]
+
+    lines = [
+        "# Catalog at scale",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, shared and noisy; {machine['date']}.",
+        "Memory is VmRSS (file-backed pages included); peak is VmHWM of the step.",
+        "",
+        "| items | graph | build s | vectors/s | open s | RSS open MB | RSS 1k searches MB | "
+        "peak exact+check MB (above before) | disk MB | search p50/p95 ms | recall@5 | "
+        "filtered p50 1% / 10% / 50% ms | "
+        "filtered recall@5 | exact ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        s, f = r["search"], [r[f"filtered_{n}"] for n in SELECTIVITY]
+        lines.append(
+            f"| {r['items']:,} | {r['graph']} {r['graph_dim']}-d, {r['dtype']} | {r['build_s']:.0f} | "
+            f"{r['import_vectors_per_s']:,.0f} | {r['open_s']:.2f} | {mb(r['rss_after_open_mb'])} | "
+            f"{mb(r['rss_after_1000_searches_mb'])} | {mb(r['rss_peak_exact_and_check_mb'])} "
+            f"(+{mb(r['rss_peak_above_before_mb'])}) | {mb(r['disk_mb'])} | "
+            f"{s['median_ms']:.2f} / {s['p95_ms']:.2f} | {r['recall@5_vs_exact_full']:.3f} | "
+            + " / ".join(f"{x['median_ms']:.1f}" for x in f)
+            + " | "
+            + " / ".join(f"{x['recall@5_vs_exact_filtered']:.3f}" for x in f)
+            + f" | {r['exact_search']['median_ms']:.0f} |"
+        )  # type: ignore[index]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict[str, object]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    costs = {
+        "build s": lambda r: r["build_s"],
+        "open s": lambda r: r["open_s"],
+        "RSS after 1k searches (GB)": lambda r: r["rss_after_1000_searches_mb"] / 1000,
+        "disk (GB)": lambda r: r["disk_mb"] / 1000,
+        "search p50 ms": lambda r: r["search"]["median_ms"],
+        "exact search ms": lambda r: r["exact_search"]["median_ms"],
+    }
+    figure, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for axis, (name, value) in zip(axes.flat, costs.items()):
+        for graph in sorted({str(r["graph"]) for r in runs}):
+            chosen = sorted((r for r in runs if r["graph"] == graph), key=lambda r: r["items"])
+            axis.plot([r["items"] for r in chosen], [value(r) for r in chosen], marker="o", label=graph)
+        axis.set_title(name)
+        axis.set_xscale("log")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=90)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, nargs="+", default=[44_000, 200_000])
+    parser.add_argument("--graph", choices=("reduced", "full"), nargs="+", default=["reduced"])
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float16")
+    parser.add_argument("--work", type=Path, default=RAW / "scale")
+    parser.add_argument("--out", type=Path, default=RESULTS / "scale")
+    parser.add_argument("--step", choices=("build", "measure"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if args.step:
+        graph = args.graph[0]
+        root = args.work / f"scale-{args.items[0]}-{graph}-{args.dtype}"
+        args.work.mkdir(parents=True, exist_ok=True)
+        figures = (
+            build(root, args.items[0], graph, args.dtype)
+            if args.step == "build"
+            else measure(root, args.items[0])
+        )
+        print(json.dumps(figures))
+        return 0
+    machine = machine_info()
+    previous = (
+        json.loads(args.out.with_suffix(".json").read_text())["runs"]
+        if args.out.with_suffix(".json").exists()
+        else []
+    )
+    runs = [r for r in previous if not (r["items"] in args.items and r["graph"] in args.graph)]
+    for items in args.items:
+        for graph in args.graph:
+            runs.append(run_size(items, graph, args.dtype, args.work))
+            runs.sort(key=lambda r: (r["graph"], r["items"]))
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            command = "python -m benchmarks.scale " + " ".join(sys.argv[1:])
+            args.out.with_suffix(".json").write_text(
+                json.dumps({"machine": machine, "command": command, "runs": runs}, indent=1)
+            )
+            args.out.with_suffix(".md").write_text(markdown(runs, machine))
+            plot(runs, args.out.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

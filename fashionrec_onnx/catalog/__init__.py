@@ -1,0 +1,22 @@
+"""A searchable catalog of product images: a directory holding a SQLite database, a vector file
+and an HNSW graph.
+
+The database and the vector file are the truth; the graph is a cache of them, saved at
+checkpoints and on close, and brought up to date from the database's change log whenever it lags
+(after a crash, or after another process wrote). A crash never loses committed work and never
+needs re-embedding.
+
+Modules, one job each: `facade` (the public `Catalog`), `core` (the open catalog's parts, locks
+and catch-up), `store` (SQLite), `vectors` (the vector file), `graph` (the HNSW graph file),
+`columns` (live items and metadata filters as masks), `search` (query planning), `oracle` (exact
+search in blocks), `indexing` (folders), `maintenance` (check, verify, PCA), `migrate` (0.1.0
+catalogs).
+"""
+
+from .columns import Filter
+from .facade import Catalog, Hit
+from .indexing import IndexReport
+from .maintenance import CheckReport
+from .store import Item, NewItem
+
+__all__ = ["Catalog", "CheckReport", "Filter", "Hit", "IndexReport", "Item", "NewItem"]

@@ -1,0 +1,297 @@
+"""The open catalog's moving parts and the rules that keep them in step.
+
+`CatalogCore` owns the database, the vector file, the graph, the PCA reduction and the derived
+masks, and the locks around them: searches share a read lock; writes take the write lock and an
+flock on the catalog's ``.lock`` file (one writer across processes). Every read first catches up
+with what other processes committed, through the database's change log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CatalogCorruptError, CatalogError, ModelError
+from ..index import HnswParams, ReadWriteLock
+from ..model import ModelInfo
+from ..reduce import PCA
+from .columns import Liveness, MetadataColumns
+from .graph import GraphCache
+from .store import Delta, NewItem, Store, disk_full, is_disk_full
+from .vectors import VectorFile
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+PRUNE_CHANGES_ABOVE = 50_000  # change-log rows kept before a graph save forgets the older ones
+UNIT_TOLERANCE = 1e-3
+
+
+def checked_vectors(vectors: np.ndarray, dim: int, keys: Sequence[str]) -> np.ndarray:
+    """The one gate every stored vector passes: finite, of the catalog's width, unit length."""
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise CatalogError(
+            f"expected vectors of {dim} values, got an array of shape {vectors.shape}; nothing was written"
+        )
+    vectors = vectors.astype(np.float32)
+    bad = ~np.isfinite(vectors).all(axis=1)
+    norms = np.linalg.norm(np.where(bad[:, None], 0, vectors), axis=1)
+    bad |= np.abs(norms - 1.0) > UNIT_TOLERANCE
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise CatalogError(
+            f"{int(bad.sum())} vector(s) are not finite unit vectors (first: {keys[first]!r}, norm "
+            f"{norms[first]:.4g}); nothing was written. A model that gives NaN or unnormalised "
+            "embeddings is not the one this catalog was built with."
+        )
+    return vectors
+
+
+def locked_open(path: Path) -> int:
+    """The catalog's lock file, created when missing."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path, exc) from exc
+        raise CatalogError(
+            f"cannot lock {path} for writing ({exc.strerror}); open the catalog read-only."
+        ) from exc
+
+
+class CatalogCore:
+    """Everything an open catalog holds, and the locks that keep it consistent."""
+
+    def __init__(self, root: Path, store: Store, *, readonly: bool) -> None:
+        self.root = root
+        self.store = store
+        self.readonly = readonly
+        settings = store.settings()
+        try:
+            self.info = ModelInfo.from_metadata(
+                {
+                    k[len("model.") :]: v
+                    for k, v in settings.items()
+                    if k.startswith("model.") and k != "model.probe"
+                },
+                str(store.path),
+            )
+            self.params = HnswParams(
+                int(settings["hnsw.M"]), int(settings["hnsw.ef_construction"]), int(settings["hnsw.ef"])
+            )
+            vector_file = settings["vectors.file"]
+        except (KeyError, ValueError, ModelError) as exc:
+            raise CatalogCorruptError(
+                f"{store.path} lacks the catalog settings ({exc}); it was not created by "
+                "Catalog.create. Delete it and index again."
+            ) from exc
+        self.dim = self.info.dim
+        self.vectors = VectorFile(
+            root / vector_file, self.dim, settings.get("vector_dtype", "float32"), writable=not readonly
+        )
+        self.generation, self.count, self.rows = store.state()
+        self.vectors.check_rows(self.rows)
+        self.graph = GraphCache(root, store, self.vectors, self.params)
+        self.reduction: PCA | None = None
+        self.reduction_file: str | None = settings.get("reduction.file") or None
+        self.rw = ReadWriteLock()
+        self._lock_fd: int | None = None
+        self._liveness: Liveness | None = None
+        self.columns = MetadataColumns(store)
+
+    # -- the graph and its space -----------------------------------------------------------------
+
+    @property
+    def graph_dim(self) -> int:
+        return self.reduction.dim if self.reduction is not None else self.dim
+
+    def to_graph(self, vectors: np.ndarray) -> np.ndarray:
+        """What the graph indexes: the vectors themselves, or their PCA projection."""
+        return vectors if self.reduction is None else self.reduction.transform(vectors)
+
+    def load_reduction(self) -> None:
+        """The recorded PCA; a missing or damaged file names itself and both ways out."""
+        self.reduction = None
+        if self.reduction_file is None:
+            return
+        try:
+            self.reduction = PCA.load(self.root / self.reduction_file)
+        except CatalogCorruptError as exc:
+            raise CatalogCorruptError(
+                f"{exc.args[0].split(';')[0]}; the stored vectors are intact: refit it with "
+                f"`fashionrec rebuild --catalog {self.root}`, or go back to the full-vector graph with "
+                f"`fashionrec reduce --catalog {self.root} --dim 0`."
+            ) from exc
+
+    def start_graph(self, rebuild: bool) -> bool:
+        """The saved graph brought up to date, or a fresh one when there is none, when it indexes
+        another space, or when asked. Returns whether the graph differs from its saved file."""
+        if not rebuild and self.graph.load(self.graph_dim):
+            self._graph_catch_up()
+        else:
+            self.fresh_graph()
+        return self.graph.dirty
+
+    def _graph_catch_up(self) -> None:
+        if self.graph.generation == self.generation:
+            return
+        delta = self.store.delta_since(self.graph.generation)
+        if delta is None:
+            self.graph.reconcile(self.liveness.labels(), self.to_graph, self.generation)
+        else:
+            self.graph.apply(delta, self.to_graph, self.generation)
+
+    def fresh_graph(self) -> None:
+        self.graph.fresh(self.graph_dim, self.liveness.labels(), self.to_graph, self.generation)
+
+    @property
+    def liveness(self) -> Liveness:
+        if self._liveness is None:
+            self._liveness = Liveness(self.store)
+        return self._liveness
+
+    def live_mask(self) -> np.ndarray:
+        mask = self.liveness.mask
+        if len(mask) < self.rows:
+            mask = np.concatenate([mask, np.zeros(self.rows - len(mask), bool)])
+        return mask[: self.rows]
+
+    # -- catching up with other writers --------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Before reading: catch up, taking the write lock only when something changed."""
+        if self.store.state()[0] == self.generation:
+            return
+        with self.rw.write():
+            self.catch_up()
+
+    def catch_up(self) -> None:
+        """Under the write lock: take in what other processes committed since we last looked."""
+        with self.store.snapshot():
+            generation, count, rows = self.store.state()
+            if generation == self.generation:
+                return
+            settings = self.store.settings()
+            delta = self.store.delta_since(self.generation)
+        if settings["vectors.file"] != self.vectors.path.name:
+            self.vectors.close()
+            self.vectors = VectorFile(
+                self.root / settings["vectors.file"], self.dim, self.vectors.dtype, writable=not self.readonly
+            )
+            self.graph.vectors = self.vectors
+        self.generation, self.count, self.rows = generation, count, rows
+        if delta is None:
+            self._liveness = None
+            self.columns = MetadataColumns(self.store)
+        else:
+            if self._liveness is not None:
+                self._liveness.apply(delta)
+            self.columns.apply(delta)
+        ef = int(settings["hnsw.ef"])
+        if ef != self.params.ef:
+            self.params = HnswParams(self.params.M, self.params.ef_construction, ef)
+            self.graph.params = self.params
+            if self.graph.index is not None:
+                self.graph.index.set_ef(ef)
+        reduction_file = settings.get("reduction.file") or None
+        if reduction_file != self.reduction_file:
+            self.reduction_file = reduction_file
+            self.load_reduction()
+            self.start_graph(rebuild=False)  # saved by whoever changed the reduction
+        elif self.graph.index is not None:
+            if delta is None:
+                self.graph.reconcile(self.liveness.labels(), self.to_graph, generation)
+            else:
+                self.graph.apply(delta, self.to_graph, generation)
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Exclusive across threads (write lock) and processes (flock on the catalog's .lock)."""
+        if self.readonly:
+            raise CatalogError(f"{self.root} is open read-only; open it without readonly=True to change it.")
+        if self._lock_fd is None:
+            self._lock_fd = locked_open(self.root / LOCK_NAME)
+        with self.rw.write():
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                self.catch_up()
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def write(self, new: Sequence[NewItem], remove_keys: Sequence[str] = ()) -> tuple[list[int], list[int]]:
+        """One transaction (vector rows synced first), then the graph and masks; returns the
+        labels added and removed."""
+        vectors = (
+            checked_vectors(np.stack([n.vector for n in new]), self.dim, [n.key for n in new])
+            if new
+            else None
+        )
+        with self.writing():
+            with self.store.writing() as writer:
+                removed = [label for key in remove_keys if (label := writer.remove(key)) is not None]
+                removed += [label for item in new if (label := writer.remove(item.key)) is not None]
+                if vectors is not None:
+                    self.vectors.write_rows(writer.next_label, vectors)
+                added = writer.insert(new)
+            if not (added or removed):
+                return added, removed
+            delta = Delta(np.asarray(added, np.int64), np.asarray(removed, np.int64), np.zeros(0, np.int64))
+            self.generation, self.count, self.rows = self.store.state()
+            if self._liveness is not None:
+                self._liveness.apply(delta)
+            self.columns.apply(delta)
+            if self.graph.index is not None:
+                if len(delta.removed):
+                    self.graph.index.delete(delta.removed.tolist())
+                if vectors is not None:
+                    self.graph.index.add(delta.added, self.to_graph(vectors))
+                self.graph.generation = self.generation
+                self.graph.dirty = True
+        return added, removed
+
+    def rewrite(self, change) -> int:  # change: Callable[[], int]
+        """Paths or metadata changed in place (no vector touched); masks follow the change log."""
+        with self.writing():
+            count = change()
+            if count:
+                self.catch_up()
+        return count
+
+    def set_settings(self, values: dict[str, str]) -> None:
+        """Settings other open catalogs must take in; this one takes them in now."""
+        with self.writing():
+            self.store.set_settings(values, bump=True)
+            self.catch_up()
+
+    def save(self) -> None:
+        """Write the graph if it changed (atomically, under a new name), then record it."""
+        if self.readonly:
+            return
+        with self.writing():
+            if not self.graph.dirty and self.graph.file() is not None:
+                return
+            self.graph.save(self.generation)
+            since = int(self.store.get_setting("changes.since", "0") or 0)
+            if self.generation - since > 1 and self.store.changes_logged() > PRUNE_CHANGES_ABOVE:
+                self.store.prune_changes(self.generation)
+
+    def close(self) -> None:
+        try:
+            if not self.readonly and self.graph.dirty and self.graph.index is not None:
+                self.save()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            self.vectors.close()
+            self.store.close()

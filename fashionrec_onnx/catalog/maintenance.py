@@ -1,0 +1,129 @@
+"""Checking and reshaping a catalog: recall against exact search, consistency, PCA reduction.
+
+All of it reads the stored vectors in blocks, so a million-item catalog is checked without its
+vectors ever being in memory at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CatalogError
+from ..evaluation import recall_at_k
+from ..reduce import PCA
+from . import oracle
+from .core import CatalogCore
+from .search import _pool, rerank
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Recall of the HNSW graph against exact search, on a sample of the catalog's own items."""
+
+    k: int
+    queries: int
+    recall: float
+    items: int
+    ef: int
+    M: int
+    ef_construction: int
+    reduced_dim: int | None = None
+    recall_reduced: float | None = None  # graph vs exact search in the reduced space
+
+    @property
+    def advice(self) -> str:
+        """What would raise recall, for this catalog's shape."""
+        if (
+            self.reduced_dim is not None
+            and self.recall_reduced is not None
+            and self.recall_reduced >= self.recall + 0.02
+        ):
+            return (
+                f"the graph finds {self.recall_reduced:.3f} of the exact neighbours in the reduced space but "
+                f"{self.recall:.3f} in the full one: the PCA loses the order, not the graph. Reduce to more "
+                f"dimensions (`fashionrec reduce --dim {min(self.reduced_dim * 2, 1024)}`) or drop the "
+                "reduction (--dim 0)."
+            )
+        return (
+            f"raise ef (`fashionrec rebuild --ef {2 * self.ef}`): a wider search finds more of the "
+            "exact neighbours."
+        )
+
+
+def sample_labels(core: CatalogCore, size: int, seed: int) -> np.ndarray:
+    live = core.liveness.labels()
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(live, size=min(size, len(live)), replace=False))
+
+
+def check(core: CatalogCore, k: int, sample: int, seed: int) -> CheckReport:
+    """recall@k of searches (the graph, plus the rerank of a reduced catalog) against exact KNN
+    over the full stored vectors, queried with the catalog's own items (each its own top hit)."""
+    if core.count == 0:
+        raise CatalogError(f"{core.root} is empty: index some images first.")
+    picks = sample_labels(core, sample, seed)
+    queries = core.vectors.read(picks)
+    kk = min(k, core.count)
+    live = core.live_mask()
+    exact, _ = oracle.exact_topk(core.vectors, core.rows, live, queries, kk)
+    assert core.graph.index is not None
+    params = (core.params.ef, core.params.M, core.params.ef_construction)
+    if core.reduction is None:
+        approx, _ = core.graph.index.search(queries, kk, core.count)
+        return CheckReport(kk, len(picks), recall_at_k(approx, exact, kk), core.count, *params)
+    reduced = core.reduction.transform(queries)
+    graph_only, _ = core.graph.index.search(reduced, kk, core.count)
+    candidates, _ = core.graph.index.search(reduced, _pool(core, kk), core.count)
+    approx = np.full((len(picks), kk), -1, np.int64)
+    for row, (query, found) in enumerate(zip(queries, candidates)):
+        ranked = rerank(core, query, found[found >= 0])[0][:kk]
+        approx[row, : len(ranked)] = ranked
+    exact_reduced, _ = oracle.exact_topk(
+        core.vectors, core.rows, live, reduced, kk, transform=core.reduction.transform
+    )
+    return CheckReport(
+        kk, len(picks), recall_at_k(approx, exact, kk), core.count, *params,
+        core.reduction.dim, recall_at_k(graph_only, exact_reduced, kk),
+    )  # fmt: skip
+
+
+def fit_reduction(core: CatalogCore, dim: int, whiten: bool, sample: int, seed: int) -> tuple[PCA, str]:
+    """A PCA fitted on (a sample of) the stored vectors, saved beside the catalog."""
+    if core.count == 0:
+        raise CatalogError(f"{core.root} is empty: index images before reducing.")
+    pca = PCA.fit(core.vectors.read(sample_labels(core, sample, seed)), dim, whiten)
+    # A new name per fit: another open catalog notices the change by the name.
+    name = f"pca-{dim}{'-whitened' if whiten else ''}-{core.generation}.npz"
+    pca.save(core.root / name)
+    return pca, name
+
+
+def verify(core: CatalogCore) -> list[str]:
+    """Problems found in the database, the vector file and the graph; empty when consistent."""
+    problems = [f"{core.store.path}: {p}" for p in core.store.integrity_problems()]
+    if core.store.count() != core.count:
+        problems.append(
+            f"the item count recorded ({core.count}) differs from the items stored ({core.store.count()})"
+        )
+    live = core.live_mask()
+    assert core.graph.index is not None
+    in_graph = core.graph.index.labels()
+    missing = set(np.flatnonzero(live).tolist()) - in_graph
+    if missing:
+        problems.append(f"{len(missing)} stored items are missing from the HNSW graph")
+    bad = 0
+    for start, block in core.vectors.blocks(core.rows):
+        rows = live[start : start + len(block)]
+        norms = np.linalg.norm(block[rows], axis=1)
+        bad += int((~np.isfinite(norms) | (np.abs(norms - 1.0) > 1e-2)).sum())
+    if bad:
+        problems.append(f"{bad} stored vectors are not finite unit vectors")
+    graph_problem = core.graph.full_checksum_problem()
+    if graph_problem and not core.graph.dirty:
+        problems.append(graph_problem)
+    return problems

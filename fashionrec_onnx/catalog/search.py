@@ -1,0 +1,85 @@
+"""Query planning: the cheapest way to answer a search that still finds what exact search finds.
+
+- No filter: the graph, asked for a few extra hits to leave out the query item; on a reduced
+  graph, a larger candidate pool re-ranked with the full stored vectors.
+- A filter: its matches are a mask over labels. Few matches, or so few that the graph would
+  have to be searched very wide to meet k of them: exact search among the matches (only their
+  rows are read). Otherwise the graph is searched wide enough for k matches at the filter's
+  selectivity and its hits are filtered by the mask, widening until k matches are in hand.
+  No Python runs per visited graph node.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import oracle
+from .core import CatalogCore
+
+RERANK_EXTRA = 20  # extra candidates a reduced graph returns for the full-space rerank
+EXACT_AMONG_MAX = 2_000  # this many matches or fewer: always exact among them
+GRAPH_WIDTH_MAX = 2_000  # a post-filtered graph search wider than this: exact among the matches
+OVERSAMPLE = 2.0  # graph hits asked for per expected match
+
+
+def _pool(core: CatalogCore, k: int) -> int:
+    """Candidates needed for k results: more when a reduced graph's order is re-ranked."""
+    return k if core.reduction is None else max(2 * k, k + RERANK_EXTRA)
+
+
+def _graph(core: CatalogCore, vector: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+    assert core.graph.index is not None
+    labels, distances = core.graph.index.search(core.to_graph(vector), wanted, core.count)
+    keep = labels[0] >= 0
+    return labels[0][keep], distances[0][keep]
+
+
+def rerank(core: CatalogCore, vector: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order candidates by their distance to the query in the full, stored space."""
+    if len(labels) == 0:
+        return labels, np.zeros(0, np.float32)
+    stored = core.vectors.read(labels)
+    distances = oracle._distances(vector[None, :], stored)[0]
+    order = np.lexsort((labels, distances))
+    return labels[order], distances[order]
+
+
+def search(
+    core: CatalogCore, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, squared distances)``: the k nearest live items, nearest first.
+
+    ``exclude`` are labels to leave out ("more like this"); ``allowed`` is a filter's mask over
+    labels (already without the excluded ones), or None for no filter.
+    """
+    if allowed is None:
+        pool = _pool(core, k + len(exclude))
+        labels, distances = _graph(core, vector, pool)
+        if core.reduction is not None:
+            labels, distances = rerank(core, vector, labels)
+        keep = ~np.isin(labels, exclude)
+        return labels[keep][:k], distances[keep][:k]
+    matches = int(allowed.sum())
+    if matches == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    pool = _pool(core, k)
+    width = math.ceil(pool * OVERSAMPLE * core.count / matches) + len(exclude)
+    if matches <= EXACT_AMONG_MAX or width > GRAPH_WIDTH_MAX:
+        found, distances = oracle.exact_among(core.vectors, np.flatnonzero(allowed), vector, k)
+        return found, distances
+    while True:
+        labels, distances = _graph(core, vector, width)
+        inside = labels < len(allowed)
+        keep = np.zeros(len(labels), bool)
+        keep[inside] = allowed[labels[inside]]
+        labels, distances = labels[keep], distances[keep]
+        if len(labels) >= pool or width >= core.count:
+            break
+        width *= 4
+        if width > 4 * GRAPH_WIDTH_MAX:  # a filter far less even than its count suggested
+            return oracle.exact_among(core.vectors, np.flatnonzero(allowed), vector, k)
+    if core.reduction is not None:
+        labels, distances = rerank(core, vector, labels[:pool])
+    return labels[:k], distances[:k]

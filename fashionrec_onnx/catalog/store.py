@@ -1,0 +1,549 @@
+"""The catalog's SQLite database: items, metadata, settings, and a log of what changed.
+
+Every SQL statement of the project lives here. Vectors live in the vector file (`vectors.py`);
+an item's ``label`` is its row there, its HNSW label too, and is never reused. Each write is one
+transaction, so a crash (kill -9 included) leaves the state before or after it, never a mix.
+The ``changes`` table says which labels each generation added, removed or re-described, so an
+open catalog catches up with another process's writes without rereading every item.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CatalogCorruptError, CatalogError, DiskFullError
+
+SCHEMA_VERSION = 2
+DB_NAME = "catalog.sqlite"
+ADDED, REMOVED, DESCRIBED = 1, 2, 3  # kinds of change
+_CHUNK = 500  # host parameters per IN (...) list
+LOW_SPACE = 1 << 20  # bytes free below which an I/O error is taken for a full disk
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    label    INTEGER PRIMARY KEY,  -- row in the vector file and HNSW label; never reused
+    key      TEXT NOT NULL UNIQUE,
+    path     TEXT,
+    size     INTEGER,
+    mtime_ns INTEGER,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    added_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_path ON items(path);
+CREATE TABLE IF NOT EXISTS changes (
+    generation INTEGER NOT NULL,
+    label      INTEGER NOT NULL,
+    kind       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_generation ON changes(generation);
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalog entry as callers see it (the vector is fetched separately)."""
+
+    label: int
+    key: str
+    path: str | None
+    size: int | None
+    mtime_ns: int | None
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """What a write needs: the vector is unit length, float32, of the catalog's dimension."""
+
+    key: str
+    vector: np.ndarray
+    path: str | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Labels that appeared, disappeared or got new metadata between two generations."""
+
+    added: np.ndarray
+    removed: np.ndarray
+    described: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Delta:
+        none = np.zeros(0, np.int64)
+        return cls(none, none, none)
+
+    def __bool__(self) -> bool:
+        return bool(len(self.added) or len(self.removed) or len(self.described))
+
+
+_ITEM_COLUMNS = "label, key, path, size, mtime_ns, metadata"
+UPSERT_SETTING = (
+    "INSERT INTO settings(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value"
+)
+
+
+def _item(row: Sequence[Any]) -> Item:
+    return Item(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+
+
+def is_disk_full(exc: BaseException, path: Path | None = None) -> bool:
+    """ENOSPC and friends, SQLite's "database or disk is full", and, for ``path`` on a file
+    system with (almost) no space left, the generic I/O error SQLite gives when it cannot grow
+    its WAL index."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+        return True
+    if path is not None and isinstance(exc, (OSError, sqlite3.OperationalError)):
+        try:
+            return shutil.disk_usage(path.parent).free < LOW_SPACE
+        except OSError:
+            return False
+    return False
+
+
+def disk_full(path: Path, exc: BaseException) -> DiskFullError:
+    return DiskFullError(
+        f"the disk holding {path} is full ({exc}); nothing of this operation was kept and the "
+        "catalog is as it was before. Free some space and run the same command again."
+    )
+
+
+def _corrupt(path: Path, exc: Exception) -> CatalogCorruptError:
+    return CatalogCorruptError(
+        f"{path} is corrupt or not a catalog database ({exc}). The stored items in it cannot be "
+        "read: restore the file from a backup, or delete the catalog directory and index the "
+        "images again with `fashionrec index`."
+    )
+
+
+class Store:
+    """SQLite in WAL mode: one connection for writes (under a lock) and one per reading thread,
+    so a search reads one consistent snapshot while other threads and processes write."""
+
+    def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._closed = False
+        if not create and not path.exists():
+            raise CatalogError(f"no catalog database at {path}; create one with `fashionrec index`.")
+        self._uri = self._uri_for(path, readonly)
+        try:
+            self._db = self._connect()
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+            if create:
+                self._db.executescript(_SCHEMA)
+                with self.transaction() as db:
+                    db.execute(
+                        "INSERT OR IGNORE INTO settings VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
+                    db.execute("INSERT OR IGNORE INTO settings VALUES ('generation', '0')")
+            self.schema_version = self._schema_version()
+        except sqlite3.DatabaseError as exc:
+            if hasattr(self, "_db"):
+                self._db.close()
+            if is_disk_full(exc, path):
+                raise disk_full(path, exc) from exc
+            raise _corrupt(path, exc) from exc
+
+    @staticmethod
+    def _uri_for(path: Path, readonly: bool) -> str:
+        if not readonly:
+            return f"file:{path}"
+        # A catalog on a read-only medium: SQLite cannot create its lock files there, so it is
+        # opened as immutable (it cannot change while we read it anyway).
+        writable = path.parent.exists() and _can_write(path.parent)
+        return f"file:{path}?mode=ro" + ("" if writable else "&immutable=1")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._uri, uri=True, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
+
+    def _schema_version(self) -> int:
+        row = self._db.execute("SELECT value FROM settings WHERE name = 'schema_version'").fetchone()
+        if row is None:
+            raise CatalogCorruptError(f"{self.path} has no schema version: it is not a fashionrec catalog.")
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise CatalogError(
+                f"{self.path} was written by a newer fashionrec-onnx (schema {version}, this one "
+                f"reads {SCHEMA_VERSION}); upgrade with `pip install -U fashionrec-onnx`."
+            )
+        return version
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for reader in self._readers:
+                reader.close()
+            self._db.close()
+
+    # -- transactions and snapshots -----------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit: everything inside commits together or not at all. A full disk is a
+        `DiskFullError`; the transaction is rolled back and the database stays as it was."""
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise self._failure(exc) from exc
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.DatabaseError):
+                    raise self._failure(exc) from exc
+                raise
+
+    def _failure(self, exc: sqlite3.DatabaseError) -> CatalogError:
+        if is_disk_full(exc, self.path):
+            return disk_full(self.path, exc)
+        if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc).replace("-", "").lower():
+            return CatalogError(
+                f"{self.path} cannot be written ({exc}); open the catalog read-only to search it."
+            )
+        return _corrupt(self.path, exc)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CatalogError(f"{self.path} is closed; open the catalog again.")
+
+    def _reader(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            with self._lock:
+                self._check_open()
+                db = self._connect()
+                self._readers.append(db)
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads on this thread inside the block see one committed state of the database."""
+        db = self._reader()
+        if db.in_transaction:  # nested: the outer snapshot holds
+            yield
+            return
+        self._run(db, "BEGIN")
+        try:
+            yield
+        finally:
+            if db.in_transaction:
+                db.execute("COMMIT")
+
+    def _run(self, db: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        self._check_open()
+        try:
+            return db.execute(sql, tuple(params)).fetchall()
+        except sqlite3.ProgrammingError as exc:
+            raise CatalogError(f"{self.path} is closed ({exc}); open the catalog again.") from exc
+        except sqlite3.DatabaseError as exc:
+            raise self._failure(exc) from exc
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._run(self._reader(), sql, params)
+
+    def _read_chunked(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """``sql`` with one ``{marks}`` placeholder run for ``values`` in chunks."""
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(values), _CHUNK):
+            chunk = list(values[start : start + _CHUNK])
+            rows += self._read(sql.format(marks=",".join("?" * len(chunk))), chunk)
+        return rows
+
+    # -- settings -----------------------------------------------------------------------------
+
+    def get_setting(self, name: str, default: str | None = None) -> str | None:
+        rows = self._read("SELECT value FROM settings WHERE name = ?", (name,))
+        return rows[0][0] if rows else default
+
+    def settings(self) -> dict[str, str]:
+        return dict(self._read("SELECT name, value FROM settings"))  # type: ignore[arg-type]
+
+    def set_settings(self, values: dict[str, str], *, bump: bool = False) -> int:
+        """``bump`` for settings that other open catalogs must take in (ef, the reduction)."""
+        with self.transaction() as db:
+            self._put(db, values)
+            return self._bump(db) if bump else self._generation(db)
+
+    @staticmethod
+    def _put(db: sqlite3.Connection, values: dict[str, str]) -> None:
+        db.executemany(
+            UPSERT_SETTING,
+            list(values.items()),
+        )
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every write; the graph file records the generation it covers."""
+        return int(self.get_setting("generation", "0") or 0)
+
+    @staticmethod
+    def _generation(db: sqlite3.Connection) -> int:
+        return int(db.execute("SELECT value FROM settings WHERE name = 'generation'").fetchone()[0])
+
+    def _bump(self, db: sqlite3.Connection) -> int:
+        db.execute("UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE name = 'generation'")
+        return self._generation(db)
+
+    def state(self) -> tuple[int, int, int]:
+        """``(generation, items, rows)`` in one read: rows is the vector file's committed length."""
+        values = dict(
+            self._read(
+                "SELECT name, value FROM settings WHERE name IN ('generation', 'items.count', 'vectors.rows')"
+            )
+        )
+        return (
+            int(values.get("generation", 0)),
+            int(values.get("items.count", 0)),
+            int(values.get("vectors.rows", 0)),
+        )
+
+    # -- writing items --------------------------------------------------------------------------
+
+    @contextmanager
+    def writing(self) -> Iterator[Writer]:
+        """A write transaction with the helpers that keep counts and the change log right."""
+        with self.transaction() as db:
+            writer = Writer(self, db)
+            yield writer
+            writer.finish()
+
+    def update_metadata(self, metadata: dict[str, dict[str, Any]]) -> int:
+        """Replace metadata of existing keys without touching vectors; returns rows changed."""
+        with self.writing() as writer:
+            for key, values in metadata.items():
+                text = json.dumps(values, sort_keys=True, ensure_ascii=False)
+                row = writer.db.execute(
+                    "UPDATE items SET metadata = ? WHERE key = ? AND metadata != ? RETURNING label",
+                    (text, key, text),
+                ).fetchone()
+                if row:
+                    writer.log(row[0], DESCRIBED)
+            return writer.changed
+
+    def update_paths(self, paths: dict[str, str]) -> int:
+        """Point existing keys at files that moved (same content), keeping their vectors."""
+        with self.writing() as writer:
+            for key, path in paths.items():
+                row = writer.db.execute(
+                    "UPDATE items SET path = ? WHERE key = ? RETURNING label", (path, key)
+                ).fetchone()
+                if row:
+                    writer.log(row[0], DESCRIBED)
+            return writer.changed
+
+    # -- reading items --------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return int(self._read("SELECT COUNT(*) FROM items")[0][0])
+
+    def item_by_key(self, key: str) -> Item | None:
+        rows = self._read(f"SELECT {_ITEM_COLUMNS} FROM items WHERE key = ?", (key,))
+        return _item(rows[0]) if rows else None
+
+    def items_by_key(self, keys: Sequence[str]) -> dict[str, Item]:
+        rows = self._read_chunked(f"SELECT {_ITEM_COLUMNS} FROM items WHERE key IN ({{marks}})", keys)
+        return {row[1]: _item(row) for row in rows}
+
+    def items_by_label(self, labels: Sequence[int]) -> dict[int, Item]:
+        rows = self._read_chunked(f"SELECT {_ITEM_COLUMNS} FROM items WHERE label IN ({{marks}})", labels)
+        return {row[0]: _item(row) for row in rows}
+
+    def keys_by_path(self, paths: Sequence[str]) -> dict[str, str]:
+        return dict(self._read_chunked("SELECT path, key FROM items WHERE path IN ({marks})", paths))  # type: ignore[arg-type]
+
+    def iter_items(self, batch: int = 10_000) -> Iterator[Item]:
+        """Every item in label order, read in batches (a million items never sit in memory)."""
+        last = -1
+        while True:
+            rows = self._read(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE label > ? ORDER BY label LIMIT ?", (last, batch)
+            )
+            if not rows:
+                return
+            yield from (_item(row) for row in rows)
+            last = rows[-1][0]
+
+    def items_under(self, folder: str) -> list[tuple[str, str]]:
+        """``(key, path)`` of items whose path lies below ``folder`` (a prefix range on the index)."""
+        prefix = folder.rstrip("/") + "/"
+        return self._read(  # type: ignore[return-value]
+            "SELECT key, path FROM items WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0")
+        )
+
+    def labels(self) -> np.ndarray:
+        """Labels of every item, ascending."""
+        rows = self._read("SELECT label FROM items ORDER BY label")
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows))
+
+    def field_values(self, field: str) -> list[tuple[int, Any]]:
+        """``(label, value)`` of one metadata field, for the items that have it."""
+        rows = self._read(
+            "SELECT label, json_extract(metadata, ?), json_type(metadata, ?) FROM items "
+            "WHERE json_type(metadata, ?) IS NOT NULL",
+            (_json_path(field),) * 3,
+        )
+        return [(label, _python_text(value, kind)) for label, value, kind in rows]
+
+    def field_values_of(self, field: str, labels: Sequence[int]) -> list[tuple[int, Any]]:
+        """The same as `field_values`, for some labels only (catching up after a write)."""
+        path = _json_path(field)
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(labels), _CHUNK):
+            chunk = [int(label) for label in labels[start : start + _CHUNK]]
+            rows += self._read(
+                "SELECT label, json_extract(metadata, ?), json_type(metadata, ?) FROM items "
+                f"WHERE label IN ({','.join('?' * len(chunk))}) AND json_type(metadata, ?) IS NOT NULL",
+                [path, path, *chunk, path],
+            )
+        return [(label, _python_text(value, kind)) for label, value, kind in rows]
+
+    def field_names(self) -> list[str]:
+        rows = self._read("SELECT DISTINCT j.key FROM items, json_each(items.metadata) AS j ORDER BY 1")
+        return [r[0] for r in rows]
+
+    # -- the change log -------------------------------------------------------------------------
+
+    def delta_since(self, generation: int) -> Delta | None:
+        """What changed after ``generation``; None when the log no longer reaches back that far
+        (the caller then rereads everything)."""
+        if generation < int(self.get_setting("changes.since", "0") or 0):
+            return None
+        rows = self._read("SELECT label, kind FROM changes WHERE generation > ?", (generation,))
+        by_kind: dict[int, list[int]] = {ADDED: [], REMOVED: [], DESCRIBED: []}
+        for label, kind in rows:
+            by_kind[kind].append(label)
+        removed = set(by_kind[REMOVED])
+        added = [label for label in by_kind[ADDED] if label not in removed]
+        described = [label for label in by_kind[DESCRIBED] if label not in removed]
+        return Delta(*(np.asarray(sorted(set(v)), np.int64) for v in (added, sorted(removed), described)))
+
+    def changes_logged(self) -> int:
+        return int(self._read("SELECT COUNT(*) FROM changes")[0][0])
+
+    def prune_changes(self, upto: int) -> None:
+        """Forget changes up to ``upto`` (a saved graph covers them); laggards reread everything."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM changes WHERE generation <= ?", (upto,))
+            self._put(db, {"changes.since": str(upto)})
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's own quick check; empty when the file is sound."""
+        return [r[0] for r in self._read("PRAGMA quick_check") if r[0] != "ok"]
+
+
+class Writer:
+    """Inside one write transaction: allocates labels, logs changes, keeps the item count."""
+
+    def __init__(self, store: Store, db: sqlite3.Connection) -> None:
+        self.store = store
+        self.db = db
+        self.changed = 0
+        self._count_delta = 0
+        self._log: list[tuple[int, int]] = []
+        values = dict(db.execute("SELECT name, value FROM settings").fetchall())
+        self.next_label = int(values.get("vectors.rows", 0))
+        self.generation = int(values["generation"]) + 1
+
+    def log(self, label: int, kind: int) -> None:
+        self._log.append((label, kind))
+        self.changed += 1
+
+    def remove(self, key: str) -> int | None:
+        row = self.db.execute("DELETE FROM items WHERE key = ? RETURNING label", (key,)).fetchone()
+        if row is None:
+            return None
+        self.log(row[0], REMOVED)
+        self._count_delta -= 1
+        return int(row[0])
+
+    def insert(self, items: Sequence[NewItem]) -> list[int]:
+        """Rows for new items at the next labels (their vectors must already be written there)."""
+        now = time.time()
+        labels = list(range(self.next_label, self.next_label + len(items)))
+        self.db.executemany(
+            "INSERT INTO items(label, key, path, size, mtime_ns, metadata, added_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (label, item.key, item.path, item.size, item.mtime_ns,
+                 json.dumps(item.metadata or {}, sort_keys=True, ensure_ascii=False), now)
+                for label, item in zip(labels, items)
+            ],
+        )  # fmt: skip
+        for label in labels:
+            self.log(label, ADDED)
+        self.next_label += len(items)
+        self._count_delta += len(items)
+        return labels
+
+    def finish(self) -> None:
+        if not self.changed:
+            return
+        self.db.executemany(
+            "INSERT INTO changes(generation, label, kind) VALUES (?, ?, ?)",
+            [(self.generation, label, kind) for label, kind in self._log],
+        )
+        count = (
+            int(self.db.execute("SELECT value FROM settings WHERE name = 'items.count'").fetchone()[0])
+            + self._count_delta
+        )
+        Store._put(self.db, {"vectors.rows": str(self.next_label), "items.count": str(count)})
+        assert self.store._bump(self.db) == self.generation
+
+
+def _json_path(field: str) -> str:
+    return '$."' + field.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _python_text(value: Any, kind: str) -> str:
+    """A metadata value as `str()` of the value json.loads would give (filters compare text)."""
+    if kind == "true":
+        return "True"
+    if kind == "false":
+        return "False"
+    if kind in ("object", "array"):
+        return str(json.loads(value))
+    if kind == "null":
+        return "None"
+    return str(value)
+
+
+def _can_write(folder: Path) -> bool:
+    import os
+
+    return os.access(folder, os.W_OK)

@@ -1,0 +1,189 @@
+"""The vector file: every stored embedding as one row of a memory-mapped matrix.
+
+Layout: a 4096-byte header (magic, then JSON with format, dtype and dimension, space-padded),
+then row ``label`` at ``4096 + label * row_bytes``, float32 or float16, native little-endian.
+``numpy.memmap(path, dtype, offset=4096).reshape(-1, dim)`` reads it as is.
+
+Rows are only appended: a write puts new rows past the committed end, syncs them, and only then
+does the database commit the items that name them. A crash in between leaves rows no item names,
+overwritten by the next write. Rows of removed items stay until `compact` writes a new file.
+Scans read it in blocks and hand the pages back to the kernel after each block, so exact search
+over a million rows does not leave gigabytes resident in the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CatalogCorruptError
+from .store import disk_full, is_disk_full
+
+MAGIC = b"FRVECTS\n"
+HEADER_BYTES = 4096
+FORMAT = 1
+BLOCK_BYTES = 16 << 20  # rows scanned at a time: big enough for BLAS, small enough for the cache
+
+
+def file_name(dtype: np.dtype | str, serial: int = 0) -> str:
+    return f"vectors-{serial}.{np.dtype(dtype).name}"
+
+
+class VectorFile:
+    """Append-only rows of one dtype and dimension; readable by many threads at once."""
+
+    def __init__(self, path: Path, dim: int, dtype: np.dtype | str, *, writable: bool) -> None:
+        self.path = path
+        self.dim = dim
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = dim * self.dtype.itemsize
+        self._writable = writable
+        self._lock = threading.Lock()
+        self._map: mmap.mmap | None = None
+        self._mapped_rows = 0
+        self._recovery = (
+            f"the vector file {path} is damaged; the catalog's vectors cannot be read without it: "
+            "restore it from a backup, or delete the catalog directory and index again."
+        )
+        self._check_header()
+
+    # -- creating and checking --------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: Path, dim: int, dtype: np.dtype | str) -> VectorFile:
+        """A new, empty file written under a temporary name and renamed into place."""
+        header = MAGIC + json.dumps({"format": FORMAT, "dtype": np.dtype(dtype).name, "dim": dim}).encode()
+        temporary = path.with_name(path.name + ".tmp")
+        try:
+            with temporary.open("wb") as handle:
+                handle.write(header.ljust(HEADER_BYTES, b" "))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            if is_disk_full(exc):
+                raise disk_full(path, exc) from exc
+            raise
+        return cls(path, dim, dtype, writable=True)
+
+    def _check_header(self) -> None:
+        try:
+            with self.path.open("rb") as handle:
+                header = handle.read(HEADER_BYTES)
+        except FileNotFoundError:
+            raise CatalogCorruptError(f"the vector file {self.path} is missing; {self._recovery}") from None
+        if len(header) < HEADER_BYTES or not header.startswith(MAGIC):
+            raise CatalogCorruptError(f"{self._recovery} (no vector file header)")
+        try:
+            fields = json.loads(header[len(MAGIC) :].decode().strip())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CatalogCorruptError(f"{self._recovery} ({exc})") from exc
+        if fields != {"format": FORMAT, "dtype": self.dtype.name, "dim": self.dim}:
+            raise CatalogCorruptError(f"{self._recovery} (header {fields} does not match the catalog)")
+
+    @property
+    def rows_on_disk(self) -> int:
+        """Whole rows in the file, committed or not."""
+        return max(0, (self.path.stat().st_size - HEADER_BYTES) // self.row_bytes)
+
+    def check_rows(self, committed: int) -> None:
+        """The file must hold every row the database says was committed."""
+        if self.rows_on_disk < committed:
+            raise CatalogCorruptError(
+                f"{self._recovery} (it holds {self.rows_on_disk} rows, the catalog committed {committed})"
+            )
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def write_rows(self, start: int, vectors: np.ndarray) -> None:
+        """Write rows ``start..`` and sync them to disk; on failure the file is cut back."""
+        data = np.ascontiguousarray(vectors, dtype=self.dtype)
+        if data.ndim != 2 or data.shape[1] != self.dim:
+            raise ValueError(f"expected rows of {self.dim} values, got shape {data.shape}")
+        offset = HEADER_BYTES + start * self.row_bytes
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            view = memoryview(data).cast("B")
+            written = 0
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], offset + written)
+            os.fdatasync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, offset)  # no half-written rows beyond the committed ones
+            if is_disk_full(exc):
+                raise disk_full(self.path, exc) from exc
+            raise
+        finally:
+            os.close(fd)
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def _mapping(self, rows: int) -> tuple[mmap.mmap, int]:
+        """A read-only map covering at least ``rows`` rows (remapped as the file grows)."""
+        with self._lock:
+            if self._map is None or self._mapped_rows < rows:
+                on_disk = self.rows_on_disk
+                if on_disk < rows:
+                    raise CatalogCorruptError(f"{self._recovery} (row {rows - 1} is past its end)")
+                with self.path.open("rb") as handle:
+                    self._map = mmap.mmap(
+                        handle.fileno(), HEADER_BYTES + on_disk * self.row_bytes, access=mmap.ACCESS_READ
+                    )
+                self._mapped_rows = on_disk
+            return self._map, self._mapped_rows
+
+    def _matrix(self, rows: int) -> tuple[mmap.mmap, np.ndarray]:
+        mapping, mapped = self._mapping(rows)
+        matrix = np.frombuffer(mapping, self.dtype, mapped * self.dim, HEADER_BYTES).reshape(mapped, self.dim)
+        return mapping, matrix
+
+    def read(self, labels: np.ndarray | list[int]) -> np.ndarray:
+        """Rows of some labels as float32 (a handful at a time: re-ranking, "more like this")."""
+        labels = np.asarray(labels, np.int64)
+        if len(labels) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        _, matrix = self._matrix(int(labels.max()) + 1)
+        return matrix[labels].astype(np.float32)
+
+    def blocks(self, rows: int, block_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first row, float32 block)`` over rows ``0..rows``; pages are released per block."""
+        if rows == 0:
+            return
+        block_rows = block_rows or max(1, BLOCK_BYTES // self.row_bytes)
+        mapping, matrix = self._matrix(rows)
+        for start in range(0, rows, block_rows):
+            stop = min(rows, start + block_rows)
+            block = matrix[start:stop]
+            yield start, block if self.dtype == np.float32 else block.astype(np.float32)
+            self._release(mapping, start, stop)
+
+    def gather_blocks(self, labels: np.ndarray, block_rows: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+        """``(offset into labels, float32 rows)`` for sorted ``labels``, a block at a time."""
+        if len(labels) == 0:
+            return
+        mapping, matrix = self._matrix(int(labels[-1]) + 1)
+        for start in range(0, len(labels), block_rows):
+            chunk = labels[start : start + block_rows]
+            yield start, matrix[chunk].astype(np.float32)
+            self._release(mapping, int(chunk[0]), int(chunk[-1]) + 1)
+
+    def _release(self, mapping: mmap.mmap, start: int, stop: int) -> None:
+        """Drop the pages of rows start..stop from this process (the page cache keeps them)."""
+        first = (HEADER_BYTES + start * self.row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        last = min(HEADER_BYTES + stop * self.row_bytes, len(mapping))
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # not Linux: pages stay
+            mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    def close(self) -> None:
+        with self._lock:
+            self._map = None  # numpy views may still hold it; the mapping goes with the last one
+            self._mapped_rows = 0

@@ -1,0 +1,237 @@
+"""The storage design for a million items: lazy items, a memory-mapped vector file read in blocks,
+filters as masks, the 0.1.0 migration, and crash safety of the new files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.neighbors import NearestNeighbors
+
+from fashionrec_onnx import Catalog
+from fashionrec_onnx.catalog import search as planner
+from fashionrec_onnx.catalog import vectors as vector_file
+
+V1_CATALOGS = Path(__file__).parent / "data" / "v1-catalogs"
+DIM = 2048
+
+
+def structured(n: int, seed: int, clusters: int = 12) -> np.ndarray:
+    """Clustered unit vectors: neighbour lists that mean something (isotropic noise would tie)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, DIM))
+    vectors = centres[rng.integers(0, clusters, n)] + 0.5 * rng.normal(size=(n, DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def bucket(i: int) -> dict[str, str]:
+    """Metadata whose values select about 1%, 10% and 50% of the items."""
+    return {
+        "one": str(i % 100 == 0),
+        "ten": str(i % 10 == 0),
+        "half": str(i % 2 == 0),
+        "category": f"c{i % 7}",
+    }
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory, small_model: Path) -> Catalog:
+    """6,000 structured vectors with metadata and some churn (removed and re-added items)."""
+    catalog = Catalog.create(tmp_path_factory.mktemp("storage") / "catalog", small_model)
+    vectors = structured(6000, seed=1)
+    keys = [f"item-{i:05d}" for i in range(len(vectors))]
+    for start in range(0, len(keys), 2000):
+        stop = start + 2000
+        catalog.add_many(
+            keys[start:stop], vectors[start:stop], metadata=[bucket(i) for i in range(start, stop)]
+        )
+    catalog.remove(*keys[100:300])  # holes in the vector file
+    catalog.add_many(keys[150:160], vectors[150:160], metadata=[bucket(i) for i in range(150, 160)])
+    yield catalog
+    catalog.close()
+
+
+def stored_matrix(catalog: Catalog) -> tuple[list[str], np.ndarray]:
+    keys = catalog.keys()
+    return keys, catalog.vectors(keys)
+
+
+# -- opening and memory ----------------------------------------------------------------------------
+
+
+def test_opening_does_not_turn_every_item_into_a_python_object(big: Catalog) -> None:
+    big.save()
+    tracemalloc.start()
+    try:
+        with Catalog.open(big.path, readonly=True) as reopened:
+            _, peak = tracemalloc.get_traced_memory()
+            assert len(reopened) == 5810
+    finally:
+        tracemalloc.stop()
+    # 5,810 items with four metadata fields each would take several MB as Python objects
+    assert peak < 1_000_000, f"open allocated {peak:,} bytes"
+
+
+def test_stored_vectors_are_a_memory_mappable_matrix(big: Catalog) -> None:
+    summary = big.summary()
+    matrix = np.memmap(big.path / summary["vector_file"], np.float32, "r", offset=vector_file.HEADER_BYTES)
+    matrix = matrix.reshape(-1, DIM)
+    item = big.get("item-00042")
+    assert np.array_equal(matrix[item.label], big.vector("item-00042"))
+
+
+# -- exact search in blocks against scikit-learn -----------------------------------------------------
+
+
+@pytest.mark.parametrize("block_rows", [None, 333])
+def test_exact_search_over_blocks_equals_scikit_learn(
+    big: Catalog, block_rows: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if block_rows:
+        monkeypatch.setattr(vector_file, "BLOCK_BYTES", block_rows * DIM * 4)
+    keys, matrix = stored_matrix(big)
+    oracle = NearestNeighbors(algorithm="brute", metric="euclidean").fit(matrix)
+    queries = structured(20, seed=7)
+    distances, rows = oracle.kneighbors(queries, n_neighbors=10)
+    for query, expected_rows, expected_d in zip(queries, rows, distances):
+        hits = big.exact_search(query, k=10)
+        assert [h.key for h in hits] == [keys[r] for r in expected_rows]
+        assert np.allclose([h.distance for h in hits], expected_d**2, atol=1e-4)
+
+
+def test_exact_search_with_a_filter_equals_scikit_learn_on_the_matching_items(big: Catalog) -> None:
+    keys, matrix = stored_matrix(big)
+    items = {item.key: item for item in big.items()}
+    matching = [i for i, key in enumerate(keys) if items[key].metadata["category"] in ("c1", "c4")]
+    oracle = NearestNeighbors(algorithm="brute").fit(matrix[matching])
+    for query in structured(10, seed=8):
+        _, rows = oracle.kneighbors(query[None], n_neighbors=8)
+        hits = big.exact_search(query, k=8, filter={"category": ["c1", "c4"]})
+        assert [h.key for h in hits] == [keys[matching[r]] for r in rows[0]]
+
+
+# -- filtered search at every selectivity ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["one", "ten", "half"])
+@pytest.mark.parametrize("path", ["as planned", "graph forced"])
+def test_filtered_search_equals_exact_filtered_search_at_every_selectivity(
+    big: Catalog, field: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if path == "graph forced":
+        monkeypatch.setattr(planner, "EXACT_AMONG_MAX", 0)
+        monkeypatch.setattr(planner, "GRAPH_WIDTH_MAX", 10**6)
+    found = expected = 0
+    for key in [f"item-{i:05d}" for i in range(1000, 6000, 250)]:
+        hits = big.search(key, k=5, filter={field: "True"})
+        exact = big.exact_search(key, k=5, filter={field: "True"})
+        assert all(h.metadata[field] == "True" for h in hits) and key not in [h.key for h in hits]
+        found += len({h.key for h in hits} & {h.key for h in exact})
+        expected += len(exact)
+    assert found / expected >= 0.99
+
+
+def test_a_filter_naming_an_unknown_field_is_an_error_that_lists_the_fields(big: Catalog) -> None:
+    from fashionrec_onnx import CatalogError
+
+    with pytest.raises(CatalogError, match="categroy.*category"):
+        big.search("item-01000", k=5, filter={"categroy": "c1"})
+
+
+def test_an_unknown_filter_value_is_a_warning_with_close_values(
+    big: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert big.search("item-01000", k=5, filter={"category": "C1"}) == []
+    assert "did you mean 'c1'" in caplog.text
+
+
+# -- catalogs written by 0.1.0 -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["float32", "float16-pca"])
+def test_a_catalog_written_by_0_1_0_is_upgraded_on_open_and_answers_as_before(
+    tmp_path: Path, name: str
+) -> None:
+    root = tmp_path / name
+    shutil.copytree(V1_CATALOGS / name, root)
+    expected = json.loads((root / "expected.json").read_text())
+    with Catalog.open(root) as catalog:
+        assert len(catalog) == expected["items"] and catalog.params.ef == expected["ef"]
+        assert (catalog.reduction is not None) == bool(expected["reduced"])
+        for key, neighbours in expected["exact"].items():
+            assert [h.key for h in catalog.exact_search(key, k=5)] == neighbours
+        assert [h.key for h in catalog.exact_search("p000/photo-0.jpg", k=5, filter={"category": "Bag"})] == (
+            expected["filtered"]
+        )
+        assert np.allclose(catalog.vector("p000/photo-0.jpg")[:8], expected["vector_p000"], atol=1e-3)
+        assert catalog.verify() == []
+        assert catalog.check(k=5, sample=50).recall >= 0.9
+    with sqlite3.connect(root / "catalog.sqlite") as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(items)")]
+        version = db.execute("SELECT value FROM settings WHERE name = 'schema_version'").fetchone()[0]
+    assert "vector" not in columns and version == "2"
+    with Catalog.open(root, readonly=True) as again:  # and it keeps opening
+        assert len(again) == expected["items"]
+
+
+# -- crash safety of the new files --------------------------------------------------------------------
+
+IMPORTER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from fashionrec_onnx import Catalog
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(6000, 2048)).astype(np.float32)
+    with Catalog.open_or_create(sys.argv[1], sys.argv[2]) as catalog:
+        for start in range(0, 6000, 500):
+            keys = [f"v-{i}" for i in range(start, start + 500)]
+            if keys[-1] in catalog:
+                continue
+            metadata = [{"n": str(i)} for i in range(start, start + 500)]
+            catalog.add_many(keys, vectors[start : start + 500], metadata=metadata)
+    """
+)
+
+
+def committed(database: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
+            return int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def test_sigkill_during_an_import_of_vectors_leaves_a_catalog_that_opens_verifies_and_resumes(
+    tmp_path: Path, small_model: Path
+) -> None:
+    root = tmp_path / "catalog"
+    command = [sys.executable, "-c", IMPORTER, str(root), str(small_model)]
+    process = subprocess.Popen(command)
+    deadline = time.monotonic() + 300
+    try:
+        while committed(root / "catalog.sqlite") < 1500:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    with Catalog.open(root) as catalog:
+        survived = len(catalog)
+        assert survived >= 1500 and survived % 500 == 0 and catalog.verify() == []
+    subprocess.run(command, check=True, timeout=600)  # run again: it resumes
+    with Catalog.open(root) as catalog:
+        assert len(catalog) == 6000 and catalog.verify() == []
+        assert sorted(catalog.keys()) == sorted(f"v-{i}" for i in range(6000))
+        assert catalog.get("v-4321").metadata == {"n": "4321"}
