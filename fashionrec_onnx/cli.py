@@ -131,7 +131,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             hits = method(args.query, k=args.k, filter=wanted)
         except OSError as exc:  # a query too long to be a file name, a folder, an unreadable file
             raise CatalogError(
-                f"{_shorten(args.query)!r} is neither a key in {args.catalog} nor a readable image "
+                f"'{_shorten(args.query)}' is neither a key in {args.catalog} nor a readable image "
                 f"file ({exc.strerror or exc})."
             ) from exc
     if args.json:

@@ -49,7 +49,7 @@ def fraction(text: str) -> float:
 def text(value: str) -> str:
     """An argparse type for keys and prefixes: bytes that are not UTF-8 can never be a key."""
     if not is_utf8(value):
-        raise argparse.ArgumentTypeError(f"{printable(value)!r} is not valid UTF-8")
+        raise argparse.ArgumentTypeError(f"'{printable(value)}' is not valid UTF-8")
     return value
 
 

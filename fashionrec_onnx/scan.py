@@ -89,7 +89,7 @@ def scan_folder(
     if not is_utf8(str(root)):
         raise CatalogError(f"the folder name {printable(str(root))} is not valid UTF-8: rename it.")
     if not is_utf8(key_prefix):
-        raise CatalogError(f"the key prefix {printable(key_prefix)!r} is not valid UTF-8.")
+        raise CatalogError(f"the key prefix '{printable(key_prefix)}' is not valid UTF-8.")
     skip = on_skip or _warn_skipped
     seen = {_identity(root.stat())}
     pending = [(root, "")]  # folders still to scan, the next one last

@@ -284,6 +284,13 @@ def test_a_file_name_that_is_not_utf8_is_skipped_with_a_warning_and_the_rest_ind
         assert "skipped caf\\xe9.png: the file name is not valid UTF-8" in err
 
 
+def test_a_key_that_is_not_utf8_is_refused_as_an_argument(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = run(capsys, "remove", os.fsdecode(b"caf\xe9.png"), "--catalog", tmp_path / "c")
+    assert_error(code, err, "argument KEY: 'caf\\xe9.png' is not valid UTF-8")
+
+
 # -- newcomer friction: failed indexing, empty catalogs, unknown keys ---------------------
 
 
