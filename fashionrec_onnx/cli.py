@@ -1,7 +1,8 @@
-"""The `fashionrec` command: thin argument parsing over the library.
+"""The `fashionrec` command: what each subcommand does (its arguments are in `cli_args`).
 
-Library errors become one line on stderr with exit code 2; "ran but found a problem" (skipped
-files, recall below the bar, an inconsistent catalog) is exit code 1.
+Library errors become one line on stderr with exit code 2, and so do file system errors and bad
+arguments (refused by argparse before anything is opened); "ran but found a problem" (skipped
+files, unknown keys, an empty catalog, recall below the bar) is exit code 1.
 """
 
 from __future__ import annotations
@@ -9,72 +10,46 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 
-from . import __version__
+from .cli_args import build_parser
 from .errors import CatalogError, FashionrecError
-from .index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+from .images import IMAGE_SUFFIXES
+from .scan import printable
 
 Handler = Callable[[argparse.Namespace], int]
 log = logging.getLogger("fashionrec")
+SHOWN_CHARS = 60  # of a name in a message; the rest is counted, not printed
 
 
 def _err(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-# -- export -------------------------------------------------------------------------------
+def _shorten(name: str | bytes | os.PathLike) -> str:
+    """A name as it can be printed, cut when too long to read (a query of 5,000 characters)."""
+    shown = printable(os.fsdecode(name))
+    return shown if len(shown) <= SHOWN_CHARS else f"{shown[:SHOWN_CHARS]}... ({len(shown)} characters)"
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("export", help="export ResNet50 + pooling to an ONNX embedding model")
-    # The export code lives in export/ (installed as fashionrec_export); it is imported only when
-    # used, so the rest of the CLI never loads TensorFlow.
+def _os_error(exc: OSError) -> str:
+    """One line for a file system error: what failed, on which file."""
+    if exc.filename is None:
+        return printable(str(exc))
+    return f"{exc.strerror or exc}: {_shorten(exc.filename)}"
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
     try:
-        from fashionrec_export.export_resnet50 import add_arguments
-    except ImportError:  # pragma: no cover - package installed without export/
-        parser.set_defaults(handler=_export_missing)
-        return
-    add_arguments(parser)
-    parser.set_defaults(handler=_run_export)
-
-
-def _run_export(args: argparse.Namespace) -> int:
-    from fashionrec_export.export_resnet50 import run
-
+        from fashionrec_export.export_resnet50 import run
+    except ImportError as exc:  # pragma: no cover - package installed without export/
+        raise FashionrecError(
+            "the export code is not installed; install with `pip install 'fashionrec-onnx[export]'`."
+        ) from exc
     return run(args)
-
-
-def _export_missing(args: argparse.Namespace) -> int:
-    raise FashionrecError(
-        "the export code is not installed; install with `pip install 'fashionrec-onnx[export]'`."
-    )
-
-
-# -- catalog commands ---------------------------------------------------------------------
-
-
-def _catalog_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--catalog", required=True, type=Path, help="catalog directory")
-
-
-def _build_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, help="ONNX model (needed when the catalog is new)")
-    parser.add_argument("--M", type=int, default=DEFAULT_M, help="HNSW links per node (new catalogs)")
-    parser.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
-    parser.add_argument("--ef", type=int, default=DEFAULT_EF, help="HNSW search breadth (new catalogs)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--vector-dtype",
-        choices=("float32", "float16"),
-        default="float32",
-        help="stored vectors (new catalogs)",
-    )
 
 
 def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
@@ -104,10 +79,20 @@ def _print_index_report(report) -> int:  # report: IndexReport
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
+    from .scan import read_metadata, scan_folder
+
+    # Everything that can be checked without the model is checked before a catalog is created,
+    # so a wrong folder or metadata file never leaves an empty catalog behind.
+    metadata = read_metadata(args.metadata) if args.metadata else None
+    first = next(scan_folder(args.images, args.key_prefix, on_skip=lambda skipped: None), None)
+    if first is None and not args.prune:
+        raise CatalogError(
+            f"no image files in {args.images} ({', '.join(sorted(IMAGE_SUFFIXES))}); nothing was indexed."
+        )
     with _open_for_indexing(args) as catalog:
         report = catalog.index_folder(
             args.images,
-            metadata=args.metadata,
+            metadata=metadata,
             prune=args.prune,
             progress=not args.quiet,
             batch_size=args.batch_size,
@@ -133,9 +118,22 @@ def _parse_filters(pairs: list[str]) -> dict[str, list[str]] | None:
 def _cmd_search(args: argparse.Namespace) -> int:
     from .catalog import Catalog
 
+    wanted = _parse_filters(args.filter)
     with Catalog.open(args.catalog, args.model, readonly=True, threads=args.threads) as catalog:
+        if len(catalog) == 0:
+            _err(
+                f"the catalog {args.catalog} is empty: add images first "
+                f"(`fashionrec index IMAGES --catalog {args.catalog}`)"
+            )
+            return 1
         method = catalog.exact_search if args.exact else catalog.search
-        hits = method(args.query, k=args.k, filter=_parse_filters(args.filter))
+        try:
+            hits = method(args.query, k=args.k, filter=wanted)
+        except OSError as exc:  # a query too long to be a file name, a folder, an unreadable file
+            raise CatalogError(
+                f"'{_shorten(args.query)}' is neither a key in {args.catalog} nor a readable image "
+                f"file ({exc.strerror or exc})."
+            ) from exc
     if args.json:
         print(json.dumps([asdict(hit) for hit in hits], indent=2, ensure_ascii=False))
         return 0
@@ -150,10 +148,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_remove(args: argparse.Namespace) -> int:
     from .catalog import Catalog
 
+    keys = list(dict.fromkeys(args.keys))
     with Catalog.open(args.catalog) as catalog:
-        removed = catalog.remove(*args.keys)
-        print(f"removed {removed} of {len(args.keys)} keys; {len(catalog)} items left")
-    return 0
+        unknown = [key for key in keys if key not in catalog]
+        removed = catalog.remove(*keys)
+        print(f"removed {removed} of {len(keys)} keys; {len(catalog)} items left")
+    for key in unknown:
+        print(f"  not in the catalog: {_shorten(key)}")
+    return 1 if unknown else 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -195,7 +197,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     from .catalog import Catalog
 
     with Catalog.open(args.catalog, rebuild=True) as catalog:
-        if args.ef:
+        if args.ef is not None:
             catalog.set_ef(args.ef)
         print(f"rebuilt the HNSW graph of {args.catalog} from {len(catalog)} stored vectors")
     return 0
@@ -229,68 +231,6 @@ def _cmd_import_fashion_mnist(args: argparse.Namespace) -> int:
     return _cmd_index(args)
 
 
-def _add_catalog_commands(sub: argparse._SubParsersAction) -> None:
-    index = sub.add_parser("index", help="embed a folder of images into a catalog (incremental)")
-    index.add_argument("images", type=Path, help="folder of images (searched recursively)")
-    _catalog_arg(index)
-    _build_args(index)
-    index.add_argument("--metadata", type=Path, help="CSV or JSON lines with a key/path column")
-    index.add_argument(
-        "--key-prefix",
-        default="",
-        help="put before every key (e.g. shop-b/) to index several folders into one catalog",
-    )
-    index.add_argument("--prune", action="store_true", help="remove items whose file has gone")
-    index.set_defaults(handler=_cmd_index)
-
-    search = sub.add_parser("search", help="the most similar items to an image or a catalog key")
-    search.add_argument("query", help="image file, or the key of an item (more like this)")
-    _catalog_arg(search)
-    search.add_argument("-k", type=int, default=5, help="number of results (default 5)")
-    search.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
-    search.add_argument("--exact", action="store_true", help="exact sklearn search instead of HNSW")
-    search.add_argument("--json", action="store_true")
-    search.add_argument("--model", type=Path, help="model (default: the one the catalog records)")
-    search.add_argument("--threads", type=int)
-    search.set_defaults(handler=_cmd_search)
-
-    remove = sub.add_parser("remove", help="remove items by key")
-    remove.add_argument("keys", nargs="+")
-    _catalog_arg(remove)
-    remove.set_defaults(handler=_cmd_remove)
-
-    check = sub.add_parser("check", help="recall@k of HNSW against exact KNN, and consistency")
-    _catalog_arg(check)
-    check.add_argument("-k", type=int, default=5)
-    check.add_argument("--sample", type=int, default=1000, help="number of query items")
-    check.add_argument("--min-recall", type=float, default=0.95, help="exit 1 below this")
-    check.set_defaults(handler=_cmd_check)
-
-    info = sub.add_parser("info", help="what a catalog holds and how it was built")
-    _catalog_arg(info)
-    info.add_argument("--json", action="store_true")
-    info.set_defaults(handler=_cmd_info)
-
-    rebuild = sub.add_parser("rebuild", help="recreate the HNSW graph from the stored vectors")
-    _catalog_arg(rebuild)
-    rebuild.add_argument("--ef", type=int, help="also set the search ef")
-    rebuild.set_defaults(handler=_cmd_rebuild)
-
-    reduce = sub.add_parser("reduce", help="index a PCA projection (smaller, faster graph)")
-    _catalog_arg(reduce)
-    reduce.add_argument("--dim", type=int, required=True, help="target dimension (0: back to full)")
-    reduce.add_argument("--whiten", action="store_true")
-    reduce.set_defaults(handler=_cmd_reduce)
-
-    fmnist = sub.add_parser("import-fashion-mnist", help="index Fashion-MNIST (real labelled images)")
-    _catalog_arg(fmnist)
-    _build_args(fmnist)
-    fmnist.add_argument("--split", choices=("test", "train", "all"), default="test")
-    fmnist.add_argument("--limit", type=int, help="at most this many images per split")
-    fmnist.add_argument("--source", type=Path, help="folder with the IDX files")
-    fmnist.set_defaults(handler=_cmd_import_fashion_mnist)
-
-
 # -- demo ---------------------------------------------------------------------------------
 
 
@@ -316,39 +256,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="run the Gradio search page")
-    demo.add_argument("--catalog", type=Path, help="catalog to search (default: the bundled sample)")
-    demo.add_argument("--model", type=Path, help="model (default: exported on first run)")
-    demo.add_argument("--home", type=Path, help="cache for the default model and catalog")
-    demo.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    demo.add_argument("--port", type=int, default=7860)
-    demo.set_defaults(handler=_cmd_demo)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fashionrec", description="Visual product search for fashion.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action="version", version=f"fashionrec-onnx {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_export(sub)
-    _add_catalog_commands(sub)
-    _add_demo(sub)
-    return parser
+HANDLERS: dict[str, Handler] = {
+    "export": _cmd_export,
+    "index": _cmd_index,
+    "search": _cmd_search,
+    "remove": _cmd_remove,
+    "check": _cmd_check,
+    "info": _cmd_info,
+    "rebuild": _cmd_rebuild,
+    "reduce": _cmd_reduce,
+    "import-fashion-mnist": _cmd_import_fashion_mnist,
+    "demo": _cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; returns the exit code (argparse's 2 for a bad argument, 0 for --help)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
+        force=True,  # a second main() in one process logs to the current stderr
     )
-    handler: Handler = args.handler
     try:
-        return handler(args)
+        return HANDLERS[args.command](args)
     except FashionrecError as exc:
+        log.debug("the error came from here", exc_info=True)
         _err(f"error: {exc}")
+        return 2
+    except OSError as exc:
+        log.debug("the error came from here", exc_info=True)
+        _err(f"error: {_os_error(exc)}")
         return 2
     except KeyboardInterrupt:
         _err("interrupted; committed batches are kept, run the same command again to resume")

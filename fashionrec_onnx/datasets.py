@@ -132,10 +132,10 @@ def export_split(
 ) -> Path:
     """Write a split (``train``, ``test`` or ``all``) as PNG files plus ``labels.csv``."""
     splits = ["train", "test"] if split == "all" else [split]
+    loaded = {name: load_split(name, source) for name in splits}  # before writing anything
     folder.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
-    for name in splits:
-        images, labels = load_split(name, source)
+    for name, (images, labels) in loaded.items():
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
         rows += write_images(images, labels, folder, name)

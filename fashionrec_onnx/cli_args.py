@@ -1,0 +1,354 @@
+"""The grammar of the `fashionrec` command: its subcommands, their arguments, types and help.
+
+A bad value is refused by argparse itself (a usage line, one error line, exit code 2) before any
+catalog, model or image is opened, so a typo never leaves anything half-made behind. What each
+command does lives in `cli`; here every subcommand only records its name (``args.command``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from . import __version__
+from .index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+from .scan import is_utf8, printable
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` (to ``high``, when given)."""
+    bounds = f"of at least {low}" if high is None else f"from {low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a whole number {bounds}, not {text!r}")
+        return value
+
+    return parse
+
+
+positive = whole_number(1)
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1 (a recall)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 <= value <= 1.0:  # NaN fails here too
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}")
+    return value
+
+
+def text(value: str) -> str:
+    """An argparse type for keys and prefixes: bytes that are not UTF-8 can never be a key."""
+    if not is_utf8(value):
+        raise argparse.ArgumentTypeError(f"'{printable(value)}' is not valid UTF-8")
+    return value
+
+
+def path(value: str) -> Path:
+    """An argparse type for paths the catalog stores or the command prints: UTF-8 only."""
+    return Path(text(value))
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; every option's default shown unless it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS
+        if unset or default in ([], "") or "%(default)" in help or not action.option_strings:
+            return help
+        return f"{help} (default: %(default)s)"
+
+
+def subcommand(
+    sub: argparse._SubParsersAction, name: str, summary: str, description: str, examples: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help page has a description and examples."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
+        epilog=f"examples:\n{examples}",
+        formatter_class=HelpFormatter,
+    )
+
+
+# -- the commands -------------------------------------------------------------------------
+
+
+def _export(sub: argparse._SubParsersAction) -> None:
+    parser = subcommand(
+        sub,
+        "export",
+        "export ResNet50 + pooling to an ONNX embedding model",
+        "Needs the export extra (TensorFlow, tf2onnx), and only here. The model's metadata records\n"
+        "how it was made; a catalog built with it refuses any other model.",
+        "  fashionrec export --out model.onnx                        # ImageNet weights\n"
+        "  fashionrec export --weights random --seed 0 --out m.onnx  # offline smoke runs",
+    )
+    # The export code lives in export/ (installed as fashionrec_export); its arguments come from
+    # there, and TensorFlow is imported only when an export runs.
+    try:
+        from fashionrec_export.export_resnet50 import add_arguments
+    except ImportError:  # pragma: no cover - package installed without export/
+        return
+    add_arguments(parser)
+
+
+def _catalog_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--catalog", required=True, type=path, metavar="DIR", help="catalog directory")
+
+
+def _threads_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=positive, metavar="N", help="onnxruntime threads (default: all cores)"
+    )
+
+
+def _build_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", type=path, metavar="FILE", help="ONNX model (needed when the catalog is new)"
+    )
+    parser.add_argument(
+        "--M",
+        type=whole_number(2, 256),
+        default=DEFAULT_M,
+        metavar="N",
+        help="HNSW links per node, for a new catalog",
+    )
+    parser.add_argument(
+        "--ef-construction",
+        type=positive,
+        default=DEFAULT_EF_CONSTRUCTION,
+        metavar="N",
+        help="HNSW build breadth, for a new catalog: higher builds slower and finds better links",
+    )
+    parser.add_argument(
+        "--ef", type=positive, default=DEFAULT_EF, metavar="N", help="HNSW search breadth, for a new catalog"
+    )
+    parser.add_argument("--batch-size", type=positive, default=32, metavar="N", help="images per model run")
+    _threads_arg(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--vector-dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="precision of the stored vectors, for a new catalog",
+    )
+
+
+FILTER_HELP = (
+    "only items whose metadata FIELD equals VALUE (exactly, case included). Repeat it: the same "
+    "field several times means any of those values (--filter category=Dress --filter "
+    "category=Bag), different fields must all match"
+)
+
+
+def _index(sub: argparse._SubParsersAction) -> None:
+    index = subcommand(
+        sub,
+        "index",
+        "embed a folder of images into a catalog (incremental)",
+        "Every image below IMAGES (recursively, hidden files skipped) is embedded and added under\n"
+        "its path relative to IMAGES. The first run creates the catalog and needs --model. Later\n"
+        "runs embed only new or changed files; an interrupted run resumes. Files that cannot be\n"
+        "read are listed as skipped and the exit code is 1.",
+        "  fashionrec index ./images --catalog ./catalog --model model.onnx\n"
+        "  fashionrec index ./images --catalog ./catalog --metadata labels.csv --prune\n"
+        "  fashionrec index ./shop-b --catalog ./catalog --key-prefix shop-b/",
+    )
+    index.add_argument("images", type=path, help="folder of images (searched recursively)")
+    _catalog_arg(index)
+    _build_args(index)
+    index.add_argument(
+        "--metadata",
+        type=path,
+        metavar="FILE",
+        help="CSV (with a header row) or JSON lines; the key, path, id, filename or file column "
+        "names the image (its relative path, file name or stem), the other columns become metadata",
+    )
+    index.add_argument(
+        "--key-prefix",
+        type=text,
+        metavar="PREFIX",
+        default="",
+        help="put before every key (e.g. shop-b/) to index several folders into one catalog",
+    )
+    index.add_argument("--prune", action="store_true", help="remove items whose file has gone")
+
+
+def _search(sub: argparse._SubParsersAction) -> None:
+    search = subcommand(
+        sub,
+        "search",
+        "the most similar items to an image or a catalog key",
+        'QUERY is an image file, or the key of an item in the catalog ("more like this": the item\n'
+        "itself is left out). Each hit prints its rank, similarity (1 = the same image), key and\n"
+        "metadata. Exit code 1 when the catalog is empty.",
+        "  fashionrec search photo.jpg --catalog ./catalog -k 10\n"
+        "  fashionrec search dress/test-00013.png --catalog ./catalog --filter category=Bag\n"
+        "  fashionrec search photo.jpg --catalog ./catalog --filter category=Dress --filter category=Coat\n"
+        "  fashionrec search photo.jpg --catalog ./catalog --json",
+    )
+    search.add_argument("query", help="image file, or the key of an item (more like this)")
+    _catalog_arg(search)
+    search.add_argument("-k", type=positive, metavar="N", default=5, help="number of results")
+    search.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE", help=FILTER_HELP)
+    search.add_argument("--exact", action="store_true", help="exact sklearn search instead of HNSW")
+    search.add_argument(
+        "--json",
+        action="store_true",
+        help="print the hits as a JSON list (rank, key, path, distance, similarity, metadata)",
+    )
+    search.add_argument(
+        "--model", type=path, metavar="FILE", help="model (default: the one the catalog records)"
+    )
+    _threads_arg(search)
+
+
+def _maintenance(sub: argparse._SubParsersAction) -> None:
+    remove = subcommand(
+        sub,
+        "remove",
+        "remove items by key",
+        "Keys are what `search` prints (the key prefix, then the path relative to the indexed\n"
+        "folder). Keys not in the catalog are listed, and the exit code is then 1.",
+        "  fashionrec remove dress/test-00013.png bag/test-00598.png --catalog ./catalog",
+    )
+    remove.add_argument("keys", nargs="+", type=text, metavar="KEY", help="key of an item to remove")
+    _catalog_arg(remove)
+
+    check = subcommand(
+        sub,
+        "check",
+        "recall@k of HNSW against exact KNN, and consistency",
+        "Searches the graph with a sample of the catalog's own items and compares the hits with\n"
+        "exact nearest neighbours (scikit-learn), and checks that store and graph agree. Exit code\n"
+        "1 when recall is below --min-recall or a problem is found.",
+        "  fashionrec check --catalog ./catalog\n"
+        "  fashionrec check --catalog ./catalog -k 10 --sample 200 --min-recall 0.9",
+    )
+    _catalog_arg(check)
+    check.add_argument("-k", type=positive, metavar="N", default=5, help="neighbours compared per query")
+    check.add_argument("--sample", type=positive, metavar="N", default=1000, help="number of query items")
+    check.add_argument(
+        "--min-recall",
+        type=fraction,
+        metavar="R",
+        default=0.95,
+        help="exit code 1 when recall is below R (0 to 1)",
+    )
+
+    info = subcommand(
+        sub,
+        "info",
+        "what a catalog holds and how it was built",
+        "Items, model (fingerprint, weights, precision), HNSW parameters, sizes on disk, and the\n"
+        "categories found in the metadata.",
+        "  fashionrec info --catalog ./catalog\n  fashionrec info --catalog ./catalog --json",
+    )
+    _catalog_arg(info)
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+
+    rebuild = subcommand(
+        sub,
+        "rebuild",
+        "recreate the HNSW graph from the stored vectors",
+        "Nothing is re-embedded: the catalog keeps every vector. The recovery for a missing or\n"
+        "damaged graph file, and the way to change the search breadth ef.",
+        "  fashionrec rebuild --catalog ./catalog\n  fashionrec rebuild --catalog ./catalog --ef 256",
+    )
+    _catalog_arg(rebuild)
+    rebuild.add_argument(
+        "--ef", type=positive, metavar="N", help="also set the search breadth ef (higher: better recall)"
+    )
+
+    reduce = subcommand(
+        sub,
+        "reduce",
+        "index a PCA projection (smaller, faster graph)",
+        "The graph is built on a PCA projection of the stored vectors, and its candidates are\n"
+        "re-ranked with the full vectors. Prints the recall against exact full-dimension search.",
+        "  fashionrec reduce --catalog ./catalog --dim 256\n"
+        "  fashionrec reduce --catalog ./catalog --dim 0    # back to full vectors",
+    )
+    _catalog_arg(reduce)
+    reduce.add_argument(
+        "--dim",
+        type=whole_number(0),
+        required=True,
+        metavar="N",
+        help="target dimension (0: back to full vectors)",
+    )
+    reduce.add_argument("--whiten", action="store_true", help="scale every component to unit variance")
+
+
+def _import_fashion_mnist(sub: argparse._SubParsersAction) -> None:
+    fmnist = subcommand(
+        sub,
+        "import-fashion-mnist",
+        "index Fashion-MNIST (real labelled images)",
+        "Writes Fashion-MNIST images (Zalando, MIT licence) as PNG files with labels.csv under\n"
+        "CATALOG/images, then indexes them with their category. The IDX files come from --source,\n"
+        "Debian's dataset-fashion-mnist package, or Keras' dataset cache.",
+        "  fashionrec import-fashion-mnist --catalog ./fmnist --model model.onnx --limit 1000",
+    )
+    _catalog_arg(fmnist)
+    _build_args(fmnist)
+    fmnist.add_argument("--split", choices=("test", "train", "all"), default="test", help="which images")
+    fmnist.add_argument(
+        "--limit", type=positive, metavar="N", help="at most this many images per split (default: all)"
+    )
+    fmnist.add_argument("--source", type=path, metavar="DIR", help="folder with the IDX files")
+
+
+def _demo(sub: argparse._SubParsersAction) -> None:
+    demo = subcommand(
+        sub,
+        "demo",
+        "run the Gradio search page",
+        "Without --catalog it serves the bundled Fashion-MNIST sample: the first start exports the\n"
+        "model (ImageNet weights, or seeded random ones offline, with a banner) and indexes the\n"
+        "sample into --home; later starts reuse both. Needs the demo extra (Gradio).",
+        "  fashionrec demo\n  fashionrec demo --catalog ./catalog --port 7861",
+    )
+    demo.add_argument(
+        "--catalog", type=path, metavar="DIR", help="catalog to search (default: the bundled sample)"
+    )
+    demo.add_argument("--model", type=path, metavar="FILE", help="model (default: exported on first run)")
+    demo.add_argument(
+        "--home",
+        type=path,
+        metavar="DIR",
+        help="cache for the default model and catalog (default: $FASHIONREC_HOME or ~/.cache/fashionrec)",
+    )
+    demo.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 lets other machines in"
+    )
+    demo.add_argument(
+        "--port", type=whole_number(1, 65535), metavar="N", default=7860, help="port to serve on"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fashionrec",
+        description="Visual product search for fashion.",
+        epilog="`fashionrec COMMAND --help` describes a command, with examples.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"fashionrec-onnx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_export, _index, _search, _maintenance, _import_fashion_mnist, _demo):
+        add(sub)
+    return parser
