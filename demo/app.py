@@ -198,7 +198,7 @@ class DemoSearch:
     def examples(self, count: int = 10) -> list[str]:
         """One example per category (or the first items), for the clickable example strip."""
         seen: dict[str, str] = {}
-        for item in self.catalog.items():
+        for item in self.catalog.iter_items():
             category = str(item.metadata.get("category", item.key))
             seen.setdefault(category, item.key)
             if len(seen) >= count:

@@ -63,6 +63,7 @@ def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
         ef=args.ef,
         threads=args.threads,
         vector_dtype=args.vector_dtype,
+        reduce_to=args.reduce,
     )
 
 
@@ -167,15 +168,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"problem: {problem}")
     print(
-        f"recall@{report.k} of HNSW vs exact sklearn KNN: {report.recall:.4f} "
+        f"recall@{report.k} of HNSW vs exact KNN: {report.recall:.4f} "
         f"({report.queries} queries over {report.items} items; M={report.M}, "
         f"ef_construction={report.ef_construction}, ef={report.ef})"
     )
     if report.recall < args.min_recall:
-        print(
-            f"recall below {args.min_recall}: raise ef "
-            f"(`fashionrec rebuild --catalog {args.catalog} --ef {2 * report.ef}`)"
-        )
+        print(f"recall below {args.min_recall}: {report.advice(args.catalog)}")
     return 1 if problems or report.recall < args.min_recall else 0
 
 
@@ -206,7 +204,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
 def _cmd_reduce(args: argparse.Namespace) -> int:
     from .catalog import Catalog
 
-    with Catalog.open(args.catalog) as catalog:
+    with Catalog.open(args.catalog, load_graph=False) as catalog:  # works with a lost PCA file
         pca = catalog.reduce(None if args.dim == 0 else args.dim, whiten=args.whiten)
         if pca is None:
             print(f"{args.catalog}: the HNSW graph indexes the full {catalog.dim}-d vectors again")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CatalogCorruptError, CatalogError, ModelError
+from ..errors import BadArgumentError, CatalogCorruptError, CatalogError, ModelError
 from ..index import HnswParams, ReadWriteLock
 from ..model import ModelInfo
 from ..reduce import PCA
@@ -52,6 +52,19 @@ def checked_vectors(vectors: np.ndarray, dim: int, keys: Sequence[str]) -> np.nd
             "embeddings is not the one this catalog was built with."
         )
     return vectors
+
+
+def _check_text(values: Sequence[str]) -> None:
+    """Keys and paths must be text SQLite can store: a file name that is not UTF-8 would fail
+    the whole batch deep in the database."""
+    for value in values:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = value.encode("utf-8", "backslashreplace").decode()
+            raise BadArgumentError(
+                f"{shown!r} is not valid UTF-8 text; rename the file or choose another key."
+            ) from None
 
 
 def locked_open(path: Path) -> int:
@@ -231,6 +244,7 @@ class CatalogCore:
     def write(self, new: Sequence[NewItem], remove_keys: Sequence[str] = ()) -> tuple[list[int], list[int]]:
         """One transaction (vector rows synced first), then the graph and masks; returns the
         labels added and removed."""
+        _check_text([n.key for n in new] + [n.path for n in new if n.path] + list(remove_keys))
         vectors = (
             checked_vectors(np.stack([n.vector for n in new]), self.dim, [n.key for n in new])
             if new

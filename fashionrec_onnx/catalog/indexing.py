@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..embedder import Failure
 from ..errors import CatalogError
-from ..scan import ImageFile, metadata_for, read_metadata, scan_folder
+from ..scan import ImageFile, Skipped, metadata_for, read_metadata, scan_folder
 from .store import Item, NewItem
 
 if TYPE_CHECKING:
@@ -119,8 +119,10 @@ def index_folder(
     report = IndexReport()
     table = read_metadata(metadata) if isinstance(metadata, (str, os.PathLike)) else dict(metadata or {})
     root = Path(folder).expanduser().resolve()
-    files = list(scan_folder(root, key_prefix))
+    skipped: list[Skipped] = []
+    files = list(scan_folder(root, key_prefix, on_skip=skipped.append))
     report.scanned = len(files)
+    report.failures.extend(Failure(-1, key_prefix + s.relative, s.reason) for s in skipped)
     core = catalog._core
     core.sync()
     known = core.store.items_by_key([f.key for f in files])
@@ -138,7 +140,12 @@ def index_folder(
     _embed_and_write(catalog, todo, known, table, report, progress, batch_size)
     if prune:
         present = {f.key for f in files}
-        gone = [key for key, _ in core.store.items_under(str(root)) if key not in present]
+        hidden = [str(root / s.relative) + "/" for s in skipped if s.folder]  # unreadable, not gone
+        gone = [
+            key
+            for key, path in core.store.items_under(str(root))
+            if key not in present and not any(path.startswith(folder) for folder in hidden)
+        ]
         if gone:
             report.removed = catalog.remove(*gone)
     catalog.save()

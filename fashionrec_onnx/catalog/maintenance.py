@@ -35,23 +35,22 @@ class CheckReport:
     reduced_dim: int | None = None
     recall_reduced: float | None = None  # graph vs exact search in the reduced space
 
-    @property
-    def advice(self) -> str:
-        """What would raise recall, for this catalog's shape."""
+    def advice(self, catalog: object) -> str:
+        """What would raise recall, for this catalog's shape (the re-rank or ef)."""
         if (
             self.reduced_dim is not None
             and self.recall_reduced is not None
             and self.recall_reduced >= self.recall + 0.02
         ):
             return (
-                f"the graph finds {self.recall_reduced:.3f} of the exact neighbours in the reduced space but "
-                f"{self.recall:.3f} in the full one: the PCA loses the order, not the graph. Reduce to more "
-                f"dimensions (`fashionrec reduce --dim {min(self.reduced_dim * 2, 1024)}`) or drop the "
-                "reduction (--dim 0)."
+                f"the graph finds {self.recall_reduced:.3f} of the exact neighbours in the reduced "
+                f"space but {self.recall:.3f} in the full one: the PCA loses the order, not the graph. "
+                f"Reduce to more dimensions (`fashionrec reduce --catalog {catalog} --dim "
+                f"{min(self.reduced_dim * 2, 1024)}`) or drop the reduction (--dim 0)."
             )
         return (
-            f"raise ef (`fashionrec rebuild --ef {2 * self.ef}`): a wider search finds more of the "
-            "exact neighbours."
+            f"raise ef (`fashionrec rebuild --catalog {catalog} --ef {2 * self.ef}`): a wider search "
+            "finds more of the exact neighbours."
         )
 
 
