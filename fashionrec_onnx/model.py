@@ -126,13 +126,17 @@ def default_threads() -> int:
 
 
 def create_session(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | bytes,
     threads: int | None = None,
     providers: Sequence[str] | None = None,
 ) -> ort.InferenceSession:
-    """Build the onnxruntime session: the only place session options and providers are set."""
-    path = Path(path)
-    _check_model_file(path)
+    """Build the onnxruntime session: the only place session options and providers are set.
+
+    ``path`` may also be a serialised model (the library's own small helper graphs)."""
+    model: str | bytes = path if isinstance(path, bytes) else str(path)
+    path = Path("<in-memory model>") if isinstance(path, bytes) else Path(path)
+    if isinstance(model, str):
+        _check_model_file(path)
     available = ort.get_available_providers()
     chosen = list(providers) if providers else ["CPUExecutionProvider"]
     unknown = [p for p in chosen if p not in available]
@@ -153,7 +157,7 @@ def create_session(
     # that overlaps inference during ingest.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+        return ort.InferenceSession(model, sess_options=options, providers=chosen)
     except Exception as exc:  # onnxruntime raises its own, untyped errors
         raise ModelError(f"onnxruntime cannot load {path}: {exc}. Is it an ONNX model file?") from exc
 

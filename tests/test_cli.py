@@ -86,7 +86,7 @@ def test_search_json_by_key_with_filter(indexed: Path) -> None:
 def test_check_prints_recall_against_exact_knn(indexed: Path) -> None:
     result = fashionrec("check", "--catalog", indexed, "-k", "5")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "recall@5 of HNSW vs exact sklearn KNN: " in result.stdout
+    assert "recall@5 of HNSW vs exact KNN: " in result.stdout
     recall = float(result.stdout.split("KNN: ")[1].split()[0])
     assert recall >= 0.99
 
@@ -279,9 +279,9 @@ def test_a_file_name_that_is_not_utf8_is_skipped_with_a_warning_and_the_rest_ind
     args = ["index", small_folder, "--catalog", tmp_path / "c", "--model", small_model, "--quiet"]
     for expected in ("3 added", "3 unchanged"):  # and the same on every rerun
         code, out, err = run(capsys, *args)
-        assert code == 0 and "Traceback" not in err, err
+        assert code == 1 and "Traceback" not in err, err  # 1: ran, but a file was skipped
         assert expected in out
-        assert "skipped caf\\xe9.png: the file name is not valid UTF-8" in err
+        assert "skipped caf\\xe9.png: the file name is not valid UTF-8" in out
 
 
 def test_a_key_that_is_not_utf8_is_refused_as_an_argument(
@@ -357,3 +357,19 @@ def test_the_filter_help_says_how_to_give_several_values(capsys: pytest.CaptureF
     out = " ".join(run(capsys, "search", "--help")[1].split())
     assert "--filter category=Dress --filter category=Bag" in out
     assert "any of those values" in out and "different fields must all match" in out
+
+
+def test_a_filter_on_an_unknown_field_is_an_error_listing_the_fields(indexed: Path) -> None:
+    result = fashionrec("search", "dress/test-00013.png", "--catalog", indexed, "--filter", "categroy=Dress")
+    assert_one_line_error(result, "'categroy'")
+    assert "category" in result.stderr and "split" in result.stderr
+
+
+@pytest.mark.parametrize("value, suggestion", [("dress", "'Dress'"), ("Dress,Bag", "")])
+def test_a_filter_value_no_item_has_is_a_warning_with_close_values(
+    indexed: Path, value: str, suggestion: str
+) -> None:
+    query = "dress/test-00013.png"
+    result = fashionrec("search", query, "--catalog", indexed, "--filter", f"category={value}")
+    assert result.returncode == 0
+    assert f"no item has category={value!r}" in result.stderr and suggestion in result.stderr

@@ -235,3 +235,21 @@ def test_sigkill_during_an_import_of_vectors_leaves_a_catalog_that_opens_verifie
         assert len(catalog) == 6000 and catalog.verify() == []
         assert sorted(catalog.keys()) == sorted(f"v-{i}" for i in range(6000))
         assert catalog.get("v-4321").metadata == {"n": "4321"}
+
+
+def test_the_float16_conversion_graph_is_the_one_onnx_builds() -> None:
+    """The library keeps a serialised one-node graph instead of depending on the onnx package."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Cast", ["half"], ["single"], to=TensorProto.FLOAT)
+    graph = helper.make_graph(
+        [node],
+        "half_to_float",
+        [helper.make_tensor_value_info("half", TensorProto.FLOAT16, ["n", "d"])],
+        [helper.make_tensor_value_info("single", TensorProto.FLOAT, ["n", "d"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="fashionrec")
+    model.ir_version = 8
+    assert model.SerializeToString() == vector_file.HALF_TO_FLOAT
+    half = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float16)
+    assert np.array_equal(vector_file.to_float32(half), half.astype(np.float32))

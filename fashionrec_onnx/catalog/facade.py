@@ -59,6 +59,11 @@ class _KeyQuery:
     key: str
 
 
+def _shown(text: str) -> str:
+    """A caller's string in a message: quoted, and cut when it is long."""
+    return repr(text) if len(text) <= 80 else f"{text[:60]!r}… ({len(text)} characters)"
+
+
 def _is_vector(value: object) -> bool:
     return isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind == "f"
 
@@ -571,7 +576,7 @@ class Catalog:
             if item is not None:
                 return self._core.vectors.read([item.label])[0], item.label
             if isinstance(query, _KeyQuery):
-                raise UnknownKeyError(f"no item with key {key[:200]!r} in {self.path}.")
+                raise UnknownKeyError(f"no item with key {_shown(key)} in {self.path}.")
         if _is_vector(query):
             return _unit(query, self.dim), None  # type: ignore[arg-type]
         if isinstance(query, str):
@@ -580,7 +585,7 @@ class Catalog:
             except (OSError, ValueError):
                 exists = False
             if not exists:
-                raise CatalogError(f"{query[:200]!r} is neither a key in {self.path} nor an image file.")
+                raise CatalogError(f"{_shown(query)} is neither a key in {self.path} nor an image file.")
         return self.embedder.embed_one(query), None  # type: ignore[arg-type]
 
     @contextlib.contextmanager
@@ -639,7 +644,7 @@ class Catalog:
         """Items like the one stored under ``key`` (itself left out). Unlike `search`, a string
         here is only ever a key, never a file: the entry point for remote callers."""
         if not isinstance(key, str):
-            raise UnknownKeyError(f"no item with key {str(key)[:200]!r} in {self.path}.")
+            raise UnknownKeyError(f"no item with key {_shown(str(key))} in {self.path}.")
         return self.search(_KeyQuery(key), k, filter)  # type: ignore[arg-type]
 
     def exact_search(self, query: Source | str, k: int = 5, filter: Filter | None = None) -> list[Hit]:
