@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RAW, RESULTS, bench_model, embed_corpus, machine_info, summary_ms, timed
-from benchmarks.search import structured_vectors
+from benchmarks.search import structured_blocks
 
 log = logging.getLogger("benchmarks.scale")
 
@@ -68,8 +68,16 @@ def corpus(items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if items <= len(real):
         return real[:items], labels, queries
     if not cache.exists():
-        extra = structured_vectors(real, items - len(real), seed=1)
-        np.save(cache, np.concatenate([real, extra]), allow_pickle=False)
+        partial = cache.with_suffix(".partial.npy")
+        matrix = np.lib.format.open_memmap(partial, "w+", np.float32, (items, real.shape[1]))
+        matrix[: len(real)] = real
+        start = len(real)
+        for block in structured_blocks(real, items - len(real), seed=1):
+            matrix[start : start + len(block)] = block
+            start += len(block)
+        matrix.flush()
+        del matrix
+        partial.replace(cache)
     return np.load(cache, mmap_mode="r"), labels, queries
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,21 +21,27 @@ from fashionrec_onnx.index import HnswIndex, HnswParams
 SPREAD = 0.3  # synthetic offsets: this fraction of the corpus' spread along each principal axis
 
 
-def structured_vectors(real: np.ndarray, count: int, seed: int = 0, components: int = 256) -> np.ndarray:
-    """``count`` unit vectors near real ones, displaced within the real data's principal subspace."""
+def structured_blocks(
+    real: np.ndarray, count: int, seed: int = 0, components: int = 256, block: int = 50_000
+) -> Iterator[np.ndarray]:
+    """``count`` unit vectors near real ones, displaced within the real data's principal
+    subspace, a block at a time (a million of them need not sit in memory)."""
     rng = np.random.default_rng(seed)
     sample = real[rng.choice(len(real), size=min(len(real), 20_000), replace=False)]
     mean = sample.mean(axis=0)
     _, singular, axes = np.linalg.svd(sample - mean, full_matrices=False)
     axes, scale = axes[:components], singular[:components] / np.sqrt(len(sample))
-    out = np.empty((count, real.shape[1]), np.float32)
-    for start in range(0, count, 50_000):
-        n = min(50_000, count - start)
+    for start in range(0, count, block):
+        n = min(block, count - start)
         seeds = real[rng.integers(0, len(real), n)]
         offsets = (rng.standard_normal((n, len(axes))) * scale * SPREAD) @ axes
-        block = seeds + offsets
-        out[start : start + n] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    return out
+        vectors = seeds + offsets
+        yield (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def structured_vectors(real: np.ndarray, count: int, seed: int = 0, components: int = 256) -> np.ndarray:
+    """``count`` unit vectors near real ones (see `structured_blocks`), as one matrix."""
+    return np.concatenate(list(structured_blocks(real, count, seed, components)))
 
 
 def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
