@@ -228,6 +228,7 @@ def write_file(location: str | os.PathLike[str], table: pa.Table) -> None:
     """One table (built by ``build_table``) as one complete vectors file (a path or a URI)."""
     meta = table.schema.metadata or {}
     fs, path = filesystem(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with VectorFileWriter(fs, path, int(meta[META_DIM]), meta[META_FINGERPRINT].decode()) as writer:
         writer.write(table)
 
