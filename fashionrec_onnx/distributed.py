@@ -81,11 +81,14 @@ Metadata = str | os.PathLike[str] | Mapping[str, Mapping[str, Any]] | None
 @dataclass
 class EmbedSummary:
     """What an embedding job did. ``failures`` are (key, reason) of files without a vector;
-    ``nodes`` counts the images each Ray node embedded."""
+    ``nodes`` counts the images each Ray node embedded. ``seconds`` is the whole job (workers
+    starting included), ``embedding_seconds`` from the first batch's start to the last one's end
+    (clocks of several machines agree only roughly), ``ray_start_seconds`` the connection."""
 
     images: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    embedding_seconds: float = 0.0
     ray_start_seconds: float = 0.0
     workers: int = 0
     files: list[str] = field(default_factory=list)
@@ -98,6 +101,11 @@ class EmbedSummary:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_second(self) -> float:
+        """The rate once every worker is up: what a long job approaches."""
+        return self.images / self.embedding_seconds if self.embedding_seconds > 0 else 0.0
 
 
 # -- 1. listing -----------------------------------------------------------------------------
@@ -231,6 +239,7 @@ class _EmbedActor:
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.time()
         dim = self.embedder.dim
         count = batch.num_rows
         errors = batch.column("error").to_pylist()
@@ -256,14 +265,19 @@ class _EmbedActor:
             metadata=batch.column("metadata").to_pylist(),
             errors=errors,
         )
-        return table.append_column("node", pa.array([self.node] * count, pa.string()))
+        # Where and when each row was embedded: the job's summary, never the vectors file.
+        finished = time.time()
+        table = table.append_column("node", pa.array([self.node] * count, pa.string()))
+        table = table.append_column("started", pa.array([started] * count, pa.float64()))
+        return table.append_column("finished", pa.array([finished] * count, pa.float64()))
 
 
 # -- 4. writing -----------------------------------------------------------------------------
 
 
 def _write_part(batch: pa.Table, fs: pafs.FileSystem, root: str, dim: int, fingerprint: str) -> pa.Table:
-    """Write one vectors file; return one summary row (file, rows, failures, images per node)."""
+    """Write one vectors file; return one summary row (file, rows, failures, images per node,
+    when the first of its rows began embedding and the last ended)."""
     path = f"{root}/{part_name()}"
     with VectorFileWriter(fs, path, dim, fingerprint) as writer:
         writer.write(batch.select(list(COLUMNS)))
@@ -278,6 +292,8 @@ def _write_part(batch: pa.Table, fs: pafs.FileSystem, root: str, dim: int, finge
             "failed_keys": [[key for key, _ in failed]],
             "failed_reasons": [[reason for _, reason in failed]],
             "nodes": [json.dumps(nodes)],
+            "started": [min(batch.column("started").to_pylist())],
+            "finished": [max(batch.column("finished").to_pylist())],
         }
     )
 
@@ -294,8 +310,21 @@ def _connect(ray_address: str | None) -> tuple[bool, float]:
     if ray_address:
         ray.init(address=ray_address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False)
+        start_local_ray()
     return True, time.perf_counter() - started
+
+
+def start_local_ray(num_cpus: int | None = None, object_store_bytes: int = LOCAL_OBJECT_STORE_BYTES) -> None:
+    """Start Ray on this machine for embedding jobs: no dashboard, a bounded object store, and
+    workers at normal priority. Ray lowers its workers to nice 15 by default, so on a machine
+    doing anything else they get a small share of the CPU; here they are the job."""
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=object_store_bytes,
+        log_to_driver=False,
+        _system_config={"worker_niceness": 0},
+    )
 
 
 @contextlib.contextmanager
@@ -369,6 +398,7 @@ def embed_to_parquet(
         started = time.perf_counter()
         summary.workers = _pool_size(workers, threads_per_worker)
         job = _Job(info.fingerprint, info.dim, summary.workers, threads_per_worker, batch_size, max_pixels)
+        first, last = float("inf"), float("-inf")
         with _data_context(progress):
             dataset = _pipeline(listing, model_path.read_bytes(), job, out_fs, out_root, rows_per_file)
             for row in dataset.iter_rows():
@@ -376,9 +406,11 @@ def embed_to_parquet(
                 summary.failures.extend(zip(row["failed_keys"], row["failed_reasons"]))
                 for node, count in json.loads(row["nodes"]).items():
                     summary.nodes[node] = summary.nodes.get(node, 0) + count
+                first, last = min(first, row["started"]), max(last, row["finished"])
                 done = sum(summary.nodes.values())
                 log.info("wrote %s: %d of %d images done", row["file"], done, summary.images)
         summary.seconds = time.perf_counter() - started
+        summary.embedding_seconds = max(0.0, last - first)
     finally:
         if ours:
             ray.shutdown()

@@ -99,7 +99,7 @@ def test_a_uri_is_listed_and_read_through_pyarrow_filesystems(
 ) -> None:
     _, local_out = embedded
     summary = embed_to_parquet(
-        f"file://{images}", small_model, tmp_path / "v", key_prefix="shop/", progress=False
+        f"file://{images}", small_model, tmp_path / "v", workers=1, key_prefix="shop/", progress=False
     )
     _, local = read_all(local_out)
     batches, remote = read_all(tmp_path / "v")
