@@ -18,7 +18,8 @@ error      string                     why the file could not be embedded; null w
 
 Metadata is one JSON text column rather than a column per field: fields differ from item to item,
 values keep their JSON types (so export then import is exact), and a field can never clash with a
-fixed column. DuckDB reads a field with ``metadata->>'category'``, pandas with ``json.loads``.
+fixed column. DuckDB reads a field with ``json_extract_string(metadata, '$.category')``, pandas
+with ``json.loads``.
 
 The file's key-value metadata holds the model fingerprint, the dimension and the format version;
 the reader refuses a file whose fingerprint or dimension is not the one expected, naming it.
