@@ -308,7 +308,13 @@ def _connect(ray_address: str | None) -> tuple[bool, float]:
     if ray.is_initialized():
         return False, 0.0
     if ray_address:
-        ray.init(address=ray_address, log_to_driver=False)
+        try:
+            ray.init(address=ray_address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise FashionrecError(
+                f"cannot connect to Ray at {ray_address} ({exc}). Start a cluster (`ray start --head`), "
+                "or leave --ray-address out to run on this machine."
+            ) from exc
     else:
         start_local_ray()
     return True, time.perf_counter() - started
