@@ -9,11 +9,13 @@ import moves a catalog's vectors to another catalog, and other tools read them a
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -31,7 +33,10 @@ from .vector_files import (
 )
 
 if TYPE_CHECKING:
-    from .catalog import Catalog
+    import pyarrow as pa
+
+    from .catalog import Catalog, Item
+
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +80,22 @@ def _latest(batch: VectorBatch) -> list[int]:
     return sorted(last.values())
 
 
-def _is_unchanged(catalog: Catalog, key: str, vector: np.ndarray, path: str | None, meta: dict[str, Any],
-                  tolerance: float) -> bool:  # fmt: skip
-    item = catalog.get(key)
-    if item.path != path or item.metadata != meta:
-        return False
-    return bool(np.max(np.abs(catalog.vector(key) - vector)) <= tolerance)
+def _compare(
+    catalog: Catalog, batch: VectorBatch, rows: list[int], tolerance: float
+) -> tuple[set[int], set[int]]:
+    """(rows whose key the catalog holds, those of them with the same path, metadata and vector)."""
+    known = {row for row in rows if batch.keys[row] in catalog}
+    alike = [
+        row
+        for row in sorted(known)
+        if (item := catalog.get(batch.keys[row])).path == batch.paths[row]
+        and item.metadata == batch.metadata[row]
+    ]
+    if not alike:
+        return known, set()
+    stored = catalog.vectors([batch.keys[row] for row in alike])
+    close = np.max(np.abs(stored - batch.vectors[alike]), axis=1) <= tolerance
+    return known, {row for row, equal in zip(alike, close) if equal}
 
 
 def import_vectors(
@@ -109,18 +124,12 @@ def import_vectors(
         ):
             report.rows += len(batch) + len(batch.errors)
             report.skipped.extend(batch.errors)
-            rows = []
-            for row in _latest(batch):
-                key = batch.keys[row]
-                if key not in catalog:
-                    report.added += 1
-                elif _is_unchanged(catalog, key, batch.vectors[row], batch.paths[row], batch.metadata[row],
-                                   tolerance):  # fmt: skip
-                    report.unchanged += 1
-                    continue
-                else:
-                    report.updated += 1
-                rows.append(row)
+            latest = _latest(batch)
+            known, unchanged = _compare(catalog, batch, latest, tolerance)
+            rows = [row for row in latest if row not in unchanged]
+            report.unchanged += len(unchanged)
+            report.updated += len(known) - len(unchanged)
+            report.added += len(rows) - (len(known) - len(unchanged))
             if rows:
                 catalog.add_many(
                     [batch.keys[r] for r in rows],
@@ -140,6 +149,11 @@ def import_vectors(
     return report
 
 
+def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
 def export_vectors(
     catalog: Catalog,
     path: str | os.PathLike[str],
@@ -148,32 +162,42 @@ def export_vectors(
     batch_size: int = ROW_GROUP_ROWS,
 ) -> ExportReport:
     """Write every item of ``catalog`` (key, path, change markers, vector, metadata) as vectors
-    files into ``path``, a new folder or URI."""
+    files into ``path``, a new folder or URI, reading the catalog a batch at a time."""
     started = time.perf_counter()
     fs, root = prepare_output(path)
     report = ExportReport()
-    items = catalog.items()
     dim, fingerprint = catalog.dim, catalog.info.fingerprint
-    for first in range(0, max(len(items), 1), rows_per_file):
-        name = f"{root}/{part_name(len(report.files))}"
-        with VectorFileWriter(fs, name, dim, fingerprint) as writer:
-            for start in range(first, min(first + rows_per_file, len(items)), batch_size):
-                chunk = items[start : min(start + batch_size, first + rows_per_file)]
-                vectors = np.stack([catalog.vector(item.key) for item in chunk])
-                writer.write(
-                    build_table(
-                        dim,
-                        fingerprint,
-                        keys=[item.key for item in chunk],
-                        vectors=vectors,
-                        paths=[item.path for item in chunk],
-                        sizes=[item.size for item in chunk],
-                        mtimes_ns=[item.mtime_ns for item in chunk],
-                        metadata=[metadata_text(item.metadata) for item in chunk],
-                    )
-                )
-        report.files.append(name)
-        report.rows += writer.rows
+    writer: VectorFileWriter | None = None
+    try:
+        for chunk in _chunks(catalog.iter_items(), min(batch_size, rows_per_file)):
+            if writer is None or writer.rows + len(chunk) > rows_per_file:
+                if writer is not None:
+                    writer.close()
+                writer = VectorFileWriter(fs, f"{root}/{part_name(len(report.files))}", dim, fingerprint)
+                report.files.append(writer.path)
+            writer.write(_table(catalog, chunk))
+            report.rows += len(chunk)
+        if writer is None:  # an empty catalog still gives one file, with the model in it
+            writer = VectorFileWriter(fs, f"{root}/{part_name(0)}", dim, fingerprint)
+            report.files.append(writer.path)
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     report.seconds = time.perf_counter() - started
     log.debug("exported %d vectors of %s to %d file(s)", report.rows, catalog.path, len(report.files))
     return report
+
+
+def _table(catalog: Catalog, items: list[Item]) -> pa.Table:
+    return build_table(
+        catalog.dim,
+        catalog.info.fingerprint,
+        keys=[item.key for item in items],
+        vectors=catalog.vectors([item.key for item in items]),
+        paths=[item.path for item in items],
+        sizes=[item.size for item in items],
+        mtimes_ns=[item.mtime_ns for item in items],
+        metadata=[metadata_text(item.metadata) for item in items],
+    )

@@ -86,6 +86,15 @@ def test_export_writes_the_items_change_markers(indexed: Catalog, exported: Path
     )
 
 
+def test_export_splits_a_large_catalog_into_files_of_at_most_rows_per_file(
+    indexed: Catalog, tmp_path: Path
+) -> None:
+    report = export_vectors(indexed, tmp_path / "v", rows_per_file=15, batch_size=4)
+    rows = [info.rows for info in vf.inspect(tmp_path / "v")]
+    assert rows == [12, 12, 12, 4] and report.rows == 40 and len(report.files) == 4
+    assert [k for b in vf.read_batches(tmp_path / "v") for k in b.keys] == indexed.keys()
+
+
 def test_importing_the_same_vectors_again_changes_nothing(
     tmp_path: Path, small_model: Path, exported: Path
 ) -> None:
