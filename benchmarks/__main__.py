@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import embedding, filtered, ingest, quality, report, search, speed_memory
+from benchmarks import distributed, embedding, filtered, ingest, quality, report, search, speed_memory
 from benchmarks.common import FULL, QUICK, RAW, RESULTS, TINY, Sizes, bench_model, embed_corpus, machine_info
 
 log = logging.getLogger("benchmarks")
@@ -49,6 +49,9 @@ def run(sizes: Sizes, out: Path, command: str) -> dict[str, object]:
     results["embedding"] = embedding.run(speed_model, speed_int8, sizes)
     stage("ingest: model-only vs end-to-end from JPEG files (fp32)")
     results["ingest"] = ingest.run(speed_model, sizes.ingest_photos, 32, sizes.rounds)
+    if sizes.name == "quick":
+        stage("embedding on Ray (1 and 2 workers) against one process, and importing vectors files")
+        results["distributed"] = distributed.run(speed_model, photo_count=48, vector_count=5000)
 
     corpus_model = bench_model(sizes.corpus_size_px)
     corpus_int8 = int8_of(corpus_model, sizes.calibration)

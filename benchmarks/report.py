@@ -75,6 +75,36 @@ def filtered_section(filtered: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def distributed_section(distributed: dict[str, Any] | None) -> list[str]:
+    """Ray against one process (quick mode only), and import speed."""
+    if not distributed:
+        return []
+    emb, imp = distributed["embedding"], distributed["import"]
+    return [
+        f"### On Ray: {emb['photos']} {emb['photo_size']} files, batch {emb['batch_size']}, fp32",
+        "",
+        '`embed_to_parquet` on a local Ray against `Embedder.embed` in one process; "once started" '
+        "runs from the first batch's start to the last one's end, the rest of a job is its workers "
+        f"starting (loading the model). `ray.init`: {emb['ray_init_seconds']:.1f} s, once.",
+        "",
+        *_table(
+            ["method", "images/s once started", "vs one process", "images/s whole job", "workers start s"],
+            [
+                [name, f"{v['steady_per_second']:.1f}", f"{v['steady_vs_one_process']:.2f}x",
+                 f"{v['per_second']:.1f}", f"{v['worker_start_seconds']:.1f}"]
+                for name, v in emb["methods"].items()
+            ],
+        ),  # fmt: skip
+        "",
+        f"Import of {imp['vectors']:,} vectors of {imp['dim']} dimensions from Parquet into a new catalog: "
+        f"{imp['import_vectors_per_second']:,.0f} vectors/s (`Catalog.add_many` of the same vectors from "
+        f"memory: {imp['add_many_from_memory_per_second']:,.0f}; reading the Parquet alone: "
+        f"{imp['read_parquet_per_second']:,.0f}; importing it again, all unchanged: "
+        f"{imp['reimport_unchanged_per_second']:,.0f}).",
+        "",
+    ]
+
+
 def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     machine = results["machine"]
     lines = [
@@ -134,6 +164,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             ["ratio end-to-end / model-only", "", f"{ingest['ratio']:.2f}"],
         ]),  # fmt: skip
         "",
+        *distributed_section(results.get("distributed")),
         "## Search",
         "",
         f"Vectors: Fashion-MNIST embeddings from the {results['corpus_model']} model; queries are "

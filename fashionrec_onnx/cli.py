@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from .cli_args import build_parser
+from .cli_vectors import HANDLERS as VECTOR_HANDLERS
 from .errors import CatalogError, FashionrecError
 from .images import IMAGE_SUFFIXES
 from .scan import printable
@@ -265,6 +266,7 @@ HANDLERS: dict[str, Handler] = {
     "reduce": _cmd_reduce,
     "import-fashion-mnist": _cmd_import_fashion_mnist,
     "demo": _cmd_demo,
+    **VECTOR_HANDLERS,
 }
 
 

@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"fashionrec-onnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_export, _index, _search, _maintenance, _import_fashion_mnist, _demo):
+    from .cli_vectors import add_commands as _vectors  # it builds on the helpers above
+
+    for add in (_export, _index, _search, _maintenance, _import_fashion_mnist, _vectors, _demo):
         add(sub)
     return parser
