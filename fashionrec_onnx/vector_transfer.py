@@ -84,12 +84,14 @@ def _compare(
     catalog: Catalog, batch: VectorBatch, rows: list[int], tolerance: float
 ) -> tuple[set[int], set[int]]:
     """(rows whose key the catalog holds, those of them with the same path, metadata and vector)."""
-    known = {row for row in rows if batch.keys[row] in catalog}
+    items = catalog.get_many(batch.keys[row] for row in rows)
+    known = {row for row in rows if batch.keys[row] in items}
     alike = [
         row
         for row in sorted(known)
-        if (item := catalog.get(batch.keys[row])).path == batch.paths[row]
+        if (item := items[batch.keys[row]]).path == batch.paths[row]
         and item.metadata == batch.metadata[row]
+        and (item.size, item.mtime_ns) == (batch.sizes[row], batch.mtimes_ns[row])
     ]
     if not alike:
         return known, set()
@@ -136,6 +138,8 @@ def import_vectors(
                     batch.vectors[rows],
                     paths=[batch.paths[r] for r in rows],
                     metadata=[batch.metadata[r] for r in rows],
+                    sizes=[batch.sizes[r] for r in rows],
+                    mtimes_ns=[batch.mtimes_ns[r] for r in rows],
                 )
                 log.debug("committed %d rows (%d of %d read)", len(rows), report.rows, total)
             bar.update(len(batch) + len(batch.errors))

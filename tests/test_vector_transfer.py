@@ -61,12 +61,6 @@ def test_export_then_import_keeps_every_key_path_and_metadata(
         np.testing.assert_allclose(after[key][2], vector, rtol=0, atol=1e-7)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Catalog.add_many divides every vector by its float32 norm again, which moves about half of "
-    "the unit vectors by one ulp; exact round trips need the catalog's bulk import to keep unit vectors "
-    "as given",
-)
 def test_export_then_import_round_trips_vectors_bit_for_bit(
     tmp_path: Path, small_model: Path, indexed: Catalog, exported: Path
 ) -> None:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from .maintenance import CheckReport
 from .migrate import migrate_v1, needs_migration
 from .store import DB_NAME, SCHEMA_VERSION, Item, NewItem, Store
 from .vectors import VectorFile, file_name
+
+if TYPE_CHECKING:
+    from ..vector_transfer import ExportReport, ImportReport
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +403,10 @@ class Catalog:
             raise UnknownKeyError(f"no item with key {key!r} in {self.path}.")
         return item
 
+    def get_many(self, keys: Iterable[str]) -> dict[str, Item]:
+        """The items of those keys the catalog holds (unknown keys are simply absent)."""
+        return self._core.store.items_by_key(list(keys))
+
     def vector(self, key: str) -> np.ndarray:
         """The stored embedding of an item."""
         return self._core.vectors.read([self.get(key).label])[0]
@@ -495,9 +502,13 @@ class Catalog:
         *,
         paths: Iterable[str | None] | None = None,
         metadata: Iterable[Mapping[str, Any] | None] | None = None,
+        sizes: Iterable[int | None] | None = None,
+        mtimes_ns: Iterable[int | None] | None = None,
     ) -> int:
         """Add ready vectors in one transaction (for vectors computed elsewhere); existing keys
-        are replaced. Vectors are normalised; a zero, NaN or wrong-width vector fails the batch."""
+        are replaced. Unit vectors are stored exactly as given, others normalised; a zero, NaN or
+        wrong-width vector fails the batch. ``sizes`` and ``mtimes_ns`` (of the image files) let
+        a later `index_folder` of the same files know they are unchanged."""
         keys = list(keys)
         vectors = np.asarray(vectors, np.float32)
         if vectors.shape != (len(keys), self.dim):
@@ -505,13 +516,17 @@ class Catalog:
         if len(set(keys)) != len(keys):
             raise CatalogError("add_many got the same key twice in one batch; keys must be unique")
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vectors = vectors / norms
-        paths_list = list(paths) if paths is not None else [None] * len(keys)
-        meta_list = list(metadata) if metadata is not None else [None] * len(keys)
+        off = ~(np.abs(norms - 1.0) <= 1e-6)  # unit already: kept bit for bit (exact round trips)
+        if off.any():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                vectors = np.where(off, vectors / norms, vectors)
+        columns = [
+            list(values) if values is not None else [None] * len(keys)
+            for values in (paths, metadata, sizes, mtimes_ns)
+        ]
         new = [
-            NewItem(k, v, p, metadata=dict(m or {}))
-            for k, v, p, m in zip(keys, vectors, paths_list, meta_list)
+            NewItem(k, v, p, s, t, metadata=dict(m or {}))
+            for k, v, p, m, s, t in zip(keys, vectors, *columns)
         ]
         added = len(self._core.write(new)[0])
         self._reduce_when_planned()
@@ -565,6 +580,19 @@ class Catalog:
             batch_size=batch_size,
             key_prefix=key_prefix,
         )
+
+    def import_vectors(self, path: str | os.PathLike[str], *, progress: bool = False) -> ImportReport:
+        """Add the vectors of Parquet files written by `fashionrec embed` or `export_vectors`
+        (see `vector_transfer.import_vectors`): incremental, one transaction a batch."""
+        from ..vector_transfer import import_vectors
+
+        return import_vectors(self, path, progress=progress)
+
+    def export_vectors(self, path: str | os.PathLike[str]) -> ExportReport:
+        """Write every item and vector in the Parquet layout `import_vectors` reads."""
+        from ..vector_transfer import export_vectors
+
+        return export_vectors(self, path)
 
     # -- searching ------------------------------------------------------------------------------------
 
