@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..reduce import FEW
 from .vectors import VectorFile
 
 
@@ -32,9 +33,11 @@ def _sorted(best_d: np.ndarray, best_l: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.take_along_axis(best_l, order, axis=1), np.take_along_axis(best_d, order, axis=1)
 
 
-def _distances(queries: np.ndarray, block: np.ndarray) -> np.ndarray:
+def squared_distances(queries: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """``|q|^2 + |x|^2 - 2 q.x`` for every query and row; a few queries stay on this thread."""
     squared = np.einsum("ij,ij->i", block, block)
-    d = (queries * queries).sum(axis=1)[:, None] + squared[None, :] - 2.0 * (queries @ block.T)
+    dots = np.einsum("qd,nd->qn", queries, block) if len(queries) <= FEW else queries @ block.T
+    d = (queries * queries).sum(axis=1)[:, None] + squared[None, :] - 2.0 * dots
     return np.maximum(d, 0.0, out=d)
 
 
@@ -67,7 +70,7 @@ def exact_topk(
             block, labels = block[keep], labels[keep]
         if transform is not None:
             block = transform(block)
-        best_d, best_l = _merge(best_d, best_l, _distances(queries, block), labels, k)
+        best_d, best_l = _merge(best_d, best_l, squared_distances(queries, block), labels, k)
     return _sorted(best_d, best_l)
 
 
@@ -80,7 +83,7 @@ def exact_among(
     query = np.atleast_2d(np.asarray(query, np.float32))
     for start, block in vectors.gather_blocks(labels):
         best_d, best_l = _merge(
-            best_d, best_l, _distances(query, block), labels[start : start + len(block)], k
+            best_d, best_l, squared_distances(query, block), labels[start : start + len(block)], k
         )
     found, distances = _sorted(best_d, best_l)
     return found[0], distances[0]

@@ -41,7 +41,7 @@ def rerank(core: CatalogCore, vector: np.ndarray, labels: np.ndarray) -> tuple[n
     if len(labels) == 0:
         return labels, np.zeros(0, np.float32)
     stored = core.vectors.read(labels)
-    distances = oracle._distances(vector[None, :], stored)[0]
+    distances = oracle.squared_distances(vector[None, :], stored)[0]
     order = np.lexsort((labels, distances))
     return labels[order], distances[order]
 
