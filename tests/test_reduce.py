@@ -119,3 +119,21 @@ def test_another_open_catalog_takes_in_a_reduction_and_a_new_ef(catalog: Catalog
         catalog.reduce(None)
         assert [h.key for h in service.search(key, k=5)] == [h.key for h in catalog.search(key, k=5)]
         assert service.graph_dim == 2048 and service.verify() == []
+
+
+def test_a_planned_reduction_is_fitted_once_enough_items_are_in(
+    tmp_path: Path, small_model: Path, vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fashionrec_onnx.catalog import facade
+
+    monkeypatch.setattr(facade, "REDUCE_AFTER", 300)
+    keys = [f"item-{i}" for i in range(len(vectors))]
+    with Catalog.create(tmp_path / "planned", small_model, reduce_to=32) as catalog:
+        catalog.add_many(keys[:200], vectors[:200])
+        assert catalog.reduction is None and catalog.graph_dim == 2048
+        catalog.add_many(keys[200:400], vectors[200:400])
+        assert catalog.reduction is not None and catalog.graph_dim == 32
+        catalog.add_many(keys[400:], vectors[400:])  # later items go into the small graph
+        assert catalog.search(vectors[700], k=1)[0].key == "item-700"
+    with Catalog.open(tmp_path / "planned") as reopened:
+        assert reopened.graph_dim == 32 and reopened.verify() == []
