@@ -238,18 +238,31 @@ def test_sigkill_during_an_import_of_vectors_leaves_a_catalog_that_opens_verifie
 
 
 def test_the_float16_conversion_graph_is_the_one_onnx_builds() -> None:
-    """The library keeps a serialised one-node graph instead of depending on the onnx package."""
+    """The library keeps small serialised graphs instead of depending on the onnx package."""
     from onnx import TensorProto, helper
 
-    node = helper.make_node("Cast", ["half"], ["single"], to=TensorProto.FLOAT)
-    graph = helper.make_graph(
-        [node],
-        "half_to_float",
-        [helper.make_tensor_value_info("half", TensorProto.FLOAT16, ["n", "d"])],
-        [helper.make_tensor_value_info("single", TensorProto.FLOAT, ["n", "d"])],
+    from fashionrec_onnx.catalog import kernels
+
+    def model(name: str, nodes: list, inputs: list, outputs: list) -> bytes:
+        graph = helper.make_graph(nodes, name, inputs, outputs)
+        built = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="fashionrec"
+        )
+        built.ir_version = 8
+        return built.SerializeToString()
+
+    tensor = helper.make_tensor_value_info
+    cast = helper.make_node("Cast", ["half"], ["single"], to=TensorProto.FLOAT)
+    assert kernels.graph_bytes("to_float32") == model(
+        "half_to_float", [cast], [tensor("half", TensorProto.FLOAT16, ["n", "d"])],
+        [tensor("single", TensorProto.FLOAT, ["n", "d"])],
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    half, queries = (
+        rng.standard_normal((5, 7)).astype(np.float16),
+        rng.standard_normal((2, 7)).astype(np.float32),
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="fashionrec")
-    model.ir_version = 8
-    assert model.SerializeToString() == vector_file.HALF_TO_FLOAT
-    half = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float16)
-    assert np.array_equal(vector_file.to_float32(half), half.astype(np.float32))
+    assert np.array_equal(kernels.to_float32(half), half.astype(np.float32))
+    dots, squares = kernels.score(half, queries)
+    assert np.allclose(dots, queries @ half.astype(np.float32).T, atol=1e-5)
+    assert np.allclose(squares, (half.astype(np.float32) ** 2).sum(axis=1), atol=1e-5)

@@ -9,12 +9,16 @@ computed the way scikit-learn's brute-force euclidean search computes them (``|q
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
 
 from ..reduce import FEW
+from . import kernels
 from .vectors import VectorFile
+
+FEW_ROWS = 64  # a re-rank's candidates: a loop on this thread beats any BLAS call
 
 
 def _merge(best_d: np.ndarray, best_l: np.ndarray, d: np.ndarray, labels: np.ndarray, k: int):
@@ -33,10 +37,11 @@ def _sorted(best_d: np.ndarray, best_l: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.take_along_axis(best_l, order, axis=1), np.take_along_axis(best_d, order, axis=1)
 
 
-def squared_distances(queries: np.ndarray, block: np.ndarray) -> np.ndarray:
-    """``|q|^2 + |x|^2 - 2 q.x`` for every query and row; a few queries stay on this thread."""
-    squared = np.einsum("ij,ij->i", block, block)
-    dots = np.einsum("qd,nd->qn", queries, block) if len(queries) <= FEW else queries @ block.T
+def squared_distances(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``|q|^2 + |x|^2 - 2 q.x`` for every query and row (float16 rows are converted)."""
+    rows = kernels.to_float32(rows)
+    squared = np.einsum("ij,ij->i", rows, rows)
+    dots = np.einsum("qd,nd->qn", queries, rows) if len(rows) <= FEW_ROWS else queries @ rows.T
     d = (queries * queries).sum(axis=1)[:, None] + squared[None, :] - 2.0 * dots
     return np.maximum(d, 0.0, out=d)
 
@@ -61,16 +66,17 @@ def exact_topk(
     best_l = np.zeros((len(queries), 0), np.int64)
     if k <= 0:
         return best_l, best_d
-    for start, block in vectors.blocks(rows):
-        keep = allowed[start : start + len(block)]
-        if not keep.any():
-            continue
-        labels = np.arange(start, start + len(block))
-        if not keep.all():
-            block, labels = block[keep], labels[keep]
-        if transform is not None:
-            block = transform(block)
-        best_d, best_l = _merge(best_d, best_l, squared_distances(queries, block), labels, k)
+    with kernels.one_blas_thread() if len(queries) <= FEW else contextlib.nullcontext():
+        for start, block in vectors.blocks(rows, raw=True):
+            keep = allowed[start : start + len(block)]
+            if not keep.any():
+                continue
+            labels = np.arange(start, start + len(block))
+            if not keep.all():
+                block, labels = block[keep], labels[keep]
+            if transform is not None:
+                block = transform(kernels.to_float32(block))
+            best_d, best_l = _merge(best_d, best_l, squared_distances(queries, block), labels, k)
     return _sorted(best_d, best_l)
 
 
@@ -81,9 +87,9 @@ def exact_among(
     best_d = np.zeros((1, 0), np.float32)
     best_l = np.zeros((1, 0), np.int64)
     query = np.atleast_2d(np.asarray(query, np.float32))
-    for start, block in vectors.gather_blocks(labels):
-        best_d, best_l = _merge(
-            best_d, best_l, squared_distances(query, block), labels[start : start + len(block)], k
-        )
+    with kernels.one_blas_thread():
+        for start, block in vectors.gather_blocks(labels, raw=True):
+            found = labels[start : start + len(block)]
+            best_d, best_l = _merge(best_d, best_l, squared_distances(query, block), found, k)
     found, distances = _sorted(best_d, best_l)
     return found[0], distances[0]

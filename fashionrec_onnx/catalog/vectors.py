@@ -13,7 +13,6 @@ over a million rows does not leave gigabytes resident in the process.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import mmap
@@ -21,39 +20,17 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import CatalogCorruptError
+from .kernels import to_float32
 from .store import disk_full, is_disk_full
 
 MAGIC = b"FRVECTS\n"
 HEADER_BYTES = 4096
 FORMAT = 1
 BLOCK_BYTES = 16 << 20  # rows scanned at a time: big enough for BLAS, small enough for the cache
-# A one-node ONNX graph, Cast float16 -> float32 (opset 17; tests rebuild it with the onnx
-# package and compare). numpy converts float16 element by element, several times slower than
-# onnxruntime's vectorised conversion, and float16 scans are bound by that conversion.
-HALF_TO_FLOAT = base64.b64decode(
-    "CAgSCmZhc2hpb25yZWM6ZgofCgRoYWxmEgZzaW5nbGUiBENhc3QqCQoCdG8YAaABAhINaGFsZl90b19mbG9hdFoYCgRoYWxm"
-    "EhAKDggKEgoKAxIBbgoDEgFkYhoKBnNpbmdsZRIQCg4IARIKCgMSAW4KAxIBZEIECgAQEQ=="
-)
-_converter: Any = None
-_converter_lock = threading.Lock()
-
-
-def to_float32(block: np.ndarray) -> np.ndarray:
-    """Rows as float32: float16 goes through onnxruntime's vectorised Cast."""
-    if block.dtype == np.float32:
-        return block
-    global _converter
-    with _converter_lock:
-        if _converter is None:
-            from ..model import create_session
-
-            _converter = create_session(HALF_TO_FLOAT)
-    return _converter.run(None, {"half": np.ascontiguousarray(block)})[0]
 
 
 def file_name(dtype: np.dtype | str, serial: int = 0) -> str:
@@ -178,8 +155,11 @@ class VectorFile:
         _, matrix = self._matrix(int(labels.max()) + 1)
         return to_float32(matrix[labels])
 
-    def blocks(self, rows: int, block_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """``(first row, float32 block)`` over rows ``0..rows``; pages are released per block."""
+    def blocks(
+        self, rows: int, block_rows: int | None = None, *, raw: bool = False
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first row, float32 block)`` over rows ``0..rows``; pages are released per block.
+        ``raw`` blocks keep the stored dtype (for kernels that convert as they go)."""
         if rows == 0:
             return
         block_rows = block_rows or max(1, BLOCK_BYTES // self.row_bytes)
@@ -187,18 +167,22 @@ class VectorFile:
         for start in range(0, rows, block_rows):
             stop = min(rows, start + block_rows)
             block = matrix[start:stop]
-            yield start, to_float32(block)
+            yield start, block if raw else to_float32(block)
             self._release(mapping, start, stop)
 
-    def gather_blocks(self, labels: np.ndarray, block_rows: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
-        """``(offset into labels, float32 rows)`` for sorted ``labels``, a block at a time."""
+    def gather_blocks(
+        self, labels: np.ndarray, block_rows: int = 4096, *, raw: bool = False, release: bool = False
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(offset into labels, float32 rows)`` for sorted ``labels``, a block at a time.
+        ``release`` hands the pages back (filling a graph); a filter's rows stay resident."""
         if len(labels) == 0:
             return
         mapping, matrix = self._matrix(int(labels[-1]) + 1)
         for start in range(0, len(labels), block_rows):
             chunk = labels[start : start + block_rows]
-            yield start, to_float32(matrix[chunk])
-            self._release(mapping, int(chunk[0]), int(chunk[-1]) + 1)
+            yield start, matrix[chunk] if raw else to_float32(matrix[chunk])
+            if release:
+                self._release(mapping, int(chunk[0]), int(chunk[-1]) + 1)
 
     def _release(self, mapping: mmap.mmap, start: int, stop: int) -> None:
         """Drop the pages of rows start..stop from this process (the page cache keeps them)."""
