@@ -258,11 +258,5 @@ def test_the_float16_conversion_graph_is_the_one_onnx_builds() -> None:
         [tensor("single", TensorProto.FLOAT, ["n", "d"])],
     )  # fmt: skip
     rng = np.random.default_rng(0)
-    half, queries = (
-        rng.standard_normal((5, 7)).astype(np.float16),
-        rng.standard_normal((2, 7)).astype(np.float32),
-    )
+    half = rng.standard_normal((5, 7)).astype(np.float16)
     assert np.array_equal(kernels.to_float32(half), half.astype(np.float32))
-    dots, squares = kernels.score(half, queries)
-    assert np.allclose(dots, queries @ half.astype(np.float32).T, atol=1e-5)
-    assert np.allclose(squares, (half.astype(np.float32) ** 2).sum(axis=1), atol=1e-5)

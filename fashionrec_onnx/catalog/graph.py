@@ -166,7 +166,7 @@ class GraphCache:
         if len(labels) > ADD_BLOCK:
             log.info("adding %d stored vectors to the HNSW graph of %s", len(labels), self.root)
         labels = np.sort(labels)
-        for start, rows in self.vectors.gather_blocks(labels, ADD_BLOCK, release=True):
+        for start, rows in self.vectors.gather_blocks(labels, ADD_BLOCK):
             self.index.add(labels[start : start + len(rows)], transform(rows))
 
     def apply(self, delta: Delta, transform: Callable[[np.ndarray], np.ndarray], generation: int) -> None:

@@ -18,15 +18,19 @@ import numpy as np
 from . import oracle
 from .core import CatalogCore
 
-RERANK_EXTRA = 20  # extra candidates a reduced graph returns for the full-space rerank
+# A reduced graph returns 4k + 60 candidates for the full-space re-rank: at 200,000 items, the
+# earlier 2k + 20 found 0.984 of the exact top 5 (PCA-256 reorders close neighbours), and
+# reading 80 rows instead of 30 costs well under a millisecond.
+RERANK_FACTOR = 4
+RERANK_EXTRA = 60
 EXACT_AMONG_MAX = 2_000  # this many matches or fewer: always exact among them
 GRAPH_WIDTH_MAX = 2_000  # a post-filtered graph search wider than this: exact among the matches
-OVERSAMPLE = 2.0  # graph hits asked for per expected match
+OVERSAMPLE = 1.25  # graph hits asked for per expected match
 
 
 def _pool(core: CatalogCore, k: int) -> int:
     """Candidates needed for k results: more when a reduced graph's order is re-ranked."""
-    return k if core.reduction is None else max(2 * k, k + RERANK_EXTRA)
+    return k if core.reduction is None else RERANK_FACTOR * k + RERANK_EXTRA
 
 
 def _graph(core: CatalogCore, vector: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:

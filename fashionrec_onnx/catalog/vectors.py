@@ -49,6 +49,7 @@ class VectorFile:
         self._lock = threading.Lock()
         self._map: mmap.mmap | None = None
         self._mapped_rows = 0
+        self._fd: int | None = None
         self._recovery = (
             f"the vector file {path} is damaged; the catalog's vectors cannot be read without it: "
             "restore it from a backup, or delete the catalog directory and index again."
@@ -148,12 +149,26 @@ class VectorFile:
         return mapping, matrix
 
     def read(self, labels: np.ndarray | list[int]) -> np.ndarray:
-        """Rows of some labels as float32 (a handful at a time: re-ranking, "more like this")."""
+        """Rows of some labels as float32 (a handful at a time: re-ranking, "more like this").
+
+        Read with pread, not through the map: a page fault on a map also maps the pages around
+        it, so a few hundred searches would leave most of the file resident in the process."""
         labels = np.asarray(labels, np.int64)
-        if len(labels) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        _, matrix = self._matrix(int(labels.max()) + 1)
-        return to_float32(matrix[labels])
+        rows = np.empty((len(labels), self.dim), self.dtype)
+        fd = self._reader_fd()
+        for row, label in zip(rows, labels.tolist()):
+            if (
+                os.preadv(fd, [memoryview(row).cast("B")], HEADER_BYTES + label * self.row_bytes)
+                != self.row_bytes
+            ):
+                raise CatalogCorruptError(f"{self._recovery} (row {label} is past its end)")
+        return to_float32(rows)
+
+    def _reader_fd(self) -> int:
+        with self._lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            return self._fd
 
     def blocks(
         self, rows: int, block_rows: int | None = None, *, raw: bool = False
@@ -171,18 +186,17 @@ class VectorFile:
             self._release(mapping, start, stop)
 
     def gather_blocks(
-        self, labels: np.ndarray, block_rows: int = 4096, *, raw: bool = False, release: bool = False
+        self, labels: np.ndarray, block_rows: int = 4096, *, raw: bool = False
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """``(offset into labels, float32 rows)`` for sorted ``labels``, a block at a time.
-        ``release`` hands the pages back (filling a graph); a filter's rows stay resident."""
+        """``(offset into labels, float32 rows)`` for sorted ``labels``, a block at a time;
+        the pages are handed back after each block."""
         if len(labels) == 0:
             return
         mapping, matrix = self._matrix(int(labels[-1]) + 1)
         for start in range(0, len(labels), block_rows):
             chunk = labels[start : start + block_rows]
             yield start, matrix[chunk] if raw else to_float32(matrix[chunk])
-            if release:
-                self._release(mapping, int(chunk[0]), int(chunk[-1]) + 1)
+            self._release(mapping, int(chunk[0]), int(chunk[-1]) + 1)
 
     def _release(self, mapping: mmap.mmap, start: int, stop: int) -> None:
         """Drop the pages of rows start..stop from this process (the page cache keeps them)."""
@@ -195,3 +209,6 @@ class VectorFile:
         with self._lock:
             self._map = None  # numpy views may still hold it; the mapping goes with the last one
             self._mapped_rows = 0
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
