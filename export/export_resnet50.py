@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fashionrec_export.tensorflow_logs import import_tensorflow
 
 from fashionrec_onnx.errors import ExportError, FashionrecError, WeightsUnavailableError
 from fashionrec_onnx.model import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, ModelInfo
@@ -76,11 +77,6 @@ def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
-
 def check_output_path(out: Path) -> None:
     """Fail before a minute of work if the output cannot be written."""
     parent = out.parent if str(out.parent) else Path(".")
@@ -110,7 +106,7 @@ def check_weights_argument(weights: str) -> None:
 
 def build_keras_model(config: ExportConfig):  # -> keras.Model
     """Backbone + pooling, float input already preprocessed (Keras' own ResNet50 convention)."""
-    _quiet_tensorflow()
+    import_tensorflow()
     import keras
 
     # A fresh Keras session per export: layer names (and so the ONNX node names) must not depend
