@@ -60,16 +60,17 @@ class ParityReport:
         return self.min_cosine >= PARITY_MIN_COSINE and self.max_abs_diff <= PARITY_MAX_ABS
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
+    """Progress and results of the export, for the person running it (stderr)."""
     print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager
 def _stage(name: str) -> Iterator[None]:
-    _say(f"[export] {name}...")
+    say(f"[export] {name}...")
     start = time.perf_counter()
     yield
-    _say(f"[export] {name} done in {time.perf_counter() - start:.1f}s")
+    say(f"[export] {name} done in {time.perf_counter() - start:.1f}s")
 
 
 def keras_cache_dir() -> Path:
@@ -313,14 +314,14 @@ def export_model(config: ExportConfig) -> tuple[ModelInfo, ParityReport]:
         data = onnx_model.SerializeToString()
     with _stage("parity check against Keras"):
         report = check_parity(model, data, parity_images(config.size))
-    _say(
+    say(
         f"[export] parity on {report.images} images: max abs diff {report.max_abs_diff:.3g} "
         f"(limit {PARITY_MAX_ABS:g}), min cosine {report.min_cosine:.6f} (limit {PARITY_MIN_COSINE})"
     )
     if not report.ok:
         raise ParityError(report)
     write_atomically(data, config.out)
-    _say(f"[export] wrote {config.out} ({len(data) / 1e6:.1f} MB, fingerprint {info.fingerprint})")
+    say(f"[export] wrote {config.out} ({len(data) / 1e6:.1f} MB, fp32, fingerprint {info.fingerprint})")
     return info, report
 
 
@@ -349,24 +350,83 @@ class ParityError(ExportError):
         )
 
 
+EXPORT_DESCRIPTION = """\
+Export Keras ResNet50 (without its top) + global pooling to one ONNX embedding model:
+uint8 RGB images in, unit-length float32 vectors out, ResNet50's preprocessing inside the graph.
+Every export is checked against Keras before anything is written.
+Exit codes: 0 written, 1 ONNX and Keras disagree (nothing written), 2 bad arguments, weights
+that cannot be had, or an output that cannot be written."""
+
+EXPORT_EXAMPLES = """\
+examples:
+  fashionrec export --out model.onnx
+      ImageNet weights (Keras downloads 94 MB once into ~/.keras/models/)
+  fashionrec export --weights random --seed 0 --size 64 --out m.onnx
+      untrained but deterministic weights: offline smoke runs and tests
+  fashionrec export --weights ~/resnet50_notop.h5 --pooling avg --out avg.onnx
+      a weights file you have, global average pooling
+  fashionrec export --size 320 --resize pad --opset 18 --out m320.onnx
+      larger input, images padded to a square, another ONNX opset
+  fashionrec export --quantize int8 --calibration ./photos --out m.onnx
+      the int8 model at m.onnx (the fp32 model it is made from is not kept)
+  fashionrec export --quantize int8 --keep-fp32 --calibration-images 128 --out m.onnx
+      int8 at m.onnx, fp32 kept at m-fp32.onnx"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Shared by this script and `fashionrec export`."""
-    parser.add_argument("--out", type=Path, default=Path("model.onnx"), help="output .onnx file")
+    """Shared by this script and `fashionrec export`: options, description and examples."""
+    parser.description = EXPORT_DESCRIPTION
+    parser.epilog = EXPORT_EXAMPLES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("model.onnx"),
+        metavar="FILE",
+        help="where the model goes (with --quantize, the quantised one); default: %(default)s",
+    )
     parser.add_argument(
         "--weights",
         default="imagenet",
-        help="'imagenet' (Keras' loader and cache), 'random' (with --seed), or a weights file path",
+        metavar="imagenet|random|FILE",
+        help="'imagenet' (Keras' loader and cache), 'random' (seeded, see --seed), or the path of "
+        "ResNet50 no-top Keras weights (.h5); default: %(default)s",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for --weights random")
-    parser.add_argument("--pooling", choices=("max", "avg"), default="max")
-    parser.add_argument("--size", type=int, default=224, help="input height = width in pixels")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of --weights random (same seed, same model); default: %(default)s",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=("max", "avg"),
+        default="max",
+        help="how the last feature map becomes one 2048-d vector: global max pooling (the classic "
+        "fashion recommender) or global average pooling; default: %(default)s",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=224,
+        metavar="PIXELS",
+        help="input height = width, 32 to 1024 (smaller is faster, 224 is what ImageNet weights "
+        "were trained at); default: %(default)s",
+    )
     parser.add_argument(
         "--resize",
         choices=("squash", "pad"),
         default="squash",
-        help="how the runtime fits images to the input: squash (like Keras load_img) or pad",
+        help="how the runtime fits images to the input: squash (like Keras load_img) or pad to a "
+        "white square (keeps the aspect ratio); recorded in the model; default: %(default)s",
     )
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help="ONNX operator set of the graph (tf2onnx writes up to 18); lower it only to run the "
+        "model on an older ONNX runtime; default: %(default)s",
+    )
     from fashionrec_export import quantize
 
     quantize.add_arguments(parser)
@@ -390,13 +450,17 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
-        export_model(config)
-        quantize.run_after_export(args, config.out)
+        if args.quantize:
+            quantize.export_quantized(config, args.calibration, args.calibration_images, args.keep_fp32)
+        elif args.keep_fp32:
+            raise ExportError("--keep-fp32 keeps the fp32 model beside a quantised one; add --quantize int8.")
+        else:
+            export_model(config)
     except ParityError as exc:
-        _say(f"error: {exc}")
+        say(f"error: {exc}")
         return 1
     except FashionrecError as exc:
-        _say(f"error: {exc}")
+        say(f"error: {exc}")
         return 2
     return 0
 
