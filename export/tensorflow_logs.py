@@ -24,8 +24,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# An absl/TSL log record: severity letter, date, time, thread, file:line]
-_RECORD = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] ")
+# An absl/TSL log record: severity letter, date, time, thread, file:line]. Before
+# absl::InitializeLog() the date is 0000 and the time 00:00:<seconds since the epoch>.
+_RECORD = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] ")
 _ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 DEFAULT_MIN_LOG_LEVEL = "3"  # the no-GPU "errors" (cuInit failed) are noise on a CPU machine
@@ -40,9 +41,10 @@ def min_log_level() -> int:
 
 
 def filter_startup_log(text: str, level: int) -> str:
-    """Keep what is not a log record, and the records at or above ``level``.
+    """Keep the records at or above ``level``, and lines before the first record.
 
-    A record's continuation lines (no header of their own) share its fate.
+    ``text`` is what C++ code wrote, so a line without a record header continues the record
+    above it (TensorFlow's CPU-feature notice takes two lines) and shares its fate.
     """
     kept: list[str] = []
     keep = True
@@ -57,17 +59,31 @@ def filter_startup_log(text: str, level: int) -> str:
     return "".join(kept)
 
 
+def _fileno(stream: object) -> int | None:
+    try:
+        return stream.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 @contextmanager
 def _startup_log_filtered() -> Iterator[None]:
-    """Catch file descriptor 2 in a temporary file, then pass on what is not noise."""
+    """Catch what C++ code writes to file descriptor 2 in a temporary file, then pass on what is
+    not noise. Python's own writes (warnings, tracebacks) bypass the catch and go out at once.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
+    python_stderr = sys.stderr
     with tempfile.TemporaryFile() as caught:
         os.dup2(caught.fileno(), 2)
+        if _fileno(python_stderr) == 2:
+            sys.stderr = open(saved, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
         try:
             yield
         finally:
-            sys.stderr.flush()
+            if sys.stderr is not python_stderr:
+                sys.stderr.close()
+                sys.stderr = python_stderr
             os.dup2(saved, 2)
             os.close(saved)
             caught.seek(0)
