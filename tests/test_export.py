@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -23,8 +24,9 @@ from fashionrec_export.export_resnet50 import (
     keras_embeddings,
     parity_images,
 )
+from fashionrec_export.isolated import export_in_child
 
-from fashionrec_onnx import ModelError, ModelInfo, read_model_info
+from fashionrec_onnx import ModelError, ModelInfo, WeightsUnavailableError, read_model_info
 from fashionrec_onnx.model import INPUT_NAME, OUTPUT_NAME, load_model
 
 FASHIONREC = str(Path(sys.executable).with_name("fashionrec"))
@@ -350,18 +352,54 @@ def test_unwritable_output(tmp_path: Path, where: str) -> None:
     assert_clean_failure(result, "--out" if where == "is-a-dir" else "output directory")
 
 
-def test_imagenet_unavailable_offline_names_the_file_and_where_to_put_it(tmp_path: Path) -> None:
-    keras_home = tmp_path / "keras-home"
-    offline = {
-        "KERAS_HOME": str(keras_home),  # empty cache: nothing to fall back on
-        "HTTPS_PROXY": "http://127.0.0.1:9",  # a dead proxy: offline even where there is network
-        "HTTP_PROXY": "http://127.0.0.1:9",
-        "https_proxy": "http://127.0.0.1:9",
-        "http_proxy": "http://127.0.0.1:9",
+def offline(keras_home: Path) -> dict[str, str]:
+    """No cached ImageNet weights and no way to download them, even where there is network."""
+    dead_proxy = "http://127.0.0.1:9"
+    return {
+        "KERAS_HOME": str(keras_home),
+        **{name: dead_proxy for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")},
         "NO_PROXY": "",
         "no_proxy": "",
     }
+
+
+def test_imagenet_unavailable_offline_names_the_file_and_where_to_put_it(tmp_path: Path) -> None:
+    keras_home = tmp_path / "keras-home"
     out = tmp_path / "m.onnx"
-    result = run_cli("export", "--weights", "imagenet", "--out", str(out), env=offline)
+    result = run_cli("export", "--weights", "imagenet", "--out", str(out), env=offline(keras_home))
     assert_clean_failure(result, IMAGENET_NOTOP_FILE, str(keras_home / "models"))
+    assert not out.exists()
+
+
+# --- in a child process (the demo's first start) -----------------------------------------------
+
+
+def test_export_in_child_writes_the_model_without_loading_tensorflow_here(
+    tmp_path: Path, small_model: Path
+) -> None:
+    out = tmp_path / "m.onnx"
+    code = (
+        "import json, sys; from pathlib import Path; "
+        "from fashionrec_export.export_resnet50 import ExportConfig; "
+        "from fashionrec_export.isolated import export_in_child; "
+        f"done = export_in_child(ExportConfig(out=Path({str(out)!r}), weights='random', seed=0, size=64)); "
+        "print(json.dumps([done.info.fingerprint, done.peak_rss_bytes, 'tensorflow' in sys.modules]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    fingerprint, peak_rss, tensorflow_loaded = json.loads(result.stdout)
+    assert fingerprint == read_model_info(small_model).fingerprint == read_model_info(out).fingerprint
+    assert peak_rss > 500e6  # the child's own peak: TensorFlow and ResNet50 were there, not here
+    assert tensorflow_loaded is False
+    assert "[export] parity on 10 images" in result.stderr  # the child's progress passes through
+
+
+def test_export_in_child_reports_unavailable_weights_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in offline(tmp_path / "keras-home").items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(WeightsUnavailableError, match=IMAGENET_NOTOP_FILE):
+        export_in_child(ExportConfig(out=out, weights="imagenet"))
     assert not out.exists()
