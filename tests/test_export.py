@@ -352,21 +352,10 @@ def test_unwritable_output(tmp_path: Path, where: str) -> None:
     assert_clean_failure(result, "--out" if where == "is-a-dir" else "output directory")
 
 
-def offline(keras_home: Path) -> dict[str, str]:
-    """No cached ImageNet weights and no way to download them, even where there is network."""
-    dead_proxy = "http://127.0.0.1:9"
-    return {
-        "KERAS_HOME": str(keras_home),
-        **{name: dead_proxy for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")},
-        "NO_PROXY": "",
-        "no_proxy": "",
-    }
-
-
-def test_imagenet_unavailable_offline_names_the_file_and_where_to_put_it(tmp_path: Path) -> None:
+def test_imagenet_unavailable_offline_names_the_file_and_where_to_put_it(tmp_path: Path, offline_env) -> None:
     keras_home = tmp_path / "keras-home"
     out = tmp_path / "m.onnx"
-    result = run_cli("export", "--weights", "imagenet", "--out", str(out), env=offline(keras_home))
+    result = run_cli("export", "--weights", "imagenet", "--out", str(out), env=offline_env(keras_home))
     assert_clean_failure(result, IMAGENET_NOTOP_FILE, str(keras_home / "models"))
     assert not out.exists()
 
@@ -395,9 +384,9 @@ def test_export_in_child_writes_the_model_without_loading_tensorflow_here(
 
 
 def test_export_in_child_reports_unavailable_weights_as_such(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline_env
 ) -> None:
-    for name, value in offline(tmp_path / "keras-home").items():
+    for name, value in offline_env(tmp_path / "keras-home").items():
         monkeypatch.setenv(name, value)
     out = tmp_path / "m.onnx"
     with pytest.raises(WeightsUnavailableError, match=IMAGENET_NOTOP_FILE):
