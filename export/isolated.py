@@ -38,16 +38,20 @@ def _argv(config: ExportConfig) -> list[str]:
 
 
 def export_in_child(config: ExportConfig) -> ChildExport:
-    """Run ``export_model(config)`` in a fresh Python; its progress lines pass through to stderr.
+    """Run ``export_model(config)`` in a fresh Python; its output passes through to stderr.
 
     Raises WeightsUnavailableError when the weights cannot be had, ExportError for anything else.
     """
     command = [sys.executable, "-m", "fashionrec_export.isolated", *_argv(config)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace")
+    # One pipe for both streams (Keras prints its download progress to stdout): all of the
+    # child's output goes to this process's stderr, so stdout stays the caller's own.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
     error = ""
     try:
-        assert process.stderr is not None
-        for line in process.stderr:
+        assert process.stdout is not None
+        for line in process.stdout:
             if line.startswith("error: "):
                 error = line.removeprefix("error: ").strip()  # raised below, not printed twice
             else:
@@ -59,7 +63,7 @@ def export_in_child(config: ExportConfig) -> ChildExport:
         if process.returncode is None:  # interrupted: do not leave TensorFlow running
             process.kill()
             process.wait()
-        process.stderr.close()  # type: ignore[union-attr]
+        process.stdout.close()  # type: ignore[union-attr]
     if code == EXIT_WEIGHTS_UNAVAILABLE:
         raise WeightsUnavailableError(error)
     if code < 0:
