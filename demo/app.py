@@ -91,10 +91,9 @@ def ensure_model(home: Path, retry_weights: bool = False) -> tuple[Path, bool]:
             keras_cache_dir(),
         )
     else:
-        log.info("exporting ResNet50 with ImageNet weights to %s, in a child process", pretrained)
+        log.info("exporting ResNet50 with ImageNet weights to %s", pretrained)
         try:
-            done = export_in_child(ExportConfig(out=pretrained, weights="imagenet"))
-            log.info("exported %s (export peak memory %.1f GB)", pretrained, done.peak_rss_bytes / 1e9)
+            export_in_child(ExportConfig(out=pretrained, weights="imagenet"))
             marker.unlink(missing_ok=True)
             return pretrained, False
         except WeightsUnavailableError as exc:

@@ -10,6 +10,7 @@ serves for days: running the export in a child keeps the server's memory to what
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from fashionrec_export.export_resnet50 import ExportConfig, add_arguments, confi
 
 from fashionrec_onnx.errors import ExportError, FashionrecError, WeightsUnavailableError
 from fashionrec_onnx.model import ModelInfo, read_model_info
+
+log = logging.getLogger("fashionrec.export")
 
 EXIT_WEIGHTS_UNAVAILABLE = 3  # the child's own code, so the parent can fall back on it alone
 
@@ -73,7 +76,9 @@ def export_in_child(config: ExportConfig) -> ChildExport:
         )
     if code != 0:
         raise ExportError(error or f"the export process failed with exit code {code}.")
-    return ChildExport(read_model_info(config.out), usage.ru_maxrss * 1024)  # Linux: kilobytes
+    done = ChildExport(read_model_info(config.out), usage.ru_maxrss * 1024)  # Linux: kilobytes
+    log.info("exported %s in a child process (peak memory %.1f GB)", config.out, done.peak_rss_bytes / 1e9)
+    return done
 
 
 def _child_main(argv: list[str]) -> int:
