@@ -353,79 +353,76 @@ class ParityError(ExportError):
 EXPORT_DESCRIPTION = """\
 Export Keras ResNet50 (without its top) + global pooling to one ONNX embedding model:
 uint8 RGB images in, unit-length float32 vectors out, ResNet50's preprocessing inside the graph.
-Every export is checked against Keras before anything is written.
-Exit codes: 0 written, 1 ONNX and Keras disagree (nothing written), 2 bad arguments, weights
-that cannot be had, or an output that cannot be written."""
+Every export is checked against Keras before anything is written."""
 
-EXPORT_EXAMPLES = """\
+EXPORT_EPILOG = """\
 examples:
-  fashionrec export --out model.onnx
-      ImageNet weights (Keras downloads 94 MB once into ~/.keras/models/)
-  fashionrec export --weights random --seed 0 --size 64 --out m.onnx
-      untrained but deterministic weights: offline smoke runs and tests
-  fashionrec export --weights ~/resnet50_notop.h5 --pooling avg --out avg.onnx
-      a weights file you have, global average pooling
+  fashionrec export --out model.onnx                         # ImageNet weights (94 MB download, once)
+  fashionrec export --weights random --seed 0 --out m.onnx   # untrained but deterministic: offline runs
+  fashionrec export --weights resnet50_notop.h5 --pooling avg --out avg.onnx   # your weights file
   fashionrec export --size 320 --resize pad --opset 18 --out m320.onnx
-      larger input, images padded to a square, another ONNX opset
-  fashionrec export --quantize int8 --calibration ./photos --out m.onnx
-      the int8 model at m.onnx (the fp32 model it is made from is not kept)
-  fashionrec export --quantize int8 --keep-fp32 --calibration-images 128 --out m.onnx
-      int8 at m.onnx, fp32 kept at m-fp32.onnx"""
+  fashionrec export --quantize int8 --calibration ./photos --out m.onnx         # int8 at m.onnx
+  fashionrec export --quantize int8 --keep-fp32 --calibration-images 128 --out m.onnx  # + m-fp32.onnx
+
+exit codes: 0 written; 1 ONNX and Keras disagree (nothing written); 2 bad arguments, weights that
+cannot be had, or an output that cannot be written.
+An export peaks at about 7 GB of memory (8 GB with --quantize); see the README."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Shared by this script and `fashionrec export`: options, description and examples."""
-    parser.description = EXPORT_DESCRIPTION
-    parser.epilog = EXPORT_EXAMPLES
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    """Shared by this script and `fashionrec export`: the options, with their examples."""
+    parser.description = parser.description or EXPORT_DESCRIPTION  # `fashionrec export` has its own
+    parser.epilog = EXPORT_EPILOG
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' lines
     parser.add_argument(
         "--out",
         type=Path,
         default=Path("model.onnx"),
         metavar="FILE",
-        help="where the model goes (with --quantize, the quantised one); default: %(default)s",
+        help="where the model goes; with --quantize, the quantised one (default: %(default)s)",
     )
     parser.add_argument(
         "--weights",
         default="imagenet",
         metavar="imagenet|random|FILE",
-        help="'imagenet' (Keras' loader and cache), 'random' (seeded, see --seed), or the path of "
-        "ResNet50 no-top Keras weights (.h5); default: %(default)s",
+        help="'imagenet' (Keras' loader and cache), 'random' (seeded, see --seed), or the path of a "
+        "Keras weights file (.h5) of ResNet50 without its top (default: %(default)s)",
     )
     parser.add_argument(
         "--seed",
         type=int,
         default=0,
-        help="seed of --weights random (same seed, same model); default: %(default)s",
+        help="seed of --weights random: the same seed gives the same model (default: %(default)s)",
     )
     parser.add_argument(
         "--pooling",
         choices=("max", "avg"),
         default="max",
         help="how the last feature map becomes one 2048-d vector: global max pooling (the classic "
-        "fashion recommender) or global average pooling; default: %(default)s",
+        "fashion recommender) or global average pooling (default: %(default)s)",
     )
     parser.add_argument(
         "--size",
         type=int,
         default=224,
         metavar="PIXELS",
-        help="input height = width, 32 to 1024 (smaller is faster, 224 is what ImageNet weights "
-        "were trained at); default: %(default)s",
+        help="input height = width in pixels, 32 to 1024; smaller is faster, ImageNet weights were "
+        "trained at 224 (default: %(default)s)",
     )
     parser.add_argument(
         "--resize",
         choices=("squash", "pad"),
         default="squash",
         help="how the runtime fits images to the input: squash (like Keras load_img) or pad to a "
-        "white square (keeps the aspect ratio); recorded in the model; default: %(default)s",
+        "white square (keeps the aspect ratio); recorded in the model (default: %(default)s)",
     )
     parser.add_argument(
         "--opset",
         type=int,
         default=DEFAULT_OPSET,
         help="ONNX operator set of the graph (tf2onnx writes up to 18); lower it only to run the "
-        "model on an older ONNX runtime; default: %(default)s",
+        "model on an older ONNX runtime (default: %(default)s)",
     )
     from fashionrec_export import quantize
 
@@ -466,7 +463,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser()
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

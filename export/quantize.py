@@ -117,27 +117,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quantize",
         choices=("int8",),
         help="write a static int8 model (QDQ, per-channel: faster on CPUs, 4x smaller) to --out "
-        "instead of the fp32 one; default: fp32 only",
+        "instead of the fp32 one (default: fp32 only)",
     )
     parser.add_argument(
         "--keep-fp32",
         action="store_true",
         help="with --quantize: also keep the fp32 model it is made from, beside --out (--out m.onnx "
-        "keeps m-fp32.onnx); default: not kept",
+        "keeps m-fp32.onnx; default: not kept)",
     )
     parser.add_argument(
         "--calibration",
         type=Path,
         metavar="FOLDER",
         help="with --quantize: folder of real photos like those you will search (searched "
-        "recursively); default: the bundled Fashion-MNIST sample",
+        "recursively; default: the bundled Fashion-MNIST sample)",
     )
     parser.add_argument(
         "--calibration-images",
         type=int,
         default=DEFAULT_CALIBRATION_IMAGES,
         metavar="N",
-        help="with --quantize: how many calibration images, spread over the folder; default: %(default)s",
+        help="with --quantize: how many calibration images, spread over the folder (default: %(default)s)",
     )
 
 

@@ -286,12 +286,13 @@ def test_export_help_has_a_description_and_examples_that_parse() -> None:
     result = run_cli("export", "--help")
     assert result.returncode == 0
     assert "ONNX embedding model" in result.stdout and "examples:" in result.stdout
+    assert "exit codes:" in result.stdout
     assert "default: max" in result.stdout and "default: 17" in result.stdout
     lines = [line.strip() for line in result.stdout.splitlines()]
     examples = [line for line in lines if line.startswith("fashionrec export ")]
     assert len(examples) >= 5
     for example in examples:
-        export_parser().parse_args(shlex.split(example)[2:])  # exits (fails) on an unknown option
+        export_parser().parse_args(shlex.split(example, comments=True)[2:])  # exits on an unknown option
 
 
 def test_a_different_seed_gives_a_different_model(tmp_path: Path, small_model: Path) -> None:
