@@ -72,7 +72,7 @@ def export_in_child(config: ExportConfig) -> ChildExport:
     if code < 0:
         raise ExportError(
             f"the export process was killed by signal {-code} (out of memory? an export needs about "
-            "2 GB); nothing was written."
+            "7 GB); nothing was written."
         )
     if code != 0:
         raise ExportError(error or f"the export process failed with exit code {code}.")
