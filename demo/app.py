@@ -61,27 +61,48 @@ def default_home() -> Path:
 # -- bootstrap: model and catalog ------------------------------------------------------------------
 
 
-def ensure_model(home: Path) -> tuple[Path, bool]:
+WEIGHTS_UNAVAILABLE_MARKER = "imagenet-weights-unavailable.txt"
+
+
+def ensure_model(home: Path, retry_weights: bool = False) -> tuple[Path, bool]:
     """The ImageNet model if it can be had, else (demo only) seeded random weights.
 
+    Exports run in a child process, so TensorFlow never stays in the server's memory. When the
+    ImageNet weights are unavailable, a marker in ``home`` remembers it: later starts go straight
+    to the fallback, until ``retry_weights`` or the weights file appears in Keras' cache.
     Returns the model path and whether it is the untrained fallback.
     """
-    from fashionrec_export.export_resnet50 import ExportConfig, export_model
+    from fashionrec_export.export_resnet50 import IMAGENET_NOTOP_FILE, ExportConfig, keras_cache_dir
+    from fashionrec_export.isolated import export_in_child
 
     home.mkdir(parents=True, exist_ok=True)
     pretrained = home / "resnet50-imagenet.onnx"
     if pretrained.exists():
         return pretrained, False
-    log.info("exporting ResNet50 with ImageNet weights to %s (about a minute)", pretrained)
-    try:
-        export_model(ExportConfig(out=pretrained, weights="imagenet"))
-        return pretrained, False
-    except WeightsUnavailableError as exc:
-        log.warning("%s", exc)
-        log.warning("FALLING BACK TO SEEDED RANDOM WEIGHTS: results show the pipeline, not similarity")
+    marker = home / WEIGHTS_UNAVAILABLE_MARKER
+    weights_in_cache = (keras_cache_dir() / IMAGENET_NOTOP_FILE).is_file()
+    if marker.exists() and not retry_weights and not weights_in_cache:
+        log.warning(
+            "the ImageNet weights were unavailable on an earlier start (%s, noted in %s): not trying "
+            "again. Put %s in %s/, or run `fashionrec demo --retry-weights`.",
+            marker.read_text().partition("\n")[0],
+            marker,
+            IMAGENET_NOTOP_FILE,
+            keras_cache_dir(),
+        )
+    else:
+        log.info("exporting ResNet50 with ImageNet weights to %s", pretrained)
+        try:
+            export_in_child(ExportConfig(out=pretrained, weights="imagenet"))
+            marker.unlink(missing_ok=True)
+            return pretrained, False
+        except WeightsUnavailableError as exc:
+            log.warning("%s", exc)
+            marker.write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n{exc}\n")
+    log.warning("FALLING BACK TO SEEDED RANDOM WEIGHTS: results show the pipeline, not similarity")
     untrained = home / "resnet50-random-seed0.onnx"
     if not untrained.exists():
-        export_model(ExportConfig(out=untrained, weights="random", seed=0))
+        export_in_child(ExportConfig(out=untrained, weights="random", seed=0))
     return untrained, True
 
 
@@ -98,12 +119,14 @@ def ensure_sample_catalog(home: Path, model: Path) -> Catalog:
     return catalog
 
 
-def default_catalog(home: Path | None = None, model: Path | None = None) -> tuple[Catalog, str | None]:
+def default_catalog(
+    home: Path | None = None, model: Path | None = None, retry_weights: bool = False
+) -> tuple[Catalog, str | None]:
     """What `fashionrec demo` serves with no --catalog: the sample, and the banner to show."""
     home = home or default_home()
     untrained = False
     if model is None:
-        model, untrained = ensure_model(home)
+        model, untrained = ensure_model(home, retry_weights)
     catalog = ensure_sample_catalog(home, model)
     random_weights = untrained or catalog.info.weights.startswith("random")
     return catalog, RANDOM_WEIGHTS_BANNER if random_weights else None

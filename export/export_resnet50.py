@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fashionrec_export.tensorflow_logs import import_tensorflow
 
 from fashionrec_onnx.errors import ExportError, FashionrecError, WeightsUnavailableError
 from fashionrec_onnx.model import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, ModelInfo
@@ -59,26 +60,22 @@ class ParityReport:
         return self.min_cosine >= PARITY_MIN_COSINE and self.max_abs_diff <= PARITY_MAX_ABS
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
+    """Progress and results of the export, for the person running it (stderr)."""
     print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager
 def _stage(name: str) -> Iterator[None]:
-    _say(f"[export] {name}...")
+    say(f"[export] {name}...")
     start = time.perf_counter()
     yield
-    _say(f"[export] {name} done in {time.perf_counter() - start:.1f}s")
+    say(f"[export] {name} done in {time.perf_counter() - start:.1f}s")
 
 
 def keras_cache_dir() -> Path:
     """Where Keras looks for downloaded weights (honours KERAS_HOME like Keras does)."""
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-
-
-def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def check_output_path(out: Path) -> None:
@@ -110,7 +107,7 @@ def check_weights_argument(weights: str) -> None:
 
 def build_keras_model(config: ExportConfig):  # -> keras.Model
     """Backbone + pooling, float input already preprocessed (Keras' own ResNet50 convention)."""
-    _quiet_tensorflow()
+    import_tensorflow()
     import keras
 
     # A fresh Keras session per export: layer names (and so the ONNX node names) must not depend
@@ -317,14 +314,14 @@ def export_model(config: ExportConfig) -> tuple[ModelInfo, ParityReport]:
         data = onnx_model.SerializeToString()
     with _stage("parity check against Keras"):
         report = check_parity(model, data, parity_images(config.size))
-    _say(
+    say(
         f"[export] parity on {report.images} images: max abs diff {report.max_abs_diff:.3g} "
         f"(limit {PARITY_MAX_ABS:g}), min cosine {report.min_cosine:.6f} (limit {PARITY_MIN_COSINE})"
     )
     if not report.ok:
         raise ParityError(report)
     write_atomically(data, config.out)
-    _say(f"[export] wrote {config.out} ({len(data) / 1e6:.1f} MB, fingerprint {info.fingerprint})")
+    say(f"[export] wrote {config.out} ({len(data) / 1e6:.1f} MB, fp32, fingerprint {info.fingerprint})")
     return info, report
 
 
@@ -353,24 +350,80 @@ class ParityError(ExportError):
         )
 
 
+EXPORT_DESCRIPTION = """\
+Export Keras ResNet50 (without its top) + global pooling to one ONNX embedding model:
+uint8 RGB images in, unit-length float32 vectors out, ResNet50's preprocessing inside the graph.
+Every export is checked against Keras before anything is written."""
+
+EXPORT_EPILOG = """\
+examples:
+  fashionrec export --out model.onnx                         # ImageNet weights (94 MB download, once)
+  fashionrec export --weights random --seed 0 --out m.onnx   # untrained but deterministic: offline runs
+  fashionrec export --weights resnet50_notop.h5 --pooling avg --out avg.onnx   # your weights file
+  fashionrec export --size 320 --resize pad --opset 18 --out m320.onnx
+  fashionrec export --quantize int8 --calibration ./photos --out m.onnx         # int8 at m.onnx
+  fashionrec export --quantize int8 --keep-fp32 --calibration-images 128 --out m.onnx  # + m-fp32.onnx
+
+exit codes: 0 written; 1 ONNX and Keras disagree (nothing written); 2 bad arguments, weights that
+cannot be had, or an output that cannot be written.
+An export peaks at about 7 GB of memory (8 GB with --quantize); see the README."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Shared by this script and `fashionrec export`."""
-    parser.add_argument("--out", type=Path, default=Path("model.onnx"), help="output .onnx file")
+    """Shared by this script and `fashionrec export`: the options, with their examples."""
+    parser.description = parser.description or EXPORT_DESCRIPTION  # `fashionrec export` has its own
+    parser.epilog = EXPORT_EPILOG
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' lines
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("model.onnx"),
+        metavar="FILE",
+        help="where the model goes; with --quantize, the quantised one (default: %(default)s)",
+    )
     parser.add_argument(
         "--weights",
         default="imagenet",
-        help="'imagenet' (Keras' loader and cache), 'random' (with --seed), or a weights file path",
+        metavar="imagenet|random|FILE",
+        help="'imagenet' (Keras' loader and cache), 'random' (seeded, see --seed), or the path of a "
+        "Keras weights file (.h5) of ResNet50 without its top (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for --weights random")
-    parser.add_argument("--pooling", choices=("max", "avg"), default="max")
-    parser.add_argument("--size", type=int, default=224, help="input height = width in pixels")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of --weights random: the same seed gives the same model (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=("max", "avg"),
+        default="max",
+        help="how the last feature map becomes one 2048-d vector: global max pooling (the classic "
+        "fashion recommender) or global average pooling (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=224,
+        metavar="PIXELS",
+        help="input height = width in pixels, 32 to 1024; smaller is faster, ImageNet weights were "
+        "trained at 224 (default: %(default)s)",
+    )
     parser.add_argument(
         "--resize",
         choices=("squash", "pad"),
         default="squash",
-        help="how the runtime fits images to the input: squash (like Keras load_img) or pad",
+        help="how the runtime fits images to the input: squash (like Keras load_img) or pad to a "
+        "white square (keeps the aspect ratio); recorded in the model (default: %(default)s)",
     )
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help="ONNX operator set of the graph (tf2onnx writes up to 18); lower it only to run the "
+        "model on an older ONNX runtime (default: %(default)s)",
+    )
     from fashionrec_export import quantize
 
     quantize.add_arguments(parser)
@@ -394,19 +447,23 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
-        export_model(config)
-        quantize.run_after_export(args, config.out)
+        if args.quantize:
+            quantize.export_quantized(config, args.calibration, args.calibration_images, args.keep_fp32)
+        elif args.keep_fp32:
+            raise ExportError("--keep-fp32 keeps the fp32 model beside a quantised one; add --quantize int8.")
+        else:
+            export_model(config)
     except ParityError as exc:
-        _say(f"error: {exc}")
+        say(f"error: {exc}")
         return 1
     except FashionrecError as exc:
-        _say(f"error: {exc}")
+        say(f"error: {exc}")
         return 2
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser()
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -8,19 +8,27 @@ stay float, so the output is still exactly unit length.
 The result keeps the input/output contract and the metadata, marked precision=int8 with its
 calibration source and a new fingerprint (a catalog built with fp32 refuses it, and vice versa).
 
-    fashionrec export --weights random --quantize int8 --calibration ./photos --out m-int8.onnx
+    fashionrec export --quantize int8 --calibration ./photos --out m.onnx  # int8 at m.onnx
+    fashionrec export --quantize int8 --keep-fp32 --out m.onnx            # and fp32 at m-fp32.onnx
 """
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+from fashionrec_export.export_resnet50 import (
+    ExportConfig,
+    attach_metadata,
+    check_output_path,
+    export_model,
+    say,
+    write_atomically,
+)
 
 from fashionrec_onnx.errors import ExportError, ImageLoadError
 from fashionrec_onnx.images import IMAGE_SUFFIXES, load_image, prepare_image
@@ -63,7 +71,6 @@ def quantize_int8(
     source: Path, out: Path, calibration: Path | None = None, count: int = DEFAULT_CALIBRATION_IMAGES
 ) -> ModelInfo:
     """Write an int8 copy of ``source`` to ``out`` (atomically) and return its metadata."""
-    from fashionrec_export.export_resnet50 import attach_metadata, write_atomically
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -105,22 +112,70 @@ def quantize_int8(
     return new_info
 
 
-def add_arguments(parser) -> None:  # argparse.ArgumentParser
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize",
         choices=("int8",),
-        help="also write a static int8 model (QDQ, per-channel), calibrated on --calibration",
+        help="write a static int8 model (QDQ, per-channel: faster on CPUs, 4x smaller) to --out "
+        "instead of the fp32 one (default: fp32 only)",
     )
-    parser.add_argument("--calibration", type=Path, help="folder of real images (default: bundled sample)")
-    parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES)
+    parser.add_argument(
+        "--keep-fp32",
+        action="store_true",
+        help="with --quantize: also keep the fp32 model it is made from, beside --out (--out m.onnx "
+        "keeps m-fp32.onnx; default: not kept)",
+    )
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FOLDER",
+        help="with --quantize: folder of real photos like those you will search (searched "
+        "recursively; default: the bundled Fashion-MNIST sample)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        metavar="N",
+        help="with --quantize: how many calibration images, spread over the folder (default: %(default)s)",
+    )
 
 
-def run_after_export(args, fp32: Path) -> None:
-    """`fashionrec export --quantize int8`: the fp32 file is written first, then the int8 one."""
-    if not getattr(args, "quantize", None):
-        return
-    out = fp32.with_name(fp32.stem + "-int8" + fp32.suffix)
-    print(f"[export] quantising to int8 ({args.calibration or 'bundled sample'})...", file=sys.stderr)
-    info = quantize_int8(fp32, out, args.calibration, args.calibration_images)
-    size = os.path.getsize(out) / 1e6
-    print(f"[export] wrote {out} ({size:.1f} MB, int8, fingerprint {info.fingerprint})", file=sys.stderr)
+def fp32_path(out: Path) -> Path:
+    """Where --keep-fp32 puts the fp32 model of an int8 export to ``out``."""
+    return out.with_name(f"{out.stem}-fp32{out.suffix}")
+
+
+def export_quantized(
+    config: ExportConfig,
+    calibration: Path | None = None,
+    count: int = DEFAULT_CALIBRATION_IMAGES,
+    keep_fp32: bool = False,
+) -> ModelInfo:
+    """`fashionrec export --quantize int8`: the int8 model goes to ``config.out``.
+
+    It is made from an fp32 export, which is kept as ``fp32_path(config.out)`` only if asked, and
+    otherwise lives in a temporary directory beside the output (same disk) until the int8 model
+    is written.
+    """
+    check_output_path(config.out)
+    calibration_images(calibration, count)  # a wrong folder fails now, not after the export
+    if keep_fp32:
+        fp32 = fp32_path(config.out)
+        export_model(replace(config, out=fp32))
+        return _quantize_and_report(fp32, config.out, calibration, count)
+    parent = config.out.parent if str(config.out.parent) else Path(".")
+    with tempfile.TemporaryDirectory(prefix=".fashionrec-export-", dir=parent) as tmp:
+        fp32 = Path(tmp) / fp32_path(config.out).name
+        export_model(replace(config, out=fp32))
+        info = _quantize_and_report(fp32, config.out, calibration, count)
+    say(f"[export] deleted the intermediate fp32 model (--keep-fp32 keeps it as {fp32_path(config.out)})")
+    return info
+
+
+def _quantize_and_report(fp32: Path, out: Path, calibration: Path | None, count: int) -> ModelInfo:
+    say(f"[export] quantising to int8, calibrated on {calibration or 'the bundled sample'}...")
+    info = quantize_int8(fp32, out, calibration, count)
+    size = out.stat().st_size / 1e6
+    say(f"[export] wrote {out} ({size:.1f} MB, int8, fingerprint {info.fingerprint})")
+    return info

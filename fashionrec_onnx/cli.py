@@ -246,7 +246,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         catalog = Catalog.open(args.catalog, args.model, readonly=True)
         banner = RANDOM_WEIGHTS_BANNER if catalog.info.weights.startswith("random") else None
     else:
-        catalog, banner = default_catalog(args.home, args.model)
+        catalog, banner = default_catalog(args.home, args.model, args.retry_weights)
     print(f"serving {len(catalog)} products on http://{args.host}:{args.port} (Ctrl+C to stop)")
     try:
         launch(build_app(catalog, banner=banner), host=args.host, port=args.port)

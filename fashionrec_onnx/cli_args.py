@@ -342,6 +342,11 @@ def _demo(sub: argparse._SubParsersAction) -> None:
         help="cache for the default model and catalog (default: $FASHIONREC_HOME or ~/.cache/fashionrec)",
     )
     demo.add_argument(
+        "--retry-weights",
+        action="store_true",
+        help="try the ImageNet weights again after an earlier start found them unavailable",
+    )
+    demo.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 lets other machines in"
     )
     demo.add_argument(

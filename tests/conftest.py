@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,23 @@ def fashion_mnist_dir() -> Path:
             "(.ci/run does)."
         )
     return FASHION_MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def offline_env() -> Callable[[Path], dict[str, str]]:
+    """Environment for a child process without the ImageNet weights: an empty Keras cache at the
+    given path and a dead proxy (offline even where there is network)."""
+
+    def env(keras_home: Path) -> dict[str, str]:
+        dead_proxy = "http://127.0.0.1:9"
+        return {
+            "KERAS_HOME": str(keras_home),
+            **{name: dead_proxy for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")},
+            "NO_PROXY": "127.0.0.1,localhost",  # the demo's own server stays reachable
+            "no_proxy": "127.0.0.1,localhost",
+        }
+
+    return env
 
 
 @pytest.fixture(autouse=True, scope="session")

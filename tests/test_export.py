@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +19,18 @@ import pytest
 from fashionrec_export.export_resnet50 import (
     IMAGENET_NOTOP_FILE,
     ExportConfig,
+    add_arguments,
     build_keras_model,
     keras_embeddings,
     parity_images,
 )
+from fashionrec_export.isolated import export_in_child
 
-from fashionrec_onnx import ModelError, ModelInfo, read_model_info
+from fashionrec_onnx import ModelError, ModelInfo, WeightsUnavailableError, read_model_info
 from fashionrec_onnx.model import INPUT_NAME, OUTPUT_NAME, load_model
 
 FASHIONREC = str(Path(sys.executable).with_name("fashionrec"))
+TF_LOG_RECORD = re.compile(r"^[IWEF]\d{4} ")  # a line of TensorFlow's C++ log: I0000 00:00:...
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -149,23 +156,143 @@ def test_onnx_matches_keras_on_varied_images(test_model: Path) -> None:
     assert np.sum(got * want, axis=1).min() >= 0.9999
 
 
-def test_cli_export_is_deterministic_per_seed_and_prints_parity(
-    tmp_path: Path, small_model: Path
-) -> None:
-    out = tmp_path / "again.onnx"
-    result = run_cli(
-        "export", "--weights", "random", "--seed", "0", "--size", "64", "--out", str(out),
-        "--quantize", "int8", "--calibration-images", "16",
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def cli_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`fashionrec export` of the small model's settings, run once for the tests that read it."""
+    out = tmp_path_factory.mktemp("cli-export") / "again.onnx"
+    result = run_cli("export", "--weights", "random", "--seed", "0", "--size", "64", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert "max abs diff" in result.stderr and "min cosine" in result.stderr
+    return result, out
+
+
+def test_cli_export_is_deterministic_per_seed(cli_export, small_model: Path) -> None:
+    _, out = cli_export
     images = parity_images(64)
     np.testing.assert_array_equal(embed(out, images), embed(small_model, images))
     assert read_model_info(out).fingerprint == read_model_info(small_model).fingerprint
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["again-int8.onnx", "again.onnx"]  # no temp files
+
+
+def test_cli_export_prints_parity_and_where_the_model_went(cli_export) -> None:
+    result, out = cli_export
+    assert "max abs diff" in result.stderr and "min cosine" in result.stderr
+    assert f"wrote {out} (" in result.stderr and "fp32" in result.stderr
+
+
+def test_cli_export_leaves_one_ordinary_readable_file(cli_export) -> None:
+    _, out = cli_export
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temp files
     assert out.stat().st_mode & 0o044  # an ordinary readable file, not mkstemp's private one
-    int8 = read_model_info(tmp_path / "again-int8.onnx")
-    assert int8.precision == "int8" and int8.calibration == "fashion-mnist-sample:16 images"
+
+
+def test_tensorflow_start_up_log_lines_are_not_printed(cli_export) -> None:
+    result, _ = cli_export
+    assert "absl::InitializeLog" not in result.stderr
+    assert not [line for line in result.stderr.splitlines() if TF_LOG_RECORD.match(line)], result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(set(lines)), result.stderr  # nothing twice
+
+
+def test_tensorflow_start_up_log_lines_show_when_tf_cpp_min_log_level_asks(tmp_path: Path) -> None:
+    fake = tmp_path / "broken.h5"  # fails right after TensorFlow is imported: a quick run
+    fake.write_bytes(b"\x00garbage" * 100)
+    result = run_cli(
+        "export", "--weights", str(fake), "--out", str(tmp_path / "m.onnx"), env={"TF_CPP_MIN_LOG_LEVEL": "0"}
+    )
+    assert result.returncode == 2, result.stderr
+    assert [line for line in result.stderr.splitlines() if TF_LOG_RECORD.match(line)], result.stderr
+
+
+# --- --quantize int8: the int8 model at --out, the fp32 one only if asked ---------------------
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("int8-export") / "m.onnx"
+    result = run_cli(
+        "export", "--weights", "random", "--size", "64", "--out", str(out),
+        "--quantize", "int8", "--calibration-images", "16",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result, out
+
+
+def test_quantize_int8_writes_the_int8_model_at_out(int8_export) -> None:
+    _, out = int8_export
+    info = read_model_info(out)
+    assert info.precision == "int8" and info.calibration == "fashion-mnist-sample:16 images"
+
+
+def test_quantize_int8_keeps_no_fp32_model_or_temp_files(int8_export) -> None:
+    _, out = int8_export
+    assert [p.name for p in out.parent.iterdir()] == ["m.onnx"]
+
+
+def test_quantize_int8_says_where_each_model_went(int8_export) -> None:
+    result, out = int8_export
+    assert f"wrote {out} (" in result.stderr and "int8" in result.stderr
+    assert f"deleted the intermediate fp32 model (--keep-fp32 keeps it as {out.parent / 'm-fp32.onnx'})" in (
+        result.stderr
+    )
+
+
+def test_keep_fp32_keeps_the_fp32_model_beside_the_int8_one(tmp_path: Path, small_model: Path) -> None:
+    out = tmp_path / "m.onnx"
+    result = run_cli(
+        "export", "--weights", "random", "--seed", "0", "--size", "64", "--out", str(out),
+        "--quantize", "int8", "--keep-fp32", "--calibration-images", "16",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    fp32 = tmp_path / "m-fp32.onnx"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-fp32.onnx", "m.onnx"]
+    assert read_model_info(out).precision == "int8"
+    assert read_model_info(fp32).fingerprint == read_model_info(small_model).fingerprint
+    assert f"wrote {fp32} (" in result.stderr and f"wrote {out} (" in result.stderr
+
+
+def test_keep_fp32_without_quantize_is_refused(tmp_path: Path) -> None:
+    result = run_cli("export", "--weights", "random", "--keep-fp32", "--out", str(tmp_path / "m.onnx"))
+    assert_clean_failure(result, "--keep-fp32", "--quantize int8")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_missing_calibration_folder_fails_before_the_export(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    result = run_cli(
+        "export", "--weights", "random", "--quantize", "int8", "--calibration", str(tmp_path / "nope"),
+        "--out", str(out),
+    )  # fmt: skip
+    assert_clean_failure(result, "calibration folder", "nope")
+    assert "[export] build" not in result.stderr
+    assert not out.exists()
+
+
+# --- help -------------------------------------------------------------------------------------
+
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fashionrec export")
+    add_arguments(parser)  # what `fashionrec export` and the script both use
+    return parser
+
+
+def test_every_export_option_has_help_that_shows_its_default() -> None:
+    options = [a for a in export_parser()._actions if a.option_strings and a.dest != "help"]
+    assert {"pooling", "opset", "quantize", "keep_fp32"} <= {a.dest for a in options}
+    for action in options:
+        assert action.help and "default: " in action.help, action.option_strings
+
+
+def test_export_help_has_a_description_and_examples_that_parse() -> None:
+    result = run_cli("export", "--help")
+    assert result.returncode == 0
+    assert "ONNX embedding model" in result.stdout and "examples:" in result.stdout
+    assert "exit codes:" in result.stdout
+    assert "default: max" in result.stdout and "default: 17" in result.stdout
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    examples = [line for line in lines if line.startswith("fashionrec export ")]
+    assert len(examples) >= 5
+    for example in examples:
+        export_parser().parse_args(shlex.split(example, comments=True)[2:])  # exits on an unknown option
 
 
 def test_a_different_seed_gives_a_different_model(tmp_path: Path, small_model: Path) -> None:
@@ -226,18 +353,43 @@ def test_unwritable_output(tmp_path: Path, where: str) -> None:
     assert_clean_failure(result, "--out" if where == "is-a-dir" else "output directory")
 
 
-def test_imagenet_unavailable_offline_names_the_file_and_where_to_put_it(tmp_path: Path) -> None:
+def test_imagenet_unavailable_offline_names_the_file_and_where_to_put_it(tmp_path: Path, offline_env) -> None:
     keras_home = tmp_path / "keras-home"
-    offline = {
-        "KERAS_HOME": str(keras_home),  # empty cache: nothing to fall back on
-        "HTTPS_PROXY": "http://127.0.0.1:9",  # a dead proxy: offline even where there is network
-        "HTTP_PROXY": "http://127.0.0.1:9",
-        "https_proxy": "http://127.0.0.1:9",
-        "http_proxy": "http://127.0.0.1:9",
-        "NO_PROXY": "",
-        "no_proxy": "",
-    }
     out = tmp_path / "m.onnx"
-    result = run_cli("export", "--weights", "imagenet", "--out", str(out), env=offline)
+    result = run_cli("export", "--weights", "imagenet", "--out", str(out), env=offline_env(keras_home))
     assert_clean_failure(result, IMAGENET_NOTOP_FILE, str(keras_home / "models"))
+    assert not out.exists()
+
+
+# --- in a child process (the demo's first start) -----------------------------------------------
+
+
+def test_export_in_child_writes_the_model_without_loading_tensorflow_here(
+    tmp_path: Path, small_model: Path
+) -> None:
+    out = tmp_path / "m.onnx"
+    code = (
+        "import json, sys; from pathlib import Path; "
+        "from fashionrec_export.export_resnet50 import ExportConfig; "
+        "from fashionrec_export.isolated import export_in_child; "
+        f"done = export_in_child(ExportConfig(out=Path({str(out)!r}), weights='random', seed=0, size=64)); "
+        "print(json.dumps([done.info.fingerprint, done.peak_rss_bytes, 'tensorflow' in sys.modules]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    fingerprint, peak_rss, tensorflow_loaded = json.loads(result.stdout)
+    assert fingerprint == read_model_info(small_model).fingerprint == read_model_info(out).fingerprint
+    assert peak_rss > 500e6  # the child's own peak: TensorFlow and ResNet50 were there, not here
+    assert tensorflow_loaded is False
+    assert "[export] parity on 10 images" in result.stderr  # the child's progress passes through
+
+
+def test_export_in_child_reports_unavailable_weights_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline_env
+) -> None:
+    for name, value in offline_env(tmp_path / "keras-home").items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(WeightsUnavailableError, match=IMAGENET_NOTOP_FILE):
+        export_in_child(ExportConfig(out=out, weights="imagenet"))
     assert not out.exists()

@@ -18,7 +18,7 @@ MIN_COSINE = 0.98
 
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory: pytest.TempPathFactory, small_model: Path) -> Path:
-    out = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
+    out = tmp_path_factory.mktemp("int8") / "int8.onnx"
     quantize_int8(small_model, out, count=32)
     return out
 
