@@ -129,7 +129,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             return 1
         method = catalog.exact_search if args.exact else catalog.search
         try:
-            hits = method(args.query, k=args.k, filter=wanted)
+            hits = method(args.query, k=args.k, filter=wanted, box=args.box)
         except OSError as exc:  # a query too long to be a file name, a folder, an unreadable file
             raise CatalogError(
                 f"'{_shorten(args.query)}' is neither a key in {args.catalog} nor a readable image "

@@ -46,6 +46,22 @@ def fraction(text: str) -> float:
     return value
 
 
+def box(value: str) -> tuple[int, int, int, int]:
+    """An argparse type: a region of the query image, ``LEFT,TOP,RIGHT,BOTTOM`` in pixels."""
+    try:
+        numbers = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 4:
+        raise argparse.ArgumentTypeError(f"must be four whole numbers LEFT,TOP,RIGHT,BOTTOM, not {value!r}")
+    left, top, right, bottom = numbers
+    if min(left, top) < 0 or left >= right or top >= bottom:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is an empty box or has a negative corner: 0 <= LEFT < RIGHT, 0 <= TOP < BOTTOM"
+        )
+    return left, top, right, bottom
+
+
 def text(value: str) -> str:
     """An argparse type for keys and prefixes: bytes that are not UTF-8 can never be a key."""
     if not is_utf8(value):
@@ -205,12 +221,20 @@ def _search(sub: argparse._SubParsersAction) -> None:
         "  fashionrec search photo.jpg --catalog ./catalog -k 10\n"
         "  fashionrec search dress/test-00013.png --catalog ./catalog --filter category=Bag\n"
         "  fashionrec search photo.jpg --catalog ./catalog --filter category=Dress --filter category=Coat\n"
-        "  fashionrec search photo.jpg --catalog ./catalog --json",
+        "  fashionrec search photo.jpg --catalog ./catalog --json\n"
+        "  fashionrec search street.jpg --catalog ./catalog --box 410,220,780,900   # the coat only",
     )
     search.add_argument("query", help="image file, or the key of an item (more like this)")
     _catalog_arg(search)
     search.add_argument("-k", type=positive, metavar="N", default=5, help="number of results")
     search.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE", help=FILTER_HELP)
+    search.add_argument(
+        "--box",
+        type=box,
+        metavar="L,T,R,B",
+        help="search for this region of the image only: left, top, right, bottom in pixels of the "
+        "upright photo (as an image viewer shows it)",
+    )
     search.add_argument(
         "--exact", action="store_true", help="exact search over every stored vector instead of the HNSW graph"
     )

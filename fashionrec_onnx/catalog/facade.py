@@ -18,7 +18,7 @@ import numpy as np
 
 from ..embedder import Embedder
 from ..errors import BadArgumentError, CatalogError, ModelError, ModelMismatchError, UnknownKeyError
-from ..images import Source
+from ..images import Box, Source, check_box
 from ..index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from ..model import ModelInfo, read_model_info
 from ..reduce import PCA
@@ -583,9 +583,20 @@ class Catalog:
                 raise CatalogError(f"{query[:200]!r} is neither a key in {self.path} nor an image file.")
         return self.embedder.embed_one(query), None  # type: ignore[arg-type]
 
+    def _embed_region(self, query: Source | str | _KeyQuery, box: Box) -> np.ndarray:
+        """A box crops an image: a key or a vector has no pixels to crop."""
+        check_box(box)
+        if isinstance(query, _KeyQuery) or _is_vector(query):
+            raise BadArgumentError("a box crops an image; it cannot apply to a catalog key or a vector")
+        if isinstance(query, str) and query in self and not Path(query).expanduser().is_file():
+            raise BadArgumentError(
+                f"{query[:200]!r} is a key in {self.path}; a box crops an image, so pass an image file"
+            )
+        return self.embedder.embed_one(query, box=box)  # type: ignore[arg-type]
+
     @contextlib.contextmanager
     def _searching(
-        self, query: Source | str | _KeyQuery, k: int, filter: Filter | None
+        self, query: Source | str | _KeyQuery, k: int, filter: Filter | None, box: Box | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """What every search starts with: the query vector, the labels to leave out and the
         filter's mask, all read from one consistent state (other processes' writes taken in)."""
@@ -593,7 +604,9 @@ class Catalog:
             raise BadArgumentError(f"k must be a whole number >= 1, got {k!r}")
         core = self._core
         embedded = None
-        if not isinstance(query, (str, _KeyQuery)) and not _is_vector(query):
+        if box is not None:
+            embedded = self._embed_region(query, box)
+        elif not isinstance(query, (str, _KeyQuery)) and not _is_vector(query):
             embedded = self.embedder.embed_one(query)  # the slow part, outside every lock
         while True:
             core.sync()
@@ -624,14 +637,17 @@ class Catalog:
             hits.append(Hit(len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata)))
         return hits
 
-    def search(self, query: Source | str, k: int = 5, filter: Filter | None = None) -> list[Hit]:
+    def search(
+        self, query: Source | str, k: int = 5, filter: Filter | None = None, *, box: Box | None = None
+    ) -> list[Hit]:
         """The k most similar items to an image, a vector, or the key of an item in the catalog.
 
         A key searches "more like this" and leaves the item itself out. ``filter`` is a dict of
         metadata values (a list value means any of them) or a callable taking an `Item`; k hits
-        that all match come back when that many exist.
+        that all match come back when that many exist. ``box = (left, top, right, bottom)``
+        searches for a region of the image only (pixels of the upright image).
         """
-        with self._searching(query, k, filter) as (vector, exclude, allowed):
+        with self._searching(query, k, filter, box) as (vector, exclude, allowed):
             labels, distances = planner.search(self._core, vector, int(k), exclude, allowed)
             return self._hits(labels, distances)
 
@@ -642,9 +658,11 @@ class Catalog:
             raise UnknownKeyError(f"no item with key {str(key)[:200]!r} in {self.path}.")
         return self.search(_KeyQuery(key), k, filter)  # type: ignore[arg-type]
 
-    def exact_search(self, query: Source | str, k: int = 5, filter: Filter | None = None) -> list[Hit]:
+    def exact_search(
+        self, query: Source | str, k: int = 5, filter: Filter | None = None, *, box: Box | None = None
+    ) -> list[Hit]:
         """The oracle: exact KNN over every stored vector, read in blocks (see `oracle`)."""
-        with self._searching(query, k, filter) as (vector, exclude, allowed):
+        with self._searching(query, k, filter, box) as (vector, exclude, allowed):
             core = self._core
             mask = core.live_mask() if allowed is None else allowed
             if allowed is None and len(exclude):
