@@ -9,7 +9,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,12 @@ from ..images import Box, Source, check_box
 from ..index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from ..model import ModelInfo, read_model_info
 from ..reduce import PCA
+from . import duplicates as near_duplicates
 from . import indexing, maintenance, oracle
 from . import search as planner
 from .columns import Filter, callable_mask
 from .core import LOCK_NAME, CatalogCore, locked_open
+from .duplicates import NEIGHBOURS, DuplicateReport
 from .indexing import IndexReport
 from .maintenance import CheckReport
 from .migrate import migrate_v1, needs_migration
@@ -38,6 +40,7 @@ CATALOG_FORMAT = "2"
 ModelArg = str | os.PathLike | Embedder
 PROBE_SIMILARITY = 0.999  # a model must embed the probe image as it did when the catalog was made
 REDUCE_AFTER = 20_000  # a planned PCA is fitted once the catalog holds this many items
+COLLAPSE_EXTRA = 10  # a collapsed search first asks for 2k + this many hits
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,22 @@ def _probe_image() -> np.ndarray:
     return (np.stack([x, y, (x + y) / 2], axis=-1) * 255).astype(np.uint8)
 
 
+_Ranked = tuple[np.ndarray, np.ndarray]
+_Method = Callable[[CatalogCore, np.ndarray, int, np.ndarray, "np.ndarray | None"], _Ranked]
+
+
+def _exact(
+    core: CatalogCore, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle with the planner's signature: exact KNN among the allowed live items."""
+    mask = core.live_mask() if allowed is None else allowed
+    if allowed is None and len(exclude):
+        mask = mask.copy()
+        mask[exclude] = False
+    labels, distances = oracle.exact_topk(core.vectors, core.rows, mask, vector, k)
+    return labels[0], distances[0]
+
+
 @contextlib.contextmanager
 def _exclusive(root: Path) -> Iterator[None]:
     """The catalog's cross-process write lock, for creating and upgrading."""
@@ -105,6 +124,8 @@ class Catalog:
         self._embedder_lock = threading.Lock()
         self._threads = threads
         self._closed = False
+        self._groups: tuple[int, np.ndarray] | None = None  # (generation, label -> duplicate group)
+        self._groups_lock = threading.Lock()
 
     @property
     def info(self) -> ModelInfo:
@@ -638,7 +659,13 @@ class Catalog:
         return hits
 
     def search(
-        self, query: Source | str, k: int = 5, filter: Filter | None = None, *, box: Box | None = None
+        self,
+        query: Source | str,
+        k: int = 5,
+        filter: Filter | None = None,
+        *,
+        box: Box | None = None,
+        collapse_duplicates: bool = False,
     ) -> list[Hit]:
         """The k most similar items to an image, a vector, or the key of an item in the catalog.
 
@@ -646,30 +673,77 @@ class Catalog:
         metadata values (a list value means any of them) or a callable taking an `Item`; k hits
         that all match come back when that many exist. ``box = (left, top, right, bottom)``
         searches for a region of the image only (pixels of the upright image).
+        ``collapse_duplicates=True`` shows one image per group of near-duplicates (see
+        `duplicates`); the groups are found on the first such search after a change.
         """
         with self._searching(query, k, filter, box) as (vector, exclude, allowed):
-            labels, distances = planner.search(self._core, vector, int(k), exclude, allowed)
+            if collapse_duplicates:
+                labels, distances = self._collapsed(planner.search, vector, int(k), exclude, allowed)
+            else:
+                labels, distances = planner.search(self._core, vector, int(k), exclude, allowed)
             return self._hits(labels, distances)
 
-    def more_like_this(self, key: str, k: int = 5, filter: Filter | None = None) -> list[Hit]:
+    def _collapsed(
+        self, method: _Method, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """k hits, one per group of near-duplicates: more candidates, the worse copies dropped."""
+        group_of = self._group_of()
+        wanted = 2 * k + COLLAPSE_EXTRA
+        while True:
+            labels, distances = method(self._core, vector, wanted, exclude, allowed)
+            kept = near_duplicates.collapse(labels, group_of, exclude, k)
+            if len(kept) >= k or len(labels) < wanted or wanted >= self._core.count:
+                return labels[kept], distances[kept]
+            wanted *= 4
+
+    def _group_of(self) -> np.ndarray:
+        """Label -> near-duplicate group at the default threshold, found once per catalog state.
+        The caller holds the read lock on a caught-up catalog."""
+        with self._groups_lock:
+            if self._groups is None or self._groups[0] != self._core.generation:
+                report = near_duplicates.find(self._core, None, NEIGHBOURS)
+                self._groups = (self._core.generation, report.group_of)
+            return self._groups[1]
+
+    def more_like_this(
+        self, key: str, k: int = 5, filter: Filter | None = None, *, collapse_duplicates: bool = False
+    ) -> list[Hit]:
         """Items like the one stored under ``key`` (itself left out). Unlike `search`, a string
         here is only ever a key, never a file: the entry point for remote callers."""
         if not isinstance(key, str):
             raise UnknownKeyError(f"no item with key {str(key)[:200]!r} in {self.path}.")
-        return self.search(_KeyQuery(key), k, filter)  # type: ignore[arg-type]
+        return self.search(_KeyQuery(key), k, filter, collapse_duplicates=collapse_duplicates)  # type: ignore[arg-type]
+
+    def duplicates(self, threshold: float | None = None, *, neighbours: int = NEIGHBOURS) -> DuplicateReport:
+        """Groups of near-identical images (re-uploads, resized or recompressed copies), found
+        through the graph: each item's ``neighbours`` nearest, then the connected components of
+        the pairs whose similarity is at least ``threshold``. ``threshold=None`` calibrates it on
+        this catalog (see `duplicates`), as `search(..., collapse_duplicates=True)` does."""
+        near_duplicates.validated(threshold, neighbours)
+        self._core.sync()
+        with self._core.rw.read():
+            report = near_duplicates.find(self._core, threshold, neighbours)
+            if threshold is None and neighbours == NEIGHBOURS:
+                with self._groups_lock:
+                    self._groups = (self._core.generation, report.group_of)
+            return report
 
     def exact_search(
-        self, query: Source | str, k: int = 5, filter: Filter | None = None, *, box: Box | None = None
+        self,
+        query: Source | str,
+        k: int = 5,
+        filter: Filter | None = None,
+        *,
+        box: Box | None = None,
+        collapse_duplicates: bool = False,
     ) -> list[Hit]:
         """The oracle: exact KNN over every stored vector, read in blocks (see `oracle`)."""
         with self._searching(query, k, filter, box) as (vector, exclude, allowed):
-            core = self._core
-            mask = core.live_mask() if allowed is None else allowed
-            if allowed is None and len(exclude):
-                mask = mask.copy()
-                mask[exclude] = False
-            labels, distances = oracle.exact_topk(core.vectors, core.rows, mask, vector, int(k))
-            return self._hits(labels[0], distances[0])
+            if collapse_duplicates:
+                labels, distances = self._collapsed(_exact, vector, int(k), exclude, allowed)
+            else:
+                labels, distances = _exact(self._core, vector, int(k), exclude, allowed)
+            return self._hits(labels, distances)
 
     # -- checking and reshaping -----------------------------------------------------------------------
 
