@@ -676,11 +676,23 @@ class Catalog:
         ``collapse_duplicates=True`` shows one image per group of near-duplicates (see
         `duplicates`); the groups are found on the first such search after a change.
         """
+        return self._answer(planner.search, query, k, filter, box, collapse_duplicates)
+
+    def _answer(
+        self,
+        method: _Method,
+        query: Source | str | _KeyQuery,
+        k: int,
+        filter: Filter | None,
+        box: Box | None,
+        collapse_duplicates: bool,
+    ) -> list[Hit]:
+        """A search answered by ``method`` (the planner or the exact oracle)."""
         with self._searching(query, k, filter, box) as (vector, exclude, allowed):
             if collapse_duplicates:
-                labels, distances = self._collapsed(planner.search, vector, int(k), exclude, allowed)
+                labels, distances = self._collapsed(method, vector, int(k), exclude, allowed)
             else:
-                labels, distances = planner.search(self._core, vector, int(k), exclude, allowed)
+                labels, distances = method(self._core, vector, int(k), exclude, allowed)
             return self._hits(labels, distances)
 
     def _collapsed(
@@ -738,12 +750,7 @@ class Catalog:
         collapse_duplicates: bool = False,
     ) -> list[Hit]:
         """The oracle: exact KNN over every stored vector, read in blocks (see `oracle`)."""
-        with self._searching(query, k, filter, box) as (vector, exclude, allowed):
-            if collapse_duplicates:
-                labels, distances = self._collapsed(_exact, vector, int(k), exclude, allowed)
-            else:
-                labels, distances = _exact(self._core, vector, int(k), exclude, allowed)
-            return self._hits(labels, distances)
+        return self._answer(_exact, query, k, filter, box, collapse_duplicates)
 
     # -- checking and reshaping -----------------------------------------------------------------------
 
