@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import embedding, filtered, ingest, quality, report, search, speed_memory
+from benchmarks import duplicates, embedding, filtered, ingest, quality, report, search, speed_memory
 from benchmarks.common import FULL, QUICK, RAW, RESULTS, TINY, Sizes, bench_model, embed_corpus, machine_info
 
 log = logging.getLogger("benchmarks")
@@ -83,6 +83,11 @@ def run(sizes: Sizes, out: Path, command: str) -> dict[str, object]:
         query_labels,
         {f"fashionrec fp32 {sizes.corpus_size_px} px": weights},
     )
+
+    stage("near-duplicates planted in the corpus: found through the graph")
+    from fashionrec_onnx.datasets import load_split
+
+    results["duplicates"] = duplicates.run(corpus_model, corpus, load_split("train")[0][: len(corpus)])
 
     stage("PCA reduction and float16 storage")
     dims = (32, 16) if sizes.name == "tiny" else (256, 128)
