@@ -162,6 +162,20 @@ def pairs_of_groups(groups: Iterable[Iterable[str]]) -> set[Pair]:
     return pairs
 
 
+def group_precision_recall(groups: Iterable[Iterable[str]], truth: Iterable[Pair]) -> tuple[float, float]:
+    """`pair_precision_recall` of every pair inside the found groups, counted without listing
+    them (a threshold set too low makes one group of thousands: millions of pairs)."""
+    group_of: dict[str, int] = {}
+    found = 0
+    for number, group in enumerate(groups):
+        members = set(group)
+        found += len(members) * (len(members) - 1) // 2
+        group_of.update((name, number) for name in members)
+    truth_set = {tuple(sorted(pair)) for pair in truth}
+    correct = sum(1 for a, b in truth_set if a in group_of and group_of.get(b) == group_of[a])
+    return (correct / found if found else 1.0), (correct / len(truth_set) if truth_set else 1.0)
+
+
 def pair_precision_recall(found: Iterable[Pair], truth: Iterable[Pair]) -> tuple[float, float]:
     """Precision (found pairs that are true) and recall (true pairs found), order within a pair
     ignored. Nothing found has precision 1; nothing to find has recall 1."""

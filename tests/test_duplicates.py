@@ -16,7 +16,7 @@ from PIL import Image
 from fashionrec_onnx import BadArgumentError, Catalog
 from fashionrec_onnx.cli import main
 from fashionrec_onnx.datasets import SAMPLE_DIR
-from fashionrec_onnx.evaluation import pair_precision_recall, pairs_of_groups
+from fashionrec_onnx.evaluation import group_precision_recall, pair_precision_recall, pairs_of_groups
 
 # Measured on this set (200 sample images, 30 planted copies, the 64 px test model with random
 # weights): recall 1.0 and precision 1.0 at the calibrated threshold. The floors leave room for
@@ -76,7 +76,7 @@ def test_planted_copies_are_found_at_the_calibrated_threshold(planted: tuple[Cat
     catalog, truth, _ = planted
     report = catalog.duplicates()
     assert report.calibrated and 0.9 < report.threshold < 1.0
-    precision, recall = pair_precision_recall(pairs_of_groups(group.keys for group in report), truth)
+    precision, recall = group_precision_recall((group.keys for group in report), truth)
     assert recall >= RECALL_FLOOR and precision >= PRECISION_FLOOR, (precision, recall)
 
 
@@ -143,6 +143,15 @@ def test_a_copy_added_later_is_collapsed_too(tmp_path: Path, small_model: Path) 
         keys = [hit.key for hit in catalog.search(query, k=3, collapse_duplicates=True)]
         assert keys[0] == "ankle-boot/test-00000.png" and "late-copy" not in keys
         assert "late-copy" in [hit.key for hit in catalog.search(query, k=3)]
+
+
+def test_a_group_counts_as_every_pair_inside_it() -> None:
+    """imagededup's measure: a group of three says three pairs are duplicates."""
+    groups = [("a", "b", "c"), ("d", "e")]
+    truth = {("a", "b"), ("e", "d"), ("f", "g")}
+    assert pairs_of_groups(groups) == {("a", "b"), ("a", "c"), ("b", "c"), ("d", "e")}
+    assert pair_precision_recall(pairs_of_groups(groups), truth) == (2 / 4, 2 / 3)
+    assert group_precision_recall(groups, truth) == (2 / 4, 2 / 3)
 
 
 @pytest.mark.parametrize("threshold, neighbours", [(0.0, 8), (1.5, 8), (float("nan"), 8), (0.9, 0)])
