@@ -80,6 +80,20 @@ def test_planted_copies_are_found_at_the_calibrated_threshold(planted: tuple[Cat
     assert recall >= RECALL_FLOOR and precision >= PRECISION_FLOOR, (precision, recall)
 
 
+def test_a_pca_graph_finds_the_copies_too(planted: tuple[Catalog, set, tuple], tmp_path: Path) -> None:
+    """On a reduced catalog the graph's candidates are re-scored with the full vectors."""
+    catalog, truth, _ = planted
+    keys = catalog.keys()
+    with Catalog.create(tmp_path / "reduced", catalog.embedder) as reduced:
+        reduced.add_many(keys, catalog.vectors(keys))
+        reduced.reduce(32)
+        report = reduced.duplicates()
+        full = catalog.duplicates()
+    assert report.threshold == pytest.approx(full.threshold, abs=1e-6)
+    precision, recall = group_precision_recall((group.keys for group in report), truth)
+    assert recall >= RECALL_FLOOR and precision >= PRECISION_FLOOR, (precision, recall)
+
+
 def test_each_group_lists_its_keys_and_the_similarity_of_every_pair(
     planted: tuple[Catalog, set, tuple],
 ) -> None:

@@ -16,7 +16,7 @@ import logging
 import numbers
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,7 +56,6 @@ class DuplicateReport:
     items: int
     neighbours: int
     seconds: float
-    group_of: np.ndarray = field(repr=False)  # label -> group number, -1 outside every group
 
     def __iter__(self) -> Iterator[DuplicateGroup]:
         return iter(self.groups)
@@ -109,8 +108,10 @@ def neighbour_pairs(core: CatalogCore, neighbours: int) -> Neighbours:
 
 
 def _full_distances(core: CatalogCore, block: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Squared distances from each item to its candidates, in the full stored space."""
     rows = core.vectors.read(np.where(found >= 0, found, 0).reshape(-1)).reshape(*found.shape, -1)
-    return ((rows - block[:, None, :]) ** 2).sum(axis=2)
+    squared = np.einsum("ijk,ijk->ij", rows, rows) + np.einsum("ik,ik->i", block, block)[:, None]
+    return squared - 2.0 * np.einsum("ijk,ik->ij", rows, block)
 
 
 def calibrated_threshold(nearest: np.ndarray) -> float:
@@ -145,8 +146,9 @@ def validated(threshold: float | None, neighbours: int) -> None:
         raise BadArgumentError(f"neighbours must be a whole number >= 1, got {neighbours!r}")
 
 
-def find(core: CatalogCore, threshold: float | None, neighbours: int) -> DuplicateReport:
-    """Groups of near-duplicates, largest first. The caller holds the catalog's read lock."""
+def find(core: CatalogCore, threshold: float | None, neighbours: int) -> tuple[DuplicateReport, np.ndarray]:
+    """Groups of near-duplicates, largest first, and each label's group number (-1 outside every
+    group, for collapsing searches). The caller holds the catalog's read lock."""
     validated(threshold, neighbours)
     started = time.perf_counter()
     found = neighbour_pairs(core, neighbours)
@@ -168,7 +170,7 @@ def find(core: CatalogCore, threshold: float | None, neighbours: int) -> Duplica
         used,
         seconds,
     )
-    return DuplicateReport(groups, used, threshold is None, found.items, neighbours, seconds, group_of)
+    return DuplicateReport(groups, used, threshold is None, found.items, neighbours, seconds), group_of
 
 
 def _group(

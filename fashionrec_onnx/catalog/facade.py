@@ -713,8 +713,8 @@ class Catalog:
         The caller holds the read lock on a caught-up catalog."""
         with self._groups_lock:
             if self._groups is None or self._groups[0] != self._core.generation:
-                report = near_duplicates.find(self._core, None, NEIGHBOURS)
-                self._groups = (self._core.generation, report.group_of)
+                _, group_of = near_duplicates.find(self._core, None, NEIGHBOURS)
+                self._groups = (self._core.generation, group_of)
             return self._groups[1]
 
     def more_like_this(
@@ -734,10 +734,10 @@ class Catalog:
         near_duplicates.validated(threshold, neighbours)
         self._core.sync()
         with self._core.rw.read():
-            report = near_duplicates.find(self._core, threshold, neighbours)
+            report, group_of = near_duplicates.find(self._core, threshold, neighbours)
             if threshold is None and neighbours == NEIGHBOURS:
                 with self._groups_lock:
-                    self._groups = (self._core.generation, report.group_of)
+                    self._groups = (self._core.generation, group_of)
             return report
 
     def exact_search(
