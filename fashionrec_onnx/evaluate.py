@@ -230,8 +230,11 @@ def _search_catalog(
     return score_rankings([main_labels[key] for key in keys], retrieved, counts, ks)
 
 
-def _pixels(catalog: Catalog, keys: Sequence[str], labels: _Labels, ks: tuple[int, ...]) -> MethodResult:
-    """Exact search over grey thumbnails of the same items (those whose image can be read)."""
+def _pixels(
+    catalog: Catalog, keys: Sequence[str], labels: _Labels, ks: tuple[int, ...]
+) -> MethodResult | None:
+    """Exact search over grey thumbnails of the same items (those whose image can be read);
+    None when no query has one (a catalog of vectors only)."""
     items = [(item.key, item.path) for item in catalog.iter_items() if item.path]
 
     def thumbnail(path: str) -> np.ndarray | None:
@@ -247,6 +250,9 @@ def _pixels(catalog: Catalog, keys: Sequence[str], labels: _Labels, ks: tuple[in
     corpus = np.stack([row for row in thumbnails if row is not None]) if corpus_keys else np.zeros((0, 1))
     position = {key: row for row, key in enumerate(corpus_keys)}
     answered = [key for key in keys if key in position]
+    if not answered:
+        log.warning("no raw-pixels baseline: none of the queried items has a readable image file")
+        return None
     members: dict[str, list[int]] = {}
     for key in corpus_keys:
         if key in labels.product:
@@ -293,8 +299,9 @@ def evaluate(
         MethodResult(name, _describe(each, exact), _search_catalog(each, keys, labels, main.label, ks, exact))
         for name, each, labels in zip(_names([catalog, *compare]), [catalog, *compare], [main, *others])
     ]
-    if baseline:
-        methods.insert(1, _pixels(catalog, keys, main, ks))
+    pixels = _pixels(catalog, keys, main, ks) if baseline else None
+    if pixels is not None:
+        methods.insert(1, pixels)
     has_products = bool(main.product)
     return Evaluation(
         str(catalog.path),
