@@ -13,7 +13,18 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import distributed, embedding, filtered, ingest, quality, report, scale, search, speed_memory
+from benchmarks import (
+    distributed,
+    duplicates,
+    embedding,
+    filtered,
+    ingest,
+    quality,
+    report,
+    scale,
+    search,
+    speed_memory,
+)
 from benchmarks.common import FULL, QUICK, RAW, RESULTS, TINY, Sizes, bench_model, embed_corpus, machine_info
 
 log = logging.getLogger("benchmarks")
@@ -86,6 +97,11 @@ def run(sizes: Sizes, out: Path, command: str) -> dict[str, object]:
         query_labels,
         {f"fashionrec fp32 {sizes.corpus_size_px} px": weights},
     )
+
+    stage("near-duplicates planted in the corpus: found through the graph")
+    from fashionrec_onnx.datasets import load_split
+
+    results["duplicates"] = duplicates.run(corpus_model, corpus, load_split("train")[0][: len(corpus)])
 
     stage("PCA reduction and float16 storage")
     dims = (32, 16) if sizes.name == "tiny" else (256, 128)

@@ -22,6 +22,7 @@ from PIL import Image
 from starlette.middleware import Middleware
 
 from fashionrec_onnx import (
+    BadArgumentError,
     Catalog,
     FashionrecError,
     Hit,
@@ -33,6 +34,7 @@ from fashionrec_onnx import (
 from fashionrec_onnx.datasets import sample_dir
 
 from .photo_input import PhotoInput
+from .region import MAX_REGION_CHARS, REGION_HELP, REGION_JS, RegionError, parse_region
 from .upload_guard import MULTIPART_OVERHEAD, UploadGuard
 
 log = logging.getLogger("fashionrec.demo")
@@ -190,20 +192,30 @@ class DemoSearch:
         status = note or ("" if hits else "No product matches this filter.")
         return SearchOutput(gallery, [h.key for h in hits], timings, status)
 
-    def by_image(self, image: str | None, k: int, category: str | None) -> SearchOutput:
+    def by_image(
+        self, image: str | None, k: int, category: str | None, region: str | None = None
+    ) -> SearchOutput:
+        """Search with an upload, or with the part of it inside ``region`` ("l,t,r,b")."""
         if not image:
             return SearchOutput([], [], "", "Upload, paste or take a photo to search.")
         try:
+            box = parse_region(region)
             started = time.perf_counter()
-            vector = self.catalog.embedder.embed_one(image)
+            vector = self.catalog.embedder.embed_one(image, box=box)
             embedded = time.perf_counter()
             hits = self.catalog.search(vector, k=int(k), filter=self._filter(category))
             done = time.perf_counter()
+        except RegionError as exc:
+            return SearchOutput([], [], "", str(exc))
         except ImageLoadError as exc:
             return SearchOutput([], [], "", f"Could not read this image: {exc.reason}.")
+        except BadArgumentError as exc:  # the message names the upload's path in Gradio's cache
+            message = str(exc).replace(f" {image},", " your photo,")
+            return SearchOutput([], [], "", f"This region does not fit the photo: {message}.")
         except FashionrecError as exc:
             return SearchOutput([], [], "", f"Search failed: {exc}")
-        return self._render(hits, (embedded - started) * 1000, (done - embedded) * 1000)
+        note = f"Region {','.join(map(str, box))} of your photo" if box else ""
+        return self._render(hits, (embedded - started) * 1000, (done - embedded) * 1000, note)
 
     def by_key(self, key: str, k: int, category: str | None) -> SearchOutput:
         """More like a catalog item. ``key`` comes from the browser: it is only ever looked up as
@@ -254,16 +266,19 @@ def build_app(
     def outputs(result: SearchOutput) -> tuple:
         return result.gallery, result.keys, result.timings, result.status
 
-    def on_search(image: str | None, k: float, category: str) -> tuple:
-        return outputs(search.by_image(image, int(k), category))
+    def on_search(image: str | None, k: float, category: str, region: str | None = None) -> tuple:
+        return outputs(search.by_image(image, int(k), category, region))
+
+    def on_upload(image: str | None, k: float, category: str) -> tuple:
+        return (*outputs(search.by_image(image, int(k), category)), "")  # a new photo: no region yet
 
     def on_result_click(keys: list[str], k: float, category: str, event: gr.SelectData) -> tuple:
         key = keys[event.index]
-        return (search.thumbnail(key), *outputs(search.by_key(key, int(k), category)))
+        return (search.thumbnail(key), *outputs(search.by_key(key, int(k), category)), "")
 
     def on_example_click(k: float, category: str, event: gr.SelectData) -> tuple:
         key = example_keys[event.index]  # like a result click: more like it, itself left out
-        return (search.thumbnail(key), *outputs(search.by_key(key, int(k), category)))
+        return (search.thumbnail(key), *outputs(search.by_key(key, int(k), category)), "")
 
     with gr.Blocks(title="fashionrec: visual product search", delete_cache=delete_cache) as app:
         gr.Markdown(
@@ -279,6 +294,13 @@ def build_app(
                     type="filepath",
                     height=280,
                     elem_id="query",
+                )
+                region = gr.Textbox(
+                    label="Region (optional)",
+                    placeholder="left, top, right, bottom",
+                    info=REGION_HELP,
+                    max_length=MAX_REGION_CHARS,
+                    elem_id="region",
                 )
                 k = gr.Slider(1, 20, value=5, step=1, label="Results", elem_id="k")
                 category = gr.Dropdown(categories, value=ALL_CATEGORIES, label="Category", elem_id="category")
@@ -306,10 +328,11 @@ def build_app(
         result_keys = gr.State([])
 
         shown = [results, result_keys, timings, status]
-        button.click(on_search, [query, k, category], shown, api_name="search")
-        query.upload(on_search, [query, k, category], shown, api_name=False)
-        results.select(on_result_click, [result_keys, k, category], [query, *shown], api_name=False)
-        examples.select(on_example_click, [k, category], [query, *shown], api_name=False)
+        button.click(on_search, [query, k, category, region], shown, api_name="search")
+        region.submit(on_search, [query, k, category, region], shown, api_name=False)
+        query.upload(on_upload, [query, k, category], [*shown, region], api_name=False)
+        results.select(on_result_click, [result_keys, k, category], [query, *shown, region], api_name=False)
+        examples.select(on_example_click, [k, category], [query, *shown, region], api_name=False)
 
         def by_key_api(key: str, k: float, category: str) -> tuple:
             return outputs(search.by_key(key, int(k), category))
@@ -331,6 +354,7 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, blo
         show_error=True,
         prevent_thread_lock=not block,
         css=CSS,
+        js=REGION_JS,
         quiet=not block,
     )
     return app

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from .catalog import Catalog, CheckReport, Hit, IndexReport, Item
+from .catalog import Catalog, CheckReport, DuplicateGroup, DuplicateReport, Hit, IndexReport, Item
 from .embedder import Embedder, EmbedResult, Failure
 from .errors import (
     BadArgumentError,
@@ -32,6 +32,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "Catalog",
     "CheckReport",
+    "DuplicateGroup",
+    "DuplicateReport",
     "EmbedResult",
     "Embedder",
     "Failure",

@@ -8,6 +8,8 @@ files, unknown keys, an empty catalog, recall below the bar) is exit code 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import json
 import logging
 import os
@@ -130,7 +132,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             return 1
         method = catalog.exact_search if args.exact else catalog.search
         try:
-            hits = method(args.query, k=args.k, filter=wanted)
+            collapse = args.collapse_duplicates
+            hits = method(args.query, k=args.k, filter=wanted, box=args.box, collapse_duplicates=collapse)
         except OSError as exc:  # a query too long to be a file name, a folder, an unreadable file
             raise CatalogError(
                 f"'{_shorten(args.query)}' is neither a key in {args.catalog} nor a readable image "
@@ -144,6 +147,63 @@ def _cmd_search(args: argparse.Namespace) -> int:
     for hit in hits:
         extra = "  ".join(f"{k}={v}" for k, v in sorted(hit.metadata.items()))
         print(f"{hit.rank:>3}  {hit.similarity:.4f}  {hit.key}  {extra}".rstrip())
+    return 0
+
+
+def _cmd_duplicates(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+
+    with Catalog.open(args.catalog, readonly=True) as catalog:
+        report = catalog.duplicates(args.threshold, neighbours=args.neighbours)
+    if args.json:
+        groups = [
+            {"keys": list(g.keys), "pairs": [{"key": a, "other": b, "similarity": s} for a, b, s in g.pairs]}
+            for g in report
+        ]
+        summary = {"threshold": report.threshold, "calibrated": report.calibrated, "items": report.items}
+        print(json.dumps({**summary, "groups": groups}, indent=2, ensure_ascii=False))
+        return 0
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["group", "key", "other", "similarity"])
+        for number, group in enumerate(report, 1):
+            writer.writerows([number, a, b, f"{s:.6f}"] for a, b, s in group.pairs)
+        return 0
+    how = "calibrated on this catalog" if report.calibrated else "given"
+    print(
+        f"{len(report)} groups of near-duplicates ({sum(map(len, report))} images) among "
+        f"{report.items} items; similarity threshold {report.threshold:.4f} ({how})"
+    )
+    for number, group in enumerate(report, 1):
+        print(f"group {number}: {len(group)} images")
+        for a, b, s in group.pairs:
+            print(f"  {s:.4f}  {a}  {b}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+    from .evaluate import evaluate
+    from .evaluate_report import table, write
+
+    with contextlib.ExitStack() as stack:
+        catalog = stack.enter_context(Catalog.open(args.catalog, readonly=True))
+        others = [stack.enter_context(Catalog.open(other, readonly=True)) for other in args.compare]
+        evaluation = evaluate(
+            catalog,
+            args.label_field,
+            ks=args.k,
+            queries=args.queries,
+            seed=args.seed,
+            compare=others,
+            baseline=not args.no_baseline,
+            exact=args.exact,
+            product_field=args.product_field,
+        )
+    print(table(evaluation))
+    if args.out:
+        written = write(evaluation, args.out)
+        print(f"wrote {', '.join(path.name for path in written)} to {args.out}")
     return 0
 
 
@@ -260,6 +320,8 @@ HANDLERS: dict[str, Handler] = {
     "index": _cmd_index,
     "search": _cmd_search,
     "remove": _cmd_remove,
+    "duplicates": _cmd_duplicates,
+    "evaluate": _cmd_evaluate,
     "check": _cmd_check,
     "info": _cmd_info,
     "rebuild": _cmd_rebuild,

@@ -46,6 +46,43 @@ def fraction(text: str) -> float:
     return value
 
 
+def similarity(text: str) -> float:
+    """An argparse type: a cosine similarity above 0, up to 1 (a near-duplicate threshold)."""
+    value = fraction(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, up to 1, not {text!r}")
+    return value
+
+
+def ks(value: str) -> tuple[int, ...]:
+    """An argparse type: ranks to measure at, ``1,5,10``."""
+    try:
+        numbers = tuple(sorted({int(part) for part in value.split(",")}))
+    except ValueError:
+        numbers = ()
+    if not numbers or numbers[0] < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be whole numbers of at least 1 with commas, like 1,5,10, not {value!r}"
+        )
+    return numbers
+
+
+def box(value: str) -> tuple[int, int, int, int]:
+    """An argparse type: a region of the query image, ``LEFT,TOP,RIGHT,BOTTOM`` in pixels."""
+    try:
+        numbers = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 4:
+        raise argparse.ArgumentTypeError(f"must be four whole numbers LEFT,TOP,RIGHT,BOTTOM, not {value!r}")
+    left, top, right, bottom = numbers
+    if min(left, top) < 0 or left >= right or top >= bottom:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is an empty box or has a negative corner: 0 <= LEFT < RIGHT, 0 <= TOP < BOTTOM"
+        )
+    return left, top, right, bottom
+
+
 def text(value: str) -> str:
     """An argparse type for keys and prefixes: bytes that are not UTF-8 can never be a key."""
     if not is_utf8(value):
@@ -205,14 +242,28 @@ def _search(sub: argparse._SubParsersAction) -> None:
         "  fashionrec search photo.jpg --catalog ./catalog -k 10\n"
         "  fashionrec search dress/test-00013.png --catalog ./catalog --filter category=Bag\n"
         "  fashionrec search photo.jpg --catalog ./catalog --filter category=Dress --filter category=Coat\n"
-        "  fashionrec search photo.jpg --catalog ./catalog --json",
+        "  fashionrec search photo.jpg --catalog ./catalog --json\n"
+        "  fashionrec search street.jpg --catalog ./catalog --box 410,220,780,900   # the coat only",
     )
     search.add_argument("query", help="image file, or the key of an item (more like this)")
     _catalog_arg(search)
     search.add_argument("-k", type=positive, metavar="N", default=5, help="number of results")
     search.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE", help=FILTER_HELP)
     search.add_argument(
+        "--box",
+        type=box,
+        metavar="L,T,R,B",
+        help="search for this region of the image only: left, top, right, bottom in pixels of the "
+        "upright photo (as an image viewer shows it)",
+    )
+    search.add_argument(
         "--exact", action="store_true", help="exact search over every stored vector instead of the HNSW graph"
+    )
+    search.add_argument(
+        "--collapse-duplicates",
+        action="store_true",
+        help="one image per group of near-duplicates (see `fashionrec duplicates`); the first such "
+        "search after a change finds the groups",
     )
     search.add_argument(
         "--json",
@@ -302,6 +353,97 @@ def _maintenance(sub: argparse._SubParsersAction) -> None:
     reduce.add_argument("--whiten", action="store_true", help="scale every component to unit variance")
 
 
+def _duplicates(sub: argparse._SubParsersAction) -> None:
+    duplicates = subcommand(
+        sub,
+        "duplicates",
+        "groups of near-identical images (re-uploads, resized or recompressed copies)",
+        "Each item's nearest neighbours in the HNSW graph are compared (never every pair); pairs at\n"
+        "or above the similarity threshold are joined into groups. Without --threshold it is\n"
+        "calibrated on the catalog: a fifth of the median distance between an item and its nearest\n"
+        "neighbour (what similarity means depends on the model). Prints each group with the\n"
+        "similarity of every pair in it.",
+        "  fashionrec duplicates --catalog ./catalog\n"
+        "  fashionrec duplicates --catalog ./catalog --threshold 0.97 --csv > duplicates.csv",
+    )
+    _catalog_arg(duplicates)
+    duplicates.add_argument(
+        "--threshold",
+        type=similarity,
+        metavar="T",
+        help="cosine similarity from which two images are near-duplicates (default: calibrated)",
+    )
+    duplicates.add_argument(
+        "--neighbours",
+        type=positive,
+        metavar="N",
+        default=8,
+        help="graph neighbours compared per item (more finds larger groups, slower)",
+    )
+    output = duplicates.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object (threshold, groups)")
+    output.add_argument(
+        "--csv", action="store_true", help="print CSV rows: group, key, other key, similarity"
+    )
+
+
+def _evaluate(sub: argparse._SubParsersAction) -> None:
+    evaluate = subcommand(
+        sub,
+        "evaluate",
+        "retrieval quality on your own labelled catalog (precision@k, mAP@k)",
+        'Each query is a catalog item searched as "more like this" (itself left out, and its whole\n'
+        "product when items have a product field); a hit is relevant when its label is the\n"
+        "query's. Prints precision@k and mAP@k overall and per label for the catalog, a raw-pixels\n"
+        "baseline (grey thumbnails, exact search) and every --compare catalog, all on the same\n"
+        "keys. --out writes a JSON file, a Markdown report and plots (needs matplotlib).",
+        "  fashionrec evaluate --catalog ./catalog --label-field category\n"
+        "  fashionrec evaluate --catalog ./fp32 --compare ./int8 ./pca256 -k 1,5,10 --out report/",
+    )
+    _catalog_arg(evaluate)
+    evaluate.add_argument(
+        "--label-field",
+        type=text,
+        default="category",
+        metavar="FIELD",
+        help="metadata field a hit must share",
+    )
+    evaluate.add_argument("-k", type=ks, default="1,5,10", metavar="K,K,...", help="ranks to measure at")
+    evaluate.add_argument(
+        "--queries",
+        type=positive,
+        default=1000,
+        metavar="N",
+        help="labelled items searched (a seeded sample)",
+    )
+    evaluate.add_argument(
+        "--compare",
+        type=path,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="DIR",
+        help="other catalogs of the same images (int8, PCA, another model) answering the same queries",
+    )
+    evaluate.add_argument(
+        "--out", type=path, metavar="DIR", help="write evaluation.json, report.md and plots here"
+    )
+    evaluate.add_argument(
+        "--exact", action="store_true", help="search every stored vector instead of the graph"
+    )
+    evaluate.add_argument("--no-baseline", action="store_true", help="skip the raw-pixels baseline")
+    evaluate.add_argument(
+        "--product-field",
+        type=text,
+        default="product",
+        metavar="FIELD",
+        help="items sharing this metadata field are one product, left out together",
+    )
+    evaluate.add_argument(
+        "--seed", type=whole_number(0), default=0, metavar="N", help="seed of the query sample"
+    )
+
+
 def _import_fashion_mnist(sub: argparse._SubParsersAction) -> None:
     fmnist = subcommand(
         sub,
@@ -365,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .cli_vectors import add_commands as _vectors  # it builds on the helpers above
 
-    for add in (_export, _index, _search, _maintenance, _import_fashion_mnist, _vectors, _demo):
+    commands = (_export, _index, _search, _maintenance, _duplicates, _evaluate, _import_fashion_mnist)
+    for add in (*commands, _vectors, _demo):
         add(sub)
     return parser

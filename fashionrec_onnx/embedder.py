@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageLoadError
-from .images import DEFAULT_MAX_PIXELS, Source, describe, load_image, prepare_image
+from .images import DEFAULT_MAX_PIXELS, Box, Source, check_box, crop, describe, load_image, prepare_image
 from .model import INPUT_NAME, OUTPUT_NAME, default_threads, load_model
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,19 @@ class Embedder:
 
     # -- single steps ---------------------------------------------------------------------
 
-    def prepare(self, source: Source) -> np.ndarray:
-        """Load and resize one image exactly as the model expects (uint8 HxWx3)."""
+    def prepare(self, source: Source, box: Box | None = None) -> np.ndarray:
+        """Load and resize one image exactly as the model expects (uint8 HxWx3).
+
+        ``box`` crops first (pixels of the upright image). A JPEG is then decoded at full size:
+        a reduced draft would move the box's pixels.
+        """
         size = self.info.input_size
-        image = load_image(source, max_pixels=self.max_pixels, draft_size=size)
+        if box is None:
+            image = load_image(source, max_pixels=self.max_pixels, draft_size=size)
+        else:
+            check_box(box)  # before decoding: a malformed box needs no image to be refused
+            image = load_image(source, max_pixels=self.max_pixels)
+            image = crop(image, box, describe(source))
         return prepare_image(image, size, self.info.resize)
 
     def embed_pixels(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -202,9 +211,11 @@ class Embedder:
         all_indices = np.concatenate(indices) if indices else np.zeros(0, np.int64)
         return EmbedResult(stacked, all_indices, failures)
 
-    def embed_one(self, image: Source) -> np.ndarray:
-        """One image to one ``(dim,)`` vector; raises ``ImageLoadError`` if it cannot load."""
-        return self.embed_pixels(self.prepare(image)[None])[0]
+    def embed_one(self, image: Source, box: Box | None = None) -> np.ndarray:
+        """One image (or its region ``box = (left, top, right, bottom)``, in pixels of the upright
+        image) to one ``(dim,)`` vector. Raises ``ImageLoadError`` if it cannot load and
+        ``BadArgumentError`` for a box that is malformed or reaches outside the image."""
+        return self.embed_pixels(self.prepare(image, box)[None])[0]
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -19,11 +19,12 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageLoadError
+from .errors import BadArgumentError, ImageLoadError
 
 log = logging.getLogger(__name__)
 
 Source = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
+Box = tuple[int, int, int, int]
 
 DEFAULT_MAX_PIXELS = 64_000_000
 # No photo file is this large; a bigger "image" (or /dev/zero) would only exhaust memory.
@@ -89,6 +90,40 @@ def prepare_image(image: Image.Image, size: int, resize: str = "squash") -> np.n
     if image.size != (size, size):
         image = image.resize((size, size), _RESAMPLE)
     return np.asarray(image, dtype=np.uint8)
+
+
+def check_box(box: object) -> Box:
+    """``(left, top, right, bottom)`` as four whole numbers with left < right and top < bottom:
+    what can be checked before the image is decoded."""
+    try:
+        values = tuple(box)  # type: ignore[call-overload]
+    except TypeError:
+        values = ()
+    whole = all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values)
+    if len(values) != 4 or not whole:
+        raise BadArgumentError(
+            f"a box is four whole numbers of pixels (left, top, right, bottom), got {box!r}"
+        )
+    left, top, right, bottom = (int(v) for v in values)
+    if min(left, top) < 0 or left >= right or top >= bottom:
+        raise BadArgumentError(
+            f"the box {(left, top, right, bottom)} is empty or has a negative corner; it needs "
+            "0 <= left < right and 0 <= top < bottom (pixels of the upright image)"
+        )
+    return left, top, right, bottom
+
+
+def crop(image: Image.Image, box: object, name: str = "the image") -> Image.Image:
+    """The region ``box`` of an upright image; a box reaching outside it is refused, not clipped
+    (a silently clipped box would search for something the caller did not point at)."""
+    left, top, right, bottom = check_box(box)
+    if right > image.width or bottom > image.height:
+        raise BadArgumentError(
+            f"the box {(left, top, right, bottom)} reaches outside {name}, which is "
+            f"{image.width}x{image.height} pixels upright (after its EXIF orientation); keep "
+            f"right <= {image.width} and bottom <= {image.height}"
+        )
+    return image.crop((left, top, right, bottom))
 
 
 def _read_bytes(source: Source, name: str) -> bytes:

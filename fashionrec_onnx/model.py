@@ -59,7 +59,7 @@ class ModelInfo:
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> ModelInfo:
         """Parse ``metadata_props``; a model without our keys is a clear error."""
-        ours = {k[len(METADATA_PREFIX):]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)}
+        ours = {k[len(METADATA_PREFIX) :]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)}
         if not ours:
             raise ModelError(
                 f"{source} has no fashionrec metadata: it was not made by `fashionrec export`. "

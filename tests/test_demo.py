@@ -7,10 +7,12 @@ import threading
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fashionrec_demo.app import ALL_CATEGORIES, RANDOM_WEIGHTS_BANNER, build_app, launch
 from fashionrec_demo.screenshot import capture, free_port, open_page, upload, wait_for_results
 from gradio_client import Client, handle_file
+from PIL import Image
 
 from fashionrec_onnx import Catalog
 from fashionrec_onnx.datasets import SAMPLE_DIR
@@ -148,6 +150,65 @@ def test_in_the_browser_a_result_click_shows_more_like_it_and_k_and_category_app
             " return c.length === 3 && c.every(t => t.innerText.includes('Bag')); }"
         )
         assert "3 results" in page.locator("#timings").inner_text()
+
+
+def street_photo(path: Path) -> Path:
+    """A shopper's photo: the query dress, enlarged six times at (40, 60), on a noisy street."""
+    rng = np.random.default_rng(1)
+    canvas = Image.fromarray(rng.integers(0, 255, (300, 420, 3), dtype=np.uint8), "RGB")
+    canvas.paste(Image.open(QUERY).convert("RGB").resize((168, 168)), (40, 60))
+    canvas.save(path)
+    return path
+
+
+def test_in_the_browser_a_dragged_box_searches_that_region_as_the_cropped_file(
+    served, tmp_path: Path
+) -> None:
+    url, catalog = served
+    photo = street_photo(tmp_path / "street.png")
+    with open_page(url) as page:
+        upload(page, photo)
+        whole = _captions(page)
+        image = page.locator("#query .image-frame img")
+        x, y, width, height, natural_width, natural_height = image.evaluate(
+            "i => { const r = i.getBoundingClientRect();"
+            " return [r.x, r.y, r.width, r.height, i.naturalWidth, i.naturalHeight]; }"
+        )
+        scale = min(1, width / natural_width, height / natural_height)  # shown scaled down, centred
+        left = x + (width - natural_width * scale) / 2
+        top = y + (height - natural_height * scale) / 2
+        page.mouse.move(left + 40 * scale, top + 60 * scale)
+        page.mouse.down()
+        page.mouse.move(left + 120 * scale, top + 150 * scale, steps=5)
+        page.mouse.move(left + 208 * scale, top + 228 * scale, steps=5)
+        page.mouse.up()
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('Region')")
+        region = page.locator("#region textarea").input_value()
+        shown = _captions(page)
+    box = tuple(int(value) for value in region.split(","))
+    assert all(abs(a - b) <= 2 for a, b in zip(box, (40, 60, 208, 228))), box  # where the mouse went
+    cropped = tmp_path / "cropped.png"
+    Image.open(photo).crop(box).save(cropped)
+    expected = [
+        f"#{hit.rank} · {hit.metadata['category']} · similarity {hit.similarity:.3f} · {hit.key}"
+        for hit in catalog.search(cropped, k=5)
+    ]
+    assert shown == expected
+    assert shown != whole and shown[0].endswith("dress/test-00013.png")
+
+
+def test_a_region_reaches_the_server_only_as_four_numbers_inside_the_photo(
+    client: Client, tmp_path: Path
+) -> None:
+    photo = handle_file(str(street_photo(tmp_path / "street.png")))
+    gallery, _, status = client.predict(photo, 5, ALL_CATEGORIES, "40,60,208,228", api_name="/search")
+    assert len(gallery) == 5 and status == "Region 40,60,208,228 of your photo"
+    for not_a_box in ["../../etc/passwd", "1,2,3", "0,0,10,10,10", "-1,0,5,5", "1e3,0,5,5", "9" * 100]:
+        gallery, _, status = client.predict(photo, 5, ALL_CATEGORIES, not_a_box, api_name="/search")
+        assert (gallery, status) == ([], "The region must be four whole numbers: left, top, right, bottom.")
+    gallery, _, status = client.predict(photo, 5, ALL_CATEGORIES, "0,0,500,10", api_name="/search")
+    assert gallery == [] and status.startswith("This region does not fit the photo: the box (0, 0, 500, 10)")
+    assert "reaches outside your photo, which is 420x300 pixels" in status and "/tmp" not in status
 
 
 def test_fashionrec_demo_offline_falls_back_to_random_weights_with_a_banner(tmp_path: Path) -> None:

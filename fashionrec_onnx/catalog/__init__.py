@@ -9,14 +9,25 @@ needs re-embedding.
 Modules, one job each: `facade` (the public `Catalog`), `core` (the open catalog's parts, locks
 and catch-up), `store` (SQLite), `vectors` (the vector file), `graph` (the HNSW graph file),
 `columns` (live items and metadata filters as masks), `search` (query planning), `oracle` (exact
-search in blocks), `indexing` (folders), `maintenance` (check, verify, PCA), `migrate` (0.1.0
-catalogs).
+search in blocks), `duplicates` (near-duplicate groups through the graph), `indexing` (folders),
+`maintenance` (check, verify, PCA), `migrate` (0.1.0 catalogs).
 """
 
 from .columns import Filter
+from .duplicates import DuplicateGroup, DuplicateReport
 from .facade import Catalog, Hit
 from .indexing import IndexReport
 from .maintenance import CheckReport
 from .store import Item, NewItem
 
-__all__ = ["Catalog", "CheckReport", "Filter", "Hit", "IndexReport", "Item", "NewItem"]
+__all__ = [
+    "Catalog",
+    "CheckReport",
+    "DuplicateGroup",
+    "DuplicateReport",
+    "Filter",
+    "Hit",
+    "IndexReport",
+    "Item",
+    "NewItem",
+]

@@ -9,7 +9,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,14 +18,16 @@ import numpy as np
 
 from ..embedder import Embedder
 from ..errors import BadArgumentError, CatalogError, ModelError, ModelMismatchError, UnknownKeyError
-from ..images import Source
+from ..images import Box, Source, check_box
 from ..index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from ..model import ModelInfo, read_model_info
 from ..reduce import PCA
+from . import duplicates as near_duplicates
 from . import indexing, maintenance, oracle
 from . import search as planner
 from .columns import Filter, callable_mask
 from .core import LOCK_NAME, CatalogCore, locked_open
+from .duplicates import NEIGHBOURS, DuplicateReport
 from .indexing import IndexReport
 from .maintenance import CheckReport
 from .migrate import migrate_v1, needs_migration
@@ -41,6 +43,7 @@ CATALOG_FORMAT = "2"
 ModelArg = str | os.PathLike | Embedder
 PROBE_SIMILARITY = 0.999  # a model must embed the probe image as it did when the catalog was made
 REDUCE_AFTER = 20_000  # a planned PCA is fitted once the catalog holds this many items
+COLLAPSE_EXTRA = 10  # a collapsed search first asks for 2k + this many hits
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,22 @@ def _probe_image() -> np.ndarray:
     return (np.stack([x, y, (x + y) / 2], axis=-1) * 255).astype(np.uint8)
 
 
+_Ranked = tuple[np.ndarray, np.ndarray]
+_Method = Callable[[CatalogCore, np.ndarray, int, np.ndarray, "np.ndarray | None"], _Ranked]
+
+
+def _exact(
+    core: CatalogCore, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle with the planner's signature: exact KNN among the allowed live items."""
+    mask = core.live_mask() if allowed is None else allowed
+    if allowed is None and len(exclude):
+        mask = mask.copy()
+        mask[exclude] = False
+    labels, distances = oracle.exact_topk(core.vectors, core.rows, mask, vector, k)
+    return labels[0], distances[0]
+
+
 @contextlib.contextmanager
 def _exclusive(root: Path) -> Iterator[None]:
     """The catalog's cross-process write lock, for creating and upgrading."""
@@ -113,6 +132,8 @@ class Catalog:
         self._embedder_lock = threading.Lock()
         self._threads = threads
         self._closed = False
+        self._groups: tuple[int, np.ndarray] | None = None  # (generation, label -> duplicate group)
+        self._groups_lock = threading.Lock()
 
     @property
     def info(self) -> ModelInfo:
@@ -616,9 +637,20 @@ class Catalog:
                 raise CatalogError(f"{_shown(query)} is neither a key in {self.path} nor an image file.")
         return self.embedder.embed_one(query), None  # type: ignore[arg-type]
 
+    def _embed_region(self, query: Source | str | _KeyQuery, box: Box) -> np.ndarray:
+        """A box crops an image: a key or a vector has no pixels to crop."""
+        check_box(box)
+        if isinstance(query, _KeyQuery) or _is_vector(query):
+            raise BadArgumentError("a box crops an image; it cannot apply to a catalog key or a vector")
+        if isinstance(query, str) and query in self and not Path(query).expanduser().is_file():
+            raise BadArgumentError(
+                f"{query[:200]!r} is a key in {self.path}; a box crops an image, so pass an image file"
+            )
+        return self.embedder.embed_one(query, box=box)  # type: ignore[arg-type]
+
     @contextlib.contextmanager
     def _searching(
-        self, query: Source | str | _KeyQuery, k: int, filter: Filter | None
+        self, query: Source | str | _KeyQuery, k: int, filter: Filter | None, box: Box | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """What every search starts with: the query vector, the labels to leave out and the
         filter's mask, all read from one consistent state (other processes' writes taken in)."""
@@ -626,7 +658,9 @@ class Catalog:
             raise BadArgumentError(f"k must be a whole number >= 1, got {k!r}")
         core = self._core
         embedded = None
-        if not isinstance(query, (str, _KeyQuery)) and not _is_vector(query):
+        if box is not None:
+            embedded = self._embed_region(query, box)
+        elif not isinstance(query, (str, _KeyQuery)) and not _is_vector(query):
             embedded = self.embedder.embed_one(query)  # the slow part, outside every lock
         while True:
             core.sync()
@@ -657,34 +691,99 @@ class Catalog:
             hits.append(Hit(len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata)))
         return hits
 
-    def search(self, query: Source | str, k: int = 5, filter: Filter | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: Source | str,
+        k: int = 5,
+        filter: Filter | None = None,
+        *,
+        box: Box | None = None,
+        collapse_duplicates: bool = False,
+    ) -> list[Hit]:
         """The k most similar items to an image, a vector, or the key of an item in the catalog.
 
         A key searches "more like this" and leaves the item itself out. ``filter`` is a dict of
         metadata values (a list value means any of them) or a callable taking an `Item`; k hits
-        that all match come back when that many exist.
+        that all match come back when that many exist. ``box = (left, top, right, bottom)``
+        searches for a region of the image only (pixels of the upright image).
+        ``collapse_duplicates=True`` shows one image per group of near-duplicates (see
+        `duplicates`); the groups are found on the first such search after a change.
         """
-        with self._searching(query, k, filter) as (vector, exclude, allowed):
-            labels, distances = planner.search(self._core, vector, int(k), exclude, allowed)
+        return self._answer(planner.search, query, k, filter, box, collapse_duplicates)
+
+    def _answer(
+        self,
+        method: _Method,
+        query: Source | str | _KeyQuery,
+        k: int,
+        filter: Filter | None,
+        box: Box | None,
+        collapse_duplicates: bool,
+    ) -> list[Hit]:
+        """A search answered by ``method`` (the planner or the exact oracle)."""
+        with self._searching(query, k, filter, box) as (vector, exclude, allowed):
+            if collapse_duplicates:
+                labels, distances = self._collapsed(method, vector, int(k), exclude, allowed)
+            else:
+                labels, distances = method(self._core, vector, int(k), exclude, allowed)
             return self._hits(labels, distances)
 
-    def more_like_this(self, key: str, k: int = 5, filter: Filter | None = None) -> list[Hit]:
+    def _collapsed(
+        self, method: _Method, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """k hits, one per group of near-duplicates: more candidates, the worse copies dropped."""
+        group_of = self._group_of()
+        wanted = 2 * k + COLLAPSE_EXTRA
+        while True:
+            labels, distances = method(self._core, vector, wanted, exclude, allowed)
+            kept = near_duplicates.collapse(labels, group_of, exclude, k)
+            if len(kept) >= k or len(labels) < wanted or wanted >= self._core.count:
+                return labels[kept], distances[kept]
+            wanted *= 4
+
+    def _group_of(self) -> np.ndarray:
+        """Label -> near-duplicate group at the default threshold, found once per catalog state.
+        The caller holds the read lock on a caught-up catalog."""
+        with self._groups_lock:
+            if self._groups is None or self._groups[0] != self._core.generation:
+                _, group_of = near_duplicates.find(self._core, None, NEIGHBOURS)
+                self._groups = (self._core.generation, group_of)
+            return self._groups[1]
+
+    def more_like_this(
+        self, key: str, k: int = 5, filter: Filter | None = None, *, collapse_duplicates: bool = False
+    ) -> list[Hit]:
         """Items like the one stored under ``key`` (itself left out). Unlike `search`, a string
         here is only ever a key, never a file: the entry point for remote callers."""
         if not isinstance(key, str):
             raise UnknownKeyError(f"no item with key {_shown(str(key))} in {self.path}.")
-        return self.search(_KeyQuery(key), k, filter)  # type: ignore[arg-type]
+        return self.search(_KeyQuery(key), k, filter, collapse_duplicates=collapse_duplicates)  # type: ignore[arg-type]
 
-    def exact_search(self, query: Source | str, k: int = 5, filter: Filter | None = None) -> list[Hit]:
+    def duplicates(self, threshold: float | None = None, *, neighbours: int = NEIGHBOURS) -> DuplicateReport:
+        """Groups of near-identical images (re-uploads, resized or recompressed copies), found
+        through the graph: each item's ``neighbours`` nearest, then the connected components of
+        the pairs whose similarity is at least ``threshold``. ``threshold=None`` calibrates it on
+        this catalog (see `duplicates`), as `search(..., collapse_duplicates=True)` does."""
+        near_duplicates.validated(threshold, neighbours)
+        self._core.sync()
+        with self._core.rw.read():
+            report, group_of = near_duplicates.find(self._core, threshold, neighbours)
+            if threshold is None and neighbours == NEIGHBOURS:
+                with self._groups_lock:
+                    self._groups = (self._core.generation, group_of)
+            return report
+
+    def exact_search(
+        self,
+        query: Source | str,
+        k: int = 5,
+        filter: Filter | None = None,
+        *,
+        box: Box | None = None,
+        collapse_duplicates: bool = False,
+    ) -> list[Hit]:
         """The oracle: exact KNN over every stored vector, read in blocks (see `oracle`)."""
-        with self._searching(query, k, filter) as (vector, exclude, allowed):
-            core = self._core
-            mask = core.live_mask() if allowed is None else allowed
-            if allowed is None and len(exclude):
-                mask = mask.copy()
-                mask[exclude] = False
-            labels, distances = oracle.exact_topk(core.vectors, core.rows, mask, vector, int(k))
-            return self._hits(labels[0], distances[0])
+        return self._answer(_exact, query, k, filter, box, collapse_duplicates)
 
     # -- checking and reshaping -----------------------------------------------------------------------
 

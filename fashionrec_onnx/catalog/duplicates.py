@@ -1,0 +1,223 @@
+"""Near-duplicate images (the same photo re-uploaded, resized, recompressed, renamed), found
+through the graph: each item's few nearest neighbours, then the connected components of the
+pairs at or above a similarity threshold. Never every pair: the cost is one graph search per
+item, like a `check` of the whole catalog.
+
+How similar "the same photo" is depends on the model (untrained weights make every pair of
+images look alike), so by default the threshold is calibrated on the catalog itself: a pair is a
+near-duplicate when its distance is under ``CALIBRATION_RATIO`` times the median distance from an
+item to its nearest neighbour. Collapsing search results uses the same groups, so a collapsed
+search never shows two images of one group.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BadArgumentError
+from .core import CatalogCore
+
+log = logging.getLogger(__name__)
+
+NEIGHBOURS = 8  # graph neighbours examined per item
+CALIBRATION_RATIO = 0.2  # of the median nearest-neighbour distance (squared L2): see the module doc
+PAIRWISE_MAX = 64  # groups up to this size list every pair; larger ones the pairs that linked them
+_BLOCK = 1024  # items searched per graph call
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Images that are near-duplicates of each other (directly, or through a chain of pairs).
+
+    ``pairs`` holds ``(key, other key, similarity)``: every pair of the group, or for a group
+    larger than `PAIRWISE_MAX` (a threshold too low) only the pairs that linked it.
+    """
+
+    keys: tuple[str, ...]
+    pairs: tuple[tuple[str, str, float], ...]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass(frozen=True)
+class DuplicateReport:
+    """The groups found, and the threshold that found them. Iterating gives the groups."""
+
+    groups: list[DuplicateGroup]
+    threshold: float
+    calibrated: bool
+    items: int
+    neighbours: int
+    seconds: float
+
+    def __iter__(self) -> Iterator[DuplicateGroup]:
+        return iter(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Each item's graph neighbours as candidate pairs, similarities in the full stored space."""
+
+    first: np.ndarray  # labels
+    second: np.ndarray
+    similarity: np.ndarray
+    nearest: np.ndarray  # each searched item's similarity to its nearest other item
+    items: int
+
+
+def neighbour_pairs(core: CatalogCore, neighbours: int) -> Neighbours:
+    """One graph search per live item (in blocks, on every core). On a PCA graph the candidates
+    are re-scored with the full stored vectors, so similarities mean the same in every catalog.
+    The caller holds the catalog's read lock."""
+    assert core.graph.index is not None
+    live = core.liveness.labels()
+    firsts, seconds, sims, nearest = [], [], [], []
+    for start, block in core.vectors.gather_blocks(live, _BLOCK):
+        labels = live[start : start + len(block)]
+        found, distances = core.graph.index.search(core.to_graph(block), neighbours + 1, core.count)
+        if core.reduction is not None:
+            distances = _full_distances(core, block, found)
+        first = np.broadcast_to(labels[:, None], found.shape)
+        keep = (found >= 0) & (found != first)
+        similarity = 1.0 - np.maximum(distances, 0.0) / 2.0
+        firsts.append(first[keep])
+        seconds.append(found[keep])
+        sims.append(similarity[keep])
+        masked = np.where(keep, similarity, -np.inf)
+        nearest.append(masked.max(axis=1)[keep.any(axis=1)])
+    if not firsts:
+        empty = np.zeros(0, np.int64)
+        return Neighbours(empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32), 0)
+    return Neighbours(
+        np.concatenate(firsts),
+        np.concatenate(seconds),
+        np.concatenate(sims).astype(np.float32),
+        np.concatenate(nearest).astype(np.float32),
+        len(live),
+    )
+
+
+def _full_distances(core: CatalogCore, block: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Squared distances from each item to its candidates, in the full stored space."""
+    rows = core.vectors.read(np.where(found >= 0, found, 0).reshape(-1)).reshape(*found.shape, -1)
+    squared = np.einsum("ijk,ijk->ij", rows, rows) + np.einsum("ik,ik->i", block, block)[:, None]
+    return squared - 2.0 * np.einsum("ijk,ik->ij", rows, block)
+
+
+def calibrated_threshold(nearest: np.ndarray) -> float:
+    """The similarity below which a pair is not a near-duplicate, from the catalog's own scale."""
+    if len(nearest) == 0:
+        return 1.0
+    median_distance = 2.0 * (1.0 - float(np.median(nearest)))
+    return 1.0 - CALIBRATION_RATIO * median_distance / 2.0
+
+
+def components(first: np.ndarray, second: np.ndarray, size: int) -> np.ndarray:
+    """Label -> component number over ``size`` labels, -1 for labels in no pair."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    group_of = np.full(size, -1, np.int64)
+    if len(first) == 0:
+        return group_of
+    nodes, inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
+    edges = len(first)
+    graph = coo_matrix((np.ones(edges), (inverse[:edges], inverse[edges:])), shape=(len(nodes), len(nodes)))
+    _, component = connected_components(graph, directed=False)
+    group_of[nodes] = component
+    return group_of
+
+
+def validated(threshold: float | None, neighbours: int) -> None:
+    number = isinstance(threshold, numbers.Real) and not isinstance(threshold, bool)
+    if threshold is not None and not (number and 0.0 < threshold <= 1.0):
+        raise BadArgumentError(f"threshold is a similarity from 0 (excluded) to 1, got {threshold!r}")
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
+        raise BadArgumentError(f"neighbours must be a whole number >= 1, got {neighbours!r}")
+
+
+def find(core: CatalogCore, threshold: float | None, neighbours: int) -> tuple[DuplicateReport, np.ndarray]:
+    """Groups of near-duplicates, largest first, and each label's group number (-1 outside every
+    group, for collapsing searches). The caller holds the catalog's read lock."""
+    validated(threshold, neighbours)
+    started = time.perf_counter()
+    found = neighbour_pairs(core, neighbours)
+    used = calibrated_threshold(found.nearest) if threshold is None else float(threshold)
+    above = found.similarity >= used
+    group_of = components(found.first[above], found.second[above], core.rows)
+    members: dict[int, list[int]] = {}
+    for label in np.flatnonzero(group_of >= 0).tolist():
+        members.setdefault(int(group_of[label]), []).append(label)
+    linked = (found.first[above], found.second[above], found.similarity[above])
+    groups = [_group(core, labels, linked) for labels in members.values()]
+    groups = [group for group in groups if len(group) >= 2]  # items removed meanwhile
+    groups.sort(key=lambda g: (-len(g), -max(s for _, _, s in g.pairs), g.keys))
+    seconds = time.perf_counter() - started
+    log.info(
+        "%d groups of near-duplicates among %d items (threshold %.4f) in %.1fs",
+        len(groups),
+        found.items,
+        used,
+        seconds,
+    )
+    return DuplicateReport(groups, used, threshold is None, found.items, neighbours, seconds), group_of
+
+
+def _group(
+    core: CatalogCore, labels: list[int], linked: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> DuplicateGroup:
+    items = core.store.items_by_label(labels)
+    labels = sorted((label for label in labels if label in items), key=lambda label: items[label].key)
+    keys = tuple(items[label].key for label in labels)
+    if len(labels) <= PAIRWISE_MAX:
+        vectors = core.vectors.read(labels)
+        similarity = np.clip(vectors @ vectors.T, -1.0, 1.0)
+        pairs = [
+            (keys[i], keys[j], float(similarity[i, j]))
+            for i in range(len(keys))
+            for j in range(i + 1, len(keys))
+        ]
+    else:
+        first, second, sims = linked
+        inside = np.isin(first, labels) & np.isin(second, labels)
+        seen: dict[tuple[str, str], float] = {}
+        for a, b, s in zip(first[inside].tolist(), second[inside].tolist(), sims[inside].tolist()):
+            pair = tuple(sorted((items[a].key, items[b].key)))
+            seen[pair] = max(seen.get(pair, -1.0), s)  # type: ignore[index]
+        pairs = [(a, b, s) for (a, b), s in sorted(seen.items())]
+    pairs.sort(key=lambda pair: -pair[2])
+    return DuplicateGroup(keys, tuple(pairs))
+
+
+def _groups(labels: np.ndarray, group_of: np.ndarray) -> np.ndarray:
+    groups = np.full(len(labels), -1, np.int64)
+    inside = labels < len(group_of)
+    groups[inside] = group_of[labels[inside]]
+    return groups
+
+
+def collapse(labels: np.ndarray, group_of: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the first k ``labels`` (best first) once every hit whose group already showed
+    up is dropped. The groups of ``exclude`` (a "more like this" item) count as shown: copies of
+    the item itself are not more like it."""
+    seen = set(_groups(exclude, group_of).tolist()) - {-1}
+    kept: list[int] = []
+    for position, group in enumerate(_groups(labels, group_of).tolist()):
+        if group >= 0:
+            if group in seen:
+                continue
+            seen.add(group)
+        kept.append(position)
+        if len(kept) == k:
+            break
+    return np.asarray(kept, np.int64)
