@@ -59,11 +59,20 @@ def metadata(start: int, count: int, labels: np.ndarray) -> list[dict[str, str]]
     ]
 
 
+def _embedded(split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cached embeddings when there are (no model, no TensorFlow in a measured process)."""
+    from fashionrec_onnx.datasets import load_split
+
+    cached = sorted(RAW.glob(f"fmnist-{split}-{count}-*.npy"))
+    if cached:
+        return np.load(cached[0], allow_pickle=False), load_split(split)[1][:count]
+    return embed_corpus(bench_model(64), split, count)
+
+
 def corpus(items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Catalog vectors, their labels, and query vectors (Fashion-MNIST test images)."""
-    model = bench_model(64)
-    real, labels = embed_corpus(model, "train", 44_000)
-    queries, _ = embed_corpus(model, "test", QUERIES)
+    real, labels = _embedded("train", 44_000)
+    queries, _ = _embedded("test", QUERIES)
     cache = RAW / f"scale-{items}.npy"
     if items <= len(real):
         return real[:items], labels, queries
@@ -88,7 +97,8 @@ def build(root: Path, items: int, graph: str, dtype: str) -> dict[str, object]:
     shutil.rmtree(root, ignore_errors=True)
     started = time.perf_counter()
     reduce = 256 if graph == "reduced" else None
-    with Catalog.create(root, bench_model(64), vector_dtype=dtype, reduce_to=reduce) as catalog:
+    model = sorted((RAW / "models").glob("resnet50-64-seed0-*.onnx")) or [bench_model(64)]
+    with Catalog.create(root, model[0], vector_dtype=dtype, reduce_to=reduce) as catalog:
         for start in range(0, items, BATCH):
             count = min(BATCH, items - start)
             keys = [f"item-{i:07d}" for i in range(start, start + count)]
@@ -151,13 +161,20 @@ def measure(root: Path, items: int) -> dict[str, object]:
     return figures
 
 
-def run_size(items: int, graph: str, dtype: str, work: Path) -> dict[str, object]:
+def run_size(items: int, graph: str, dtype: str, work: Path, reuse: bool = False) -> dict[str, object]:
     figures: dict[str, object] = {"items": items, "graph": graph, "dtype": dtype}
-    for step in ("build", "measure"):  # each in a fresh process: its memory is its own
+    record = work / f"scale-{items}-{graph}-{dtype}.build.json"
+    steps = ("build", "measure")
+    if reuse and record.exists():
+        figures.update(json.loads(record.read_text()))
+        steps = ("measure",)
+    for step in steps:  # each in a fresh process: its memory is its own
         command = [sys.executable, "-m", "benchmarks.scale", "--step", step, "--items", str(items),
                    "--graph", graph, "--dtype", dtype, "--work", str(work)]  # fmt: skip
         output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
         figures.update(json.loads(output.strip().splitlines()[-1]))
+        if step == "build":
+            record.write_text(json.dumps(figures))
         log.info("%s %d: %s", step, items, figures)
     return figures
 
@@ -228,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float16")
     parser.add_argument("--work", type=Path, default=RAW / "scale")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale")
+    parser.add_argument("--reuse", action="store_true", help="measure catalogs built by an earlier run again")
     parser.add_argument("--step", choices=("build", "measure"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -251,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [r for r in previous if not (r["items"] in args.items and r["graph"] in args.graph)]
     for items in args.items:
         for graph in args.graph:
-            runs.append(run_size(items, graph, args.dtype, args.work))
+            runs.append(run_size(items, graph, args.dtype, args.work, args.reuse))
             runs.sort(key=lambda r: (r["graph"], r["items"]))
             args.out.parent.mkdir(parents=True, exist_ok=True)
             command = "python -m benchmarks.scale " + " ".join(sys.argv[1:])
