@@ -19,9 +19,9 @@ from . import oracle
 from .core import CatalogCore
 
 # A reduced graph returns 8k + 100 candidates for the full-space re-rank. Measured at 1,000,000
-# items (PCA-256, ef 128, 200 real-image queries, one run): a pool of 30 (2k+20) found 0.984 of
-# the exact top 5 at 200k, 80 found 0.988 at 1M in 0.80 ms, 140 found 0.993 in 1.01 ms, 280
-# found 1.000 in 4.2 ms (benchmarks/results/scale.md).
+# items (PCA-256, ef 128, 200 real-image queries, one run; benchmarks/results/rerank-sweep.json):
+# a pool of 80 found 0.988 of the exact top 5 in 0.81 ms, 140 found 0.993 in 1.11 ms, 280 found
+# 1.000 in 2.4 ms.
 RERANK_FACTOR = 8
 RERANK_EXTRA = 100
 EXACT_AMONG_MAX = 2_000  # this many matches or fewer: always exact among them
