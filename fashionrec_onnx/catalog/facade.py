@@ -3,120 +3,38 @@ model when an image must be embedded, and hands every job to the module that own
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import fcntl
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..embedder import Embedder
-from ..errors import BadArgumentError, CatalogError, ModelError, ModelMismatchError, UnknownKeyError
-from ..images import Box, Source, check_box
+from ..errors import BadArgumentError, CatalogError, UnknownKeyError
+from ..images import Box, Source
 from ..index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
-from ..model import ModelInfo, read_model_info
+from ..model import ModelInfo
 from ..reduce import PCA
-from . import duplicates as near_duplicates
-from . import indexing, maintenance, oracle
+from . import indexing, maintenance, opening
 from . import search as planner
-from .columns import Filter, callable_mask
-from .core import LOCK_NAME, CatalogCore, locked_open
+from .columns import Filter
+from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
 from .indexing import IndexReport
 from .maintenance import CheckReport
-from .migrate import migrate_v1, needs_migration
-from .store import DB_NAME, SCHEMA_VERSION, Item, NewItem, Store
-from .vectors import VectorFile, file_name
+from .opening import ModelArg
+from .querying import Hit, KeyQuery, Querier, exact, is_vector, shown, unit
+from .store import DB_NAME, Item, NewItem
 
 if TYPE_CHECKING:
     from ..vector_transfer import ExportReport, ImportReport
 
 log = logging.getLogger(__name__)
 
-CATALOG_FORMAT = "2"
-ModelArg = str | os.PathLike | Embedder
-PROBE_SIMILARITY = 0.999  # a model must embed the probe image as it did when the catalog was made
 REDUCE_AFTER = 20_000  # a planned PCA is fitted once the catalog holds this many items
-COLLAPSE_EXTRA = 10  # a collapsed search first asks for 2k + this many hits
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result. ``distance`` is squared L2; on unit vectors ``similarity = 1 - d/2``."""
-
-    rank: int
-    key: str
-    path: str | None
-    distance: float
-    similarity: float
-    metadata: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class _KeyQuery:
-    """A query that can only name a stored item, never a file."""
-
-    key: str
-
-
-def _shown(text: str) -> str:
-    """A caller's string in a message: quoted, and cut when it is long."""
-    return repr(text) if len(text) <= 80 else f"{text[:60]!r}… ({len(text)} characters)"
-
-
-def _is_vector(value: object) -> bool:
-    return isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind == "f"
-
-
-def _unit(vector: np.ndarray, dim: int) -> np.ndarray:
-    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
-    if vector.shape != (dim,):
-        raise CatalogError(f"a vector must have {dim} values, got {vector.shape[0]}")
-    norm = float(np.linalg.norm(vector))
-    if not np.isfinite(norm) or norm == 0:
-        raise CatalogError(
-            "the vector is zero or holds NaN or infinite values; it has no direction to search or store"
-        )
-    return vector / norm
-
-
-def _probe_image() -> np.ndarray:
-    """A fixed picture (colour gradients) that every model of the contract can embed."""
-    y, x = np.mgrid[0:96, 0:96].astype(np.float32) / 95.0
-    return (np.stack([x, y, (x + y) / 2], axis=-1) * 255).astype(np.uint8)
-
-
-_Ranked = tuple[np.ndarray, np.ndarray]
-_Method = Callable[[CatalogCore, np.ndarray, int, np.ndarray, "np.ndarray | None"], _Ranked]
-
-
-def _exact(
-    core: CatalogCore, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The oracle with the planner's signature: exact KNN among the allowed live items."""
-    mask = core.live_mask() if allowed is None else allowed
-    if allowed is None and len(exclude):
-        mask = mask.copy()
-        mask[exclude] = False
-    labels, distances = oracle.exact_topk(core.vectors, core.rows, mask, vector, k)
-    return labels[0], distances[0]
-
-
-@contextlib.contextmanager
-def _exclusive(root: Path) -> Iterator[None]:
-    """The catalog's cross-process write lock, for creating and upgrading."""
-    fd = locked_open(root / LOCK_NAME)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 class Catalog:
@@ -132,8 +50,8 @@ class Catalog:
         self._embedder_lock = threading.Lock()
         self._threads = threads
         self._closed = False
-        self._groups: tuple[int, np.ndarray] | None = None  # (generation, label -> duplicate group)
-        self._groups_lock = threading.Lock()
+        self._probed = False
+        self._querier = Querier(core, lambda: self.embedder)
 
     @property
     def info(self) -> ModelInfo:
@@ -178,62 +96,8 @@ class Catalog:
         differs).
         """
         root = Path(path).expanduser()
-        params = HnswParams(M, ef_construction, ef)
-        if vector_dtype not in ("float32", "float16"):
-            raise CatalogError(f"vector_dtype must be float32 or float16, not {vector_dtype!r}")
-        model_path, info = cls._model_identity(model)
-        root.mkdir(parents=True, exist_ok=True)
-        with _exclusive(root):
-            if (root / DB_NAME).exists():
-                if not exist_ok:
-                    raise CatalogError(
-                        f"a catalog already exists at {root}; open it with Catalog.open (or pass "
-                        "exist_ok=True, or use Catalog.open_or_create)."
-                    )
-            else:
-                cls._write_new(root, info, model_path, params, vector_dtype, reduce_to)
+        opening.create(root, model, HnswParams(M, ef_construction, ef), vector_dtype, reduce_to, exist_ok)
         return cls.open(root, model, threads=threads)
-
-    @staticmethod
-    def _write_new(
-        root: Path,
-        info: ModelInfo,
-        model_path: Path,
-        params: HnswParams,
-        vector_dtype: str,
-        reduce_to: int | None,
-    ) -> None:
-        """The database is written under a temporary name and renamed last: it exists only whole."""
-        name = file_name(vector_dtype)
-        VectorFile.create(root / name, info.dim, vector_dtype).close()
-        temporary = root / f"{DB_NAME}.creating-{os.getpid()}"
-        temporary.unlink(missing_ok=True)
-        store = Store(temporary, create=True)
-        try:
-            settings = {f"model.{k}": v for k, v in info.to_metadata().items()}
-            settings.update(
-                {
-                    "schema_version": str(SCHEMA_VERSION),
-                    "catalog_format": CATALOG_FORMAT,
-                    "model_path": str(model_path),
-                    "hnsw.M": str(params.M),
-                    "hnsw.ef_construction": str(params.ef_construction),
-                    "hnsw.ef": str(params.ef),
-                    "vector_dtype": vector_dtype,
-                    "vectors.file": name,
-                    "vectors.rows": "0",
-                    "items.count": "0",
-                    "changes.since": "0",
-                    "reduction.planned": str(reduce_to or ""),
-                }
-            )
-            store.set_settings(settings)
-            store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            store.close()
-        for suffix in ("-wal", "-shm"):
-            Path(f"{temporary}{suffix}").unlink(missing_ok=True)
-        os.replace(temporary, root / DB_NAME)
 
     @classmethod
     def open(
@@ -253,67 +117,10 @@ class Catalog:
         cannot write is opened read-only (searches work, writes say why they cannot).
         ``load_graph=False`` opens for maintenance (`reduce`) without reading graph or PCA files.
         """
-        root = Path(path).expanduser()
-        database = root / DB_NAME
-        if not database.exists():
-            raise CatalogError(
-                f"no catalog at {root}; create one with `fashionrec index IMAGES --catalog {root}`."
-            )
-        writable = os.access(root, os.W_OK) and os.access(database, os.W_OK)
-        if not readonly and not writable:
-            log.warning(
-                "%s is not writable by this process: opened read-only (searches work, changes do not)", root
-            )
-            readonly = True
-        if needs_migration(database):
-            if not writable:
-                raise CatalogError(
-                    f"{root} was written by fashionrec-onnx 0.1.0 and must be upgraded once, which needs "
-                    "write "
-                    f"access: run `fashionrec info --catalog {root}` as a user who can write it."
-                )
-            with _exclusive(root):
-                migrate_v1(root, database)
-        store = Store(database, readonly=readonly)
-        try:
-            core = CatalogCore(root, store, readonly=readonly)
-            model_path = Path(store.get_setting("model_path", "") or "")
-            embedder = None
-            if model is not None:
-                model_path, info = cls._model_identity(model)
-                if info.fingerprint != core.info.fingerprint:
-                    raise ModelMismatchError(
-                        f"{root} was built with model {core.info.fingerprint} ({core.info.weights}, "
-                        f"{core.info.precision}) but {model_path} is {info.fingerprint} ({info.weights}, "
-                        f"{info.precision}). Open it without a model to use the recorded one, or index into "
-                        "a new catalog."
-                    )
-                embedder = model if isinstance(model, Embedder) else None
-            catalog = cls(core, model_path, embedder, threads)
-            if load_graph:
-                cls._start(core, rebuild)
-        except BaseException:
-            store.close()
-            raise
-        return catalog
-
-    @staticmethod
-    def _start(core: CatalogCore, rebuild: bool) -> None:
-        try:
-            core.load_reduction()
-        except CatalogError:
-            if not rebuild:
-                raise
-            log.warning("refitting the lost PCA of %s from the stored vectors", core.root)
-            dim = int(str(core.reduction_file).split("-")[1])
-            whiten = "whitened" in str(core.reduction_file)
-            with core.writing():
-                pca, name = maintenance.fit_reduction(core, dim, whiten, 50_000, 0)
-                core.store.set_settings({"reduction.file": name}, bump=True)
-                core.reduction_file, core.reduction = name, pca
-                core.generation = core.store.generation
-        if core.start_graph(rebuild) and not core.readonly:
-            core.save()
+        core, model_path, embedder = opening.open_core(
+            Path(path).expanduser(), model, readonly=readonly, rebuild=rebuild, load_graph=load_graph
+        )
+        return cls(core, model_path, embedder, threads)
 
     @classmethod
     def open_or_create(cls, path: str | os.PathLike[str], model: ModelArg | None, **params: Any) -> Catalog:
@@ -325,62 +132,17 @@ class Catalog:
         params = {name: value for name, value in params.items() if value is not None}
         return cls.create(path, model, exist_ok=True, **params)
 
-    @staticmethod
-    def _model_identity(model: ModelArg) -> tuple[Path, ModelInfo]:
-        if isinstance(model, Embedder):
-            return model.model_path.resolve(), model.info
-        model_path = Path(model).expanduser().resolve()
-        return model_path, read_model_info(model_path)
-
     @property
     def embedder(self) -> Embedder:
         """The model, loaded on first use (searches by vector or key never need it) and checked
         against what the catalog recorded: its fingerprint, and how it embeds a probe image."""
         with self._embedder_lock:
             if self._embedder is None:
-                if not self.model_path.is_file():
-                    raise ModelError(
-                        f"the model this catalog was built with, {self.model_path}, is missing; pass "
-                        "the same model explicitly (Catalog.open(path, model=...) or --model)."
-                    )
-                embedder = Embedder(self.model_path, threads=self._threads)
-                if embedder.fingerprint != self.info.fingerprint:
-                    embedder.close()
-                    raise ModelMismatchError(
-                        f"{self.model_path} has changed since {self.path} was built (fingerprint "
-                        f"{embedder.fingerprint}, catalog {self.info.fingerprint}); pass the original "
-                        "model with --model or index into a new catalog."
-                    )
-                self._embedder = embedder
-            if not getattr(self, "_probed", False):
-                self._check_probe(self._embedder)
+                self._embedder = opening.load_embedder(self._core, self.model_path, self._threads)
+            if not self._probed:
+                opening.check_probe(self._core, self._embedder)
                 self._probed = True
             return self._embedder
-
-    def _check_probe(self, embedder: Embedder) -> None:
-        """Metadata can be copied onto other weights: what the model computes must match too."""
-        vector = embedder.embed_one(_probe_image())
-        recorded = self._core.store.get_setting("model.probe")
-        if recorded is None:
-            if not np.all(np.isfinite(vector)):
-                raise ModelMismatchError(
-                    f"{embedder.model_path} gives NaN embeddings; it cannot index into {self.path}."
-                )
-            if not self.readonly:
-                self._core.store.set_settings(
-                    {"model.probe": base64.b64encode(vector.astype("<f4").tobytes()).decode()}
-                )
-            return
-        expected = np.frombuffer(base64.b64decode(recorded), "<f4")
-        similarity = (
-            float(vector @ expected) if len(expected) == len(vector) and np.all(np.isfinite(vector)) else -1.0
-        )
-        if not similarity >= PROBE_SIMILARITY:
-            raise ModelMismatchError(
-                f"{embedder.model_path} carries the metadata of the model {self.path} was built with, "
-                f"but its weights compute other embeddings (probe similarity {similarity:.4f}); pass "
-                "the original model with --model or index into a new catalog."
-            )
 
     def save(self) -> None:
         """Write the graph atomically under a new name, then record it; old files are removed."""
@@ -508,8 +270,8 @@ class Catalog:
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         """Add one item (an image, or a ready vector); an existing key is replaced."""
-        if _is_vector(image_or_vector):
-            vector = _unit(image_or_vector, self.dim)  # type: ignore[arg-type]
+        if is_vector(image_or_vector):
+            vector = unit(image_or_vector, self.dim)  # type: ignore[arg-type]
         else:
             vector = self.embedder.embed_one(image_or_vector)
             if path is None and isinstance(image_or_vector, (str, os.PathLike)):
@@ -617,80 +379,6 @@ class Catalog:
 
     # -- searching ------------------------------------------------------------------------------------
 
-    def _query_vector(self, query: Source | str | _KeyQuery) -> tuple[np.ndarray, int | None]:
-        """The vector to search with, and the label to leave out ("more like this")."""
-        key = query.key if isinstance(query, _KeyQuery) else query if isinstance(query, str) else None
-        if key is not None:
-            item = self._core.store.item_by_key(key) if len(key) <= 4096 else None
-            if item is not None:
-                return self._core.vectors.read([item.label])[0], item.label
-            if isinstance(query, _KeyQuery):
-                raise UnknownKeyError(f"no item with key {_shown(key)} in {self.path}.")
-        if _is_vector(query):
-            return _unit(query, self.dim), None  # type: ignore[arg-type]
-        if isinstance(query, str):
-            try:
-                exists = Path(query).expanduser().exists()
-            except (OSError, ValueError):
-                exists = False
-            if not exists:
-                raise CatalogError(f"{_shown(query)} is neither a key in {self.path} nor an image file.")
-        return self.embedder.embed_one(query), None  # type: ignore[arg-type]
-
-    def _embed_region(self, query: Source | str | _KeyQuery, box: Box) -> np.ndarray:
-        """A box crops an image: a key or a vector has no pixels to crop."""
-        check_box(box)
-        if isinstance(query, _KeyQuery) or _is_vector(query):
-            raise BadArgumentError("a box crops an image; it cannot apply to a catalog key or a vector")
-        if isinstance(query, str) and query in self and not Path(query).expanduser().is_file():
-            raise BadArgumentError(
-                f"{query[:200]!r} is a key in {self.path}; a box crops an image, so pass an image file"
-            )
-        return self.embedder.embed_one(query, box=box)  # type: ignore[arg-type]
-
-    @contextlib.contextmanager
-    def _searching(
-        self, query: Source | str | _KeyQuery, k: int, filter: Filter | None, box: Box | None = None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-        """What every search starts with: the query vector, the labels to leave out and the
-        filter's mask, all read from one consistent state (other processes' writes taken in)."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise BadArgumentError(f"k must be a whole number >= 1, got {k!r}")
-        core = self._core
-        embedded = None
-        if box is not None:
-            embedded = self._embed_region(query, box)
-        elif not isinstance(query, (str, _KeyQuery)) and not _is_vector(query):
-            embedded = self.embedder.embed_one(query)  # the slow part, outside every lock
-        while True:
-            core.sync()
-            with core.rw.read(), core.store.snapshot():
-                if core.store.state()[0] != core.generation:
-                    continue  # a write landed between the catch-up and the snapshot
-                vector, exclude = (embedded, None) if embedded is not None else self._query_vector(query)
-                excluded = np.asarray([] if exclude is None else [exclude], np.int64)
-                allowed = None
-                if filter is not None:
-                    live = core.live_mask()
-                    if isinstance(filter, Mapping):
-                        allowed = core.columns.mask(filter, live)
-                    else:
-                        allowed = callable_mask(filter, core.store, len(live)) & live
-                    allowed[excluded[excluded < len(allowed)]] = False
-                yield vector, excluded, allowed
-                return
-
-    def _hits(self, labels: np.ndarray, distances: np.ndarray) -> list[Hit]:
-        items = self._core.store.items_by_label(labels.tolist())
-        hits: list[Hit] = []
-        for label, distance in zip(labels.tolist(), distances.tolist()):
-            item = items.get(int(label))
-            if item is None:
-                continue
-            d = max(float(distance), 0.0)
-            hits.append(Hit(len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata)))
-        return hits
-
     def search(
         self,
         query: Source | str,
@@ -709,46 +397,7 @@ class Catalog:
         ``collapse_duplicates=True`` shows one image per group of near-duplicates (see
         `duplicates`); the groups are found on the first such search after a change.
         """
-        return self._answer(planner.search, query, k, filter, box, collapse_duplicates)
-
-    def _answer(
-        self,
-        method: _Method,
-        query: Source | str | _KeyQuery,
-        k: int,
-        filter: Filter | None,
-        box: Box | None,
-        collapse_duplicates: bool,
-    ) -> list[Hit]:
-        """A search answered by ``method`` (the planner or the exact oracle)."""
-        with self._searching(query, k, filter, box) as (vector, exclude, allowed):
-            if collapse_duplicates:
-                labels, distances = self._collapsed(method, vector, int(k), exclude, allowed)
-            else:
-                labels, distances = method(self._core, vector, int(k), exclude, allowed)
-            return self._hits(labels, distances)
-
-    def _collapsed(
-        self, method: _Method, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """k hits, one per group of near-duplicates: more candidates, the worse copies dropped."""
-        group_of = self._group_of()
-        wanted = 2 * k + COLLAPSE_EXTRA
-        while True:
-            labels, distances = method(self._core, vector, wanted, exclude, allowed)
-            kept = near_duplicates.collapse(labels, group_of, exclude, k)
-            if len(kept) >= k or len(labels) < wanted or wanted >= self._core.count:
-                return labels[kept], distances[kept]
-            wanted *= 4
-
-    def _group_of(self) -> np.ndarray:
-        """Label -> near-duplicate group at the default threshold, found once per catalog state.
-        The caller holds the read lock on a caught-up catalog."""
-        with self._groups_lock:
-            if self._groups is None or self._groups[0] != self._core.generation:
-                _, group_of = near_duplicates.find(self._core, None, NEIGHBOURS)
-                self._groups = (self._core.generation, group_of)
-            return self._groups[1]
+        return self._querier.answer(planner.search, query, k, filter, box, collapse_duplicates)
 
     def more_like_this(
         self, key: str, k: int = 5, filter: Filter | None = None, *, collapse_duplicates: bool = False
@@ -756,22 +405,15 @@ class Catalog:
         """Items like the one stored under ``key`` (itself left out). Unlike `search`, a string
         here is only ever a key, never a file: the entry point for remote callers."""
         if not isinstance(key, str):
-            raise UnknownKeyError(f"no item with key {_shown(str(key))} in {self.path}.")
-        return self.search(_KeyQuery(key), k, filter, collapse_duplicates=collapse_duplicates)  # type: ignore[arg-type]
+            raise UnknownKeyError(f"no item with key {shown(str(key))} in {self.path}.")
+        return self.search(KeyQuery(key), k, filter, collapse_duplicates=collapse_duplicates)  # type: ignore[arg-type]
 
     def duplicates(self, threshold: float | None = None, *, neighbours: int = NEIGHBOURS) -> DuplicateReport:
         """Groups of near-identical images (re-uploads, resized or recompressed copies), found
         through the graph: each item's ``neighbours`` nearest, then the connected components of
         the pairs whose similarity is at least ``threshold``. ``threshold=None`` calibrates it on
         this catalog (see `duplicates`), as `search(..., collapse_duplicates=True)` does."""
-        near_duplicates.validated(threshold, neighbours)
-        self._core.sync()
-        with self._core.rw.read():
-            report, group_of = near_duplicates.find(self._core, threshold, neighbours)
-            if threshold is None and neighbours == NEIGHBOURS:
-                with self._groups_lock:
-                    self._groups = (self._core.generation, group_of)
-            return report
+        return self._querier.duplicates(threshold, neighbours=neighbours)
 
     def exact_search(
         self,
@@ -783,7 +425,7 @@ class Catalog:
         collapse_duplicates: bool = False,
     ) -> list[Hit]:
         """The oracle: exact KNN over every stored vector, read in blocks (see `oracle`)."""
-        return self._answer(_exact, query, k, filter, box, collapse_duplicates)
+        return self._querier.answer(exact, query, k, filter, box, collapse_duplicates)
 
     # -- checking and reshaping -----------------------------------------------------------------------
 
