@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CatalogCorruptError, CatalogError
-from .store import SCHEMA_VERSION, UPSERT_SETTING, disk_full, is_disk_full
+from .store import CHANGES_SCHEMA, ITEMS_COLUMNS, SCHEMA_VERSION, UPSERT_SETTING, disk_full, is_disk_full
 from .vectors import VectorFile, file_name
 
 log = logging.getLogger(__name__)
@@ -101,12 +101,10 @@ def migrate_v1(root: Path, database: Path) -> None:
 
 
 _STEPS = [
-    "CREATE TABLE items_v2 (label INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, path TEXT, size INTEGER, "
-    "mtime_ns INTEGER, metadata TEXT NOT NULL DEFAULT '{}', added_at REAL NOT NULL)",
+    f"CREATE TABLE items_v2 {ITEMS_COLUMNS}",
     "INSERT INTO items_v2 SELECT label, key, path, size, mtime_ns, metadata, added_at FROM items",
     "DROP TABLE items",
     "ALTER TABLE items_v2 RENAME TO items",
     "CREATE INDEX items_path ON items(path)",
-    "CREATE TABLE changes (generation INTEGER NOT NULL, label INTEGER NOT NULL, kind INTEGER NOT NULL)",
-    "CREATE INDEX changes_generation ON changes(generation)",
+    *(statement for statement in CHANGES_SCHEMA.split(";") if statement.strip()),
 ]

@@ -31,12 +31,7 @@ ADDED, REMOVED, DESCRIBED = 1, 2, 3  # kinds of change
 _CHUNK = 500  # host parameters per IN (...) list
 LOW_SPACE = 1 << 20  # bytes free below which an I/O error is taken for a full disk
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS settings (
-    name  TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS items (
+ITEMS_COLUMNS = """(
     label    INTEGER PRIMARY KEY,  -- row in the vector file and HNSW label; never reused
     key      TEXT NOT NULL UNIQUE,
     path     TEXT,
@@ -44,8 +39,8 @@ CREATE TABLE IF NOT EXISTS items (
     mtime_ns INTEGER,
     metadata TEXT NOT NULL DEFAULT '{}',
     added_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS items_path ON items(path);
+)"""
+CHANGES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (
     generation INTEGER NOT NULL,
     label      INTEGER NOT NULL,
@@ -53,6 +48,14 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 CREATE INDEX IF NOT EXISTS changes_generation ON changes(generation);
 """
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS settings (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items {ITEMS_COLUMNS};
+CREATE INDEX IF NOT EXISTS items_path ON items(path);
+{CHANGES_SCHEMA}"""
 
 
 @dataclass(frozen=True)
