@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from .cli_args import path, positive, subcommand, text
+from .cli_args import _build_args, _catalog_arg, path, positive, subcommand, text
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -38,10 +38,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from .cli import _open_for_indexing
     from .vector_transfer import import_vectors
 
-    with Catalog.open_or_create(args.catalog, args.model) as catalog:
+    with _open_for_indexing(args) as catalog:  # a new catalog takes index's options
         report = import_vectors(catalog, args.vectors, progress=not args.quiet)
         print(
             f"imported {report.rows} rows from {report.files} file(s) in {report.seconds:.1f}s "
@@ -125,11 +125,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "  fashionrec import s3://shop/vectors/run-1 --catalog ./catalog",
     )
     load.add_argument("vectors", type=text, help="folder (or URI) of vectors files, or one file")
-    load.add_argument("--catalog", required=True, type=path, metavar="DIR", help="catalog directory")
-    load.add_argument(
-        "--model", type=path, metavar="FILE", help="ONNX model (needed when the catalog is new)"
-    )
-    load.add_argument("--quiet", action="store_true", help="no progress bar")
+    _catalog_arg(load)
+    _build_args(load)  # the same options as index for a new catalog (--reduce, --vector-dtype...)
 
     export = subcommand(
         sub,
@@ -139,7 +136,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "import`, and pyarrow, pandas or DuckDB read them as they are.",
         "  fashionrec export-vectors --catalog ./catalog --out ./vectors",
     )
-    export.add_argument("--catalog", required=True, type=path, metavar="DIR", help="catalog directory")
+    _catalog_arg(export)
     export.add_argument(
         "--out", required=True, type=text, metavar="DIR", help="new folder (or URI) for the files"
     )

@@ -209,3 +209,16 @@ def test_cli_import_without_a_model_into_a_new_catalog_is_one_line_error(
 ) -> None:
     assert main(["import", str(exported), "--catalog", str(tmp_path / "new"), "--quiet"]) == 2
     assert capsys.readouterr().err.startswith("error: no catalog at")
+
+
+def test_cli_import_into_a_new_catalog_takes_the_options_of_index(
+    tmp_path: Path, small_model: Path, exported: Path
+) -> None:
+    from fashionrec_onnx.cli import main
+
+    new = tmp_path / "half"
+    args = ["import", str(exported), "--catalog", str(new), "--model", str(small_model)]
+    assert main([*args, "--vector-dtype", "float16", "--ef", "64", "--quiet"]) == 0
+    with Catalog.open(new) as catalog:
+        assert len(catalog) == 40 and catalog.summary()["vector_dtype"] == "float16"
+        assert catalog.params.ef == 64
