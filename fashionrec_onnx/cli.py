@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from .cli_args import build_parser
+from .cli_sync import HANDLERS as SYNC_HANDLERS
 from .cli_vectors import HANDLERS as VECTOR_HANDLERS
 from .errors import CatalogError, FashionrecError
 from .images import IMAGE_SUFFIXES
@@ -329,6 +330,7 @@ HANDLERS: dict[str, Handler] = {
     "import-fashion-mnist": _cmd_import_fashion_mnist,
     "demo": _cmd_demo,
     **VECTOR_HANDLERS,
+    **SYNC_HANDLERS,
 }
 
 

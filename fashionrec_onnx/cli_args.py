@@ -505,9 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"fashionrec-onnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from .cli_vectors import add_commands as _vectors  # it builds on the helpers above
+    from .cli_sync import add_commands as _sync  # these build on the helpers above
+    from .cli_vectors import add_commands as _vectors
 
     commands = (_export, _index, _search, _maintenance, _duplicates, _evaluate, _import_fashion_mnist)
-    for add in (*commands, _vectors, _demo):
+    for add in (*commands, _vectors, _sync, _demo):
         add(sub)
     return parser

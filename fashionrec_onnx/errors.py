@@ -56,3 +56,12 @@ class ExportError(FashionrecError):
 
 class WeightsUnavailableError(ExportError):
     """Pretrained weights could not be had (offline, no cached file); the message says where to put them."""
+
+
+class DownloadError(FashionrecError):
+    """An image URL could not be fetched (HTTP error, timeout, too large, not an image)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot download {url}: {reason}")

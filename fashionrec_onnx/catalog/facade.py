@@ -30,6 +30,8 @@ from .querying import Hit, KeyQuery, Querier, exact, is_vector, shown, unit
 from .store import DB_NAME, Item, NewItem
 
 if TYPE_CHECKING:
+    from ..download import DownloadSettings
+    from ..sync import SyncReport
     from ..vector_transfer import ExportReport, ImportReport
 
 log = logging.getLogger(__name__)
@@ -376,6 +378,36 @@ class Catalog:
         from ..vector_transfer import export_vectors
 
         return export_vectors(self, path)
+
+    def sync(
+        self,
+        feed: str | os.PathLike[str],
+        *,
+        images_root: str | os.PathLike[str] | None = None,
+        product_column: str = "product_id",
+        image_column: str = "image",
+        key_prefix: str = "feed/",
+        batch_size: int = 32,
+        download: DownloadSettings | None = None,
+        progress: bool = False,
+    ) -> SyncReport:
+        """Bring the catalog in step with a product feed (CSV or JSON lines, one row per image):
+        new images added, changed ones re-embedded, changed fields rewritten, images gone from
+        the feed removed (only items under ``key_prefix``, which the feed owns). Rows that fail
+        are reported and leave their item as it was. See `fashionrec_onnx.sync` for the rules."""
+        from ..sync import sync_feed
+
+        return sync_feed(
+            self,
+            feed,
+            images_root=images_root,
+            product_column=product_column,
+            image_column=image_column,
+            key_prefix=key_prefix,
+            batch_size=batch_size,
+            download=download,
+            progress=progress,
+        )
 
     # -- searching ------------------------------------------------------------------------------------
 

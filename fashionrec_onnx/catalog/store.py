@@ -409,6 +409,13 @@ class Store:
             "SELECT key, path FROM items WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0")
         )
 
+    def items_with_key_prefix(self, prefix: str) -> list[tuple[str, str | None]]:
+        """``(key, path)`` of items whose key starts with ``prefix`` (a range on the key index)."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # UTF-8 byte order is code point order
+        return self._read(  # type: ignore[return-value]
+            "SELECT key, path FROM items WHERE key >= ? AND key < ? ORDER BY key", (prefix, end)
+        )
+
     def labels(self) -> np.ndarray:
         """Labels of every item, ascending."""
         rows = self._read("SELECT label FROM items ORDER BY label")
