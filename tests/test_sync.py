@@ -1,0 +1,380 @@
+"""Feed sync: a catalog kept in step with a product feed of local files and URLs served by a real
+HTTP server on 127.0.0.1 (tests/feed_server.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from feed_server import FeedServer, png
+
+from fashionrec_onnx import Catalog, CatalogError
+from fashionrec_onnx.cli import main
+from fashionrec_onnx.download import DownloadSettings, ImageCache
+from fashionrec_onnx.errors import DownloadError
+
+FAST = DownloadSettings(timeout=0.3, deadline=5.0, max_bytes=1024 * 1024, retries=1, backoff=0.01)
+
+
+@pytest.fixture()
+def server() -> Iterator[FeedServer]:
+    served = FeedServer()
+    yield served
+    served.stop()
+
+
+@pytest.fixture()
+def catalog(tmp_path: Path, small_model: Path) -> Iterator[Catalog]:
+    with Catalog.create(tmp_path / "catalog", small_model) as opened:
+        yield opened
+
+
+def write_feed(path: Path, rows: list[dict[str, object]]) -> Path:
+    columns = list(dict.fromkeys(name for row in rows for name in row))
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def local_shop(folder: Path, count: int = 4) -> Path:
+    """``count`` photos of two products in ``folder/photos``, and their feed."""
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in range(count):
+        (folder / "photos" / f"p{n}.png").write_bytes(png(100 + n))
+        rows.append({"product_id": f"P{n // 2}", "image": f"photos/p{n}.png", "colour": f"c{n}"})
+    return write_feed(folder / "feed.csv", rows)
+
+
+def generation(catalog: Catalog) -> int:
+    with sqlite3.connect(catalog.path / "catalog.sqlite") as db:
+        return int(db.execute("SELECT value FROM settings WHERE name = 'generation'").fetchone()[0])
+
+
+# -- local files ---------------------------------------------------------------------------------
+
+
+def test_sync_adds_every_row_under_the_feed_prefix_with_its_fields(tmp_path: Path, catalog: Catalog) -> None:
+    report = catalog.sync(local_shop(tmp_path))
+    assert (report.added, report.failed) == (4, [])
+    assert sorted(catalog.keys()) == [f"feed/photos/p{n}.png" for n in range(4)]
+    item = catalog.get("feed/photos/p3.png")
+    assert item.metadata == {"product_id": "P1", "colour": "c3"}
+    assert item.path == str(tmp_path / "photos" / "p3.png")
+
+
+def test_sync_makes_the_product_column_the_catalog_product_field(tmp_path: Path, catalog: Catalog) -> None:
+    catalog.sync(local_shop(tmp_path))
+    assert catalog.product_field == "product_id"
+
+
+def test_a_catalog_grouping_products_by_another_field_refuses_the_feed(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    catalog.set_product_field("sku")
+    with pytest.raises(CatalogError, match="product-column sku"):
+        catalog.sync(local_shop(tmp_path))
+    assert len(catalog) == 0
+
+
+def test_second_sync_changes_nothing_and_keeps_the_generation(tmp_path: Path, catalog: Catalog) -> None:
+    feed = local_shop(tmp_path)
+    catalog.sync(feed)
+    before = generation(catalog)
+    report = catalog.sync(feed)
+    assert (report.unchanged, report.changed, generation(catalog)) == (4, False, before)
+
+
+def test_changed_local_image_is_reembedded(tmp_path: Path, catalog: Catalog) -> None:
+    feed = local_shop(tmp_path)
+    catalog.sync(feed)
+    old = catalog.vector("feed/photos/p0.png")
+    (tmp_path / "photos" / "p0.png").write_bytes(png(999))
+    report = catalog.sync(feed)
+    assert (report.reembedded, report.unchanged) == (1, 3)
+    assert not np.allclose(catalog.vector("feed/photos/p0.png"), old)
+
+
+def test_changed_field_is_rewritten_in_place_without_reembedding(tmp_path: Path, catalog: Catalog) -> None:
+    feed = local_shop(tmp_path)
+    catalog.sync(feed)
+    label = catalog.get("feed/photos/p1.png").label
+    text = feed.read_text().replace("P0,photos/p1.png,c1", "P9,photos/p1.png,c1")
+    feed.write_text(text)
+    report = catalog.sync(feed)
+    assert (report.updated, report.reembedded, report.added) == (1, 0, 0)
+    item = catalog.get("feed/photos/p1.png")
+    assert (item.label, item.metadata["product_id"]) == (label, "P9")
+
+
+def test_image_that_left_the_feed_is_removed(tmp_path: Path, catalog: Catalog) -> None:
+    feed = local_shop(tmp_path)
+    catalog.sync(feed)
+    lines = feed.read_text().splitlines()
+    feed.write_text("\n".join(lines[:-1]) + "\n")  # p3 leaves the feed
+    report = catalog.sync(feed)
+    assert report.removed == 1 and "feed/photos/p3.png" not in catalog
+
+
+def test_sync_never_removes_items_indexed_from_a_folder(tmp_path: Path, catalog: Catalog) -> None:
+    local_shop(tmp_path / "folder")
+    catalog.index_folder(tmp_path / "folder" / "photos", progress=False)
+    indexed = set(catalog.keys())
+    feed = local_shop(tmp_path / "shop", count=2)
+    catalog.sync(feed)
+    feed.write_text("\n".join(feed.read_text().splitlines()[:2]) + "\n")  # p1 leaves the feed
+    report = catalog.sync(feed)
+    assert report.removed == 1 and indexed <= set(catalog.keys())
+
+
+def test_missing_local_file_is_reported_and_the_sync_goes_on(tmp_path: Path, catalog: Catalog) -> None:
+    feed = local_shop(tmp_path)
+    (tmp_path / "photos" / "p2.png").unlink()
+    report = catalog.sync(feed)
+    assert report.added == 3
+    assert [(f.line, f.key) for f in report.failed] == [(4, "feed/photos/p2.png")]
+    assert "file not found" in report.failed[0].reason
+
+
+def test_rows_without_product_id_or_repeating_an_image_are_reported(tmp_path: Path, catalog: Catalog) -> None:
+    (tmp_path / "a.png").write_bytes(png(1))
+    feed = write_feed(
+        tmp_path / "feed.csv",
+        [
+            {"product_id": "A", "image": "a.png"},
+            {"product_id": "B", "image": "a.png"},
+            {"product_id": "", "image": "b.png"},
+        ],
+    )
+    report = catalog.sync(feed)
+    reasons = {failed.line: failed.reason for failed in report.failed}
+    assert report.added == 1 and "same image as line 2" in reasons[3] and "no 'product_id'" in reasons[4]
+
+
+def test_feed_without_the_image_column_names_the_option(tmp_path: Path, catalog: Catalog) -> None:
+    feed = write_feed(tmp_path / "feed.csv", [{"product_id": "A", "url": "a.png"}])
+    with pytest.raises(CatalogError, match="--image-column"):
+        catalog.sync(feed)
+
+
+def test_jsonl_feed_with_numeric_product_ids_and_an_images_root(tmp_path: Path, catalog: Catalog) -> None:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "a.png").write_bytes(png(1))
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(json.dumps({"sku": 1042, "photo": "a.png", "price": 19.9}) + "\n")
+    report = catalog.sync(feed, images_root=tmp_path / "root", product_column="sku", image_column="photo")
+    assert report.added == 1
+    assert catalog.get("feed/a.png").metadata == {"sku": "1042", "price": 19.9}
+
+
+# -- URLs ----------------------------------------------------------------------------------------
+
+
+def url_shop(tmp_path: Path, server: FeedServer, names: list[str], extra: list[str] = ()) -> Path:
+    for n, name in enumerate(names):
+        server.images[name] = png(200 + n)
+    rows = [{"product_id": f"P{n}", "image": server.url(f"/img/{name}")} for n, name in enumerate(names)]
+    rows += [{"product_id": "X", "image": server.url(path)} for path in extra]
+    return write_feed(tmp_path / "feed.csv", rows)
+
+
+def test_url_images_are_cached_in_the_catalog_under_their_digest(
+    tmp_path: Path, catalog: Catalog, server: FeedServer
+) -> None:
+    feed = url_shop(tmp_path, server, ["a.png", "b.png"])
+    report = catalog.sync(feed, download=FAST)
+    assert (report.added, report.downloaded) == (2, 2)
+    path = Path(catalog.get(f"feed/{server.url('/img/a.png')}").path)
+    assert path.parent == (catalog.path / "feed-images").resolve()
+    assert path.read_bytes() == server.images["a.png"] and len(path.stem) == 64
+
+
+def test_unchanged_url_images_are_not_fetched_again(
+    tmp_path: Path, catalog: Catalog, server: FeedServer
+) -> None:
+    feed = url_shop(tmp_path, server, ["a.png", "b.png"])
+    catalog.sync(feed, download=FAST)
+    before = generation(catalog)
+    report = catalog.sync(feed, download=FAST)
+    assert (report.not_modified, report.downloaded, report.changed) == (2, 0, False)
+    assert server.bodies == {"/img/a.png": 1, "/img/b.png": 1}  # the second sync got 304s
+    assert generation(catalog) == before
+
+
+def test_changed_url_image_is_reembedded(tmp_path: Path, catalog: Catalog, server: FeedServer) -> None:
+    feed = url_shop(tmp_path, server, ["a.png", "b.png"])
+    catalog.sync(feed, download=FAST)
+    key = f"feed/{server.url('/img/a.png')}"
+    old_path, old_vector = catalog.get(key).path, catalog.vector(key)
+    server.images["a.png"] = png(777)  # a new ETag
+    report = catalog.sync(feed, download=FAST)
+    assert (report.reembedded, report.unchanged) == (1, 1)
+    assert catalog.get(key).path != old_path and not np.allclose(catalog.vector(key), old_vector)
+    assert not Path(old_path).exists()  # the replaced image left the cache
+
+
+def test_missing_url_is_reported_without_retrying(
+    tmp_path: Path, catalog: Catalog, server: FeedServer
+) -> None:
+    feed = url_shop(tmp_path, server, ["a.png"], extra=["/img/gone.png"])
+    report = catalog.sync(feed, download=FAST)
+    assert report.added == 1 and "HTTP 404" in report.failed[0].reason
+    assert server.requests["/img/gone.png"] == 1
+
+
+def test_slow_server_times_out_after_the_retries(
+    tmp_path: Path, catalog: Catalog, server: FeedServer
+) -> None:
+    feed = url_shop(tmp_path, server, ["a.png"], extra=["/slow.png"])
+    report = catalog.sync(feed, download=FAST)
+    assert report.added == 1 and "no answer within 0.3s (after 2 attempts)" in report.failed[0].reason
+    assert server.requests["/slow.png"] == 2
+
+
+def test_server_error_is_retried(tmp_path: Path, catalog: Catalog, server: FeedServer) -> None:
+    feed = url_shop(tmp_path, server, [], extra=["/flaky.png"])
+    report = catalog.sync(feed, download=FAST)
+    assert (report.added, report.failed, server.requests["/flaky.png"]) == (1, [], 2)
+
+
+@pytest.mark.parametrize("path", ["/oversized.png", "/oversized-unannounced.png"])
+def test_oversized_image_is_refused(tmp_path: Path, catalog: Catalog, server: FeedServer, path: str) -> None:
+    feed = url_shop(tmp_path, server, ["a.png"], extra=[path])
+    report = catalog.sync(feed, download=FAST)
+    assert report.added == 1 and "too large" in report.failed[0].reason
+
+
+def test_non_image_response_is_reported(tmp_path: Path, catalog: Catalog, server: FeedServer) -> None:
+    feed = url_shop(tmp_path, server, ["a.png"], extra=["/page.png"])
+    report = catalog.sync(feed, download=FAST)
+    assert report.added == 1 and "not an image (text/html" in report.failed[0].reason
+    assert len(list((catalog.path / "feed-images").glob("*.*"))) == 1  # the page was not cached
+
+
+def test_failed_row_keeps_the_item_it_had(tmp_path: Path, catalog: Catalog, server: FeedServer) -> None:
+    feed = url_shop(tmp_path, server, ["a.png", "b.png"])
+    catalog.sync(feed, download=FAST)
+    key = f"feed/{server.url('/img/a.png')}"
+    before = catalog.get(key)
+    del server.images["a.png"]  # now a 404
+    report = catalog.sync(feed, download=FAST)
+    assert (len(report.failed), report.removed) == (1, 0)
+    assert catalog.get(key) == before
+
+
+def test_download_error_names_the_url_and_the_reason(tmp_path: Path, server: FeedServer) -> None:
+    with pytest.raises(DownloadError, match=r"cannot download http://127\.0\.0\.1:\d+/img/x\.png: HTTP 404"):
+        ImageCache(tmp_path, FAST).fetch(server.url("/img/x.png"))
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def test_cli_sync_prints_json_and_exits_1_when_rows_failed(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed = local_shop(tmp_path)
+    (tmp_path / "photos" / "p0.png").unlink()
+    code = main(["sync", str(feed), "--catalog", str(tmp_path / "c"), "--model", str(small_model), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert (code, report["added"], report["items"], len(report["failed"])) == (1, 3, 3, 1)
+
+
+def test_cli_sync_exits_0_when_every_row_synced(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed = local_shop(tmp_path)
+    args = ["sync", str(feed), "--catalog", str(tmp_path / "c"), "--model", str(small_model), "--quiet"]
+    assert main(args) == 0
+    assert "4 added" in capsys.readouterr().out
+
+
+# -- kill -9 -------------------------------------------------------------------------------------
+
+SYNCER = textwrap.dedent(
+    """
+    import sys
+    from fashionrec_onnx import Catalog
+    from fashionrec_onnx.download import DownloadSettings
+    catalog = Catalog.open_or_create(sys.argv[1], sys.argv[2])
+    catalog.sync(sys.argv[3], batch_size=2, download=DownloadSettings(workers=1, timeout=5))
+    catalog.close()
+    """
+)
+
+
+def committed(database: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
+            return int(
+                db.execute('SELECT COUNT(*) FROM items WHERE metadata LIKE \'%"v": "2"%\'').fetchone()[0]
+            )
+    except sqlite3.OperationalError:
+        return 0
+
+
+def state(path: Path) -> dict[str, tuple[str, dict, np.ndarray]]:
+    with Catalog.open(path) as catalog:
+        assert catalog.verify() == []
+        keys = sorted(catalog.keys())
+        vectors = catalog.vectors(keys)
+        return {
+            key: (Path(catalog.get(key).path).name, catalog.get(key).metadata, vector)
+            for key, vector in zip(keys, vectors)
+        }
+
+
+def test_sync_killed_midway_then_run_again_ends_like_an_uninterrupted_sync(
+    tmp_path: Path, small_model: Path, server: FeedServer
+) -> None:
+    """A catalog synced with feed A is being synced with feed B (new, changed, dropped images
+    and changed fields) when it is killed; run again, it equals a clean sync of B."""
+    for n in range(30):
+        server.images[f"{n}.png"] = png(300 + n)
+    row = lambda n, version: {"product_id": f"P{n // 3}", "image": server.url(f"/img/{n}.png"), "v": version}  # noqa: E731
+    feed_a = write_feed(tmp_path / "a.csv", [row(n, "1") for n in range(0, 12)])
+    feed_b = write_feed(tmp_path / "b.csv", [row(n, "2") for n in range(4, 30)])
+    interrupted, clean = tmp_path / "interrupted", tmp_path / "clean"
+    with Catalog.create(interrupted, small_model) as catalog:
+        catalog.sync(feed_a)
+    server.images["5.png"] = png(555)  # changed since A
+    server.delay = 0.1
+    process = subprocess.Popen(
+        [sys.executable, "-c", SYNCER, str(interrupted), str(small_model), str(feed_b)]
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while committed(interrupted / "catalog.sqlite") < 12:  # some of B's batches are in, not all
+            assert process.poll() is None, "the sync finished before it could be killed"
+            assert time.monotonic() < deadline, "the sync made no progress"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert committed(interrupted / "catalog.sqlite") < 26  # killed before B was all in
+    server.delay = 0.0
+
+    with Catalog.open(interrupted) as catalog:
+        rerun = catalog.sync(feed_b)
+        assert rerun.removed == 4 and rerun.failed == []
+    with Catalog.create(clean, small_model) as catalog:
+        catalog.sync(feed_b)
+    got, expected = state(interrupted), state(clean)
+    assert list(got) == list(expected)
+    for key, (name, metadata, vector) in expected.items():
+        assert got[key][:2] == (name, metadata)
+        np.testing.assert_allclose(got[key][2], vector, atol=1e-5)
