@@ -1,5 +1,5 @@
 """A real HTTP server on 127.0.0.1 for feed sync tests: images with ETags, and the ways a shop's
-CDN goes wrong (missing, slow, oversized, not an image, failing once). It counts every request."""
+CDN goes wrong (missing, slow, trickling, oversized, not an image, failing once). It counts every request."""
 
 from __future__ import annotations
 
@@ -90,6 +90,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(png(1) + bytes(server.oversized))
+        elif self.path == "/trickle.png":  # a byte now and then: never silent, never done
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.05)
         elif self.path == "/page.png":
             self._send(200, b"<html><body>Sorry, this product is gone</body></html>", "text/html")
         elif self.path == "/flaky.png":

@@ -244,6 +244,12 @@ def test_slow_server_times_out_after_the_retries(
     assert server.requests["/slow.png"] == 2
 
 
+def test_trickling_download_stops_at_the_deadline(tmp_path: Path, server: FeedServer) -> None:
+    settings = DownloadSettings(timeout=0.3, deadline=0.5, retries=0)
+    with pytest.raises(DownloadError, match=r"not done within 0\.5s"):
+        ImageCache(tmp_path, settings).fetch(server.url("/trickle.png"))
+
+
 def test_server_error_is_retried(tmp_path: Path, catalog: Catalog, server: FeedServer) -> None:
     feed = url_shop(tmp_path, server, [], extra=["/flaky.png"])
     report = catalog.sync(feed, download=FAST)
