@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from killing import kill_when
 
 from fashionrec_onnx import Catalog
 from fashionrec_onnx.datasets import SAMPLE_DIR
@@ -45,16 +43,7 @@ def test_sigkill_during_indexing_leaves_a_consistent_catalog_that_resumes(
     process = subprocess.Popen(
         [sys.executable, "-c", INDEXER, str(catalog_dir), str(small_model), str(SAMPLE_DIR)]
     )
-    deadline = time.monotonic() + 120
-    try:
-        while committed_items(catalog_dir / "catalog.sqlite") < kill_after:
-            assert process.poll() is None, "the indexer finished before it could be killed"
-            assert time.monotonic() < deadline, "the indexer made no progress"
-            time.sleep(0.01)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
+    kill_when(process, lambda: committed_items(catalog_dir / "catalog.sqlite") >= kill_after)
 
     with Catalog.open(catalog_dir) as catalog:
         survived = len(catalog)
