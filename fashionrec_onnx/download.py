@@ -217,15 +217,18 @@ class ImageCache:
 
     # -- many URLs ----------------------------------------------------------------------------------
 
-    def fetch_many(self, urls: Iterable[str]) -> Iterator[tuple[str, Fetched | DownloadError]]:
-        """``(url, result)`` in the order given, ``settings.workers`` downloads at a time; a
-        failure is yielded as its `DownloadError`, never raised."""
+    def fetch_many(
+        self, urls: Iterable[str], ahead: int = 256
+    ) -> Iterator[tuple[str, Fetched | DownloadError]]:
+        """``(url, result)`` in the order given, ``settings.workers`` downloads at a time and up
+        to ``ahead`` URLs ahead of the caller (downloads go on while it embeds); a failure is
+        yielded as its `DownloadError`, never raised."""
         workers = max(1, self.settings.workers)
         pending: deque[tuple[str, Future[Fetched]]] = deque()
         with ThreadPoolExecutor(workers, thread_name_prefix="fashionrec-download") as pool:
             for url in urls:
                 pending.append((url, pool.submit(self.fetch, url)))
-                if len(pending) >= workers * 2:
+                if len(pending) >= max(ahead, workers):
                     yield _outcome(*pending.popleft())
             while pending:
                 yield _outcome(*pending.popleft())

@@ -24,6 +24,7 @@ def png(seed: int, size: int = 48) -> bytes:
 
 class FeedServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # the default 5 makes parallel downloads wait for SYN retries
     block_on_close = False
 
     def __init__(self) -> None:
