@@ -9,6 +9,17 @@ from collections.abc import Callable
 from .cli_args import _build_args, _catalog_arg, path, positive, subcommand, text
 
 
+def seconds(value: str) -> float:
+    """An argparse type for a timeout: a positive number of seconds."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return number
+
+
 def _cmd_sync(args: argparse.Namespace) -> int:
     from .cli import _open_for_indexing
     from .download import DownloadSettings
@@ -89,7 +100,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="the keys this feed owns (one prefix per feed); never empty",
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, metavar="SECONDS", help="how long a server may stay silent"
+        "--timeout", type=seconds, default=10.0, metavar="SECONDS", help="how long a server may stay silent"
     )
     parser.add_argument(
         "--max-bytes", type=positive, default=32 * 1024 * 1024, metavar="N", help="largest image downloaded"

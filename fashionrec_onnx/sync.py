@@ -167,6 +167,10 @@ def _images(
         if is_url(row.image):
             urls.append(row)
             continue
+        if "://" in row.image:
+            reason = "only http:// and https:// URLs are downloaded; give other images as paths"
+            report.failed.append(FailedRow(row.line, prefix + row.image, row.image, reason))
+            continue
         path = Path(os.path.normpath(root / Path(row.image).expanduser()))
         try:
             info = path.stat()

@@ -162,6 +162,12 @@ def test_rows_without_product_id_or_repeating_an_image_are_reported(tmp_path: Pa
     assert report.added == 1 and "same image as line 2" in reasons[3] and "no 'product_id'" in reasons[4]
 
 
+def test_url_of_another_scheme_is_reported(tmp_path: Path, catalog: Catalog) -> None:
+    feed = write_feed(tmp_path / "feed.csv", [{"product_id": "A", "image": "s3://shop/a.png"}])
+    report = catalog.sync(feed)
+    assert "only http:// and https://" in report.failed[0].reason
+
+
 def test_feed_without_the_image_column_names_the_option(tmp_path: Path, catalog: Catalog) -> None:
     feed = write_feed(tmp_path / "feed.csv", [{"product_id": "A", "url": "a.png"}])
     with pytest.raises(CatalogError, match="--image-column"):
@@ -293,6 +299,15 @@ def test_cli_sync_exits_0_when_every_row_synced(
     args = ["sync", str(feed), "--catalog", str(tmp_path / "c"), "--model", str(small_model), "--quiet"]
     assert main(args) == 0
     assert "4 added" in capsys.readouterr().out
+
+
+def test_cli_sync_of_a_feed_without_the_product_column_exits_2_and_creates_nothing(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed = write_feed(tmp_path / "feed.csv", [{"sku": "A", "image": "a.png"}])
+    args = ["sync", str(feed), "--catalog", str(tmp_path / "c"), "--model", str(small_model)]
+    assert main(args) == 2
+    assert "--product-column" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
 # -- kill -9 -------------------------------------------------------------------------------------
