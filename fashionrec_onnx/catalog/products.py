@@ -39,8 +39,8 @@ def checked_group_by(group_by: object, field: str | None) -> bool:
     if field is None:
         raise BadArgumentError(
             "this catalog has no product field, so there is nothing to group by: name the metadata "
-            "field holding the product id with Catalog.set_product_field('product_id') or "
-            "`fashionrec products --catalog C --field product_id`."
+            "field holding the product id with Catalog.set_product_field('product_id') or with "
+            "--product-field product_id (fashionrec index, import or sync)."
         )
     return True
 
