@@ -290,7 +290,8 @@ def _maintenance(sub: argparse._SubParsersAction) -> None:
         "remove",
         "remove items by key",
         "Keys are what `search` prints (the key prefix, then the path relative to the indexed\n"
-        "folder). Keys not in the catalog are listed, and the exit code is then 1.",
+        "folder). Keys not in the catalog are listed, and the exit code is then 1. Removed keys\n"
+        "are remembered: `index` leaves their files out unless --include-removed.",
         "  fashionrec remove dress/test-00013.png bag/test-00598.png --catalog ./catalog",
     )
     remove.add_argument("keys", nargs="+", type=text, metavar="KEY", help="key of an item to remove")

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from .errors import CatalogError
 from .images import IMAGE_SUFFIXES
-from .metadata_match import MetadataTable, row_key
+from .metadata_match import MetadataTable
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +275,3 @@ def _warn_duplicates(
         "%s: %d key(s) appear on more than one row, and the last row wins (%s)", source, len(keys), examples
     )
 
-
-def metadata_for(key: str, table: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The row for an image's relative path, by `metadata_match.RULE` (path, file name, stem)."""
-    found = row_key(key, table)
-    return None if found is None else table[found]
