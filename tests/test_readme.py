@@ -179,8 +179,7 @@ def run_section(section: Section, folder: Path, attempt: str) -> None:
     )  # fmt: skip
     if result.returncode != 0:
         pytest.fail(
-            f"README section {section.title!r} (line {section.line}), {attempt} run: "
-            f"{result.stderr[-5000:]}",
+            f"README section {section.title!r} (line {section.line}), {attempt} run: {result.stderr[-5000:]}",
             pytrace=False,
         )
 

@@ -16,20 +16,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
+from make_v1_catalogs import CATEGORIES, structured_vectors  # this folder: run as a script
 
 from fashionrec_onnx import Catalog
 
 HERE = Path(__file__).resolve().parent / "v2-catalogs"
-CATEGORIES = ["Dress", "Bag", "Sneaker", "Coat"]
-
-
-def structured_vectors(n: int, dim: int, seed: int) -> np.ndarray:
-    """Clustered unit vectors (isotropic noise would make every neighbour list a tie)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(8, dim))
-    vectors = centres[rng.integers(0, 8, n)] + 0.35 * rng.normal(size=(n, dim))
-    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
 def write(name: str, model: Path) -> None:
