@@ -192,6 +192,20 @@ def test_the_readme_section_runs_as_written_twice(section: Section, fixtures: Pa
         run_section(section, folder, attempt)
 
 
+def test_a_snippet_that_works_only_once_fails_on_the_second_run(fixtures: Path, tmp_path: Path) -> None:
+    shutil.copytree(fixtures, tmp_path / "work", symlinks=True)
+    once = Section(
+        "Once",
+        7,
+        [Block("python", 9, 'from fashionrec_onnx import Catalog\nCatalog.create("c", "model.onnx")')],
+    )
+    run_section(once, tmp_path / "work", "first")
+    with pytest.raises(
+        pytest.fail.Exception, match=r"(?s)'Once' \(line 7\), second run: .*line 11.*already exists"
+    ):
+        run_section(once, tmp_path / "work", "second")
+
+
 def test_the_readme_has_runnable_examples() -> None:
     assert sum(len(s.runnable) for s in ALL_SECTIONS) >= 5
 
