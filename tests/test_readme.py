@@ -38,6 +38,7 @@ from PIL import Image
 from fashionrec_onnx.datasets import SAMPLE_DIR
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+FENCE = re.compile(r"^\s{0,3}(```+)\s*([\w+-]*)[^`]*$")  # CommonMark: no backtick in the info string
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\s*\((.+)\)\s*-->")
 EXPECTED_EXIT = re.compile(r"#\s*exit\s+(\d+)\s*$")
 CATEGORIES = ("dress", "shirt", "bag", "sneaker", "coat", "trouser")
@@ -74,11 +75,12 @@ def sections(text: str) -> list[Section]:
         line = lines[number]
         if line.startswith("## "):
             found.append(Section(line[3:].strip(), number + 1))
-        elif line.startswith("```"):
-            language, start = line[3:].strip().lower(), number
+        elif fence := FENCE.match(line):
+            language, start = fence.group(2).lower(), number
+            closing = re.compile(rf"^\s{{0,3}}{fence.group(1)}`*\s*$")
             body = []
             number += 1
-            while number < len(lines) and not lines[number].startswith("```"):
+            while number < len(lines) and not closing.match(lines[number]):
                 body.append(lines[number])
                 number += 1
             before = next((lines[i] for i in range(start - 1, -1, -1) if lines[i].strip()), "")
@@ -214,6 +216,7 @@ def test_the_block_parser_finds_lines_skips_and_continued_commands() -> None:
     text = (
         "## One\n\n<!-- readme-test: skip (needs internet) -->\n```python\nx = 1\n```\n\n"
         "```console\n$ fashionrec index images \\\n    --catalog c   # exit 1\nprinted output\n```\n"
+        "```` ```python ```` inline code is no fence\n"
     )
     (one,) = sections(text)
     assert one.title == "One" and [b.line for b in one.blocks] == [4, 8]
