@@ -174,8 +174,9 @@ def _hint(unmatched: list[str], relatives: list[str]) -> str | None:
     named = [key for key in unmatched if key.rstrip("/") in folders]
     if named:
         example = next(r for r in relatives if r.startswith(named[0].rstrip("/") + "/"))
+        keys = "row key names a folder" if len(named) == 1 else "row keys name folders"
         return (
-            f"{len(named)} row keys name folders ({named[0]!r}), not images: give each image its own "
+            f"{len(named)} {keys} ({named[0]!r}), not images: give each image its own "
             f"row keyed by its relative path ({example!r}), for example with a column for the folder "
             "(a product id) repeated on each of its images"
         )
