@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 
 from .cli_args import _build_args, _catalog_arg, path, positive, subcommand, text
+from .errors import BadArgumentError
 
 
 def seconds(value: str) -> float:
@@ -20,20 +21,30 @@ def seconds(value: str) -> float:
     return number
 
 
+def _product_column(args: argparse.Namespace) -> str:
+    """In a sync the product column is the product field: --product-column, --product-field (the
+    option every catalog-building command takes) or product_id; two different names are refused."""
+    if args.product_column and args.product_field and args.product_column != args.product_field:
+        raise BadArgumentError(
+            f"--product-column {args.product_column} and --product-field {args.product_field} disagree: "
+            "a feed's product column becomes the catalog's product field; give one of them."
+        )
+    return args.product_column or args.product_field or "product_id"
+
+
 def _cmd_sync(args: argparse.Namespace) -> int:
     from .cli import _open_for_indexing
     from .download import DownloadSettings
     from .feed import read_feed
 
-    read_feed(
-        args.feed, product_column=args.product_column, image_column=args.image_column
-    )  # before creating
+    column = _product_column(args)
+    read_feed(args.feed, product_column=column, image_column=args.image_column)  # before creating
     settings = DownloadSettings(timeout=args.timeout, max_bytes=args.max_bytes)
     with _open_for_indexing(args) as catalog:
         report = catalog.sync(
             args.feed,
             images_root=args.images_root,
-            product_column=args.product_column,
+            product_column=column,
             image_column=args.image_column,
             key_prefix=args.key_prefix,
             batch_size=args.batch_size,
@@ -89,7 +100,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="where relative image paths start (default: the feed's folder)",
     )
     parser.add_argument(
-        "--product-column", type=text, default="product_id", metavar="NAME", help="the product id column"
+        "--product-column",
+        type=text,
+        metavar="NAME",
+        help="the product id column, which becomes the catalog's product field (default: "
+        "--product-field, else product_id)",
     )
     parser.add_argument("--image-column", type=text, default="image", metavar="NAME", help="the image column")
     parser.add_argument(

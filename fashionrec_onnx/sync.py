@@ -153,7 +153,7 @@ def _claim_product_field(catalog: Catalog, column: str) -> None:
             f"{catalog.path} groups photos into products by the field {current!r}, but this feed's "
             f"product column is {column!r}. Pass --product-column {current} (product_column="
             f"{current!r}) if that column holds the product ids, or change the catalog's product "
-            f"field first (Catalog.set_product_field({column!r}))."
+            f"field (--product-field {column}, Catalog.set_product_field({column!r}))."
         )
 
 

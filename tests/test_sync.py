@@ -310,6 +310,26 @@ def test_cli_sync_of_a_feed_without_the_product_column_exits_2_and_creates_nothi
     assert "--product-column" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
+def test_cli_sync_takes_product_field_as_the_product_column(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.png").write_bytes(png(1))
+    feed = write_feed(tmp_path / "feed.csv", [{"sku": "A", "image": "a.png"}])
+    args = ["sync", str(feed), "--catalog", str(tmp_path / "c"), "--model", str(small_model), "--quiet"]
+    assert main([*args, "--product-field", "sku"]) == 0
+    with Catalog.open(tmp_path / "c") as catalog:
+        assert (catalog.product_field, catalog.get("feed/a.png").metadata) == ("sku", {"sku": "A"})
+
+
+def test_cli_sync_refuses_product_field_and_column_that_disagree(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed = write_feed(tmp_path / "feed.csv", [{"sku": "A", "image": "a.png"}])
+    args = ["sync", str(feed), "--catalog", str(tmp_path / "c"), "--model", str(small_model)]
+    assert main([*args, "--product-field", "sku", "--product-column", "id"]) == 2
+    assert "disagree" in capsys.readouterr().err
+
+
 # -- kill -9 -------------------------------------------------------------------------------------
 
 SYNCER = textwrap.dedent(
