@@ -128,11 +128,11 @@ def sync_feed(
         ):
             _apply(catalog, chunk, report, batch_size)
             bar.update(len(chunk))
-    owned = [key for key, _ in _owned(catalog, key_prefix)]
+    owned = _owned(catalog, key_prefix)
     present = {key_prefix + row.image for row in parsed.rows} | {f.key for f in report.failed if f.key}
     gone = [key for key in owned if key not in present]
     for batch in _chunks(gone, REMOVE_BATCH):
-        report.removed += catalog.remove(*batch)
+        report.removed += _forget(catalog, batch)
     catalog.save()
     _prune_cache(catalog, cache, fetched)
     report.seconds = time.perf_counter() - started
@@ -236,10 +236,21 @@ def _apply(catalog: Catalog, images: list[_Image], report: SyncReport, batch_siz
             report.failed.append(FailedRow(image.row.line, image.key, image.row.image, failure.reason))
 
 
-def _owned(catalog: Catalog, prefix: str) -> list[tuple[str, str | None]]:
-    """``(key, path)`` of the items under the feed's prefix (read-only, through the store's key
-    index: the facade has no prefix lookup)."""
-    return catalog._core.store.items_with_key_prefix(prefix)
+# The catalog's internals below are reached for three things the facade does not offer yet: keys
+# by prefix, paths under a folder, and removing without remembering the keys as removed by hand.
+
+
+def _owned(catalog: Catalog, prefix: str) -> list[str]:
+    """Keys of the items under the feed's prefix (through the store's key index)."""
+    return [key for key, _ in catalog._core.store.items_with_key_prefix(prefix)]
+
+
+def _forget(catalog: Catalog, keys: list[str]) -> int:
+    """Remove items whose rows left the feed. Like `index --prune`, not like `remove`: the keys
+    are not remembered as removed by hand (a row that comes back brings its item back anyway)."""
+    from .catalog.removals import forget
+
+    return forget(catalog._core, keys)
 
 
 def _prune_cache(catalog: Catalog, cache: ImageCache, fetched: list[Fetched]) -> None:

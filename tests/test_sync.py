@@ -125,6 +125,7 @@ def test_image_that_left_the_feed_is_removed(tmp_path: Path, catalog: Catalog) -
     feed.write_text("\n".join(lines[:-1]) + "\n")  # p3 leaves the feed
     report = catalog.sync(feed)
     assert report.removed == 1 and "feed/photos/p3.png" not in catalog
+    assert catalog.removed_keys() == []  # not a removal by hand: the feed decides
 
 
 def test_sync_never_removes_items_indexed_from_a_folder(tmp_path: Path, catalog: Catalog) -> None:
