@@ -18,7 +18,7 @@ from collections import Counter
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from benchmarks.common import RESULTS, bench_model, timed
+from benchmarks.common import RESULTS, bench_model, machine_info, timed
 from fashionrec_onnx import Catalog
 from fashionrec_onnx.datasets import SAMPLE_DIR
 from fashionrec_onnx.download import DownloadSettings
@@ -82,7 +82,7 @@ def main() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
-    results: dict[str, object] = {"images": len(local), "model_size": args.size}
+    results: dict[str, object] = {"images": len(local), "model_size": args.size, "machine": machine_info()}
     with tempfile.TemporaryDirectory() as work:
         results["local"] = run_syncs(Path(work) / "local", model, local, Path(work))
         results["http"] = run_syncs(Path(work) / "http", model, [base + name for name in local], Path(work))
