@@ -225,13 +225,16 @@ class ImageCache:
         yielded as its `DownloadError`, never raised."""
         workers = max(1, self.settings.workers)
         pending: deque[tuple[str, Future[Fetched]]] = deque()
-        with ThreadPoolExecutor(workers, thread_name_prefix="fashionrec-download") as pool:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="fashionrec-download")
+        try:
             for url in urls:
                 pending.append((url, pool.submit(self.fetch, url)))
                 if len(pending) >= max(ahead, workers):
                     yield _outcome(*pending.popleft())
             while pending:
                 yield _outcome(*pending.popleft())
+        finally:  # a caller that stops early (an error, Ctrl+C) waits for no queued download
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _outcome(url: str, future: Future[Fetched]) -> tuple[str, Fetched | DownloadError]:
