@@ -127,7 +127,8 @@ def sync_feed(
             _images(parsed, root.resolve(), key_prefix, cache, report, fetched), batch_size * 4
         ):
             _apply(catalog, chunk, report, batch_size)
-            bar.update(len(chunk))
+            done = report.unchanged + report.added + report.reembedded + report.updated + len(report.failed)
+            bar.update(done - len(parsed.bad) - bar.n)  # rows that failed before the model count too
     owned = _owned(catalog, key_prefix)
     present = {key_prefix + row.image for row in parsed.rows} | {f.key for f in report.failed if f.key}
     gone = [key for key in owned if key not in present]
