@@ -157,6 +157,11 @@ def _build_args(parser: argparse.ArgumentParser) -> None:
         "--model", type=path, metavar="FILE", help="ONNX model (needed when the catalog is new)"
     )
     parser.add_argument(
+        "--copy-model",
+        action="store_true",
+        help="copy --model into the catalog directory (as model.onnx), so the directory moves as one",
+    )
+    parser.add_argument(
         "--M",
         type=whole_number(2, 256),
         default=DEFAULT_M,
@@ -505,9 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"fashionrec-onnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from .cli_vectors import add_commands as _vectors  # it builds on the helpers above
+    from .cli_serve import add_commands as _serve
+    from .cli_vectors import add_commands as _vectors  # they build on the helpers above
 
     commands = (_export, _index, _search, _maintenance, _duplicates, _evaluate, _import_fashion_mnist)
-    for add in (*commands, _vectors, _demo):
+    for add in (*commands, _vectors, _demo, _serve):
         add(sub)
     return parser

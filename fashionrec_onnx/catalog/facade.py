@@ -69,6 +69,12 @@ class Catalog:
     def readonly(self) -> bool:
         return self._core.readonly
 
+    @property
+    def generation(self) -> int:
+        """The change counter, caught up with other processes: it grows with every write."""
+        self._core.sync()
+        return self._core.generation
+
     # -- creating and opening ---------------------------------------------------------------------
 
     @classmethod
