@@ -435,3 +435,11 @@ def test_a_host_other_machines_can_reach_without_a_key_gets_a_warning(catalog_di
     assert exposure_warning("0.0.0.0", config) and "API key" in exposure_warning("0.0.0.0", config)
     assert exposure_warning("127.0.0.1", config) is None and exposure_warning("::1", config) is None
     assert exposure_warning("0.0.0.0", ServiceConfig(catalog="c", api_key_env="KEY")) is None
+
+
+def test_the_socket_shared_with_workers_is_labelled_tcp_so_answers_are_not_delayed() -> None:
+    from fashionrec_onnx.service.tcp import TcpConfig
+
+    config = TcpConfig("fashionrec_onnx.service.app:app_from_env", host="127.0.0.1", port=free_port())
+    with config.bind_socket() as sock:  # protocol 0 would leave Nagle on: 40 ms an answer
+        assert sock.proto == socket.IPPROTO_TCP

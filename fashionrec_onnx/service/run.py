@@ -3,6 +3,7 @@ set, the extra is installed), then uvicorn with one or several worker processes.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import os
 
@@ -45,8 +46,7 @@ def check(config: ServiceConfig) -> int:
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise FashionrecError(
-            f"the service needs the serve extra ({exc.name} is missing): "
-            "pip install 'fashionrec-onnx[serve]'"
+            f"the service needs the serve extra ({exc.name} is missing): pip install 'fashionrec-onnx[serve]'"
         ) from exc
     if config.api_key_env and not config.api_key():
         raise FashionrecError(
@@ -61,15 +61,20 @@ def serve(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, work
     """Run until interrupted. Workers are separate processes (uvicorn's supervisor), each with its
     own read-only view of the catalog, all built from the config in the environment."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from .tcp import TcpConfig
 
     os.environ[ENV_NAME] = config.to_env()
-    uvicorn.run(
-        FACTORY,
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=False,
-        log_level="info",
-        timeout_graceful_shutdown=5,
-    )
+    options = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": 5}
+    server_config = TcpConfig(FACTORY, factory=True, host=host, port=port, workers=workers, **options)
+    server = uvicorn.Server(server_config)
+    try:
+        if workers == 1:
+            server.run()
+            return
+        sockets = [server_config.bind_socket()]
+        target = {"target": server.run} if "target" in inspect.signature(Multiprocess).parameters else {}
+        Multiprocess(server_config, sockets=sockets, **target).run()  # as uvicorn.run does
+    except KeyboardInterrupt:
+        pass
