@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
+from .errors import BadArgumentError
+from .images import parse_box
 from .index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from .scan import is_utf8, printable
 
@@ -70,17 +72,9 @@ def ks(value: str) -> tuple[int, ...]:
 def box(value: str) -> tuple[int, int, int, int]:
     """An argparse type: a region of the query image, ``LEFT,TOP,RIGHT,BOTTOM`` in pixels."""
     try:
-        numbers = tuple(int(part) for part in value.split(","))
-    except ValueError:
-        numbers = ()
-    if len(numbers) != 4:
-        raise argparse.ArgumentTypeError(f"must be four whole numbers LEFT,TOP,RIGHT,BOTTOM, not {value!r}")
-    left, top, right, bottom = numbers
-    if min(left, top) < 0 or left >= right or top >= bottom:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is an empty box or has a negative corner: 0 <= LEFT < RIGHT, 0 <= TOP < BOTTOM"
-        )
-    return left, top, right, bottom
+        return parse_box(value)
+    except BadArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def text(value: str) -> str:

@@ -24,13 +24,14 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..catalog import Catalog
-from ..errors import FashionrecError
+from ..errors import BadArgumentError, FashionrecError
+from ..images import parse_box
 from ..upload_guard import MULTIPART_OVERHEAD, UploadGuard
 from .config import ServiceConfig
 from .errors import ServiceError, bad_parameter
 from .metrics import Metrics, MetricsMiddleware
 from .schemas import MULTIPART_SCHEMA, ErrorOut, Health, ItemOut, JsonQuery, SearchAnswer
-from .searching import Query, Searcher, check_filter, parse_box, parse_flag, parse_json_field, parse_k
+from .searching import Query, Searcher, check_filter, parse_flag, parse_json_field, parse_k
 
 log = logging.getLogger("fashionrec.service")
 
@@ -113,7 +114,10 @@ async def _form_query(request: Request, config: ServiceConfig) -> Query:
             raise bad_parameter("negative must be a JSON list of keys")
         query.negative = negative
     if fields.get("box"):
-        query.box = parse_box(fields["box"])
+        try:
+            query.box = parse_box(fields["box"])
+        except BadArgumentError as exc:
+            raise bad_parameter(str(exc)) from None
     query.group_by = fields.get("group_by") or None
     query.collapse_duplicates = parse_flag("collapse_duplicates", fields.get("collapse_duplicates", ""))
     return query

@@ -63,16 +63,6 @@ def parse_json_field(name: str, text: str, kind: type) -> Any:
     return value
 
 
-def parse_box(text: str) -> tuple[int, int, int, int]:
-    try:
-        numbers = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        numbers = ()
-    if len(numbers) != 4:
-        raise bad_parameter(f"box must be four whole numbers LEFT,TOP,RIGHT,BOTTOM, got {text[:40]!r}")
-    return numbers  # type: ignore[return-value]  # the library checks the corners
-
-
 def parse_flag(name: str, text: str) -> bool:
     if text.strip().lower() not in TRUE + FALSE:
         raise bad_parameter(f"{name} must be true or false, got {text[:20]!r}")
