@@ -72,6 +72,7 @@ def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
         threads=args.threads,
         vector_dtype=args.vector_dtype,
         reduce_to=args.reduce,
+        product_field=args.product_field,
     )
 
 
@@ -136,12 +137,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
             )
             return 1
         method = catalog.exact_search if args.exact else catalog.search
+        query = args.query[0] if len(args.query) == 1 else args.query
         try:
-            collapse = args.collapse_duplicates
-            hits = method(args.query, k=args.k, filter=wanted, box=args.box, collapse_duplicates=collapse)
+            hits = method(
+                query,
+                k=args.k,
+                filter=wanted,
+                box=args.box,
+                collapse_duplicates=args.collapse_duplicates,
+                group_by=args.group_by,
+                negative=args.negative or None,
+            )
         except OSError as exc:  # a query too long to be a file name, a folder, an unreadable file
+            name = exc.filename or " ".join(args.query)
             raise CatalogError(
-                f"'{_shorten(args.query)}' is neither a key in {args.catalog} nor a readable image "
+                f"'{_shorten(name)}' is neither a key in {args.catalog} nor a readable image "
                 f"file ({exc.strerror or exc})."
             ) from exc
     if args.json:
@@ -151,7 +161,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print("no results")
     for hit in hits:
         extra = "  ".join(f"{k}={v}" for k, v in sorted(hit.metadata.items()))
-        print(f"{hit.rank:>3}  {hit.similarity:.4f}  {hit.key}  {extra}".rstrip())
+        photos = f"  (+{len(hit.photos)} photos)" if hit.photos else ""
+        print(f"{hit.rank:>3}  {hit.similarity:.4f}  {hit.key}  {extra}{photos}".rstrip())
     return 0
 
 

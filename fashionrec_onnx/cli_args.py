@@ -188,6 +188,13 @@ def _build_args(parser: argparse.ArgumentParser) -> None:
         help="for a new catalog: a PCA graph of DIM dimensions, fitted once 20,000 items are in "
         "(256 suits a million images; see README 'A million images')",
     )
+    parser.add_argument(
+        "--product-field",
+        type=text,
+        metavar="FIELD",
+        help="the metadata field holding each image's product id, for searches grouped by product "
+        "(recorded in the catalog; give it again to change it)",
+    )
 
 
 FILTER_HELP = (
@@ -236,18 +243,41 @@ def _search(sub: argparse._SubParsersAction) -> None:
         "search",
         "the most similar items to an image or a catalog key",
         'QUERY is an image file, or the key of an item in the catalog ("more like this": the item\n'
-        "itself is left out). Each hit prints its rank, similarity (1 = the same image), key and\n"
-        "metadata. Exit code 1 when the catalog is empty.",
+        "itself is left out, with its whole product when the catalog has a product field). Several\n"
+        "QUERY and --not arguments search for mean(queries) - 0.5 * mean(--not). Each hit prints\n"
+        "its rank, similarity (1 = the same image), key and metadata. Exit code 1 when the catalog\n"
+        "is empty.",
         "  fashionrec search photo.jpg --catalog ./catalog -k 10\n"
         "  fashionrec search dress/test-00013.png --catalog ./catalog --filter category=Bag\n"
         "  fashionrec search photo.jpg --catalog ./catalog --filter category=Dress --filter category=Coat\n"
         "  fashionrec search photo.jpg --catalog ./catalog --json\n"
-        "  fashionrec search street.jpg --catalog ./catalog --box 410,220,780,900   # the coat only",
+        "  fashionrec search street.jpg --catalog ./catalog --box 410,220,780,900   # the coat only\n"
+        "  fashionrec search photo.jpg --catalog ./catalog --group-by product\n"
+        "  fashionrec search liked-1.jpg liked-2.jpg --not disliked.jpg --catalog ./catalog",
     )
-    search.add_argument("query", help="image file, or the key of an item (more like this)")
+    search.add_argument(
+        "query",
+        nargs="+",
+        help="image file, or the key of an item (more like this); several: results like all of them",
+    )
     _catalog_arg(search)
     search.add_argument("-k", type=positive, metavar="N", default=5, help="number of results")
     search.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE", help=FILTER_HELP)
+    search.add_argument(
+        "--not",
+        dest="negative",
+        action="append",
+        default=[],
+        type=text,
+        metavar="PATH_OR_KEY",
+        help="results unlike this image or item (repeat it for several); see README 'Several queries'",
+    )
+    search.add_argument(
+        "--group-by",
+        choices=("product",),
+        help="the k best distinct products, each with its best photo and its other photos "
+        "(the catalog needs a product field: index --product-field)",
+    )
     search.add_argument(
         "--box",
         type=box,
@@ -267,7 +297,8 @@ def _search(sub: argparse._SubParsersAction) -> None:
     search.add_argument(
         "--json",
         action="store_true",
-        help="print the hits as a JSON list (rank, key, path, distance, similarity, metadata)",
+        help="print the hits as a JSON list (rank, key, path, distance, similarity, metadata, "
+        "product, photos)",
     )
     search.add_argument(
         "--model", type=path, metavar="FILE", help="model (default: the one the catalog records)"

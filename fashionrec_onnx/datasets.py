@@ -120,6 +120,40 @@ def write_images(
     return rows
 
 
+def group_into_products(
+    features: np.ndarray, categories: np.ndarray, *, largest: int = 4, seed: int = 0
+) -> list[str]:
+    """Product ids for a dataset that has none (Fashion-MNIST): within each category, images are
+    taken in a seeded random order and each unassigned image starts a product of 1 to ``largest``
+    photos (drawn uniformly) with its nearest unassigned neighbours by cosine similarity of
+    ``features`` (pixels or embeddings). Deterministic for given inputs; ids are
+    ``<category slug>-<number>``. Like a shop's several photos of one product, a product's
+    photos look alike, so grouped search has real work to do."""
+    rng = np.random.default_rng(seed)
+    flat = np.asarray(features, np.float32).reshape(len(features), -1)
+    flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    ids = [""] * len(flat)
+    for category in np.unique(categories):
+        members = np.flatnonzero(categories == category)
+        similarity = flat[members] @ flat[members].T
+        free = np.ones(len(members), bool)
+        name = (
+            slug(CLASSES[int(category)]) if np.issubdtype(type(category), np.integer) else slug(str(category))
+        )
+        for number, first in enumerate(rng.permutation(len(members))):
+            if not free[first]:
+                continue
+            free[first] = False
+            near = np.flatnonzero(free)
+            near = near[
+                np.argsort(-similarity[first, near], kind="stable")[: int(rng.integers(1, largest + 1)) - 1]
+            ]
+            free[near] = False
+            for position in (first, *near):
+                ids[int(members[position])] = f"{name}-{number:05d}"
+    return ids
+
+
 def write_labels(rows: list[dict[str, str]], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["key", "category", "label", "split"])

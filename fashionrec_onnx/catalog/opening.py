@@ -22,7 +22,7 @@ from ..embedder import Embedder
 from ..errors import CatalogError, ModelError, ModelMismatchError
 from ..index import HnswParams
 from ..model import ModelInfo, read_model_info
-from . import maintenance
+from . import maintenance, products
 from .core import LOCK_NAME, CatalogCore, locked_open
 from .migrate import migrate_v1, needs_migration
 from .store import DB_NAME, SCHEMA_VERSION, Store
@@ -74,7 +74,13 @@ def located_model(root: Path, recorded: str) -> Path:
 
 
 def create(
-    root: Path, model: ModelArg, params: HnswParams, vector_dtype: str, reduce_to: int | None, exist_ok: bool
+    root: Path,
+    model: ModelArg,
+    params: HnswParams,
+    vector_dtype: str,
+    reduce_to: int | None,
+    exist_ok: bool,
+    product_field: str | None = None,
 ) -> None:
     """A new catalog at ``root``, unless one is there (an error unless ``exist_ok``)."""
     if vector_dtype not in ("float32", "float16"):
@@ -83,7 +89,7 @@ def create(
     root.mkdir(parents=True, exist_ok=True)
     with exclusive(root):
         if not (root / DB_NAME).exists():
-            _write_new(root, info, model_path, params, vector_dtype, reduce_to)
+            _write_new(root, info, model_path, params, vector_dtype, reduce_to, product_field)
         elif not exist_ok:
             raise CatalogError(
                 f"a catalog already exists at {root}; open it with Catalog.open (or pass "
@@ -98,6 +104,7 @@ def _write_new(
     params: HnswParams,
     vector_dtype: str,
     reduce_to: int | None,
+    product_field: str | None,
 ) -> None:
     """The database is written under a temporary name and renamed last: it exists only whole."""
     name = file_name(vector_dtype)
@@ -121,6 +128,7 @@ def _write_new(
                 "items.count": "0",
                 "changes.since": "0",
                 "reduction.planned": str(reduce_to or ""),
+                products.SETTING: product_field or "",
             }
         )
         store.set_settings(settings)
