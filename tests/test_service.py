@@ -75,19 +75,20 @@ def served(catalog: Path, *options: str, env: dict[str, str] | None = None) -> I
 
 
 def sample_images(target: Path, categories: tuple[str, ...], start: int, count: int) -> dict[str, dict]:
-    """``count`` sample photos of each category copied under ``target``; their metadata by key."""
+    """``count`` sample photos of each category copied under ``target``; their metadata by key
+    (a category, and a product of two photos)."""
     metadata = {}
     for category in categories:
         (target / category).mkdir(parents=True, exist_ok=True)
-        for source in sorted((SAMPLE_DIR / category).glob("*.png"))[start : start + count]:
+        for i, source in enumerate(sorted((SAMPLE_DIR / category).glob("*.png"))[start : start + count]):
             shutil.copyfile(source, target / category / source.name)
-            metadata[f"{category}/{source.name}"] = {"category": category}
+            metadata[f"{category}/{source.name}"] = {"category": category, "product": f"{category}-{i // 2}"}
     return metadata
 
 
 def make_catalog(root: Path, model: Path) -> Path:
     metadata = sample_images(root / "images", CATEGORIES, 0, PER_CATEGORY)
-    with Catalog.create(root / "catalog", model) as catalog:
+    with Catalog.create(root / "catalog", model, product_field="product") as catalog:
         catalog.index_folder(root / "images", metadata=metadata, progress=False)
     return root / "catalog"
 
@@ -186,13 +187,59 @@ def test_a_jpeg_upload_is_searched_like_any_photo(http, catalog) -> None:
     assert len(hits) == 3 and hits[0]["key"] == catalog.keys()[2]
 
 
+def test_hits_carry_their_product(http, catalog) -> None:
+    hits = http.post("/search", json={"key": catalog.keys()[0], "k": 6}).json()["hits"]
+    assert [hit["product"] for hit in hits] == [
+        hit.product for hit in catalog.more_like_this(catalog.keys()[0], k=6)
+    ]
+    assert all(hit["product"] == hit["metadata"]["product"] for hit in hits)
+
+
+def grouped(hits: list) -> list[tuple[str, str, list[str]]]:
+    return [(hit["key"], hit["product"], hit["photos"]) for hit in hits]
+
+
+def test_group_by_product_answers_distinct_products_with_their_other_photos(http, catalog) -> None:
+    key = catalog.keys()[4]
+    by_key = http.post("/search", json={"key": key, "k": 4, "group_by": "product"}).json()["hits"]
+    expected = catalog.more_like_this(key, k=4, group_by="product")
+    assert grouped(by_key) == [(hit.key, hit.product, list(hit.photos)) for hit in expected]
+    assert len({hit["product"] for hit in by_key}) == 4 and all(len(hit["photos"]) == 1 for hit in by_key)
+    by_photo = upload(http, photo(catalog.path, key), k=4, group_by="product").json()["hits"]
+    expected = catalog.search(catalog.path.parent / "images" / key, k=4, group_by="product")
+    assert grouped(by_photo) == [(hit.key, hit.product, list(hit.photos)) for hit in expected]
+
+
+def test_several_keys_and_negatives_answer_what_catalog_more_like_this_does(http, catalog) -> None:
+    keys, negative = catalog.keys()[:3:2], [catalog.keys()[30]]
+    answer = http.post("/search", json={"keys": keys, "negative": negative, "k": 5}).json()
+    assert ranked(answer["hits"]) == of_catalog(catalog.more_like_this(keys, k=5, negative=negative))
+
+
+def test_an_upload_with_negative_keys_searches_away_from_them(http, catalog) -> None:
+    key, negative = catalog.keys()[0], [catalog.keys()[25], catalog.keys()[45]]
+    answer = upload(http, photo(catalog.path, key), k=5, negative=json.dumps(negative)).json()
+    expected = catalog.search(catalog.path.parent / "images" / key, k=5, negative=negative)
+    assert ranked(answer["hits"]) == of_catalog(expected)
+
+
+def test_an_unknown_negative_key_is_404(http, catalog) -> None:
+    assert_error(
+        http.post("/search", json={"key": catalog.keys()[0], "negative": ["no/such"]}), 404, "unknown_key"
+    )
+    assert_error(
+        upload(http, photo(catalog.path, catalog.keys()[0]), negative='["no/such"]'), 404, "unknown_key"
+    )
+
+
 # -- items, health, metrics, docs -----------------------------------------------------------------
 
 
-def test_an_item_answers_its_key_and_metadata_without_a_server_path(http, catalog) -> None:
+def test_an_item_answers_its_key_metadata_and_product_without_a_server_path(http, catalog) -> None:
     key = catalog.keys()[0]
+    item = catalog.get(key)
     response = http.get(f"/items/{key}")
-    assert response.json() == {"key": key, "metadata": {"category": key.split("/")[0]}}
+    assert response.json() == {"key": key, "metadata": item.metadata, "product": item.metadata["product"]}
 
 
 def test_answers_carry_no_server_path(http, catalog) -> None:
@@ -265,6 +312,8 @@ def test_an_unknown_key_is_404_for_items_and_searches(http) -> None:
         {"vector": [1.0, 2.0]},
         {"key": "k", "filter": {"category": {"nested": 1}}},
         {"key": "k", "filter": "category=bag"},
+        {"vector": [0.1] * 2048, "group_by": "colour"},
+        {"keys": []},
     ],
     ids=[
         "k0",
@@ -276,6 +325,8 @@ def test_an_unknown_key_is_404_for_items_and_searches(http) -> None:
         "short-vector",
         "nested-filter",
         "filter-not-object",
+        "group-by-unknown",
+        "no-keys",
     ],
 )
 def test_bad_json_parameters_are_422(http, query) -> None:

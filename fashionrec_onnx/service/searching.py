@@ -90,6 +90,11 @@ class Searcher:
         paths.update({str(catalog.model_path): "<model>", str(catalog.model_path.parent): "<model folder>"})
         self.hidden = {} if config.expose_paths else paths
 
+    @property
+    def product_field(self) -> str | None:
+        """Read at each answer: `fashionrec index --product-field` may set it while serving."""
+        return self.catalog.product_field
+
     def failed(self, exc: FashionrecError) -> ServiceError:
         return from_library(exc, self.hidden)
 
@@ -100,23 +105,22 @@ class Searcher:
         except FashionrecError as exc:
             raise self.failed(exc) from exc
         query.timings["search"] = (time.perf_counter() - start) * 1000 - query.timings.get("embed", 0.0)
-        grouped = query.group_by is not None
+        grouped, products = query.group_by is not None, self.product_field is not None
         return {
-            "hits": [self.hit_json(hit, grouped) for hit in hits],
+            "hits": [self.hit_json(hit, grouped, products) for hit in hits],
             "timings_ms": query.timings,
             "model": self.catalog.info.fingerprint,
         }
 
     def _hits(self, query: Query) -> list[Hit]:
         catalog = self.catalog
-        options: dict[str, Any] = {"collapse_duplicates": query.collapse_duplicates}
-        if query.group_by is not None:
-            options["group_by"] = query.group_by
+        options: dict[str, Any] = {
+            "collapse_duplicates": query.collapse_duplicates,
+            "group_by": query.group_by,
+        }
         if query.key is not None or query.keys is not None:
-            if query.negative:
-                options["negative"] = list(query.negative)
             keys = query.key if query.key is not None else list(query.keys or [])
-            return catalog.more_like_this(keys, query.k, query.filter, **options)  # type: ignore[arg-type]
+            return catalog.more_like_this(keys, query.k, query.filter, negative=query.negative, **options)
         if query.negative:  # keys become stored vectors: search() would take a string for a file
             options["negative"] = list(catalog.vectors(query.negative))
         if query.image is not None:
@@ -128,7 +132,7 @@ class Searcher:
             vector = np.asarray(query.vector, np.float32)
         return catalog.search(vector, query.k, query.filter, **options)
 
-    def hit_json(self, hit: Hit, grouped: bool) -> dict[str, Any]:
+    def hit_json(self, hit: Hit, grouped: bool, products: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
             "rank": hit.rank,
             "key": hit.key,
@@ -136,10 +140,10 @@ class Searcher:
             "distance": hit.distance,
             "metadata": hit.metadata,
         }
-        if getattr(self.catalog, "product_field", None):
-            out["product"] = getattr(hit, "product", None)
+        if products:
+            out["product"] = hit.product
         if grouped:
-            out["photos"] = list(getattr(hit, "photos", ()))
+            out["photos"] = list(hit.photos)
         if self.config.expose_paths:
             out["path"] = hit.path
         return out
@@ -150,7 +154,7 @@ class Searcher:
         except FashionrecError as exc:
             raise self.failed(exc) from exc
         out: dict[str, Any] = {"key": item.key, "metadata": item.metadata}
-        product_field = getattr(self.catalog, "product_field", None)
+        product_field = self.product_field
         if product_field:
             value = item.metadata.get(product_field)
             out["product"] = None if value is None else str(value)
