@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from .cli_args import _catalog_arg, _threads_arg, path, positive, subcommand, text, whole_number
+from .cli_args import _catalog_arg, path, positive, subcommand, text, whole_number
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -80,7 +80,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--expose-paths", action="store_true", help="include the server's image paths in answers"
     )
-    _threads_arg(parser)
+    parser.add_argument(
+        "--threads",
+        type=positive,
+        metavar="N",
+        help="onnxruntime threads per worker (default: cores / workers)",
+    )
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": _cmd_serve}
