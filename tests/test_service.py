@@ -253,6 +253,15 @@ def test_answers_carry_no_server_path(http, catalog) -> None:
         assert '"path"' not in text
 
 
+def test_expose_paths_puts_the_server_s_image_paths_in_answers(catalog_dir, catalog) -> None:
+    key = catalog.keys()[0]
+    with served(catalog_dir, "--expose-paths") as address:
+        hits = httpx.post(f"{address}/search", json={"key": key, "k": 2}).json()["hits"]
+        item = httpx.get(f"{address}/items/{key}").json()
+    assert [hit["path"] for hit in hits] == [hit.path for hit in catalog.more_like_this(key, k=2)]
+    assert item["path"] == catalog.get(key).path and Path(item["path"]).is_file()
+
+
 def test_health_tells_items_model_and_generation_without_the_key(url, catalog) -> None:
     body = httpx.get(f"{url}/health").json()
     assert body["status"] == "ok" and body["items"] == len(catalog)
