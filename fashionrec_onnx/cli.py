@@ -85,7 +85,15 @@ def _print_index_report(report) -> int:  # report: IndexReport
     )
     for failure in report.failures:
         print(f"  skipped {failure.source}: {failure.reason}")
-    return 1 if report.failures else 0
+    if report.skipped_removed:
+        print(
+            f"  left out {report.skipped_removed} files whose keys were removed with `fashionrec remove` "
+            "(--include-removed adds them back)"
+        )
+    if report.metadata is not None:
+        for line in report.metadata.lines():
+            print(line)
+    return 1 if report.failures or (report.metadata is not None and report.metadata.problem) else 0
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
@@ -107,6 +115,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             batch_size=args.batch_size,
             key_prefix=args.key_prefix,
+            readd_removed=args.include_removed,
         )
         code = _print_index_report(report)
         print(f"catalog {args.catalog}: {len(catalog)} items")
@@ -303,6 +312,7 @@ def _cmd_import_fashion_mnist(args: argparse.Namespace) -> int:
     images = args.catalog / "images"
     labels = export_split(images, split=args.split, limit=args.limit, source=args.source)
     args.images, args.metadata, args.prune, args.key_prefix = images, labels, False, ""
+    args.include_removed = False
     return _cmd_index(args)
 
 

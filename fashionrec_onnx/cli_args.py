@@ -212,7 +212,8 @@ def _index(sub: argparse._SubParsersAction) -> None:
         "Every image below IMAGES (recursively, hidden files skipped) is embedded and added under\n"
         "its path relative to IMAGES. The first run creates the catalog and needs --model. Later\n"
         "runs embed only new or changed files; an interrupted run resumes. Files that cannot be\n"
-        "read are listed as skipped and the exit code is 1.",
+        "read are listed as skipped and the exit code is 1. Images whose keys were removed with\n"
+        "`fashionrec remove` stay out unless --include-removed.",
         "  fashionrec index ./images --catalog ./catalog --model model.onnx\n"
         "  fashionrec index ./images --catalog ./catalog --metadata labels.csv --prune\n"
         "  fashionrec index ./shop-b --catalog ./catalog --key-prefix shop-b/",
@@ -225,7 +226,9 @@ def _index(sub: argparse._SubParsersAction) -> None:
         type=path,
         metavar="FILE",
         help="CSV (with a header row) or JSON lines; the key, path, id, filename or file column "
-        "names the image (its relative path, file name or stem), the other columns become metadata",
+        "names one image (its relative path, else its file name, else its stem), the other columns "
+        "become metadata; rows that fit no image or several are listed, and a file of which no row "
+        "fits, or a row fits several images, gives exit code 1",
     )
     index.add_argument(
         "--key-prefix",
@@ -235,6 +238,11 @@ def _index(sub: argparse._SubParsersAction) -> None:
         help="put before every key (e.g. shop-b/) to index several folders into one catalog",
     )
     index.add_argument("--prune", action="store_true", help="remove items whose file has gone")
+    index.add_argument(
+        "--include-removed",
+        action="store_true",
+        help="add back images whose keys were removed with `fashionrec remove` (left out otherwise)",
+    )
 
 
 def _search(sub: argparse._SubParsersAction) -> None:
@@ -312,7 +320,8 @@ def _maintenance(sub: argparse._SubParsersAction) -> None:
         "remove",
         "remove items by key",
         "Keys are what `search` prints (the key prefix, then the path relative to the indexed\n"
-        "folder). Keys not in the catalog are listed, and the exit code is then 1.",
+        "folder). Keys not in the catalog are listed, and the exit code is then 1. Removed keys\n"
+        "are remembered: `index` leaves their files out unless --include-removed.",
         "  fashionrec remove dress/test-00013.png bag/test-00598.png --catalog ./catalog",
     )
     remove.add_argument("keys", nargs="+", type=text, metavar="KEY", help="key of an item to remove")

@@ -18,7 +18,7 @@ from ..images import Box, Source
 from ..index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from ..model import ModelInfo
 from ..reduce import PCA
-from . import indexing, maintenance, opening, products
+from . import indexing, maintenance, opening, products, removals
 from . import search as planner
 from .columns import Filter
 from .core import CatalogCore
@@ -364,8 +364,15 @@ class Catalog:
             self.reduce(int(planned))
 
     def remove(self, *keys: str) -> int:
-        """Remove items by key; unknown or already removed keys are ignored. Returns how many went."""
-        return len(self._core.write([], keys)[1])
+        """Remove items by key; unknown or already removed keys are ignored. Returns how many went.
+
+        Removals stick: `index_folder` does not add a removed key back unless asked
+        (``readd_removed=True``); `add` or `add_many` of the key does (see `removals`)."""
+        return removals.remove(self._core, keys)
+
+    def removed_keys(self) -> list[str]:
+        """Keys removed with `remove` and not added since: `index_folder` leaves their files out."""
+        return self._core.store.removed_keys()
 
     def update_metadata(self, metadata: Mapping[str, Mapping[str, Any]]) -> int:
         """Replace the metadata of existing items in place (no re-embedding); unknown keys are
@@ -388,6 +395,7 @@ class Catalog:
         progress: bool = True,
         batch_size: int = 32,
         key_prefix: str = "",
+        readd_removed: bool = False,
     ) -> IndexReport:
         """Index every image below ``folder``; only new or changed files go through the model.
 
@@ -395,6 +403,9 @@ class Catalog:
         to keep several in one catalog. A key already held by an image from elsewhere is refused
         before anything is written, never silently replaced. Each batch is committed on its own,
         so an interrupted run resumes where it stopped. Unreadable files are skipped and listed.
+        Keys removed with `remove` are skipped (counted in the report) unless ``readd_removed``.
+        ``metadata`` rows are matched to images by `metadata_match.RULE`; the report's
+        ``metadata`` says how many matched, and which fit no image or several (given to none).
         """
         return indexing.index_folder(
             self,
@@ -404,6 +415,7 @@ class Catalog:
             progress=progress,
             batch_size=batch_size,
             key_prefix=key_prefix,
+            readd_removed=readd_removed,
         )
 
     def import_vectors(self, path: str | os.PathLike[str], *, progress: bool = False) -> ImportReport:
