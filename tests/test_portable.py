@@ -18,7 +18,7 @@ from fashionrec_onnx.datasets import SAMPLE_DIR
 from fashionrec_onnx.errors import ModelError
 
 FASHIONREC = str(Path(sys.executable).with_name("fashionrec"))
-V1_CATALOGS = Path(__file__).parent / "data" / "v1-catalogs"
+DATA = Path(__file__).parent / "data"  # catalogs of 0.1.0 (v1), of format 2 (absolute model path)
 QUERY = SAMPLE_DIR / "bag" / sorted(p.name for p in (SAMPLE_DIR / "bag").glob("*.png"))[0]
 
 
@@ -93,9 +93,12 @@ def test_a_moved_catalog_without_its_model_searches_keys_and_asks_for_it(tmp_pat
         assert catalog.search(QUERY, k=1)[0].key == f"bag/{QUERY.name}"
 
 
-def test_a_catalog_of_the_previous_format_moved_elsewhere_still_opens(tmp_path, small_model) -> None:
+@pytest.mark.parametrize("written_by", ["v1-catalogs", "v2-catalogs"])
+def test_a_catalog_of_an_earlier_version_moved_elsewhere_still_opens(
+    tmp_path, small_model, written_by
+) -> None:
     root = tmp_path / "moved" / "catalog"
-    shutil.copytree(V1_CATALOGS / "float32", root)
+    shutil.copytree(DATA / written_by / "float32", root)
     expected = json.loads((root / "expected.json").read_text())
     copy_model_into(root, small_model)
     with Catalog.open(root) as catalog:
