@@ -360,6 +360,11 @@ def test_bad_form_parameters_are_422(http, catalog, fields) -> None:
     assert_error(upload(http, photo(catalog.path, catalog.keys()[0]), **fields), 422, "bad_parameter")
 
 
+def test_a_form_without_the_image_field_is_422(http, catalog) -> None:
+    response = http.post("/search", files={"photo": ("p.png", photo(catalog.path, catalog.keys()[0]))})
+    assert "image" in assert_error(response, 422, "bad_parameter")["detail"]
+
+
 def test_a_body_that_is_neither_form_nor_json_is_422(http) -> None:
     response = http.post("/search", content=b"k=3", headers={"content-type": "text/plain"})
     assert_error(response, 422, "bad_parameter")

@@ -2,7 +2,8 @@
 
 The modules: `config` (what a worker needs, passed through the environment), `schemas` (request
 and answer shapes), `errors` (library errors -> JSON with the right status), `metrics`
-(Prometheus text), `app` (the FastAPI app factory), `run` (checks and the uvicorn launcher).
+(Prometheus text), `searching` (what the routes do, without the framework), `app` (the FastAPI
+app factory), `run` (checks and the uvicorn launcher), `tcp` (the workers' shared socket).
 Nothing here is imported by ``import fashionrec_onnx``: FastAPI and uvicorn are the ``serve``
 extra.
 """
