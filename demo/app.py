@@ -32,10 +32,10 @@ from fashionrec_onnx import (
     load_image,
 )
 from fashionrec_onnx.datasets import sample_dir
+from fashionrec_onnx.upload_guard import MULTIPART_OVERHEAD, UploadGuard
 
 from .photo_input import PhotoInput
 from .region import MAX_REGION_CHARS, REGION_HELP, REGION_JS, RegionError, parse_region
-from .upload_guard import MULTIPART_OVERHEAD, UploadGuard
 
 log = logging.getLogger("fashionrec.demo")
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from .cli_args import build_parser
+from .cli_serve import HANDLERS as SERVE_HANDLERS
 from .cli_sync import HANDLERS as SYNC_HANDLERS
 from .cli_vectors import HANDLERS as VECTOR_HANDLERS
 from .errors import CatalogError, FashionrecError
@@ -58,10 +59,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
     from .catalog import Catalog
+    from .catalog.portable import copy_model_into
 
+    if args.copy_model and args.model is None:
+        raise CatalogError("--copy-model copies the --model given; pass --model FILE too.")
+    model = copy_model_into(args.catalog, args.model) if args.copy_model else args.model
     return Catalog.open_or_create(
         args.catalog,
-        args.model,
+        model,
         M=args.M,
         ef_construction=args.ef_construction,
         ef=args.ef,
@@ -351,6 +356,7 @@ HANDLERS: dict[str, Handler] = {
     "import-fashion-mnist": _cmd_import_fashion_mnist,
     "demo": _cmd_demo,
     **VECTOR_HANDLERS,
+    **SERVE_HANDLERS,
     **SYNC_HANDLERS,
 }
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
+from .errors import BadArgumentError
+from .images import parse_box
 from .index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from .scan import is_utf8, printable
 
@@ -70,17 +72,9 @@ def ks(value: str) -> tuple[int, ...]:
 def box(value: str) -> tuple[int, int, int, int]:
     """An argparse type: a region of the query image, ``LEFT,TOP,RIGHT,BOTTOM`` in pixels."""
     try:
-        numbers = tuple(int(part) for part in value.split(","))
-    except ValueError:
-        numbers = ()
-    if len(numbers) != 4:
-        raise argparse.ArgumentTypeError(f"must be four whole numbers LEFT,TOP,RIGHT,BOTTOM, not {value!r}")
-    left, top, right, bottom = numbers
-    if min(left, top) < 0 or left >= right or top >= bottom:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is an empty box or has a negative corner: 0 <= LEFT < RIGHT, 0 <= TOP < BOTTOM"
-        )
-    return left, top, right, bottom
+        return parse_box(value)
+    except BadArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def text(value: str) -> str:
@@ -155,6 +149,11 @@ def _threads_arg(parser: argparse.ArgumentParser) -> None:
 def _build_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", type=path, metavar="FILE", help="ONNX model (needed when the catalog is new)"
+    )
+    parser.add_argument(
+        "--copy-model",
+        action="store_true",
+        help="copy --model into the catalog directory (as model.onnx), so the directory moves as one",
     )
     parser.add_argument(
         "--M",
@@ -545,10 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"fashionrec-onnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from .cli_sync import add_commands as _sync  # these build on the helpers above
-    from .cli_vectors import add_commands as _vectors
+    from .cli_serve import add_commands as _serve
+    from .cli_sync import add_commands as _sync
+    from .cli_vectors import add_commands as _vectors  # they build on the helpers above
 
     commands = (_export, _index, _search, _maintenance, _duplicates, _evaluate, _import_fashion_mnist)
-    for add in (*commands, _vectors, _sync, _demo):
+    for add in (*commands, _vectors, _sync, _demo, _serve):
         add(sub)
     return parser

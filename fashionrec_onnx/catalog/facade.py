@@ -72,6 +72,12 @@ class Catalog:
         return self._core.readonly
 
     @property
+    def generation(self) -> int:
+        """The change counter, caught up with other processes: it grows with every write."""
+        self._core.sync()
+        return self._core.generation
+
+    @property
     def product_field(self) -> str | None:
         """The metadata field naming each item's product (None: every photo stands alone)."""
         self._core.sync()

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 CATALOG_FORMAT = "2"
 ModelArg = str | os.PathLike | Embedder
 PROBE_SIMILARITY = 0.999  # a model must embed the probe image as it did when the catalog was made
+MODEL_NAME = "model.onnx"  # a model copied into the catalog directory (`--copy-model`) goes here
 
 
 @contextlib.contextmanager
@@ -51,6 +52,25 @@ def model_identity(model: ModelArg) -> tuple[Path, ModelInfo]:
         return model.model_path.resolve(), model.info
     model_path = Path(model).expanduser().resolve()
     return model_path, read_model_info(model_path)
+
+
+def recorded_model_path(root: Path, model_path: Path) -> str:
+    """A model inside the catalog directory is recorded relative to it: the directory can move."""
+    try:
+        return model_path.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(model_path)
+
+
+def located_model(root: Path, recorded: str) -> Path:
+    """The recorded model (a relative path is inside the catalog), else a ``model.onnx`` or a file
+    of the recorded name in the catalog directory (a catalog moved with its model). Any of them
+    must still match the catalog's fingerprint and probe when loaded."""
+    path = root / recorded if recorded and not Path(recorded).is_absolute() else Path(recorded)
+    for candidate in (path, root / MODEL_NAME, root / path.name):
+        if recorded and candidate.is_file():
+            return candidate.resolve()
+    return path
 
 
 def create(
@@ -98,7 +118,7 @@ def _write_new(
             {
                 "schema_version": str(SCHEMA_VERSION),
                 "catalog_format": CATALOG_FORMAT,
-                "model_path": str(model_path),
+                "model_path": recorded_model_path(root, model_path),
                 "hnsw.M": str(params.M),
                 "hnsw.ef_construction": str(params.ef_construction),
                 "hnsw.ef": str(params.ef),
@@ -146,7 +166,7 @@ def open_core(
     store = Store(database, readonly=readonly)
     try:
         core = CatalogCore(root, store, readonly=readonly)
-        model_path = Path(store.get_setting("model_path", "") or "")
+        model_path = located_model(root, store.get_setting("model_path", "") or "")
         embedder = None
         if model is not None:
             model_path, info = model_identity(model)
