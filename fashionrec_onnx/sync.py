@@ -237,26 +237,20 @@ def _apply(catalog: Catalog, images: list[_Image], report: SyncReport, batch_siz
             report.failed.append(FailedRow(image.row.line, image.key, image.row.image, failure.reason))
 
 
-# The catalog's internals below are reached for three things the facade does not offer yet: keys
-# by prefix, paths under a folder, and removing without remembering the keys as removed by hand.
-
-
 def _owned(catalog: Catalog, prefix: str) -> list[str]:
     """Keys of the items under the feed's prefix (through the store's key index)."""
-    return [key for key, _ in catalog._core.store.items_with_key_prefix(prefix)]
+    return catalog.keys(prefix)
 
 
 def _forget(catalog: Catalog, keys: list[str]) -> int:
     """Remove items whose rows left the feed. Like `index --prune`, not like `remove`: the keys
     are not remembered as removed by hand (a row that comes back brings its item back anyway)."""
-    from .catalog.removals import forget
-
-    return forget(catalog._core, keys)
+    return catalog.remove(*keys, remember=False)
 
 
 def _prune_cache(catalog: Catalog, cache: ImageCache, fetched: list[Fetched]) -> None:
     """Drop cached images no item points to any more (replaced or removed ones)."""
-    in_use = [path for _, path in catalog._core.store.items_under(str(cache.folder.resolve()))]
+    in_use = catalog.paths_under(cache.folder.resolve())
     removed = cache.prune([*in_use, *(f.path for f in fetched)])
     if removed:
         log.info("removed %d cached image(s) no item uses any more", removed)

@@ -212,8 +212,15 @@ class Catalog:
         """Every item, read from the database in batches (for catalogs too large for a list)."""
         return self._core.store.iter_items()
 
-    def keys(self) -> list[str]:
+    def keys(self, prefix: str | None = None) -> list[str]:
+        """Every key, or those starting with ``prefix`` (a range on the key index, not a scan)."""
+        if prefix:
+            return [key for key, _ in self._core.store.items_with_key_prefix(prefix)]
         return [item.key for item in self.iter_items()]
+
+    def paths_under(self, folder: str | os.PathLike[str]) -> list[str]:
+        """Stored image paths below ``folder`` (a range on the path index, not a scan)."""
+        return [path for _, path in self._core.store.items_under(str(folder))]
 
     def items(self) -> list[Item]:
         return list(self.iter_items())
@@ -365,11 +372,15 @@ class Catalog:
             )
             self.reduce(int(planned))
 
-    def remove(self, *keys: str) -> int:
+    def remove(self, *keys: str, remember: bool = True) -> int:
         """Remove items by key; unknown or already removed keys are ignored. Returns how many went.
 
         Removals stick: `index_folder` does not add a removed key back unless asked
-        (``readd_removed=True``); `add` or `add_many` of the key does (see `removals`)."""
+        (``readd_removed=True``); `add` or `add_many` of the key does (see `removals`).
+        ``remember=False`` removes the way ``prune`` does (the file is gone; if it comes back,
+        it is indexed again)."""
+        if not remember:
+            return removals.forget(self._core, keys)
         return removals.remove(self._core, keys)
 
     def removed_keys(self) -> list[str]:
