@@ -121,8 +121,9 @@ def write_images(
 
 
 def write_labels(rows: list[dict[str, str]], path: Path) -> None:
+    fields = ["key", "category", "label", "split"] + (["product"] if rows and "product" in rows[0] else [])
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["key", "category", "label", "split"])
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -144,16 +145,54 @@ def export_split(
     return folder / "labels.csv"
 
 
+PRODUCT_SIZE = 4  # photos per product at most
+PRODUCT_QUANTILE = 0.1  # photos closer than this quantile of their category's pairwise distances
+
+
+def group_products(folder: Path, rows: list[dict[str, str]]) -> None:
+    """Give every row a ``product`` id: Fashion-MNIST has none, so the sample makes products of
+    1-4 look-alike images, for the demo's and the tests' grouped search.
+
+    Within each category, in key order, the first image not yet in a product starts one and takes
+    its nearest free images (pixel L2 distance, ties by key) while they are closer than the 10th
+    percentile of all pairwise distances in that category, three at most. Deterministic: the same
+    images give the same products. Ids are ``<category slug>-<number>``, numbered in that order.
+    """
+    by_category: dict[str, list[dict[str, str]]] = {}
+    for row in sorted(rows, key=lambda row: row["key"]):
+        by_category.setdefault(row["category"], []).append(row)
+    for category, members in by_category.items():
+        pixels = np.stack(
+            [np.asarray(Image.open(folder / row["key"]).convert("L"), np.float32).ravel() / 255 for row in members]
+        )
+        squared = (pixels**2).sum(1)
+        distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * pixels @ pixels.T, 0))
+        limit = np.quantile(distances[np.triu_indices(len(members), 1)], PRODUCT_QUANTILE)
+        free = np.ones(len(members), bool)
+        number = 0
+        for seed in range(len(members)):
+            if not free[seed]:
+                continue
+            order = np.argsort(distances[seed], kind="stable")
+            near = [i for i in order if free[i] and i != seed and distances[seed, i] <= limit]
+            number += 1
+            for i in [seed, *near[: PRODUCT_SIZE - 1]]:
+                free[i] = False
+                members[i]["product"] = f"{slug(category)}-{number:03d}"
+
+
 def make_sample(
     folder: Path = SAMPLE_DIR, per_class: int = 100, source: str | os.PathLike[str] | None = None
 ) -> None:
-    """The bundled sample: the first ``per_class`` test images of every category."""
+    """The bundled sample: the first ``per_class`` test images of every category, grouped into
+    products (see `group_products`)."""
     images, labels = load_split("test", source)
     picks = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(CLASSES))])
     picks.sort()
     rows = []
     for index in picks:
         rows += write_images(images[index : index + 1], labels[index : index + 1], folder, "test", int(index))
+    group_products(folder, rows)
     write_labels(rows, folder / "labels.csv")
     (folder / "LICENSE").write_text(LICENSE_TEXT)
 
