@@ -180,6 +180,9 @@ def build_app(
         gallery = gr.Gallery(value=result.gallery, selected_index=None)
         return gallery, result.keys, result.timings, result.status, ticks, ticks, result.current
 
+    def plain(result: SearchOutput) -> tuple:
+        return result.gallery, result.keys, result.timings, result.status
+
     def on_search(image: str | None, k: float, category: str, region: str | None = None) -> tuple:
         return outputs(search.by_image(image, int(k), category, region))
 
@@ -255,7 +258,7 @@ def build_app(
         current = gr.State(None)  # the search that a new k or category runs again
 
         shown = [results, result_keys, timings, status, liked, disliked, current]
-        button.click(on_search, [query, k, category, region], shown, api_name="search")
+        button.click(on_search, [query, k, category, region], shown, api_name=False)
         region.submit(on_search, [query, k, category, region], shown, api_name=False)
         query.upload(on_upload, [query, k, category], [*shown, region], api_name=False)
         results.select(on_result_click, [result_keys, k, category], [query, *shown, region], api_name=False)
@@ -270,17 +273,18 @@ def build_app(
                 trigger_mode="always_last",
             )
 
-        def by_key_api(key: str, k: float, category: str) -> tuple:
-            result = search.by_key(key, int(k), category)
-            return result.gallery, result.keys, result.timings, result.status
+        # The HTTP API (gradio_client): plain values, no page updates; a key is only a key.
+        def search_api(image: str | None, k: float, category: str, region: str | None = None) -> tuple:
+            return plain(search.by_image(image, int(k), category, region))
 
+        def by_key_api(key: str, k: float, category: str) -> tuple:
+            return plain(search.by_key(key, int(k), category))
+
+        api_shown = [results, result_keys, timings, status]
+        api_search = gr.Button(visible=False)
+        api_search.click(search_api, [query, k, category, region], api_shown, api_name="search")
         hidden_key = gr.Textbox(visible=False)
-        hidden_key.submit(
-            by_key_api,
-            [hidden_key, k, category],
-            [results, result_keys, timings, status],
-            api_name="more_like_this",
-        )
+        hidden_key.submit(by_key_api, [hidden_key, k, category], api_shown, api_name="more_like_this")
     app.queue(default_concurrency_limit=4)
     return app
 
