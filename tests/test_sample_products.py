@@ -1,0 +1,28 @@
+"""The bundled sample's products: look-alike images of one category, 1-4 photos each."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+
+from fashionrec_onnx.datasets import SAMPLE_DIR, group_products
+
+
+def _rows() -> list[dict[str, str]]:
+    with (SAMPLE_DIR / "labels.csv").open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_every_sample_product_has_one_to_four_photos_of_one_category() -> None:
+    products: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in _rows():
+        products[row["product"]].append(row)
+    assert {len(photos) for photos in products.values()} == {1, 2, 3, 4}
+    assert all(len({row["category"] for row in photos}) == 1 for photos in products.values())
+
+
+def test_the_shipped_products_are_what_group_products_gives_for_the_sample_images() -> None:
+    shipped = _rows()
+    regrouped = [{name: value for name, value in row.items() if name != "product"} for row in shipped]
+    group_products(SAMPLE_DIR, regrouped)
+    assert [row["product"] for row in regrouped] == [row["product"] for row in shipped]
