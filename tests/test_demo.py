@@ -451,3 +451,17 @@ def test_uploads_and_thumbnails_are_deleted_from_the_cache_after_a_while(
     finally:
         app.close()
         catalog.close()
+
+
+def test_the_readme_screenshots_show_the_model_the_seed_gives_today(test_model: Path) -> None:
+    """The screenshots and the README name the fingerprint of today's seed-0 224 px model."""
+    import json
+
+    from fashionrec_onnx import read_model_info
+
+    root = Path(__file__).resolve().parents[1]
+    run = json.loads((root / "docs" / "demo-screenshots.json").read_text())
+    fingerprint = read_model_info(test_model).fingerprint
+    assert run["model"] == "random:seed=0" and run["fingerprint"] == fingerprint
+    assert f"`{fingerprint}`" in (root / "README.md").read_text()
+    assert (root / "docs" / "demo-desktop.png").is_file() and (root / "docs" / "demo-phone.png").is_file()
