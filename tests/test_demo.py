@@ -245,6 +245,65 @@ def test_at_phone_width_the_results_take_two_columns_and_nothing_overflows(serve
     assert layout["columns"] == 2 and layout["beyond"] == 0
 
 
+# -- products: grouped results, liked and disliked, Refine ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_products(tmp_path_factory: pytest.TempPathFactory, small_model: Path):
+    """The sample with its product field, as `fashionrec demo` serves it."""
+    path = tmp_path_factory.mktemp("demo-products") / "catalog"
+    catalog = Catalog.create(path, small_model, product_field="product")
+    catalog.index_folder(SAMPLE_DIR, metadata=SAMPLE_DIR / "labels.csv", progress=False)
+    port = free_port()
+    app = launch(build_app(catalog), port=port, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/", catalog
+    finally:
+        app.close()
+        catalog.close()
+
+
+def _product_captions(hits) -> list[str]:
+    def photos(hit) -> str:
+        count = 1 + len(hit.photos)
+        return f"{count} photo{'s' if count > 1 else ''}"
+
+    return [
+        f"#{h.rank} · {h.metadata['category']} · product {h.product} · {photos(h)} · "
+        f"similarity {h.similarity:.3f} · {h.key}"
+        for h in hits
+    ]
+
+
+def test_with_a_product_field_the_page_shows_distinct_products_with_their_photo_counts(
+    served_products,
+) -> None:
+    url, catalog = served_products
+    with open_page(url) as page:
+        upload(page, QUERY)
+        _wait_for_captions(page, _product_captions(catalog.search(QUERY, k=5, group_by="product")))
+        assert "475 products (1,000 photos)" in page.locator("#footer").inner_text()
+
+
+def test_in_the_browser_refine_searches_like_the_liked_and_unlike_the_disliked(served_products) -> None:
+    url, catalog = served_products
+    with open_page(url) as page:
+        upload(page, QUERY)
+        keys = _keys(page)
+        liked, disliked = keys[:2], keys[2:3]
+        for box in (page.locator("#liked input[type=checkbox]").nth(0),
+                    page.locator("#liked input[type=checkbox]").nth(1),
+                    page.locator("#disliked input[type=checkbox]").nth(2)):  # fmt: skip
+            box.check()
+        page.locator("#refine").click()
+        expected = catalog.more_like_this(liked, k=5, group_by="product", negative=disliked)
+        _wait_for_captions(page, _product_captions(expected))
+        shown = _keys(page)
+    ticked = {catalog.get(key).metadata["product"] for key in liked + disliked}
+    assert len(shown) == 5
+    assert not ticked & {catalog.get(key).metadata["product"] for key in shown}
+
+
 def street_photo(path: Path) -> Path:
     """A shopper's photo: the query dress, enlarged six times at (40, 60), on a noisy street."""
     rng = np.random.default_rng(1)
