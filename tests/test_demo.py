@@ -147,6 +147,12 @@ def _wait_for_captions(page, expected: list[str]) -> None:
     )
 
 
+def _set_k(page, k: int) -> None:
+    """Type a number of results, as a shopper would (no Search press follows)."""
+    page.locator("#k input[type=number]").fill(str(k))
+    page.locator("#k input[type=number]").press("Enter")
+
+
 def test_in_the_browser_a_result_click_shows_more_like_it_without_it(served) -> None:
     url, _ = served
     with open_page(url) as page:
@@ -172,8 +178,7 @@ def test_in_the_browser_changing_k_re_runs_the_search_without_pressing_search(se
     url, catalog = served
     with open_page(url) as page:
         upload(page, QUERY)
-        page.locator("#k input[type=number]").fill("3")
-        page.locator("#k input[type=number]").press("Enter")
+        _set_k(page, 3)
         _wait_for_captions(page, _expected(catalog.search(QUERY, k=3)))
         assert "3 results" in page.locator("#timings").inner_text()
 
@@ -195,8 +200,7 @@ def test_in_the_browser_captions_are_shown_in_full(served) -> None:
     url, catalog = served
     with open_page(url) as page:
         upload(page, QUERY)
-        page.locator("#k input[type=number]").fill("20")
-        page.locator("#k input[type=number]").press("Enter")
+        _set_k(page, 20)
         _wait_for_captions(page, _expected(catalog.search(QUERY, k=20)))
         clipped = page.evaluate(
             "() => [...document.querySelectorAll('#results .caption-label, #examples .caption-label')]"
