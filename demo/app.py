@@ -43,8 +43,11 @@ RANDOM_WEIGHTS_BANNER = (
 CSS = """
 #banner {background: #fff4e5; border: 1px solid #f0a040; border-radius: 8px; padding: 4px 12px;}
 #banner, #footer, #status {overflow-wrap: anywhere;}
+#banner code, #footer code {display: inline; white-space: normal; overflow-wrap: anywhere;}
 #footer {color: #777; font-size: 0.85em;}
-#results, #examples, #results .grid-wrap, #examples .grid-wrap {height: auto !important; min-height: 0;}
+#results, #examples, #results .grid-wrap, #examples .grid-wrap {
+  height: auto !important; min-height: 0; max-height: none !important; overflow-y: visible;
+}
 #results .grid-container, #examples .grid-container {
   grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)); grid-auto-rows: auto;
 }

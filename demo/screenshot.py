@@ -125,7 +125,8 @@ def main() -> None:
                 out = args.out / f"demo-{name}.png"
                 run[name] = capture(f"http://127.0.0.1:{port}/", args.query, out, viewport=viewport)
                 log.info("wrote %s", out)
-            (args.out / "demo-screenshots.json").write_text(json.dumps(run, indent=1) + "\n")
+            record = json.dumps(run, indent=1, ensure_ascii=False)
+            (args.out / "demo-screenshots.json").write_text(record + "\n", encoding="utf-8")
         finally:
             app.close()
             catalog.close()

@@ -162,9 +162,8 @@ def group_products(folder: Path, rows: list[dict[str, str]]) -> None:
     for row in sorted(rows, key=lambda row: row["key"]):
         by_category.setdefault(row["category"], []).append(row)
     for category, members in by_category.items():
-        pixels = np.stack(
-            [np.asarray(Image.open(folder / row["key"]).convert("L"), np.float32).ravel() / 255 for row in members]
-        )
+        images = [Image.open(folder / row["key"]).convert("L") for row in members]
+        pixels = np.stack([np.asarray(image, np.float32).ravel() / 255 for image in images])
         squared = (pixels**2).sum(1)
         distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * pixels @ pixels.T, 0))
         limit = np.quantile(distances[np.triu_indices(len(members), 1)], PRODUCT_QUANTILE)

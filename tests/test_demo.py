@@ -243,10 +243,12 @@ def test_at_phone_width_the_results_take_two_columns_and_nothing_overflows(serve
             " columns: getComputedStyle(document.querySelector('#results .grid-container'))"
             ".gridTemplateColumns.split(' ').length,"
             " beyond: [...document.querySelectorAll('#results .thumbnail-item, #examples .thumbnail-item')]"
-            ".filter(t => t.getBoundingClientRect().right > innerWidth).length})"
+            ".filter(t => t.getBoundingClientRect().right > innerWidth).length,"
+            " hidden: [...document.querySelectorAll('.grid-wrap, #banner, #footer')]"
+            ".filter(e => e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight).length})"
         )
     assert layout["page"] <= layout["width"] == PHONE["width"]
-    assert layout["columns"] == 2 and layout["beyond"] == 0
+    assert layout["columns"] == 2 and layout["beyond"] == 0 and layout["hidden"] == 0
 
 
 # -- products: grouped results, liked and disliked, Refine ------------------------------------------
