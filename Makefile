@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[export,demo,bench,ray,dev]'
+	$(BIN)/pip install --quiet -e '.[export,demo,serve,bench,ray,dev]'
 	touch $(STAMP)
 
 test: install

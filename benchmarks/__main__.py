@@ -19,6 +19,7 @@ from benchmarks import (
     embedding,
     filtered,
     ingest,
+    products,
     quality,
     report,
     scale,
@@ -102,6 +103,9 @@ def run(sizes: Sizes, out: Path, command: str) -> dict[str, object]:
     from fashionrec_onnx.datasets import load_split
 
     results["duplicates"] = duplicates.run(corpus_model, corpus, load_split("train")[0][: len(corpus)])
+
+    stage("search grouped by product against plain search, on one catalog")
+    results["products"] = products.run(corpus_model, corpus, corpus_labels, queries[: products.QUERIES])
 
     stage("PCA reduction and float16 storage")
     dims = (32, 16) if sizes.name == "tiny" else (256, 128)

@@ -87,6 +87,7 @@ def machine_info() -> dict[str, object]:
         "hnswlib": getattr(hnswlib, "__version__", "0.8.0"),
         "scikit-learn": sklearn.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     try:
         import tensorflow

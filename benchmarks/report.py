@@ -57,7 +57,7 @@ def filtered_section(filtered: dict[str, Any] | None) -> list[str]:
     return [
         f"### Filtered search through the library at N = {filtered['n']:,} ({filtered['queries']} queries)",
         "",
-        "`Catalog.search(query, k=5, filter={\"category\": ...})`, metadata lookups and hits included, "
+        '`Catalog.search(query, k=5, filter={"category": ...})`, metadata lookups and hits included, '
         "against the notebook way: mask the category's rows, then sklearn brute force on them. "
         "recall@5 is against the exact filtered answer.",
         "",
@@ -65,8 +65,13 @@ def filtered_section(filtered: dict[str, Any] | None) -> list[str]:
             ["filter", "matching", "ours p50 ms", "ours p95 ms", "baseline p50 ms", "speedup", "recall@5"],
             [
                 [
-                    name, f"{v['matching']:,}", f"{v['ours']['median_ms']:.3f}", f"{v['ours']['p95_ms']:.3f}",
-                    f"{v['baseline']['median_ms']:.2f}", f"{v['speedup']:.0f}x", f"{v['recall@5']:.3f}",
+                    name,
+                    f"{v['matching']:,}",
+                    f"{v['ours']['median_ms']:.3f}",
+                    f"{v['ours']['p95_ms']:.3f}",
+                    f"{v['baseline']['median_ms']:.2f}",
+                    f"{v['speedup']:.0f}x",
+                    f"{v['recall@5']:.3f}",
                 ]
                 for name, v in filtered["filters"].items()
             ],
@@ -90,8 +95,13 @@ def distributed_section(distributed: dict[str, Any] | None) -> list[str]:
         *_table(
             ["method", "images/s once started", "vs one process", "images/s whole job", "workers start s"],
             [
-                [name, f"{v['steady_per_second']:.1f}", f"{v['steady_vs_one_process']:.2f}x",
-                 f"{v['per_second']:.1f}", f"{v['worker_start_seconds']:.1f}"]
+                [
+                    name,
+                    f"{v['steady_per_second']:.1f}",
+                    f"{v['steady_vs_one_process']:.2f}x",
+                    f"{v['per_second']:.1f}",
+                    f"{v['worker_start_seconds']:.1f}",
+                ]
                 for name, v in emb["methods"].items()
             ],
         ),  # fmt: skip
@@ -103,6 +113,15 @@ def distributed_section(distributed: dict[str, Any] | None) -> list[str]:
         f"{imp['reimport_unchanged_per_second']:,.0f}).",
         "",
     ]
+
+
+def products_section(found: dict[str, Any] | None) -> list[str]:
+    if not found:
+        return []
+    from benchmarks.products import table
+
+    title = f"## Search grouped by product: {found['items']:,} photos, {found['products']:,} products"
+    return [title, "", *table(found)]
 
 
 def duplicates_section(found: dict[str, Any] | None) -> list[str]:
@@ -120,13 +139,24 @@ def duplicates_section(found: dict[str, Any] | None) -> list[str]:
         "already holds.",
         "",
         *_table(
-            ["threshold", "groups", "pairs found", "precision", "recall", *(f"recall {k}" for k in kinds),
-             "seconds"],
+            [
+                "threshold",
+                "groups",
+                "pairs found",
+                "precision",
+                "recall",
+                *(f"recall {k}" for k in kinds),
+                "seconds",
+            ],
             [
                 [
-                    f"{t['threshold']:.4f}{' (calibrated)' if t['calibrated'] else ''}", f"{t['groups']:,}",
-                    f"{t['pairs_found']:,}", f"{t['precision']:.3f}", f"{t['recall']:.3f}",
-                    *(f"{t['recall_by_kind'][k]:.2f}" for k in kinds), f"{t['seconds']:.1f}",
+                    f"{t['threshold']:.4f}{' (calibrated)' if t['calibrated'] else ''}",
+                    f"{t['groups']:,}",
+                    f"{t['pairs_found']:,}",
+                    f"{t['precision']:.3f}",
+                    f"{t['recall']:.3f}",
+                    *(f"{t['recall_by_kind'][k]:.2f}" for k in kinds),
+                    f"{t['seconds']:.1f}",
                 ]
                 for t in found["thresholds"]
             ],
@@ -186,13 +216,22 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"### Ingest: model-only vs end to end ({results['ingest']['photos']} photos, "
         f"{results['ingest']['photo_size']}, batch {results['ingest']['batch_size']}, fp32)",
         "",
-        *_table(["path", "median ms/image", "images/s"], [
-            ["model only (pixels already decoded)", f"{ingest['model_only']['median_ms']:.2f}",
-             f"{ingest['model_only']['per_second']:.1f}"],
-            ["end to end (JPEG files, decoding overlapped)", f"{ingest['end_to_end']['median_ms']:.2f}",
-             f"{ingest['end_to_end']['per_second']:.1f}"],
-            ["ratio end-to-end / model-only", "", f"{ingest['ratio']:.2f}"],
-        ]),  # fmt: skip
+        *_table(
+            ["path", "median ms/image", "images/s"],
+            [
+                [
+                    "model only (pixels already decoded)",
+                    f"{ingest['model_only']['median_ms']:.2f}",
+                    f"{ingest['model_only']['per_second']:.1f}",
+                ],
+                [
+                    "end to end (JPEG files, decoding overlapped)",
+                    f"{ingest['end_to_end']['median_ms']:.2f}",
+                    f"{ingest['end_to_end']['per_second']:.1f}",
+                ],
+                ["ratio end-to-end / model-only", "", f"{ingest['ratio']:.2f}"],
+            ],
+        ),  # fmt: skip
         "",
         *distributed_section(results.get("distributed")),
         "## Search",
@@ -272,6 +311,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "",
     ]
     lines += duplicates_section(results.get("duplicates"))
+    lines += products_section(results.get("products"))
     int8 = results["int8"]
     lines += [
         "## int8 model",

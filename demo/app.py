@@ -19,11 +19,11 @@ from starlette.middleware import Middleware
 
 from fashionrec_onnx import Catalog, WeightsUnavailableError
 from fashionrec_onnx.datasets import sample_dir
+from fashionrec_onnx.upload_guard import MULTIPART_OVERHEAD, UploadGuard
 
 from .photo_input import PhotoInput
 from .region import MAX_REGION_CHARS, REGION_HELP, REGION_JS
 from .search import ALL_CATEGORIES, DemoSearch, SearchOutput
-from .upload_guard import MULTIPART_OVERHEAD, UploadGuard
 
 __all__ = ["ALL_CATEGORIES", "RANDOM_WEIGHTS_BANNER", "build_app", "default_catalog", "launch"]
 
@@ -123,11 +123,12 @@ def ensure_model(home: Path, retry_weights: bool = False) -> tuple[Path, bool]:
 
 
 def ensure_sample_catalog(home: Path, model: Path) -> Catalog:
-    """The bundled Fashion-MNIST sample, indexed once per model (incremental afterwards)."""
+    """The bundled Fashion-MNIST sample, indexed once per model (incremental afterwards), with
+    its product field (a catalog made before the sample had products gains it)."""
     from fashionrec_onnx import read_model_info
 
     fingerprint = read_model_info(model).fingerprint
-    catalog = Catalog.open_or_create(home / f"catalog-{fingerprint}", model)
+    catalog = Catalog.open_or_create(home / f"catalog-{fingerprint}", model, product_field="product")
     sample = sample_dir()
     if len(catalog) < 1000:
         log.info("indexing the bundled Fashion-MNIST sample into %s", catalog.path)

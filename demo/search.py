@@ -62,16 +62,14 @@ def _message(text: str, current: dict[str, Any] | None = None) -> SearchOutput:
 def caption(hit: Hit) -> str:
     """A result's caption; with products: the product id and how many photos it has."""
     parts = [f"#{hit.rank}", str(hit.metadata.get("category", ""))]
-    product = getattr(hit, "product", None)
-    if product is not None:
-        photos = 1 + len(getattr(hit, "photos", ()))
-        parts += [f"product {product}", f"{photos} photo{'s' if photos > 1 else ''}"]
+    if hit.product is not None:
+        photos = 1 + len(hit.photos)
+        parts += [f"product {hit.product}", f"{photos} photo{'s' if photos > 1 else ''}"]
     return " · ".join([*parts, f"similarity {hit.similarity:.3f}", hit.key])
 
 
 def tick_label(hit: Hit) -> str:
-    product = getattr(hit, "product", None)
-    return f"#{hit.rank} {product if product is not None else hit.key}"
+    return f"#{hit.rank} {hit.product if hit.product is not None else hit.key}"
 
 
 class DemoSearch:
@@ -79,7 +77,7 @@ class DemoSearch:
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self.group_by = "product" if getattr(catalog, "product_field", None) else None
+        self.group_by = "product" if catalog.product_field else None
         self._thumbnail = lru_cache(maxsize=4096)(self._make_thumbnail)
         self._lock = threading.Lock()
 
@@ -103,9 +101,6 @@ class DemoSearch:
 
     def _filter(self, category: str | None) -> dict[str, str] | None:
         return None if not category or category == ALL_CATEGORIES else {"category": category}
-
-    def _grouping(self) -> dict[str, Any]:
-        return {"group_by": self.group_by} if self.group_by else {}
 
     def _render(
         self,
@@ -135,7 +130,9 @@ class DemoSearch:
             started = time.perf_counter()
             vector = self.catalog.embedder.embed_one(image, box=box)
             embedded = time.perf_counter()
-            hits = self.catalog.search(vector, k=int(k), filter=self._filter(category), **self._grouping())
+            hits = self.catalog.search(
+                vector, k=int(k), filter=self._filter(category), group_by=self.group_by
+            )
             done = time.perf_counter()
         except RegionError as exc:
             return _message(str(exc), current)
@@ -161,15 +158,14 @@ class DemoSearch:
             return _message("Tick at least one result you like, then Refine.")
         if len(liked) + len(disliked) > MAX_TICKED:
             return _message(f"Tick at most {MAX_TICKED} results.")
-        negative = {"negative": disliked} if disliked else {}
         started = time.perf_counter()
         try:
             hits = self.catalog.more_like_this(
-                liked if len(liked) > 1 else liked[0],  # type: ignore[arg-type]
+                liked,
                 k=int(k),
                 filter=self._filter(category),
-                **self._grouping(),
-                **negative,
+                group_by=self.group_by,
+                negative=disliked or None,
             )
         except UnknownKeyError:
             return _message("No such item in the catalog.", current)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from .cli_args import build_parser
+from .cli_serve import HANDLERS as SERVE_HANDLERS
 from .cli_vectors import HANDLERS as VECTOR_HANDLERS
 from .errors import CatalogError, FashionrecError
 from .images import IMAGE_SUFFIXES
@@ -57,16 +58,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
     from .catalog import Catalog
+    from .catalog.portable import copy_model_into
 
+    if args.copy_model and args.model is None:
+        raise CatalogError("--copy-model copies the --model given; pass --model FILE too.")
+    model = copy_model_into(args.catalog, args.model) if args.copy_model else args.model
     return Catalog.open_or_create(
         args.catalog,
-        args.model,
+        model,
         M=args.M,
         ef_construction=args.ef_construction,
         ef=args.ef,
         threads=args.threads,
         vector_dtype=args.vector_dtype,
         reduce_to=args.reduce,
+        product_field=args.product_field,
     )
 
 
@@ -79,7 +85,15 @@ def _print_index_report(report) -> int:  # report: IndexReport
     )
     for failure in report.failures:
         print(f"  skipped {failure.source}: {failure.reason}")
-    return 1 if report.failures else 0
+    if report.skipped_removed:
+        print(
+            f"  left out {report.skipped_removed} files whose keys were removed with `fashionrec remove` "
+            "(--include-removed adds them back)"
+        )
+    if report.metadata is not None:
+        for line in report.metadata.lines():
+            print(line)
+    return 1 if report.failures or (report.metadata is not None and report.metadata.problem) else 0
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
@@ -101,6 +115,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             batch_size=args.batch_size,
             key_prefix=args.key_prefix,
+            readd_removed=args.include_removed,
         )
         code = _print_index_report(report)
         print(f"catalog {args.catalog}: {len(catalog)} items")
@@ -131,12 +146,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
             )
             return 1
         method = catalog.exact_search if args.exact else catalog.search
+        query = args.query[0] if len(args.query) == 1 else args.query
         try:
-            collapse = args.collapse_duplicates
-            hits = method(args.query, k=args.k, filter=wanted, box=args.box, collapse_duplicates=collapse)
+            hits = method(
+                query,
+                k=args.k,
+                filter=wanted,
+                box=args.box,
+                collapse_duplicates=args.collapse_duplicates,
+                group_by=args.group_by,
+                negative=args.negative or None,
+            )
         except OSError as exc:  # a query too long to be a file name, a folder, an unreadable file
+            name = exc.filename or " ".join(args.query)
             raise CatalogError(
-                f"'{_shorten(args.query)}' is neither a key in {args.catalog} nor a readable image "
+                f"'{_shorten(name)}' is neither a key in {args.catalog} nor a readable image "
                 f"file ({exc.strerror or exc})."
             ) from exc
     if args.json:
@@ -146,7 +170,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print("no results")
     for hit in hits:
         extra = "  ".join(f"{k}={v}" for k, v in sorted(hit.metadata.items()))
-        print(f"{hit.rank:>3}  {hit.similarity:.4f}  {hit.key}  {extra}".rstrip())
+        photos = f"  (+{len(hit.photos)} photos)" if hit.photos else ""
+        print(f"{hit.rank:>3}  {hit.similarity:.4f}  {hit.key}  {extra}{photos}".rstrip())
     return 0
 
 
@@ -287,6 +312,7 @@ def _cmd_import_fashion_mnist(args: argparse.Namespace) -> int:
     images = args.catalog / "images"
     labels = export_split(images, split=args.split, limit=args.limit, source=args.source)
     args.images, args.metadata, args.prune, args.key_prefix = images, labels, False, ""
+    args.include_removed = False
     return _cmd_index(args)
 
 
@@ -329,6 +355,7 @@ HANDLERS: dict[str, Handler] = {
     "import-fashion-mnist": _cmd_import_fashion_mnist,
     "demo": _cmd_demo,
     **VECTOR_HANDLERS,
+    **SERVE_HANDLERS,
 }
 
 

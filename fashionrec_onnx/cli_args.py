@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
+from .errors import BadArgumentError
+from .images import parse_box
 from .index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from .scan import is_utf8, printable
 
@@ -70,17 +72,9 @@ def ks(value: str) -> tuple[int, ...]:
 def box(value: str) -> tuple[int, int, int, int]:
     """An argparse type: a region of the query image, ``LEFT,TOP,RIGHT,BOTTOM`` in pixels."""
     try:
-        numbers = tuple(int(part) for part in value.split(","))
-    except ValueError:
-        numbers = ()
-    if len(numbers) != 4:
-        raise argparse.ArgumentTypeError(f"must be four whole numbers LEFT,TOP,RIGHT,BOTTOM, not {value!r}")
-    left, top, right, bottom = numbers
-    if min(left, top) < 0 or left >= right or top >= bottom:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is an empty box or has a negative corner: 0 <= LEFT < RIGHT, 0 <= TOP < BOTTOM"
-        )
-    return left, top, right, bottom
+        return parse_box(value)
+    except BadArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def text(value: str) -> str:
@@ -157,6 +151,11 @@ def _build_args(parser: argparse.ArgumentParser) -> None:
         "--model", type=path, metavar="FILE", help="ONNX model (needed when the catalog is new)"
     )
     parser.add_argument(
+        "--copy-model",
+        action="store_true",
+        help="copy --model into the catalog directory (as model.onnx), so the directory moves as one",
+    )
+    parser.add_argument(
         "--M",
         type=whole_number(2, 256),
         default=DEFAULT_M,
@@ -189,6 +188,13 @@ def _build_args(parser: argparse.ArgumentParser) -> None:
         help="for a new catalog: a PCA graph of DIM dimensions, fitted once 20,000 items are in "
         "(256 suits a million images; see README 'A million images')",
     )
+    parser.add_argument(
+        "--product-field",
+        type=text,
+        metavar="FIELD",
+        help="the metadata field holding each image's product id, for searches grouped by product "
+        "(recorded in the catalog; give it again to change it)",
+    )
 
 
 FILTER_HELP = (
@@ -206,7 +212,8 @@ def _index(sub: argparse._SubParsersAction) -> None:
         "Every image below IMAGES (recursively, hidden files skipped) is embedded and added under\n"
         "its path relative to IMAGES. The first run creates the catalog and needs --model. Later\n"
         "runs embed only new or changed files; an interrupted run resumes. Files that cannot be\n"
-        "read are listed as skipped and the exit code is 1.",
+        "read are listed as skipped and the exit code is 1. Images whose keys were removed with\n"
+        "`fashionrec remove` stay out unless --include-removed.",
         "  fashionrec index ./images --catalog ./catalog --model model.onnx\n"
         "  fashionrec index ./images --catalog ./catalog --metadata labels.csv --prune\n"
         "  fashionrec index ./shop-b --catalog ./catalog --key-prefix shop-b/",
@@ -219,7 +226,9 @@ def _index(sub: argparse._SubParsersAction) -> None:
         type=path,
         metavar="FILE",
         help="CSV (with a header row) or JSON lines; the key, path, id, filename or file column "
-        "names the image (its relative path, file name or stem), the other columns become metadata",
+        "names one image (its relative path, else its file name, else its stem), the other columns "
+        "become metadata; rows that fit no image or several are listed, and a file of which no row "
+        "fits, or a row fits several images, gives exit code 1",
     )
     index.add_argument(
         "--key-prefix",
@@ -229,6 +238,11 @@ def _index(sub: argparse._SubParsersAction) -> None:
         help="put before every key (e.g. shop-b/) to index several folders into one catalog",
     )
     index.add_argument("--prune", action="store_true", help="remove items whose file has gone")
+    index.add_argument(
+        "--include-removed",
+        action="store_true",
+        help="add back images whose keys were removed with `fashionrec remove` (left out otherwise)",
+    )
 
 
 def _search(sub: argparse._SubParsersAction) -> None:
@@ -237,18 +251,41 @@ def _search(sub: argparse._SubParsersAction) -> None:
         "search",
         "the most similar items to an image or a catalog key",
         'QUERY is an image file, or the key of an item in the catalog ("more like this": the item\n'
-        "itself is left out). Each hit prints its rank, similarity (1 = the same image), key and\n"
-        "metadata. Exit code 1 when the catalog is empty.",
+        "itself is left out, with its whole product when the catalog has a product field). Several\n"
+        "QUERY and --not arguments search for mean(queries) - 0.5 * mean(--not). Each hit prints\n"
+        "its rank, similarity (1 = the same image), key and metadata. Exit code 1 when the catalog\n"
+        "is empty.",
         "  fashionrec search photo.jpg --catalog ./catalog -k 10\n"
         "  fashionrec search dress/test-00013.png --catalog ./catalog --filter category=Bag\n"
         "  fashionrec search photo.jpg --catalog ./catalog --filter category=Dress --filter category=Coat\n"
         "  fashionrec search photo.jpg --catalog ./catalog --json\n"
-        "  fashionrec search street.jpg --catalog ./catalog --box 410,220,780,900   # the coat only",
+        "  fashionrec search street.jpg --catalog ./catalog --box 410,220,780,900   # the coat only\n"
+        "  fashionrec search photo.jpg --catalog ./catalog --group-by product\n"
+        "  fashionrec search liked-1.jpg liked-2.jpg --not disliked.jpg --catalog ./catalog",
     )
-    search.add_argument("query", help="image file, or the key of an item (more like this)")
+    search.add_argument(
+        "query",
+        nargs="+",
+        help="image file, or the key of an item (more like this); several: results like all of them",
+    )
     _catalog_arg(search)
     search.add_argument("-k", type=positive, metavar="N", default=5, help="number of results")
     search.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE", help=FILTER_HELP)
+    search.add_argument(
+        "--not",
+        dest="negative",
+        action="append",
+        default=[],
+        type=text,
+        metavar="PATH_OR_KEY",
+        help="results unlike this image or item (repeat it for several); see README 'Several queries'",
+    )
+    search.add_argument(
+        "--group-by",
+        choices=("product",),
+        help="the k best distinct products, each with its best photo and its other photos "
+        "(the catalog needs a product field: index --product-field)",
+    )
     search.add_argument(
         "--box",
         type=box,
@@ -268,7 +305,8 @@ def _search(sub: argparse._SubParsersAction) -> None:
     search.add_argument(
         "--json",
         action="store_true",
-        help="print the hits as a JSON list (rank, key, path, distance, similarity, metadata)",
+        help="print the hits as a JSON list (rank, key, path, distance, similarity, metadata, "
+        "product, photos)",
     )
     search.add_argument(
         "--model", type=path, metavar="FILE", help="model (default: the one the catalog records)"
@@ -282,7 +320,8 @@ def _maintenance(sub: argparse._SubParsersAction) -> None:
         "remove",
         "remove items by key",
         "Keys are what `search` prints (the key prefix, then the path relative to the indexed\n"
-        "folder). Keys not in the catalog are listed, and the exit code is then 1.",
+        "folder). Keys not in the catalog are listed, and the exit code is then 1. Removed keys\n"
+        "are remembered: `index` leaves their files out unless --include-removed.",
         "  fashionrec remove dress/test-00013.png bag/test-00598.png --catalog ./catalog",
     )
     remove.add_argument("keys", nargs="+", type=text, metavar="KEY", help="key of an item to remove")
@@ -505,9 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"fashionrec-onnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from .cli_vectors import add_commands as _vectors  # it builds on the helpers above
+    from .cli_serve import add_commands as _serve
+    from .cli_vectors import add_commands as _vectors  # they build on the helpers above
 
     commands = (_export, _index, _search, _maintenance, _duplicates, _evaluate, _import_fashion_mnist)
-    for add in (*commands, _vectors, _demo):
+    for add in (*commands, _vectors, _demo, _serve):
         add(sub)
     return parser

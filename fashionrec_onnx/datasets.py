@@ -120,6 +120,40 @@ def write_images(
     return rows
 
 
+def group_into_products(
+    features: np.ndarray, categories: np.ndarray, *, largest: int = 4, seed: int = 0
+) -> list[str]:
+    """Product ids for a dataset that has none (Fashion-MNIST): within each category, images are
+    taken in a seeded random order and each unassigned image starts a product of 1 to ``largest``
+    photos (drawn uniformly) with its nearest unassigned neighbours by cosine similarity of
+    ``features`` (pixels or embeddings). Deterministic for given inputs; ids are
+    ``<category slug>-<number>``. Like a shop's several photos of one product, a product's
+    photos look alike, so grouped search has real work to do."""
+    rng = np.random.default_rng(seed)
+    flat = np.asarray(features, np.float32).reshape(len(features), -1)
+    flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    ids = [""] * len(flat)
+    for category in np.unique(categories):
+        members = np.flatnonzero(categories == category)
+        similarity = flat[members] @ flat[members].T
+        free = np.ones(len(members), bool)
+        name = (
+            slug(CLASSES[int(category)]) if np.issubdtype(type(category), np.integer) else slug(str(category))
+        )
+        for number, first in enumerate(rng.permutation(len(members))):
+            if not free[first]:
+                continue
+            free[first] = False
+            near = np.flatnonzero(free)
+            near = near[
+                np.argsort(-similarity[first, near], kind="stable")[: int(rng.integers(1, largest + 1)) - 1]
+            ]
+            free[near] = False
+            for position in (first, *near):
+                ids[int(members[position])] = f"{name}-{number:05d}"
+    return ids
+
+
 def write_labels(rows: list[dict[str, str]], path: Path) -> None:
     fields = ["key", "category", "label", "split"] + (["product"] if rows and "product" in rows[0] else [])
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -145,53 +179,19 @@ def export_split(
     return folder / "labels.csv"
 
 
-PRODUCT_SIZE = 4  # photos per product at most
-PRODUCT_QUANTILE = 0.1  # photos closer than this quantile of their category's pairwise distances
-
-
-def group_products(folder: Path, rows: list[dict[str, str]]) -> None:
-    """Give every row a ``product`` id: Fashion-MNIST has none, so the sample makes products of
-    1-4 look-alike images, for the demo's and the tests' grouped search.
-
-    Within each category, in key order, the first image not yet in a product starts one and takes
-    its nearest free images (pixel L2 distance, ties by key) while they are closer than the 10th
-    percentile of all pairwise distances in that category, three at most. Deterministic: the same
-    images give the same products. Ids are ``<category slug>-<number>``, numbered in that order.
-    """
-    by_category: dict[str, list[dict[str, str]]] = {}
-    for row in sorted(rows, key=lambda row: row["key"]):
-        by_category.setdefault(row["category"], []).append(row)
-    for category, members in by_category.items():
-        images = [Image.open(folder / row["key"]).convert("L") for row in members]
-        pixels = np.stack([np.asarray(image, np.float32).ravel() / 255 for image in images])
-        squared = (pixels**2).sum(1)
-        distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * pixels @ pixels.T, 0))
-        limit = np.quantile(distances[np.triu_indices(len(members), 1)], PRODUCT_QUANTILE)
-        free = np.ones(len(members), bool)
-        number = 0
-        for seed in range(len(members)):
-            if not free[seed]:
-                continue
-            order = np.argsort(distances[seed], kind="stable")
-            near = [i for i in order if free[i] and i != seed and distances[seed, i] <= limit]
-            number += 1
-            for i in [seed, *near[: PRODUCT_SIZE - 1]]:
-                free[i] = False
-                members[i]["product"] = f"{slug(category)}-{number:03d}"
-
-
 def make_sample(
     folder: Path = SAMPLE_DIR, per_class: int = 100, source: str | os.PathLike[str] | None = None
 ) -> None:
-    """The bundled sample: the first ``per_class`` test images of every category, grouped into
-    products (see `group_products`)."""
+    """The bundled sample: the first ``per_class`` test images of every category, with a
+    ``product`` column: `group_into_products` on their pixels (Fashion-MNIST has no products)."""
     images, labels = load_split("test", source)
     picks = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(CLASSES))])
     picks.sort()
     rows = []
     for index in picks:
         rows += write_images(images[index : index + 1], labels[index : index + 1], folder, "test", int(index))
-    group_products(folder, rows)
+    for row, product in zip(rows, group_into_products(images[picks], labels[picks])):
+        row["product"] = product
     write_labels(rows, folder / "labels.csv")
     (folder / "LICENSE").write_text(LICENSE_TEXT)
 

@@ -41,8 +41,9 @@ import numpy as np
 from .embedder import Embedder
 from .errors import CatalogError, FashionrecError, ModelMismatchError
 from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from .metadata_match import match_metadata
 from .model import read_model_info
-from .scan import metadata_for, read_metadata, scan_folder
+from .scan import read_metadata, scan_folder
 from .vector_files import (
     COLUMNS,
     VectorFileWriter,
@@ -167,14 +168,16 @@ def _list_images(images: str | os.PathLike[str], metadata: Metadata = None, key_
     """Image files under a local folder (keys as ``Catalog.index_folder`` gives them) or a URI."""
     text = os.fspath(images)
     fs, files = _files_under_uri(text) if "://" in text else _files_under_folder(text)
-    table = _metadata_table(metadata)
+    table, match = match_metadata(_metadata_table(metadata), [relative for relative, *_ in files])
+    if match.problem:  # the same rule and report as `Catalog.index_folder`
+        log.warning("%s", "\n".join(match.lines()))
     columns = [
         [key_prefix + relative for relative, *_ in files],
         [path for _, path, *_ in files],
         [source for _, _, source, *_ in files],
         [size for *_, size, _ in files],
         [mtime_ns for *_, mtime_ns in files],
-        [metadata_text(metadata_for(relative, table) if table else None) for relative, *_ in files],
+        [metadata_text(table.get(relative)) for relative, *_ in files],
     ]
     return _Listing(fs, pa.Table.from_arrays(columns, schema=_LISTING_SCHEMA))
 

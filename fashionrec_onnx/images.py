@@ -113,6 +113,17 @@ def check_box(box: object) -> Box:
     return left, top, right, bottom
 
 
+def parse_box(text: str) -> Box:
+    """``"LEFT,TOP,RIGHT,BOTTOM"`` (a command-line argument, a form field) as a checked box."""
+    try:
+        numbers = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise BadArgumentError(
+            f"a box is four whole numbers LEFT,TOP,RIGHT,BOTTOM, got {text[:40]!r}"
+        ) from None
+    return check_box(numbers)
+
+
 def crop(image: Image.Image, box: object, name: str = "the image") -> Image.Image:
     """The region ``box`` of an upright image; a box reaching outside it is refused, not clipped
     (a silently clipped box would search for something the caller did not point at)."""

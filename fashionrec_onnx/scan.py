@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from .errors import CatalogError
 from .images import IMAGE_SUFFIXES
+from .metadata_match import MetadataTable
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +157,12 @@ def _identity(stat: os.stat_result) -> tuple[int, int]:
 # -- metadata -----------------------------------------------------------------------------
 
 
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """Metadata by key from a CSV (header row) or JSON lines file.
+def read_metadata(path: str | os.PathLike[str]) -> MetadataTable:
+    """Metadata by key from a CSV (header row) or JSON lines file, with each row's line.
 
     The key column is the first of key, path, id, filename, file that exists (else the first
-    column); its value is matched against item keys (relative paths) and also their stems. A key
-    given on several rows takes the last one (with a warning).
+    column); how its values are matched to images is `metadata_match.RULE`. A key given on
+    several rows takes the last one (with a warning).
     """
     source = Path(path).expanduser()
     if not source.is_file():
@@ -171,10 +172,11 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     else:
         rows = _read_csv(source)
     if not rows:
-        return {}
+        return MetadataTable({}, source=str(source))
     columns = list(rows[0][1])
     key_column = next((c for c in KEY_COLUMNS if c in columns), columns[0])
     table: dict[str, dict[str, Any]] = {}
+    lines: dict[str, int] = {}
     repeated: list[str] = []
     for line, row in rows:
         key = row.get(key_column)
@@ -183,9 +185,10 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
         if str(key) in table:
             repeated.append(str(key))
         table[str(key)] = {k: v for k, v in row.items() if k != key_column and k is not None}
+        lines[str(key)] = line
     if repeated:
         _warn_duplicates(source, rows, key_column, repeated)
-    return table
+    return MetadataTable(table, lines=lines, key_column=key_column, source=str(source))
 
 
 def _read_json_lines(source: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -272,12 +275,3 @@ def _warn_duplicates(
         "%s: %d key(s) appear on more than one row, and the last row wins (%s)", source, len(keys), examples
     )
 
-
-def metadata_for(key: str, table: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """Look a key up by relative path, then by file name, then by stem (a product id)."""
-    if key in table:
-        return table[key]
-    name = key.rsplit("/", 1)[-1]
-    if name in table:
-        return table[name]
-    return table.get(name.rsplit(".", 1)[0])

@@ -80,7 +80,8 @@ def test_search_json_by_key_with_filter(indexed: Path) -> None:
     hits = json.loads(result.stdout)
     assert len(hits) == 3
     assert {h["metadata"]["category"] for h in hits} == {"Bag"}
-    assert set(hits[0]) == {"rank", "key", "path", "distance", "similarity", "metadata"}
+    assert set(hits[0]) == {"rank", "key", "path", "distance", "similarity", "metadata", "product", "photos"}
+    assert hits[0]["product"] is None and hits[0]["photos"] == []  # the catalog has no product field
 
 
 def test_check_prints_recall_against_exact_knn(indexed: Path) -> None:

@@ -288,7 +288,7 @@ def test_with_a_product_field_the_page_shows_distinct_products_with_their_photo_
     with open_page(url) as page:
         upload(page, QUERY)
         _wait_for_captions(page, _product_captions(catalog.search(QUERY, k=5, group_by="product")))
-        assert "475 products (1,000 photos)" in page.locator("#footer").inner_text()
+        assert "394 products (1,000 photos)" in page.locator("#footer").inner_text()
 
 
 def test_in_the_browser_refine_searches_like_the_liked_and_unlike_the_disliked(served_products) -> None:
@@ -398,7 +398,7 @@ def test_fashionrec_demo_offline_falls_back_to_random_weights_with_a_banner(tmp_
                 time.sleep(1)
         assert page is not None and page.status_code == 200, "the demo did not come up"
         assert "Untrained weights: results show the pipeline, not real similarity" in page.text
-        assert "1,000 products" in page.text
+        assert "394 products (1,000 photos)" in page.text  # the sample has products
     finally:
         process.terminate()
         output = process.communicate(timeout=60)[0]

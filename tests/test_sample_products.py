@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 from collections import defaultdict
 
-from fashionrec_onnx.datasets import SAMPLE_DIR, group_products
+import numpy as np
+from PIL import Image
+
+from fashionrec_onnx.datasets import SAMPLE_DIR, group_into_products
 
 
 def _rows() -> list[dict[str, str]]:
@@ -21,8 +24,8 @@ def test_every_sample_product_has_one_to_four_photos_of_one_category() -> None:
     assert all(len({row["category"] for row in photos}) == 1 for photos in products.values())
 
 
-def test_the_shipped_products_are_what_group_products_gives_for_the_sample_images() -> None:
+def test_the_shipped_products_are_what_group_into_products_gives_for_the_sample_images() -> None:
     shipped = _rows()
-    regrouped = [{name: value for name, value in row.items() if name != "product"} for row in shipped]
-    group_products(SAMPLE_DIR, regrouped)
-    assert [row["product"] for row in regrouped] == [row["product"] for row in shipped]
+    pixels = np.stack([np.asarray(Image.open(SAMPLE_DIR / row["key"])) for row in shipped])
+    labels = np.array([int(row["label"]) for row in shipped], np.uint8)
+    assert group_into_products(pixels, labels) == [row["product"] for row in shipped]

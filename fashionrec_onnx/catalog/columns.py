@@ -87,6 +87,15 @@ class MetadataColumns:
             self._columns[field] = column
         return column
 
+    def codes(self, field: str, size: int) -> tuple[np.ndarray, list[str]]:
+        """One field as an int32 code per label (``size`` of them, -1 where an item lacks the
+        field or is gone) and the text of each code."""
+        column = self._column(field)
+        codes = np.full(size, -1, np.int32)
+        n = min(size, len(column.codes))
+        codes[:n] = column.codes[:n]
+        return codes, column.values
+
     def apply(self, delta: Delta) -> None:
         for field, column in self._columns.items():
             gone = np.concatenate([delta.removed, delta.described])

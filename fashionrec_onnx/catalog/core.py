@@ -21,6 +21,7 @@ from ..errors import BadArgumentError, CatalogCorruptError, CatalogError, ModelE
 from ..index import HnswParams, ReadWriteLock
 from ..model import ModelInfo
 from ..reduce import PCA
+from . import products
 from .columns import Liveness, MetadataColumns
 from .graph import GraphCache
 from .store import Delta, NewItem, Store, disk_full, is_disk_full
@@ -114,6 +115,7 @@ class CatalogCore:
         self.graph = GraphCache(root, store, self.vectors, self.params)
         self.reduction: PCA | None = None
         self.reduction_file: str | None = settings.get("reduction.file") or None
+        self.product_field: str | None = settings.get(products.SETTING) or None
         self.rw = ReadWriteLock()
         self._lock_fd: int | None = None
         self._liveness: Liveness | None = None
@@ -207,6 +209,7 @@ class CatalogCore:
             if self._liveness is not None:
                 self._liveness.apply(delta)
             self.columns.apply(delta)
+        self.product_field = settings.get(products.SETTING) or None
         ef = int(settings["hnsw.ef"])
         if ef != self.params.ef:
             self.params = HnswParams(self.params.M, self.params.ef_construction, ef)

@@ -18,7 +18,7 @@ from ..images import Box, Source
 from ..index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from ..model import ModelInfo
 from ..reduce import PCA
-from . import indexing, maintenance, opening
+from . import indexing, maintenance, opening, products, removals
 from . import search as planner
 from .columns import Filter
 from .core import CatalogCore
@@ -26,7 +26,7 @@ from .duplicates import NEIGHBOURS, DuplicateReport
 from .indexing import IndexReport
 from .maintenance import CheckReport
 from .opening import ModelArg
-from .querying import Hit, KeyQuery, Querier, exact, is_vector, shown, unit
+from .querying import Hit, KeyQuery, Querier, Queries, exact, is_vector, several, shown, unit
 from .store import DB_NAME, Item, NewItem
 
 if TYPE_CHECKING:
@@ -69,6 +69,30 @@ class Catalog:
     def readonly(self) -> bool:
         return self._core.readonly
 
+    @property
+    def generation(self) -> int:
+        """The change counter, caught up with other processes: it grows with every write."""
+        self._core.sync()
+        return self._core.generation
+
+    @property
+    def product_field(self) -> str | None:
+        """The metadata field naming each item's product (None: every photo stands alone)."""
+        self._core.sync()
+        return self._core.product_field
+
+    def set_product_field(self, field: str | None) -> None:
+        """Name the metadata field that identifies the product (``None``: no products). Recorded
+        in the catalog; every process that has it open takes it in at its next search."""
+        field = products.checked_field(field)
+        self._core.set_settings({products.SETTING: field or ""})
+        if field is not None and len(self) and field not in self._core.store.field_names():
+            log.warning(
+                "no item of %s has the metadata field %r yet; until some do, each item is its own product",
+                self.path,
+                field,
+            )
+
     # -- creating and opening ---------------------------------------------------------------------
 
     @classmethod
@@ -84,8 +108,12 @@ class Catalog:
         threads: int | None = None,
         vector_dtype: str = "float32",
         reduce_to: int | None = None,
+        product_field: str | None = None,
     ) -> Catalog:
         """A new, empty catalog bound to ``model`` (its fingerprint is recorded).
+
+        ``product_field="product_id"`` names the metadata field that identifies each photo's
+        product (see `set_product_field`), for searches grouped by product.
 
         ``vector_dtype="float16"`` halves the stored vectors (the graph stays float32).
         ``reduce_to=256`` plans a PCA graph for a large catalog: it is fitted on the first
@@ -96,7 +124,10 @@ class Catalog:
         differs).
         """
         root = Path(path).expanduser()
-        opening.create(root, model, HnswParams(M, ef_construction, ef), vector_dtype, reduce_to, exist_ok)
+        field = products.checked_field(product_field)
+        opening.create(
+            root, model, HnswParams(M, ef_construction, ef), vector_dtype, reduce_to, exist_ok, field
+        )
         return cls.open(root, model, threads=threads)
 
     @classmethod
@@ -126,7 +157,12 @@ class Catalog:
     def open_or_create(cls, path: str | os.PathLike[str], model: ModelArg | None, **params: Any) -> Catalog:
         """What `fashionrec index` does: reuse the catalog if there is one, else make it."""
         if (Path(path).expanduser() / DB_NAME).exists():
-            return cls.open(path, model, threads=params.get("threads"))
+            catalog = cls.open(path, model, threads=params.get("threads"))
+            field = params.get("product_field")
+            if field is not None and field != catalog.product_field:
+                log.info("%s: the product field is now %r (was %r)", path, field, catalog.product_field)
+                catalog.set_product_field(field)
+            return catalog
         if model is None:
             raise CatalogError(f"no catalog at {path} yet: pass the model to create it (--model).")
         params = {name: value for name, value in params.items() if value is not None}
@@ -328,8 +364,21 @@ class Catalog:
             self.reduce(int(planned))
 
     def remove(self, *keys: str) -> int:
-        """Remove items by key; unknown or already removed keys are ignored. Returns how many went."""
-        return len(self._core.write([], keys)[1])
+        """Remove items by key; unknown or already removed keys are ignored. Returns how many went.
+
+        Removals stick: `index_folder` does not add a removed key back unless asked
+        (``readd_removed=True``); `add` or `add_many` of the key does (see `removals`)."""
+        return removals.remove(self._core, keys)
+
+    def removed_keys(self) -> list[str]:
+        """Keys removed with `remove` and not added since: `index_folder` leaves their files out."""
+        return self._core.store.removed_keys()
+
+    def update_metadata(self, metadata: Mapping[str, Mapping[str, Any]]) -> int:
+        """Replace the metadata of existing items in place (no re-embedding); unknown keys are
+        ignored. Returns how many items changed."""
+        values = {str(key): dict(fields) for key, fields in metadata.items()}
+        return self._core.rewrite(lambda: self._core.store.update_metadata(values))
 
     def rebuild(self) -> None:
         """Recreate the HNSW graph from the stored vectors (no re-embedding)."""
@@ -346,6 +395,7 @@ class Catalog:
         progress: bool = True,
         batch_size: int = 32,
         key_prefix: str = "",
+        readd_removed: bool = False,
     ) -> IndexReport:
         """Index every image below ``folder``; only new or changed files go through the model.
 
@@ -353,6 +403,9 @@ class Catalog:
         to keep several in one catalog. A key already held by an image from elsewhere is refused
         before anything is written, never silently replaced. Each batch is committed on its own,
         so an interrupted run resumes where it stopped. Unreadable files are skipped and listed.
+        Keys removed with `remove` are skipped (counted in the report) unless ``readd_removed``.
+        ``metadata`` rows are matched to images by `metadata_match.RULE`; the report's
+        ``metadata`` says how many matched, and which fit no image or several (given to none).
         """
         return indexing.index_folder(
             self,
@@ -362,6 +415,7 @@ class Catalog:
             progress=progress,
             batch_size=batch_size,
             key_prefix=key_prefix,
+            readd_removed=readd_removed,
         )
 
     def import_vectors(self, path: str | os.PathLike[str], *, progress: bool = False) -> ImportReport:
@@ -381,32 +435,58 @@ class Catalog:
 
     def search(
         self,
-        query: Source | str,
+        query: Queries,
         k: int = 5,
         filter: Filter | None = None,
         *,
         box: Box | None = None,
         collapse_duplicates: bool = False,
+        group_by: str | None = None,
+        negative: Queries | None = None,
     ) -> list[Hit]:
         """The k most similar items to an image, a vector, or the key of an item in the catalog.
 
-        A key searches "more like this" and leaves the item itself out. ``filter`` is a dict of
-        metadata values (a list value means any of them) or a callable taking an `Item`; k hits
-        that all match come back when that many exist. ``box = (left, top, right, bottom)``
-        searches for a region of the image only (pixels of the upright image).
-        ``collapse_duplicates=True`` shows one image per group of near-duplicates (see
-        `duplicates`); the groups are found on the first such search after a change.
+        A key searches "more like this" and leaves the item itself out (with a product field,
+        its whole product). ``filter`` is a dict of metadata values (a list value means any of
+        them) or a callable taking an `Item`; k hits that all match come back when that many
+        exist. ``box = (left, top, right, bottom)`` searches for a region of the image only
+        (pixels of the upright image). ``collapse_duplicates=True`` shows one image per group of
+        near-duplicates (see `duplicates`); the groups are found on the first such search after a
+        change. ``group_by="product"`` returns the k best distinct products (see
+        `set_product_field`): each hit is a product's best-matching photo, with its ``product``
+        id and its other ``photos``.
+
+        ``query`` may be a list (several positives) and ``negative`` a list of images, vectors or
+        keys to move away from: the search then looks for mean(positives) - 0.5 * mean(negatives),
+        scaled to unit length (see `querying.combined`); every key among them is left out.
         """
-        return self._querier.answer(planner.search, query, k, filter, box, collapse_duplicates)
+        return self._querier.answer(
+            planner.search, query, k, filter, box, collapse_duplicates, group_by, negative
+        )
 
     def more_like_this(
-        self, key: str, k: int = 5, filter: Filter | None = None, *, collapse_duplicates: bool = False
+        self,
+        key: str | list[str],
+        k: int = 5,
+        filter: Filter | None = None,
+        *,
+        collapse_duplicates: bool = False,
+        group_by: str | None = None,
+        negative: list[str] | None = None,
     ) -> list[Hit]:
-        """Items like the one stored under ``key`` (itself left out). Unlike `search`, a string
-        here is only ever a key, never a file: the entry point for remote callers."""
+        """Items like the one stored under ``key`` (itself left out), or like several keys and
+        unlike the ``negative`` keys. Unlike `search`, a string here is only ever a key, never a
+        file: the entry point for remote callers."""
+        queries = [self._key_query(x) for x in several(key)]
+        unlike = [self._key_query(x) for x in negative or []]
+        return self._querier.answer(
+            planner.search, queries, k, filter, None, collapse_duplicates, group_by, unlike or None
+        )
+
+    def _key_query(self, key: object) -> KeyQuery:
         if not isinstance(key, str):
             raise UnknownKeyError(f"no item with key {shown(str(key))} in {self.path}.")
-        return self.search(KeyQuery(key), k, filter, collapse_duplicates=collapse_duplicates)  # type: ignore[arg-type]
+        return KeyQuery(key)
 
     def duplicates(self, threshold: float | None = None, *, neighbours: int = NEIGHBOURS) -> DuplicateReport:
         """Groups of near-identical images (re-uploads, resized or recompressed copies), found
@@ -417,15 +497,18 @@ class Catalog:
 
     def exact_search(
         self,
-        query: Source | str,
+        query: Queries,
         k: int = 5,
         filter: Filter | None = None,
         *,
         box: Box | None = None,
         collapse_duplicates: bool = False,
+        group_by: str | None = None,
+        negative: Queries | None = None,
     ) -> list[Hit]:
-        """The oracle: exact KNN over every stored vector, read in blocks (see `oracle`)."""
-        return self._querier.answer(exact, query, k, filter, box, collapse_duplicates)
+        """The oracle: exact KNN over every stored vector, read in blocks (see `oracle`); the
+        same arguments as `search`."""
+        return self._querier.answer(exact, query, k, filter, box, collapse_duplicates, group_by, negative)
 
     # -- checking and reshaping -----------------------------------------------------------------------
 

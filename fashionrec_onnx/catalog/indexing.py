@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from ..embedder import Failure
 from ..errors import CatalogError
-from ..scan import ImageFile, Skipped, metadata_for, read_metadata, scan_folder
+from ..metadata_match import MetadataMatch, match_metadata
+from ..scan import ImageFile, Skipped, read_metadata, scan_folder
+from . import removals
 from .store import Item, NewItem
 
 if TYPE_CHECKING:
@@ -40,7 +42,9 @@ class IndexReport:
     moved: int = 0  # same file at a new place: path updated, not re-embedded
     removed: int = 0
     metadata_updated: int = 0
+    skipped_removed: int = 0  # files whose key was removed with `remove` (see `removals`)
     failures: list[Failure] = field(default_factory=list)
+    metadata: MetadataMatch | None = None  # how the metadata rows met the images, when given
     seconds: float = 0.0
 
     @property
@@ -93,12 +97,12 @@ def _refuse_foreign_keys(
 
 
 def _changed_metadata(
-    files: list[ImageFile], pending: set[str], known: dict[str, Item], table: Mapping[str, Mapping[str, Any]]
+    files: list[ImageFile], pending: set[str], known: dict[str, Item], table: Mapping[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """New metadata for unchanged images, written without re-embedding them."""
     changed: dict[str, dict[str, Any]] = {}
     for file in files:
-        values = metadata_for(file.relative, table)  # type: ignore[arg-type]
+        values = table.get(file.relative)
         item = known.get(file.key)
         if values is not None and item is not None and file.key not in pending and item.metadata != values:
             changed[file.key] = dict(values)
@@ -114,18 +118,28 @@ def index_folder(
     progress: bool,
     batch_size: int,
     key_prefix: str,
+    readd_removed: bool = False,
 ) -> IndexReport:
     started = time.perf_counter()
     report = IndexReport()
-    table = read_metadata(metadata) if isinstance(metadata, (str, os.PathLike)) else dict(metadata or {})
+    rows = read_metadata(metadata) if isinstance(metadata, (str, os.PathLike)) else metadata
     root = Path(folder).expanduser().resolve()
     skipped: list[Skipped] = []
     files = list(scan_folder(root, key_prefix, on_skip=skipped.append))
     report.scanned = len(files)
     report.failures.extend(Failure(-1, key_prefix + s.relative, s.reason) for s in skipped)
+    table: dict[str, dict[str, Any]] = {}
+    if rows is not None:
+        table, report.metadata = match_metadata(rows, [f.relative for f in files])
+        _warn_metadata(report.metadata)
+    present = {f.key for f in files}
     core = catalog._core
     core.sync()
     known = core.store.items_by_key([f.key for f in files])
+    if not readd_removed:
+        removed = core.store.removed_among([f.key for f in files if f.key not in known])
+        files = [f for f in files if f.key not in removed]
+        report.skipped_removed = len(removed)
     _refuse_foreign_keys(catalog, files, known, root)
     todo = [file for file in files if not _unchanged(known.get(file.key), file)]
     report.unchanged = len(files) - len(todo)
@@ -139,7 +153,6 @@ def index_folder(
             report.metadata_updated = core.rewrite(lambda: core.store.update_metadata(changed))
     _embed_and_write(catalog, todo, known, table, report, progress, batch_size)
     if prune:
-        present = {f.key for f in files}
         hidden = [str(root / s.relative) + "/" for s in skipped if s.folder]  # unreadable, not gone
         gone = [
             key
@@ -147,19 +160,30 @@ def index_folder(
             if key not in present and not any(path.startswith(folder) for folder in hidden)
         ]
         if gone:
-            report.removed = catalog.remove(*gone)
+            report.removed = removals.forget(core, gone)
     catalog.save()
     report.seconds = time.perf_counter() - started
     if report.failures:
         log.warning("%d file(s) could not be indexed and were skipped", len(report.failures))
+    if report.skipped_removed:
+        log.info("%d file(s) skipped: their keys were removed by hand", report.skipped_removed)
     return report
+
+
+def _warn_metadata(match: MetadataMatch) -> None:
+    """One warning when the metadata did not fit: no row matched, or a row fits several images."""
+    if match.problem:
+        log.warning(
+            "%d of %d metadata rows matched an image, %d fit several (given to none); rule: %s",
+            match.matched_rows, match.rows, match.ambiguous_count, match.rule,
+        )  # fmt: skip
 
 
 def _embed_and_write(
     catalog: Catalog,
     todo: list[ImageFile],
     known: dict[str, Item],
-    table: Mapping[str, Mapping[str, Any]],
+    table: Mapping[str, dict[str, Any]],
     report: IndexReport,
     progress: bool,
     batch_size: int,
@@ -172,7 +196,7 @@ def _embed_and_write(
             for row, index in enumerate(result.indices):
                 file = todo[int(index)]
                 previous = known.get(file.key)
-                values = metadata_for(file.relative, table) if table else None  # type: ignore[arg-type]
+                values = table.get(file.relative)
                 if values is None:
                     values = previous.metadata if previous else {}
                 new.append(

@@ -22,7 +22,7 @@ from ..embedder import Embedder
 from ..errors import CatalogError, ModelError, ModelMismatchError
 from ..index import HnswParams
 from ..model import ModelInfo, read_model_info
-from . import maintenance
+from . import maintenance, products
 from .core import LOCK_NAME, CatalogCore, locked_open
 from .migrate import migrate_v1, needs_migration
 from .store import DB_NAME, SCHEMA_VERSION, Store
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 CATALOG_FORMAT = "2"
 ModelArg = str | os.PathLike | Embedder
 PROBE_SIMILARITY = 0.999  # a model must embed the probe image as it did when the catalog was made
+MODEL_NAME = "model.onnx"  # a model copied into the catalog directory (`--copy-model`) goes here
 
 
 @contextlib.contextmanager
@@ -53,8 +54,33 @@ def model_identity(model: ModelArg) -> tuple[Path, ModelInfo]:
     return model_path, read_model_info(model_path)
 
 
+def recorded_model_path(root: Path, model_path: Path) -> str:
+    """A model inside the catalog directory is recorded relative to it: the directory can move."""
+    try:
+        return model_path.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(model_path)
+
+
+def located_model(root: Path, recorded: str) -> Path:
+    """The recorded model (a relative path is inside the catalog), else a ``model.onnx`` or a file
+    of the recorded name in the catalog directory (a catalog moved with its model). Any of them
+    must still match the catalog's fingerprint and probe when loaded."""
+    path = root / recorded if recorded and not Path(recorded).is_absolute() else Path(recorded)
+    for candidate in (path, root / MODEL_NAME, root / path.name):
+        if recorded and candidate.is_file():
+            return candidate.resolve()
+    return path
+
+
 def create(
-    root: Path, model: ModelArg, params: HnswParams, vector_dtype: str, reduce_to: int | None, exist_ok: bool
+    root: Path,
+    model: ModelArg,
+    params: HnswParams,
+    vector_dtype: str,
+    reduce_to: int | None,
+    exist_ok: bool,
+    product_field: str | None = None,
 ) -> None:
     """A new catalog at ``root``, unless one is there (an error unless ``exist_ok``)."""
     if vector_dtype not in ("float32", "float16"):
@@ -63,7 +89,7 @@ def create(
     root.mkdir(parents=True, exist_ok=True)
     with exclusive(root):
         if not (root / DB_NAME).exists():
-            _write_new(root, info, model_path, params, vector_dtype, reduce_to)
+            _write_new(root, info, model_path, params, vector_dtype, reduce_to, product_field)
         elif not exist_ok:
             raise CatalogError(
                 f"a catalog already exists at {root}; open it with Catalog.open (or pass "
@@ -78,6 +104,7 @@ def _write_new(
     params: HnswParams,
     vector_dtype: str,
     reduce_to: int | None,
+    product_field: str | None,
 ) -> None:
     """The database is written under a temporary name and renamed last: it exists only whole."""
     name = file_name(vector_dtype)
@@ -91,7 +118,7 @@ def _write_new(
             {
                 "schema_version": str(SCHEMA_VERSION),
                 "catalog_format": CATALOG_FORMAT,
-                "model_path": str(model_path),
+                "model_path": recorded_model_path(root, model_path),
                 "hnsw.M": str(params.M),
                 "hnsw.ef_construction": str(params.ef_construction),
                 "hnsw.ef": str(params.ef),
@@ -101,6 +128,7 @@ def _write_new(
                 "items.count": "0",
                 "changes.since": "0",
                 "reduction.planned": str(reduce_to or ""),
+                products.SETTING: product_field or "",
             }
         )
         store.set_settings(settings)
@@ -138,7 +166,7 @@ def open_core(
     store = Store(database, readonly=readonly)
     try:
         core = CatalogCore(root, store, readonly=readonly)
-        model_path = Path(store.get_setting("model_path", "") or "")
+        model_path = located_model(root, store.get_setting("model_path", "") or "")
         embedder = None
         if model is not None:
             model_path, info = model_identity(model)

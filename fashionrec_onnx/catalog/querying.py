@@ -25,8 +25,12 @@ from . import oracle
 from .columns import Filter, callable_mask
 from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
+from .products import Products, checked_group_by
+from .search import rerank
 
-COLLAPSE_EXTRA = 10  # a collapsed search first asks for 2k + this many hits
+COLLAPSE_EXTRA = 10  # a collapsed or grouped search first asks for 2k + this many hits
+NO_LABELS = np.zeros(0, np.int64)
+NEGATIVE_WEIGHT = 0.5  # how much a negative pulls the query away (see `combined`)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Hit:
     distance: float
     similarity: float
     metadata: dict[str, Any]
+    product: str | None = None  # the item's product id, when the catalog has a product field
+    photos: tuple[str, ...] = ()  # grouped by product: the product's other keys, best first
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,39 @@ class KeyQuery:
     key: str
 
 
+Query = Source | str | KeyQuery
+Queries = Query | list[Query] | tuple[Query, ...]
+
+
 def shown(text: str) -> str:
     """A caller's string in a message: quoted, and cut when it is long."""
     return repr(text) if len(text) <= 80 else f"{text[:60]!r}… ({len(text)} characters)"
+
+
+def several(queries: Queries) -> list[Query]:
+    """A list or tuple holds several queries; anything else is one."""
+    return list(queries) if isinstance(queries, (list, tuple)) else [queries]
+
+
+def combined(positives: list[np.ndarray], negatives: list[np.ndarray]) -> np.ndarray:
+    """The one vector a search with several positives and negatives looks for:
+
+        q = mean(positives) - NEGATIVE_WEIGHT * mean(negatives), scaled to unit length.
+
+    On unit vectors, ranking by similarity to q is ranking by the mean similarity to the positives
+    minus NEGATIVE_WEIGHT times the mean similarity to the negatives. A single positive without
+    negatives is used exactly as given, so it searches exactly as a plain search does."""
+    if len(positives) == 1 and not negatives:
+        return positives[0]
+    vector = np.mean(positives, axis=0, dtype=np.float64)
+    if negatives:
+        vector = vector - NEGATIVE_WEIGHT * np.mean(negatives, axis=0, dtype=np.float64)
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise BadArgumentError(
+            "the queries cancel out: their combined vector has no direction left to search"
+        )
+    return (vector / norm).astype(np.float32)
 
 
 def is_vector(value: object) -> bool:
@@ -93,6 +129,7 @@ class Querier:
         self._embedder = embedder
         self._groups: tuple[int, np.ndarray] | None = None  # (generation, label -> duplicate group)
         self._groups_lock = threading.Lock()
+        self._products: tuple[tuple[int, str], Products] | None = None
 
     def query_vector(self, query: Source | str | KeyQuery) -> tuple[np.ndarray, int | None]:
         """The vector to search with, and the label to leave out ("more like this")."""
@@ -129,27 +166,47 @@ class Querier:
             )
         return self._embedder().embed_one(query, box=box)  # type: ignore[arg-type]
 
+    def _prepared(self, query: Query, box: Box | None) -> np.ndarray | None:
+        """An image's vector, embedded before any lock is taken (None for keys and vectors)."""
+        if box is not None:
+            return self.embed_region(query, box)
+        if not isinstance(query, (str, KeyQuery)) and not is_vector(query):
+            return self._embedder().embed_one(query)  # type: ignore[arg-type]
+        return None
+
     @contextlib.contextmanager
     def searching(
-        self, query: Source | str | KeyQuery, k: int, filter: Filter | None, box: Box | None = None
+        self,
+        query: Queries,
+        k: int,
+        filter: Filter | None,
+        box: Box | None = None,
+        negative: Queries | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """What every search starts with: the query vector, the labels to leave out and the
         filter's mask, all read from one consistent state (other processes' writes taken in)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise BadArgumentError(f"k must be a whole number >= 1, got {k!r}")
+        positives, negatives = several(query), several(negative) if negative is not None else []
+        if not positives:
+            raise BadArgumentError("a search needs at least one query (an image, a vector or a key)")
+        if box is not None and (len(positives) > 1 or negatives):
+            raise BadArgumentError("a box crops one query image; it cannot apply to several queries")
         core = self._core
-        embedded = None
-        if box is not None:
-            embedded = self.embed_region(query, box)
-        elif not isinstance(query, (str, KeyQuery)) and not is_vector(query):
-            embedded = self._embedder().embed_one(query)  # the slow part, outside every lock
+        prepared = [self._prepared(q, box) for q in positives], [self._prepared(q, None) for q in negatives]
         while True:
             core.sync()
             with core.rw.read(), core.store.snapshot():
                 if core.store.state()[0] != core.generation:
                     continue  # a write landed between the catch-up and the snapshot
-                vector, exclude = (embedded, None) if embedded is not None else self.query_vector(query)
-                excluded = np.asarray([] if exclude is None else [exclude], np.int64)
+                wanted = [self._vectors(qs, ready) for qs, ready in zip((positives, negatives), prepared)]
+                vector = combined([v for v, _ in wanted[0]], [v for v, _ in wanted[1]])
+                excluded = np.asarray(
+                    [label for side in wanted for _, label in side if label is not None], np.int64
+                )
+                products = self.products()
+                if products is not None:
+                    excluded = products.whole(excluded)
                 allowed = None
                 if filter is not None:
                     live = core.live_mask()
@@ -161,43 +218,98 @@ class Querier:
                 yield vector, excluded, allowed
                 return
 
-    def hits(self, labels: np.ndarray, distances: np.ndarray) -> list[Hit]:
-        items = self._core.store.items_by_label(labels.tolist())
+    def _vectors(
+        self, queries: list[Query], ready: list[np.ndarray | None]
+    ) -> list[tuple[np.ndarray, int | None]]:
+        return [(v, None) if v is not None else self.query_vector(q) for q, v in zip(queries, ready)]
+
+    def products(self) -> Products | None:
+        """Label -> product for the current generation (the caller holds the read lock on a
+        caught-up catalog); None when the catalog has no product field."""
+        field = self._core.product_field
+        if field is None:
+            return None
+        with self._groups_lock:
+            cached = self._products
+            if cached is None or cached[0] != (self._core.generation, field):
+                codes, names = self._core.columns.codes(field, self._core.rows)
+                cached = self._products = ((self._core.generation, field), Products.of(codes, names))
+            return cached[1]
+
+    def hits(self, labels: np.ndarray, distances: np.ndarray, query: np.ndarray | None = None) -> list[Hit]:
+        """Hits with their items; with ``query`` (a grouped search) each lists its product's
+        other photos, nearest the query first."""
+        products = self.products()
+        photos: dict[int, np.ndarray] = {}
+        if query is not None and products is not None:
+            for label in labels.tolist():
+                others = products.members(label)
+                others = others[others != label]
+                if len(others):
+                    photos[label] = rerank(self._core, query, others)[0]
+        wanted = labels.tolist() + [int(x) for others in photos.values() for x in others]
+        items = self._core.store.items_by_label(wanted)
         hits: list[Hit] = []
         for label, distance in zip(labels.tolist(), distances.tolist()):
             item = items.get(int(label))
             if item is None:
                 continue
             d = max(float(distance), 0.0)
-            hits.append(Hit(len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata)))
+            others = tuple(
+                items[x].key for x in photos.get(label, np.zeros(0, np.int64)).tolist() if x in items
+            )
+            product = products.name(label) if products is not None else None
+            hits.append(
+                Hit(
+                    len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata), product, others
+                )
+            )
         return hits
 
     def answer(
         self,
         method: Method,
-        query: Source | str | KeyQuery,
+        query: Queries,
         k: int,
         filter: Filter | None,
         box: Box | None,
         collapse_duplicates: bool,
+        group_by: str | None = None,
+        negative: Queries | None = None,
     ) -> list[Hit]:
         """A search answered by ``method`` (the planner or the exact oracle)."""
-        with self.searching(query, k, filter, box) as (vector, exclude, allowed):
-            if collapse_duplicates:
-                labels, distances = self._collapsed(method, vector, int(k), exclude, allowed)
+        grouped = checked_group_by(group_by, self._core.product_field)
+        with self.searching(query, k, filter, box, negative) as (vector, exclude, allowed):
+            groupings = [self._group_of()] if collapse_duplicates else []
+            if grouped:
+                products = self.products()
+                assert products is not None
+                groupings.append(products.codes)
+            if groupings:
+                labels, distances = self._distinct(method, vector, int(k), exclude, allowed, groupings)
             else:
                 labels, distances = method(self._core, vector, int(k), exclude, allowed)
-            return self.hits(labels, distances)
+            return self.hits(labels, distances, vector if grouped else None)
 
-    def _collapsed(
-        self, method: Method, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None
+    def _distinct(
+        self,
+        method: Method,
+        vector: np.ndarray,
+        k: int,
+        exclude: np.ndarray,
+        allowed: np.ndarray | None,
+        groupings: list[np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray]:
-        """k hits, one per group of near-duplicates: more candidates, the worse copies dropped."""
-        group_of = self._group_of()
+        """k hits, one per group (of near-duplicates, then of products): more candidates asked
+        for, and every hit whose group already showed up dropped. On the exact oracle this is
+        exactly an exact search followed by a group-by: a group's first hit is its best."""
         wanted = 2 * k + COLLAPSE_EXTRA
         while True:
             labels, distances = method(self._core, vector, wanted, exclude, allowed)
-            kept = near_duplicates.collapse(labels, group_of, exclude, k)
+            kept = np.arange(len(labels))
+            for group_of in groupings:
+                kept = kept[near_duplicates.collapse(labels[kept], group_of, exclude, len(kept))]
+            kept = kept[:k]
             if len(kept) >= k or len(labels) < wanted or wanted >= self._core.count:
                 return labels[kept], distances[kept]
             wanted *= 4

@@ -48,6 +48,15 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 CREATE INDEX IF NOT EXISTS changes_generation ON changes(generation);
 """
+# Keys removed by hand, so that indexing a folder does not bring them back; an insert of the key
+# forgets it. Added in 0.2 without a schema bump: it is created on the first writable open of an
+# older schema-2 catalog, and code that does not know it ignores it (removals then do not stick).
+REMOVED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS removed_keys (
+    key        TEXT PRIMARY KEY,
+    removed_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS settings (
     name  TEXT PRIMARY KEY,
@@ -55,7 +64,7 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 CREATE TABLE IF NOT EXISTS items {ITEMS_COLUMNS};
 CREATE INDEX IF NOT EXISTS items_path ON items(path);
-{CHANGES_SCHEMA}"""
+{CHANGES_SCHEMA}{REMOVED_SCHEMA}"""
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,8 @@ class Store:
                         "INSERT OR IGNORE INTO settings VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                     )
                     db.execute("INSERT OR IGNORE INTO settings VALUES ('generation', '0')")
+            elif not readonly:
+                self._db.executescript(REMOVED_SCHEMA)
             self.schema_version = self._schema_version()
         except sqlite3.DatabaseError as exc:
             if hasattr(self, "_db"):
@@ -440,6 +451,33 @@ class Store:
         rows = self._read("SELECT DISTINCT j.key FROM items, json_each(items.metadata) AS j ORDER BY 1")
         return [r[0] for r in rows]
 
+    # -- keys removed by hand --------------------------------------------------------------------
+
+    def remember_removed(self, keys: Sequence[str]) -> None:
+        """Record keys as removed by hand (before their items go: a crash in between leaves a key
+        both remembered and present, and a present item always counts as present)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO removed_keys(key, removed_at) VALUES (?, ?)", [(k, now) for k in keys]
+            )
+
+    def removed_among(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` that were removed by hand and not added since."""
+        if not self._has_removed_table() or not self._read("SELECT 1 FROM removed_keys LIMIT 1"):
+            return set()  # the usual case: a first index of a million files asks nothing more
+        rows = self._read_chunked("SELECT key FROM removed_keys WHERE key IN ({marks})", keys)
+        return {row[0] for row in rows}
+
+    def removed_keys(self) -> list[str]:
+        if not self._has_removed_table():
+            return []
+        return [row[0] for row in self._read("SELECT key FROM removed_keys ORDER BY key")]
+
+    def _has_removed_table(self) -> bool:
+        """False for a schema-2 catalog written before 0.2 and opened read-only."""
+        return bool(self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'removed_keys'"))
+
     # -- the change log -------------------------------------------------------------------------
 
     def delta_since(self, generation: int) -> Delta | None:
@@ -508,6 +546,7 @@ class Writer:
                 for label, item in zip(labels, items)
             ],
         )  # fmt: skip
+        self.db.executemany("DELETE FROM removed_keys WHERE key = ?", [(item.key,) for item in items])
         for label in labels:
             self.log(label, ADDED)
         self.next_label += len(items)

@@ -1,13 +1,16 @@
-"""Bound what one request may upload to the demo.
+"""Bound what one request may upload, before the body is read (the demo and `fashionrec serve`).
 
 Gradio checks each uploaded file against ``max_file_size`` but accepts any number of files per
-request, so a caller could store many large files with one POST. This ASGI middleware refuses an
-upload request whose body is larger than the limit, from its Content-Length when it has one and
-by counting the body as it streams otherwise, before Gradio writes anything to its cache.
+request, and a multipart parser spools a whole body before a handler sees it, so a caller could
+make a server store many large files with one POST. This ASGI middleware refuses (413) a guarded
+request whose body is larger than the limit: from its Content-Length when it has one, and by
+counting the body as it streams otherwise (chunked), before the app has stored it all.
+Plain ASGI: importing it imports no web framework.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -24,15 +27,32 @@ class _TooLarge(Exception):
     pass
 
 
-class UploadGuard:
-    """Refuse (413) upload requests whose body exceeds ``max_bytes`` in total."""
+def is_upload(path: str) -> bool:
+    """Gradio's upload route (under any mount prefix)."""
+    return path.endswith("/upload")
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class UploadGuard:
+    """Refuse (413) POST requests to ``guarded`` paths whose body exceeds ``max_bytes`` in total.
+
+    The refusal is plain text, or ``{"status": 413, "error": ..., "detail": ...}`` with
+    ``as_json=True`` (for a JSON API)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        *,
+        guarded: Callable[[str], bool] = is_upload,
+        as_json: bool = False,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.guarded = guarded
+        self.as_json = as_json
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/upload"):
+        if scope["type"] != "http" or scope["method"] != "POST" or not self.guarded(scope["path"]):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
@@ -63,12 +83,17 @@ class UploadGuard:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = f"upload refused: one request may send at most {self.max_bytes // 1_000_000} MB".encode()
+        message = f"upload refused: one request may send at most {self.max_bytes // 1_000_000} MB"
+        if self.as_json:
+            refusal = {"status": 413, "error": "upload_too_large", "detail": message}
+            body, kind = json.dumps(refusal, separators=(",", ":")).encode(), b"application/json"
+        else:
+            body, kind = message.encode(), b"text/plain; charset=utf-8"
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")],
+                "headers": [(b"content-type", kind), (b"connection", b"close")],
             }
         )
         await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,80 @@
+"""Starting the service: checks that fail early with one line (the catalog opens, the key is
+set, the extra is installed), then uvicorn with one or several worker processes."""
+
+from __future__ import annotations
+
+import inspect
+import ipaddress
+import os
+
+from ..catalog import Catalog
+from ..errors import FashionrecError
+from .config import ENV_NAME, ServiceConfig
+
+FACTORY = "fashionrec_onnx.service.app:app_from_env"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, config: ServiceConfig) -> str | None:
+    """What to tell someone who opens the service to other machines without a key."""
+    if is_loopback(host) or config.api_key_env:
+        return None
+    return (
+        f"warning: serving on {host} without an API key: anyone who can reach this port can search "
+        "the catalog. Set one with --api-key-env VAR, or serve on 127.0.0.1 behind a reverse proxy."
+    )
+
+
+def threads_per_worker(workers: int) -> int:
+    """The cores shared out: N workers each running the model on every core would thrash."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def check(config: ServiceConfig) -> int:
+    """Everything a worker would fail on, checked once before any starts; returns the item count."""
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401  (python-multipart, for uploads)
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise FashionrecError(
+            f"the service needs the serve extra ({exc.name} is missing): pip install 'fashionrec-onnx[serve]'"
+        ) from exc
+    if config.api_key_env and not config.api_key():
+        raise FashionrecError(
+            f"--api-key-env {config.api_key_env}: that environment variable is empty or unset; "
+            f"export {config.api_key_env}=... first."
+        )
+    with Catalog.open(config.catalog, config.model, readonly=True) as catalog:
+        return len(catalog)
+
+
+def serve(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run until interrupted. Workers are separate processes (uvicorn's supervisor), each with its
+    own read-only view of the catalog, all built from the config in the environment."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from .tcp import TcpConfig
+
+    os.environ[ENV_NAME] = config.to_env()
+    options = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": 5}
+    server_config = TcpConfig(FACTORY, factory=True, host=host, port=port, workers=workers, **options)
+    server = uvicorn.Server(server_config)
+    try:
+        if workers == 1:
+            server.run()
+            return
+        sockets = [server_config.bind_socket()]
+        target = {"target": server.run} if "target" in inspect.signature(Multiprocess).parameters else {}
+        Multiprocess(server_config, sockets=sockets, **target).run()  # as uvicorn.run does
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,172 @@
+"""What the routes do, without the web framework: parse the parameters of a query, answer it
+through the catalog, and turn hits and items into JSON-ready dicts.
+
+Remote callers reach catalog keys and their own uploads only: key queries go through
+`Catalog.more_like_this` (a key there is never a file), and negatives given as keys become stored
+vectors before they reach `Catalog.search`. A server path leaves only with ``expose_paths``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..catalog import Catalog, Hit, Item
+from ..errors import FashionrecError
+from .config import ServiceConfig
+from .errors import ServiceError, bad_parameter, from_library
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+@dataclass
+class Query:
+    """One search request, checked: exactly one of ``image``, ``key``, ``keys``, ``vector``."""
+
+    k: int = 5
+    image: bytes | None = None
+    box: tuple[int, int, int, int] | None = None
+    key: str | None = None
+    keys: list[str] | None = None
+    vector: list[float] | None = None
+    negative: list[str] | None = None
+    filter: dict[str, Any] | None = None
+    group_by: str | None = None
+    collapse_duplicates: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def parse_k(value: object, max_k: int) -> int:
+    try:
+        k = int(str(value))
+    except ValueError:
+        k = 0
+    if not 1 <= k <= max_k:
+        raise bad_parameter(f"k must be a whole number from 1 to {max_k}, got {str(value)[:40]!r}")
+    return k
+
+
+def parse_json_field(name: str, text: str, kind: type) -> Any:
+    """A form field holding JSON (``filter``: an object, ``negative``: a list)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise bad_parameter(f"{name} must be JSON ({exc.msg} at character {exc.pos})") from exc
+    if not isinstance(value, kind):
+        raise bad_parameter(f"{name} must be a JSON {'object' if kind is dict else 'list'}")
+    return value
+
+
+def parse_flag(name: str, text: str) -> bool:
+    if text.strip().lower() not in TRUE + FALSE:
+        raise bad_parameter(f"{name} must be true or false, got {text[:20]!r}")
+    return text.strip().lower() in TRUE
+
+
+def check_filter(wanted: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if wanted is None:
+        return None
+    for name, value in wanted.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, (str, int, float, bool)) for v in values):
+            raise bad_parameter(f"filter values are text, numbers or lists of them; {name!r} is not")
+    return dict(wanted)
+
+
+class Searcher:
+    """The open catalog and what the service answers with it (called from worker threads)."""
+
+    def __init__(self, catalog: Catalog, config: ServiceConfig) -> None:
+        self.catalog = catalog
+        self.config = config
+        self.model_slot = threading.Lock()  # one model run at a time: it uses every core already
+        paths = {str(catalog.path): "<catalog>", str(catalog.path.resolve()): "<catalog>"}
+        paths.update({str(catalog.model_path): "<model>", str(catalog.model_path.parent): "<model folder>"})
+        self.hidden = {} if config.expose_paths else paths
+
+    @property
+    def product_field(self) -> str | None:
+        """Read at each answer: `fashionrec index --product-field` may set it while serving."""
+        return self.catalog.product_field
+
+    def failed(self, exc: FashionrecError) -> ServiceError:
+        return from_library(exc, self.hidden)
+
+    def answer(self, query: Query) -> dict[str, Any]:
+        start = time.perf_counter()
+        try:
+            hits = self._hits(query)
+        except FashionrecError as exc:
+            raise self.failed(exc) from exc
+        query.timings["search"] = (time.perf_counter() - start) * 1000 - query.timings.get("embed", 0.0)
+        grouped, products = query.group_by is not None, self.product_field is not None
+        return {
+            "hits": [self.hit_json(hit, grouped, products) for hit in hits],
+            "timings_ms": query.timings,
+            "model": self.catalog.info.fingerprint,
+        }
+
+    def _hits(self, query: Query) -> list[Hit]:
+        catalog = self.catalog
+        options: dict[str, Any] = {
+            "collapse_duplicates": query.collapse_duplicates,
+            "group_by": query.group_by,
+        }
+        if query.key is not None or query.keys is not None:
+            keys = query.key if query.key is not None else list(query.keys or [])
+            return catalog.more_like_this(keys, query.k, query.filter, negative=query.negative, **options)
+        if query.negative:  # keys become stored vectors: search() would take a string for a file
+            options["negative"] = list(catalog.vectors(query.negative))
+        if query.image is not None:
+            begin = time.perf_counter()
+            with self.model_slot:
+                vector = catalog.embedder.embed_one(query.image, box=query.box)
+            query.timings["embed"] = (time.perf_counter() - begin) * 1000
+        else:
+            vector = np.asarray(query.vector, np.float32)
+        return catalog.search(vector, query.k, query.filter, **options)
+
+    def hit_json(self, hit: Hit, grouped: bool, products: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "rank": hit.rank,
+            "key": hit.key,
+            "similarity": hit.similarity,
+            "distance": hit.distance,
+            "metadata": hit.metadata,
+        }
+        if products:
+            out["product"] = hit.product
+        if grouped:
+            out["photos"] = list(hit.photos)
+        if self.config.expose_paths:
+            out["path"] = hit.path
+        return out
+
+    def item(self, key: str) -> dict[str, Any]:
+        try:
+            item: Item = self.catalog.get(key)
+        except FashionrecError as exc:
+            raise self.failed(exc) from exc
+        out: dict[str, Any] = {"key": item.key, "metadata": item.metadata}
+        product_field = self.product_field
+        if product_field:
+            value = item.metadata.get(product_field)
+            out["product"] = None if value is None else str(value)
+        if self.config.expose_paths:
+            out["path"] = item.path
+        return out
+
+    def health(self) -> dict[str, Any]:
+        catalog = self.catalog
+        return {
+            "status": "ok",
+            "items": len(catalog),
+            "model": catalog.info.fingerprint,
+            "generation": catalog.generation,
+        }

@@ -1,0 +1,224 @@
+"""The README's examples run as written, and run again.
+
+Every ```python block of README.md runs, in order, in one interpreter per ``##`` section; every
+```console block's ``$ `` lines run through bash (one shell per command, ``fashionrec`` on PATH;
+a line continued with a trailing backslash is one command), interleaved with the python blocks in
+README order. Each section runs twice in the same
+directory: a snippet that works only once (``Catalog.create`` on an existing catalog) fails.
+A command must exit 0 unless its line ends with ``# exit N``. ```bash blocks (installing,
+exporting with TensorFlow, servers) are shown, not run.
+
+A block preceded by ``<!-- readme-test: skip (REASON) -->`` is not run. Each section starts in a
+fresh directory holding:
+
+- ``model.onnx``: the small test model (64 px, random weights);
+- ``images/``: PNG photos of Fashion-MNIST in ``dress/``, ``shirt/``, ``bag/``, ``sneaker/``,
+  ``coat/``, ``trouser/`` (keys like ``dress/test-00013.png``), with ``images/labels.csv``
+  (``key,category``);
+- ``photo.jpg``: a query photo, 800 x 1000 px.
+
+A failure names the section, the block's line in README.md and the run (first or second).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fashionrec_onnx.datasets import SAMPLE_DIR
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+FENCE = re.compile(r"^\s{0,3}(```+)\s*([\w+-]*)[^`]*$")  # CommonMark: no backtick in the info string
+SKIP = re.compile(r"<!--\s*readme-test:\s*skip\s*\((.+)\)\s*-->")
+EXPECTED_EXIT = re.compile(r"#\s*exit\s+(\d+)\s*$")
+CATEGORIES = ("dress", "shirt", "bag", "sneaker", "coat", "trouser")
+PER_CATEGORY = 6
+PINNED = ("dress/test-00013.png", "trouser/test-00843.png")  # keys the README names
+TIMEOUT = 300
+
+
+@dataclass
+class Block:
+    language: str
+    line: int  # of the opening fence, 1-based
+    code: str
+    skip: str | None = None
+
+
+@dataclass
+class Section:
+    title: str
+    line: int
+    blocks: list[Block] = field(default_factory=list)
+
+    @property
+    def runnable(self) -> list[Block]:
+        return [b for b in self.blocks if b.language in ("python", "console") and b.skip is None]
+
+
+def sections(text: str) -> list[Section]:
+    """The README cut at its ``##`` headings, each with its fenced blocks."""
+    found = [Section("(before the first section)", 1)]
+    lines = text.splitlines()
+    number = 0
+    while number < len(lines):
+        line = lines[number]
+        if line.startswith("## "):
+            found.append(Section(line[3:].strip(), number + 1))
+        elif fence := FENCE.match(line):
+            language, start = fence.group(2).lower(), number
+            closing = re.compile(rf"^\s{{0,3}}{fence.group(1)}`*\s*$")
+            body = []
+            number += 1
+            while number < len(lines) and not closing.match(lines[number]):
+                body.append(lines[number])
+                number += 1
+            before = next((lines[i] for i in range(start - 1, -1, -1) if lines[i].strip()), "")
+            skip = SKIP.search(before)
+            found[-1].blocks.append(Block(language, start + 1, "\n".join(body), skip and skip.group(1)))
+        number += 1
+    return [s for s in found if s.blocks]
+
+
+def commands(block: Block) -> list[tuple[int, str, int]]:
+    """``(README line, command, expected exit code)`` for each ``$ `` line of a console block."""
+    found: list[tuple[int, str, int]] = []
+    lines = block.code.splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if line.startswith("$ "):
+            start, command = block.line + 1 + index, line[2:]
+            while command.endswith("\\") and index + 1 < len(lines):
+                index += 1
+                command = command[:-1].rstrip() + " " + lines[index].strip()
+            expected = EXPECTED_EXIT.search(command)
+            found.append((start, command, int(expected.group(1)) if expected else 0))
+        index += 1
+    return found
+
+
+ALL_SECTIONS = sections(README.read_text(encoding="utf-8"))
+RUNNABLE = [s for s in ALL_SECTIONS if s.runnable]
+
+# One interpreter per section runs its steps in README order: python blocks in a shared namespace,
+# console commands through bash. It stops at the first failure and says where it was.
+RUNNER = r"""
+import json, subprocess, sys, traceback
+steps = json.load(open(sys.argv[1]))
+namespace = {"__name__": "__main__"}
+for step in steps:
+    if step["language"] == "python":
+        try:
+            exec(compile("\n" * (step["line"]) + step["code"], "README.md", "exec"), namespace)
+        except BaseException:
+            print(f"python block at README.md line {step['line']} failed:", file=sys.stderr)
+            traceback.print_exc()
+            sys.exit(1)
+        continue
+    for line, command, expected in step["commands"]:
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+        if result.returncode != expected:
+            print(
+                f"console block at README.md line {step['line']}: `{command}` (line {line}) exited "
+                f"{result.returncode}, expected {expected}\nstdout:\n{result.stdout[-2000:]}\n"
+                f"stderr:\n{result.stderr[-2000:]}",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+"""
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory: pytest.TempPathFactory, small_model: Path) -> Path:
+    """What every section starts with (copied into its own directory)."""
+    root = tmp_path_factory.mktemp("readme-fixtures")
+    labels = {row["key"]: row["category"] for row in csv.DictReader((SAMPLE_DIR / "labels.csv").open())}
+    chosen = list(PINNED)
+    for category in CATEGORIES:
+        photos = sorted((SAMPLE_DIR / category).glob("*.png"))[:PER_CATEGORY]
+        chosen += [f"{category}/{photo.name}" for photo in photos]
+    chosen = list(dict.fromkeys(chosen))
+    for key in chosen:
+        (root / "images" / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SAMPLE_DIR / key, root / "images" / key)
+    with (root / "images" / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["key", "category"])
+        writer.writerows([key, labels[key]] for key in chosen)
+    query = Image.open(SAMPLE_DIR / "dress" / sorted(os.listdir(SAMPLE_DIR / "dress"))[-1]).convert("RGB")
+    query.resize((800, 1000), Image.Resampling.BICUBIC).save(root / "photo.jpg", quality=90)
+    (root / "model.onnx").symlink_to(small_model.resolve())
+    return root
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run_section(section: Section, folder: Path, attempt: str) -> None:
+    steps = [
+        {"language": b.language, "line": b.line, "code": b.code, "commands": commands(b)}
+        for b in section.runnable
+    ]
+    (folder / ".readme-steps.json").write_text(json.dumps(steps))
+    result = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(folder / ".readme-steps.json")],
+        cwd=folder, env=environment(), capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    if result.returncode != 0:
+        pytest.fail(
+            f"README section {section.title!r} (line {section.line}), {attempt} run: {result.stderr[-5000:]}",
+            pytrace=False,
+        )
+
+
+@pytest.mark.parametrize("section", RUNNABLE, ids=[s.title for s in RUNNABLE])
+def test_the_readme_section_runs_as_written_twice(section: Section, fixtures: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "work"
+    shutil.copytree(fixtures, folder, symlinks=True)
+    for attempt in ("first", "second"):
+        run_section(section, folder, attempt)
+
+
+def test_a_snippet_that_works_only_once_fails_on_the_second_run(fixtures: Path, tmp_path: Path) -> None:
+    shutil.copytree(fixtures, tmp_path / "work", symlinks=True)
+    once = Section(
+        "Once",
+        7,
+        [Block("python", 9, 'from fashionrec_onnx import Catalog\nCatalog.create("c", "model.onnx")')],
+    )
+    run_section(once, tmp_path / "work", "first")
+    with pytest.raises(
+        pytest.fail.Exception, match=r"(?s)'Once' \(line 7\), second run: .*line 11.*already exists"
+    ):
+        run_section(once, tmp_path / "work", "second")
+
+
+def test_the_readme_has_runnable_examples() -> None:
+    assert sum(len(s.runnable) for s in ALL_SECTIONS) >= 5
+
+
+def test_the_block_parser_finds_lines_skips_and_continued_commands() -> None:
+    text = (
+        "## One\n\n<!-- readme-test: skip (needs internet) -->\n```python\nx = 1\n```\n\n"
+        "```console\n$ fashionrec index images \\\n    --catalog c   # exit 1\nprinted output\n```\n"
+        "```` ```python ```` inline code is no fence\n"
+    )
+    (one,) = sections(text)
+    assert one.title == "One" and [b.line for b in one.blocks] == [4, 8]
+    assert one.blocks[0].skip == "needs internet" and one.runnable == [one.blocks[1]]
+    assert commands(one.blocks[1]) == [(9, "fashionrec index images --catalog c   # exit 1", 1)]

@@ -1,0 +1,137 @@
+"""Removals stick: a key removed with `remove` is not brought back by indexing its folder again,
+until asked (``readd_removed=True``, `--include-removed`) or added explicitly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashionrec_onnx import Catalog
+from fashionrec_onnx.cli import main
+
+V2_CATALOGS = Path(__file__).parent / "data" / "v2-catalogs"
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    """Six small distinct photos in two subfolders."""
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        (root / f"shop-{i % 2}").mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"shop-{i % 2}" / f"photo-{i}.png")
+    return root
+
+
+@pytest.fixture()
+def catalog(tmp_path: Path, small_model: Path, folder: Path) -> Catalog:
+    catalog = Catalog.create(tmp_path / "catalog", small_model)
+    catalog.index_folder(folder, progress=False)
+    yield catalog
+    catalog.close()
+
+
+def test_a_removed_key_is_not_added_back_by_the_next_index(catalog: Catalog, folder: Path) -> None:
+    catalog.remove("shop-0/photo-0.png")
+    report = catalog.index_folder(folder, progress=False)
+    assert report.skipped_removed == 1 and report.added == 0 and report.unchanged == 5
+    assert "shop-0/photo-0.png" not in catalog and len(catalog) == 5
+
+
+def test_index_with_readd_removed_adds_it_back_and_forgets_the_removal(
+    catalog: Catalog, folder: Path
+) -> None:
+    catalog.remove("shop-0/photo-0.png")
+    report = catalog.index_folder(folder, progress=False, readd_removed=True)
+    assert report.added == 1 and report.skipped_removed == 0
+    assert "shop-0/photo-0.png" in catalog and catalog.removed_keys() == []
+
+
+def test_an_explicit_add_of_a_removed_key_lifts_the_removal(catalog: Catalog, folder: Path) -> None:
+    catalog.remove("shop-0/photo-0.png", "shop-1/photo-1.png")
+    catalog.add("shop-0/photo-0.png", folder / "shop-0" / "photo-0.png")
+    catalog.add_many(["shop-1/photo-1.png"], np.ones((1, catalog.dim), np.float32))
+    assert catalog.removed_keys() == []
+
+
+def test_removing_an_unknown_key_remembers_nothing(catalog: Catalog) -> None:
+    assert catalog.remove("no-such-key") == 0
+    assert catalog.removed_keys() == []
+
+
+def test_items_pruned_because_their_file_went_come_back_with_the_file(catalog: Catalog, folder: Path) -> None:
+    photo = folder / "shop-0" / "photo-0.png"
+    kept = photo.read_bytes()
+    photo.unlink()
+    assert catalog.index_folder(folder, progress=False, prune=True).removed == 1
+    photo.write_bytes(kept)
+    assert catalog.index_folder(folder, progress=False).added == 1
+    assert catalog.removed_keys() == []
+
+
+def test_removals_are_remembered_across_processes(catalog: Catalog, folder: Path) -> None:
+    catalog.remove("shop-1/photo-3.png")
+    with Catalog.open(catalog.path) as other:
+        assert other.index_folder(folder, progress=False).skipped_removed == 1
+        assert other.removed_keys() == ["shop-1/photo-3.png"]
+
+
+def test_cli_index_after_remove_says_what_it_left_out_and_how_to_add_it_back(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, small_model: Path, folder: Path
+) -> None:
+    index = ["index", str(folder), "--catalog", str(tmp_path / "c"), "--model", str(small_model), "--quiet"]
+    assert main(index) == 0
+    assert main(["remove", "shop-0/photo-2.png", "--catalog", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    assert main(index) == 0
+    out = capsys.readouterr().out
+    assert "0 added" in out
+    assert "left out 1 files whose keys were removed with `fashionrec remove` (--include-removed" in out
+    assert main([*index, "--include-removed"]) == 0
+    assert "1 added" in capsys.readouterr().out
+
+
+# -- catalogs written before removals were remembered (schema 2 without the table) -----------
+
+
+@pytest.fixture()
+def v2_catalog(tmp_path: Path) -> Path:
+    root = tmp_path / "v2"
+    shutil.copytree(V2_CATALOGS / "float32", root)
+    return root
+
+
+def test_a_schema_2_catalog_opens_answers_as_before_and_stays_schema_2(v2_catalog: Path) -> None:
+    expected = json.loads((v2_catalog / "expected.json").read_text())
+    with Catalog.open(v2_catalog) as catalog:
+        assert len(catalog) == expected["items"] and catalog.removed_keys() == []
+        for key, neighbours in expected["exact"].items():
+            assert [h.key for h in catalog.exact_search(key, k=5)] == neighbours
+        assert [h.key for h in catalog.exact_search("p000/photo-0.jpg", k=5, filter={"category": "Bag"})] == (
+            expected["filtered"]
+        )
+        assert catalog.verify() == []
+    with sqlite3.connect(v2_catalog / "catalog.sqlite") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = db.execute("SELECT value FROM settings WHERE name = 'schema_version'").fetchone()[0]
+    assert "removed_keys" in tables and version == "2"
+
+
+def test_a_schema_2_catalog_opened_read_only_has_no_removed_keys_and_no_error(v2_catalog: Path) -> None:
+    with Catalog.open(v2_catalog, readonly=True) as catalog:
+        assert catalog.removed_keys() == []
+        assert len(catalog.search("p000/photo-0.jpg", k=3)) == 3
+
+
+def test_a_schema_2_catalog_remembers_removals_once_opened_by_this_version(v2_catalog: Path) -> None:
+    with Catalog.open(v2_catalog) as catalog:
+        catalog.remove("p001/photo-0.jpg")
+    with Catalog.open(v2_catalog, readonly=True) as catalog:
+        assert catalog.removed_keys() == ["p001/photo-0.jpg"]
