@@ -398,7 +398,7 @@ def test_fashionrec_demo_offline_falls_back_to_random_weights_with_a_banner(tmp_
                 time.sleep(1)
         assert page is not None and page.status_code == 200, "the demo did not come up"
         assert "Untrained weights: results show the pipeline, not real similarity" in page.text
-        assert "394 products (1,000 photos)" in page.text  # the sample has products
+        assert "**394 products** (1,000 photos)" in page.text  # the footer: the sample has products
     finally:
         process.terminate()
         output = process.communicate(timeout=60)[0]
