@@ -11,47 +11,61 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image
 from starlette.middleware import Middleware
 
-from fashionrec_onnx import (
-    BadArgumentError,
-    Catalog,
-    FashionrecError,
-    Hit,
-    ImageLoadError,
-    UnknownKeyError,
-    WeightsUnavailableError,
-    load_image,
-)
+from fashionrec_onnx import Catalog, WeightsUnavailableError
 from fashionrec_onnx.datasets import sample_dir
 from fashionrec_onnx.upload_guard import MULTIPART_OVERHEAD, UploadGuard
 
 from .photo_input import PhotoInput
-from .region import MAX_REGION_CHARS, REGION_HELP, REGION_JS, RegionError, parse_region
+from .region import MAX_REGION_CHARS, REGION_HELP, REGION_JS
+from .search import ALL_CATEGORIES, DemoSearch, SearchOutput
+
+__all__ = ["ALL_CATEGORIES", "RANDOM_WEIGHTS_BANNER", "build_app", "default_catalog", "launch"]
 
 log = logging.getLogger("fashionrec.demo")
 
-ALL_CATEGORIES = "All categories"
 MAX_UPLOAD_BYTES = 10_000_000  # one photo; one upload request may carry no more than this
 CACHE_CLEANUP = (300, 900)  # every 5 minutes, delete uploads and thumbnails older than 15 minutes
-THUMBNAIL = 192
 RANDOM_WEIGHTS_BANNER = (
     "**Untrained weights: results show the pipeline, not real similarity.** The ImageNet weights "
     "could not be downloaded, so this demo runs ResNet50 with seeded random weights. Put "
     "`resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5` in `~/.keras/models/` and restart "
     "for real results."
 )
+# Captions go under the picture, wrapped, instead of over it cut with an ellipsis; columns may
+# shrink below Gradio's 100 px minimum; on a phone the results take two columns. Long words (the
+# weights file name, a fingerprint) may break, so nothing is wider than the screen.
 CSS = """
 #banner {background: #fff4e5; border: 1px solid #f0a040; border-radius: 8px; padding: 4px 12px;}
+#banner, #footer, #status {overflow-wrap: anywhere;}
+#banner code, #footer code {display: inline; white-space: normal; overflow-wrap: anywhere;}
 #footer {color: #777; font-size: 0.85em;}
+#results, #examples, #results .grid-wrap, #examples .grid-wrap {
+  height: auto !important; min-height: 0; max-height: none !important; overflow-y: visible;
+}
+#results .grid-container, #examples .grid-container {
+  grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)); grid-auto-rows: auto;
+}
+#results .thumbnail-item, #examples .thumbnail-item {
+  aspect-ratio: auto; height: auto; display: flex; flex-direction: column;
+}
+#results .thumbnail-item > img, #examples .thumbnail-item > img {
+  aspect-ratio: 1 / 1; height: auto; flex: none;
+}
+#results .caption-label, #examples .caption-label {
+  position: static; max-width: none; white-space: normal; overflow: visible; text-overflow: clip;
+  overflow-wrap: anywhere; border: 0; border-top: 1px solid var(--border-color-primary);
+  border-radius: 0; opacity: 1;
+}
+@media (max-width: 600px) {
+  #results .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr));}
+  #examples .grid-container {grid-template-columns: repeat(5, minmax(0, 1fr));}
+}
 """
 
 
@@ -109,11 +123,12 @@ def ensure_model(home: Path, retry_weights: bool = False) -> tuple[Path, bool]:
 
 
 def ensure_sample_catalog(home: Path, model: Path) -> Catalog:
-    """The bundled Fashion-MNIST sample, indexed once per model (incremental afterwards)."""
+    """The bundled Fashion-MNIST sample, indexed once per model (incremental afterwards), with
+    its product field (a catalog made before the sample had products gains it)."""
     from fashionrec_onnx import read_model_info
 
     fingerprint = read_model_info(model).fingerprint
-    catalog = Catalog.open_or_create(home / f"catalog-{fingerprint}", model)
+    catalog = Catalog.open_or_create(home / f"catalog-{fingerprint}", model, product_field="product")
     sample = sample_dir()
     if len(catalog) < 1000:
         log.info("indexing the bundled Fashion-MNIST sample into %s", catalog.path)
@@ -134,120 +149,17 @@ def default_catalog(
     return catalog, RANDOM_WEIGHTS_BANNER if random_weights else None
 
 
-# -- search handlers --------------------------------------------------------------------------------
-
-
-@dataclass
-class SearchOutput:
-    gallery: list[tuple[Image.Image, str]]
-    keys: list[str]
-    timings: str
-    status: str
-
-
-def _placeholder() -> Image.Image:
-    return Image.new("RGB", (THUMBNAIL, THUMBNAIL), (235, 235, 235))
-
-
-class DemoSearch:
-    """The page's actions on one catalog; safe for many users at once (the catalog is)."""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        self._thumbnail = lru_cache(maxsize=4096)(self._make_thumbnail)
-        self._lock = threading.Lock()
-
-    def _make_thumbnail(self, key: str) -> Image.Image:
-        """The item's picture, or a grey placeholder when its file is gone or damaged (logged)."""
-        try:
-            path = self.catalog.image_path(key)
-            if path is None:
-                return _placeholder()
-            image = load_image(path)
-        except (OSError, FashionrecError) as exc:
-            log.warning("no thumbnail for %s: %s", key, exc)
-            return _placeholder()
-        scale = THUMBNAIL / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        return image.resize(size, Image.Resampling.LANCZOS)
-
-    def thumbnail(self, key: str) -> Image.Image:
-        with self._lock:
-            return self._thumbnail(key)
-
-    def _filter(self, category: str | None) -> dict[str, str] | None:
-        return None if not category or category == ALL_CATEGORIES else {"category": category}
-
-    def _render(
-        self, hits: list[Hit], embed_ms: float | None, search_ms: float, note: str = ""
-    ) -> SearchOutput:
-        gallery = []
-        for hit in hits:
-            category = hit.metadata.get("category", "")
-            caption = f"#{hit.rank} · {category} · similarity {hit.similarity:.3f} · {hit.key}"
-            gallery.append((self.thumbnail(hit.key), caption))
-        parts = [f"embedding {embed_ms:.0f} ms"] if embed_ms is not None else []
-        parts.append(f"search {search_ms:.1f} ms")
-        timings = " · ".join(parts) + f" · {len(hits)} results"
-        status = note or ("" if hits else "No product matches this filter.")
-        return SearchOutput(gallery, [h.key for h in hits], timings, status)
-
-    def by_image(
-        self, image: str | None, k: int, category: str | None, region: str | None = None
-    ) -> SearchOutput:
-        """Search with an upload, or with the part of it inside ``region`` ("l,t,r,b")."""
-        if not image:
-            return SearchOutput([], [], "", "Upload, paste or take a photo to search.")
-        try:
-            box = parse_region(region)
-            started = time.perf_counter()
-            vector = self.catalog.embedder.embed_one(image, box=box)
-            embedded = time.perf_counter()
-            hits = self.catalog.search(vector, k=int(k), filter=self._filter(category))
-            done = time.perf_counter()
-        except RegionError as exc:
-            return SearchOutput([], [], "", str(exc))
-        except ImageLoadError as exc:
-            return SearchOutput([], [], "", f"Could not read this image: {exc.reason}.")
-        except BadArgumentError as exc:  # the message names the upload's path in Gradio's cache
-            message = str(exc).replace(f" {image},", " your photo,")
-            return SearchOutput([], [], "", f"This region does not fit the photo: {message}.")
-        except FashionrecError as exc:
-            return SearchOutput([], [], "", f"Search failed: {exc}")
-        note = f"Region {','.join(map(str, box))} of your photo" if box else ""
-        return self._render(hits, (embedded - started) * 1000, (done - embedded) * 1000, note)
-
-    def by_key(self, key: str, k: int, category: str | None) -> SearchOutput:
-        """More like a catalog item. ``key`` comes from the browser: it is only ever looked up as
-        a key, never opened as a file, and every non-key gets the same answer."""
-        started = time.perf_counter()
-        try:
-            hits = self.catalog.more_like_this(str(key), k=int(k), filter=self._filter(category))
-        except UnknownKeyError:
-            return SearchOutput([], [], "", "No such item in the catalog.")
-        except FashionrecError as exc:
-            return SearchOutput([], [], "", f"Search failed: {exc}")
-        note = f"More like **{key}**"
-        return self._render(hits, None, (time.perf_counter() - started) * 1000, note)
-
-    def examples(self, count: int = 10) -> list[str]:
-        """One example per category (or the first items), for the clickable example strip."""
-        seen: dict[str, str] = {}
-        for item in self.catalog.iter_items():
-            category = str(item.metadata.get("category", item.key))
-            seen.setdefault(category, item.key)
-            if len(seen) >= count:
-                break
-        return list(seen.values())
-
-
 # -- the page -----------------------------------------------------------------------------------------
 
 
-def footer(catalog: Catalog) -> str:
+def footer(catalog: Catalog, products: int | None = None) -> str:
+    """The catalog and model in one line; ``products``: how many, when items are grouped."""
     info = catalog.info
+    size = f"**{len(catalog):,} products**"
+    if products is not None:
+        size = f"**{products:,} products** ({len(catalog):,} photos)"
     return (
-        f"Catalog: **{len(catalog):,} products** · model ResNet50 + global {info.pooling} pool "
+        f"Catalog: {size} · model ResNet50 + global {info.pooling} pool "
         f"({info.weights}, {info.precision}, {info.input_size} px, {info.dim}-d, fingerprint "
         f"`{info.fingerprint}`) · HNSW M={catalog.params.M}, ef={catalog.params.ef} · "
         "powered by onnxruntime + hnswlib"
@@ -262,8 +174,17 @@ def build_app(
     search = DemoSearch(catalog)
     example_keys = search.examples()
     categories = [ALL_CATEGORIES, *catalog.categories()]
+    what = "products" if search.group_by else "items"
 
     def outputs(result: SearchOutput) -> tuple:
+        """Every action replaces all of these: the gallery (its selection cleared, so no tile
+        stays highlighted on a result it no longer shows), the status (so no stale error stays),
+        the tick boxes, and the search that k or the category runs again."""
+        ticks = gr.CheckboxGroup(choices=result.choices, value=[])
+        gallery = gr.Gallery(value=result.gallery, selected_index=None)
+        return gallery, result.keys, result.timings, result.status, ticks, ticks, result.current
+
+    def plain(result: SearchOutput) -> tuple:
         return result.gallery, result.keys, result.timings, result.status
 
     def on_search(image: str | None, k: float, category: str, region: str | None = None) -> tuple:
@@ -272,13 +193,23 @@ def build_app(
     def on_upload(image: str | None, k: float, category: str) -> tuple:
         return (*outputs(search.by_image(image, int(k), category)), "")  # a new photo: no region yet
 
-    def on_result_click(keys: list[str], k: float, category: str, event: gr.SelectData) -> tuple:
-        key = keys[event.index]
+    def on_click(key: str, k: float, category: str) -> tuple:
         return (search.thumbnail(key), *outputs(search.by_key(key, int(k), category)), "")
 
+    def on_result_click(keys: list[str], k: float, category: str, event: gr.SelectData) -> tuple:
+        return on_click(keys[event.index], k, category)
+
     def on_example_click(k: float, category: str, event: gr.SelectData) -> tuple:
-        key = example_keys[event.index]  # like a result click: more like it, itself left out
-        return (search.thumbnail(key), *outputs(search.by_key(key, int(k), category)), "")
+        return on_click(example_keys[event.index], k, category)  # like a result: itself left out
+
+    def on_refine(liked: list[str], disliked: list[str], k: float, category: str) -> tuple:
+        return outputs(search.by_keys(liked or [], disliked or [], int(k), category))
+
+    def on_change(
+        current: dict | None, image: str | None, region: str | None, k: float, category: str
+    ) -> tuple:
+        result = search.again(current, image, region, int(k), category)
+        return tuple(gr.skip() for _ in range(7)) if result is None else outputs(result)
 
     with gr.Blocks(title="fashionrec: visual product search", delete_cache=delete_cache) as app:
         gr.Markdown(
@@ -309,36 +240,55 @@ def build_app(
                 status = gr.Markdown(elem_id="status")
             with gr.Column(scale=5):
                 results = gr.Gallery(
-                    label="Similar products (click one for more like it)",
+                    label=f"Similar {what} (click one for more like it)",
                     columns=5,
-                    height=420,
                     object_fit="contain",
                     allow_preview=False,
                     elem_id="results",
                 )
+                with gr.Row():
+                    liked = gr.CheckboxGroup([], label="I like", elem_id="liked")
+                    disliked = gr.CheckboxGroup([], label="Not for me", elem_id="disliked")
+                refine = gr.Button("Refine: more like what I like, less like the rest", elem_id="refine")
                 examples = gr.Gallery(
                     value=[(search.thumbnail(key), key) for key in example_keys],
                     label="Or try one of these catalog items",
                     columns=10,
-                    height=150,
                     allow_preview=False,
                     elem_id="examples",
                 )
-        gr.Markdown(footer(catalog), elem_id="footer")
+        gr.Markdown(footer(catalog, search.product_count()), elem_id="footer")
         result_keys = gr.State([])
+        current = gr.State(None)  # the search that a new k or category runs again
 
-        shown = [results, result_keys, timings, status]
-        button.click(on_search, [query, k, category, region], shown, api_name="search")
+        shown = [results, result_keys, timings, status, liked, disliked, current]
+        button.click(on_search, [query, k, category, region], shown, api_name=False)
         region.submit(on_search, [query, k, category, region], shown, api_name=False)
         query.upload(on_upload, [query, k, category], [*shown, region], api_name=False)
         results.select(on_result_click, [result_keys, k, category], [query, *shown, region], api_name=False)
         examples.select(on_example_click, [k, category], [query, *shown, region], api_name=False)
+        refine.click(on_refine, [liked, disliked, k, category], shown, api_name=False)
+        for control in (k, category):
+            control.change(
+                on_change,
+                [current, query, region, k, category],
+                shown,
+                api_name=False,
+                trigger_mode="always_last",
+            )
+
+        # The HTTP API (gradio_client): plain values, no page updates; a key is only a key.
+        def search_api(image: str | None, k: float, category: str, region: str | None = None) -> tuple:
+            return plain(search.by_image(image, int(k), category, region))
 
         def by_key_api(key: str, k: float, category: str) -> tuple:
-            return outputs(search.by_key(key, int(k), category))
+            return plain(search.by_key(key, int(k), category))
 
+        api_shown = [results, result_keys, timings, status]
+        api_search = gr.Button(visible=False)
+        api_search.click(search_api, [query, k, category, region], api_shown, api_name="search")
         hidden_key = gr.Textbox(visible=False)
-        hidden_key.submit(by_key_api, [hidden_key, k, category], shown, api_name="more_like_this")
+        hidden_key.submit(by_key_api, [hidden_key, k, category], api_shown, api_name="more_like_this")
     app.queue(default_concurrency_limit=4)
     return app
 

@@ -1,14 +1,17 @@
 """Drive the demo page in headless Chromium: upload a photo, wait for results, take a screenshot.
 
-The browser test and the README screenshot both come from `capture`, so the picture in the README
-is what the test saw. Regenerate it with ``python -m fashionrec_demo.screenshot``.
+The browser test and the README screenshots both come from `capture`, so the pictures in the
+README are what the test saw. Regenerate them, at desktop and phone widths, from one run of the
+demo with ``python -m fashionrec_demo.screenshot`` (``--model`` to skip the demo's own export).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +33,10 @@ CHROMIUM_ARGS = [
 
 log = logging.getLogger("fashionrec.demo")
 
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 420, "height": 900}
+WIDTHS = {"desktop": DESKTOP, "phone": PHONE}
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -38,14 +45,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def open_page(url: str, *, chromium: str = CHROMIUM, timeout_ms: int = 60_000) -> Iterator[Page]:
+def open_page(
+    url: str, *, chromium: str = CHROMIUM, timeout_ms: int = 60_000, viewport: dict[str, int] = DESKTOP
+) -> Iterator[Page]:
     """The demo page at ``url`` in headless Chromium (the system's, no browser download)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport=viewport)
             page.set_default_timeout(timeout_ms)
             # Gradio keeps a connection open, so "network idle" never comes: wait for the upload field.
             page.goto(url, wait_until="domcontentloaded")
@@ -71,15 +80,27 @@ def upload(page: Page, image: Path) -> int:
     return wait_for_results(page)
 
 
-def capture(url: str, image: Path, out: Path, *, chromium: str = CHROMIUM, timeout_ms: int = 60_000) -> int:
-    """Upload ``image`` on the page at ``url``, wait for the results, save a PNG; returns how many
-    result images the page shows."""
-    with open_page(url, chromium=chromium, timeout_ms=timeout_ms) as page:
-        shown = upload(page, image)
+def captions(page: Page) -> list[str]:
+    return page.locator("#results .caption-label").all_inner_texts()
+
+
+def capture(
+    url: str,
+    image: Path,
+    out: Path,
+    *,
+    chromium: str = CHROMIUM,
+    timeout_ms: int = 60_000,
+    viewport: dict[str, int] = DESKTOP,
+) -> list[str]:
+    """Upload ``image`` on the page at ``url`` in a window of ``viewport``, wait for the results,
+    save a PNG of the whole page; returns the captions of the results shown."""
+    with open_page(url, chromium=chromium, timeout_ms=timeout_ms, viewport=viewport) as page:
+        upload(page, image)
         page.wait_for_timeout(500)  # let the gallery settle before the picture
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out), full_page=True)
-        return shown
+        return captions(page)
 
 
 def main() -> None:
@@ -88,19 +109,27 @@ def main() -> None:
     from fashionrec_onnx.datasets import sample_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/screenshot.png"))
+    parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for demo-<width>.png")
     parser.add_argument("--query", type=Path, default=sample_dir() / "dress" / "test-00013.png")
+    parser.add_argument("--model", type=Path, help="serve this model (default: the demo's own)")
+    parser.add_argument("--home", type=Path, help="the demo's home (default: a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    catalog, banner = default_catalog()
-    port = free_port()
-    app = launch(build_app(catalog, banner), port=port, block=False)
-    try:
-        shown = capture(f"http://127.0.0.1:{port}/", args.query, args.out)
-        log.info("wrote %s (%d results shown)", args.out, shown)
-    finally:
-        app.close()
-        catalog.close()
+    with tempfile.TemporaryDirectory() as scratch:
+        catalog, banner = default_catalog(args.home or Path(scratch), args.model)
+        port = free_port()
+        app = launch(build_app(catalog, banner), port=port, block=False)
+        try:
+            run: dict[str, object] = {"model": catalog.info.weights, "fingerprint": catalog.info.fingerprint}
+            for name, viewport in WIDTHS.items():
+                out = args.out / f"demo-{name}.png"
+                run[name] = capture(f"http://127.0.0.1:{port}/", args.query, out, viewport=viewport)
+                log.info("wrote %s", out)
+            record = json.dumps(run, indent=1, ensure_ascii=False)
+            (args.out / "demo-screenshots.json").write_text(record + "\n", encoding="utf-8")
+        finally:
+            app.close()
+            catalog.close()
 
 
 if __name__ == "__main__":

@@ -155,8 +155,9 @@ def group_into_products(
 
 
 def write_labels(rows: list[dict[str, str]], path: Path) -> None:
+    fields = ["key", "category", "label", "split"] + (["product"] if rows and "product" in rows[0] else [])
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["key", "category", "label", "split"])
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -181,13 +182,16 @@ def export_split(
 def make_sample(
     folder: Path = SAMPLE_DIR, per_class: int = 100, source: str | os.PathLike[str] | None = None
 ) -> None:
-    """The bundled sample: the first ``per_class`` test images of every category."""
+    """The bundled sample: the first ``per_class`` test images of every category, with a
+    ``product`` column: `group_into_products` on their pixels (Fashion-MNIST has no products)."""
     images, labels = load_split("test", source)
     picks = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(CLASSES))])
     picks.sort()
     rows = []
     for index in picks:
         rows += write_images(images[index : index + 1], labels[index : index + 1], folder, "test", int(index))
+    for row, product in zip(rows, group_into_products(images[picks], labels[picks])):
+        row["product"] = product
     write_labels(rows, folder / "labels.csv")
     (folder / "LICENSE").write_text(LICENSE_TEXT)
 

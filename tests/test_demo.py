@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 from fashionrec_demo.app import ALL_CATEGORIES, RANDOM_WEIGHTS_BANNER, build_app, launch
-from fashionrec_demo.screenshot import capture, free_port, open_page, upload, wait_for_results
+from fashionrec_demo.screenshot import PHONE, capture, free_port, open_page, upload, wait_for_results
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -117,11 +117,12 @@ def test_concurrent_users_get_their_own_results(served) -> None:
         assert top.endswith(f"{image.parent.name}/{image.name}")
 
 
-def test_the_page_in_a_real_browser_shows_five_results(served, tmp_path: Path) -> None:
+@pytest.mark.parametrize("viewport", [None, PHONE], ids=["desktop", "phone"])
+def test_the_page_in_a_real_browser_shows_five_results(served, tmp_path: Path, viewport) -> None:
     url, _ = served
     screenshot = tmp_path / "demo.png"
-    shown = capture(url, QUERY, screenshot)
-    assert shown == 5
+    shown = capture(url, QUERY, screenshot, **({"viewport": viewport} if viewport else {}))
+    assert len(shown) == 5
     assert screenshot.stat().st_size > 10_000
 
 
@@ -129,27 +130,184 @@ def _captions(page) -> list[str]:  # page: playwright Page
     return page.locator("#results .caption-label").all_inner_texts()
 
 
-def test_in_the_browser_a_result_click_shows_more_like_it_and_k_and_category_apply(served) -> None:
+def _keys(page) -> list[str]:
+    return [caption.rsplit(" · ", 1)[-1] for caption in _captions(page)]
+
+
+def _expected(hits) -> list[str]:
+    return [f"#{h.rank} · {h.metadata['category']} · similarity {h.similarity:.3f} · {h.key}" for h in hits]
+
+
+def _wait_for_captions(page, expected: list[str]) -> None:
+    """Wait until the results show exactly these captions (a re-run replaces the gallery)."""
+    page.wait_for_function(
+        "expected => JSON.stringify([...document.querySelectorAll('#results .caption-label')]"
+        ".map(c => c.innerText)) === JSON.stringify(expected)",
+        arg=expected,
+    )
+
+
+def _set_k(page, k: int) -> None:
+    """Type a number of results, as a shopper would (no Search press follows)."""
+    page.locator("#k input[type=number]").fill(str(k))
+    page.locator("#k input[type=number]").press("Enter")
+
+
+def test_in_the_browser_a_result_click_shows_more_like_it_without_it(served) -> None:
     url, _ = served
     with open_page(url) as page:
         assert upload(page, QUERY) == 5
-        clicked = _captions(page)[1].rsplit(" · ", 1)[-1]
+        clicked = _keys(page)[1]
         page.locator("#results img").nth(1).click()
         page.wait_for_function("() => document.querySelector('#status').innerText.includes('More like')")
         assert clicked in page.locator("#status").inner_text()
         assert wait_for_results(page) == 5
-        assert clicked not in [caption.rsplit(" · ", 1)[-1] for caption in _captions(page)]
+        assert clicked not in _keys(page)
 
-        page.locator("#k input[type=number]").fill("3")
-        page.locator("#k input[type=number]").press("Enter")
+
+def test_in_the_browser_an_example_click_also_leaves_the_example_out(served) -> None:
+    url, catalog = served
+    with open_page(url) as page:
+        example = page.locator("#examples .caption-label").nth(3).inner_text()
+        page.locator("#examples img").nth(3).click()
+        _wait_for_captions(page, _expected(catalog.more_like_this(example, k=5)))
+        assert example not in _keys(page) and example in page.locator("#status").inner_text()
+
+
+def test_in_the_browser_changing_k_re_runs_the_search_without_pressing_search(served) -> None:
+    url, catalog = served
+    with open_page(url) as page:
+        upload(page, QUERY)
+        _set_k(page, 3)
+        _wait_for_captions(page, _expected(catalog.search(QUERY, k=3)))
+        assert "3 results" in page.locator("#timings").inner_text()
+
+
+def test_in_the_browser_changing_the_category_re_runs_more_like_this(served) -> None:
+    url, catalog = served
+    with open_page(url) as page:
+        upload(page, QUERY)
+        clicked = _keys(page)[1]
+        page.locator("#results img").nth(1).click()
+        _wait_for_captions(page, _expected(catalog.more_like_this(clicked, k=5)))
         page.locator("#category input").fill("Bag")
         page.keyboard.press("Enter")
-        page.locator("#search").click()
-        page.wait_for_function(
-            "() => { const c = [...document.querySelectorAll('#results .caption-label')];"
-            " return c.length === 3 && c.every(t => t.innerText.includes('Bag')); }"
+        _wait_for_captions(page, _expected(catalog.more_like_this(clicked, k=5, filter={"category": "Bag"})))
+        assert clicked in page.locator("#status").inner_text()  # still more like the clicked item
+
+
+def test_in_the_browser_captions_are_shown_in_full(served) -> None:
+    url, catalog = served
+    with open_page(url) as page:
+        upload(page, QUERY)
+        _set_k(page, 20)
+        _wait_for_captions(page, _expected(catalog.search(QUERY, k=20)))
+        clipped = page.evaluate(
+            "() => [...document.querySelectorAll('#results .caption-label, #examples .caption-label')]"
+            ".filter(c => c.scrollWidth > c.clientWidth || c.scrollHeight > c.clientHeight"
+            " || getComputedStyle(c).textOverflow === 'ellipsis').map(c => c.innerText)"
         )
-        assert "3 results" in page.locator("#timings").inner_text()
+    assert clipped == []
+
+
+def test_in_the_browser_no_tile_stays_highlighted_after_more_like_this(served) -> None:
+    url, _ = served
+    with open_page(url) as page:
+        upload(page, QUERY)
+        page.locator("#results img").nth(1).click()
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('More like')")
+        wait_for_results(page)
+        page.wait_for_timeout(300)  # the gallery re-renders after the answer arrives
+        assert page.locator("#results .thumbnail-item.selected").count() == 0
+
+
+def test_in_the_browser_an_error_is_cleared_by_the_next_successful_search(served, tmp_path: Path) -> None:
+    url, _ = served
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("this is not a picture")
+    with open_page(url) as page:
+        page.locator("#query input[type=file]").set_input_files(str(not_an_image))
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('Could not read')")
+        page.locator("#examples img").first.click()
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('More like')")
+        assert "Could not read" not in page.locator("body").inner_text()
+
+
+def test_at_phone_width_the_results_take_two_columns_and_nothing_overflows(served) -> None:
+    url, _ = served
+    with open_page(url, viewport=PHONE) as page:
+        upload(page, QUERY)
+        page.wait_for_timeout(300)
+        layout = page.evaluate(
+            "() => ({page: document.documentElement.scrollWidth, width: innerWidth,"
+            " columns: getComputedStyle(document.querySelector('#results .grid-container'))"
+            ".gridTemplateColumns.split(' ').length,"
+            " beyond: [...document.querySelectorAll('#results .thumbnail-item, #examples .thumbnail-item')]"
+            ".filter(t => t.getBoundingClientRect().right > innerWidth).length,"
+            " hidden: [...document.querySelectorAll('.grid-wrap, #banner, #footer')]"
+            ".filter(e => e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight).length})"
+        )
+    assert layout["page"] <= layout["width"] == PHONE["width"]
+    assert layout["columns"] == 2 and layout["beyond"] == 0 and layout["hidden"] == 0
+
+
+# -- products: grouped results, liked and disliked, Refine ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_products(tmp_path_factory: pytest.TempPathFactory, small_model: Path):
+    """The sample with its product field, as `fashionrec demo` serves it."""
+    path = tmp_path_factory.mktemp("demo-products") / "catalog"
+    catalog = Catalog.create(path, small_model, product_field="product")
+    catalog.index_folder(SAMPLE_DIR, metadata=SAMPLE_DIR / "labels.csv", progress=False)
+    port = free_port()
+    app = launch(build_app(catalog), port=port, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/", catalog
+    finally:
+        app.close()
+        catalog.close()
+
+
+def _product_captions(hits) -> list[str]:
+    def photos(hit) -> str:
+        count = 1 + len(hit.photos)
+        return f"{count} photo{'s' if count > 1 else ''}"
+
+    return [
+        f"#{h.rank} · {h.metadata['category']} · product {h.product} · {photos(h)} · "
+        f"similarity {h.similarity:.3f} · {h.key}"
+        for h in hits
+    ]
+
+
+def test_with_a_product_field_the_page_shows_distinct_products_with_their_photo_counts(
+    served_products,
+) -> None:
+    url, catalog = served_products
+    with open_page(url) as page:
+        upload(page, QUERY)
+        _wait_for_captions(page, _product_captions(catalog.search(QUERY, k=5, group_by="product")))
+        assert "394 products (1,000 photos)" in page.locator("#footer").inner_text()
+
+
+def test_in_the_browser_refine_searches_like_the_liked_and_unlike_the_disliked(served_products) -> None:
+    url, catalog = served_products
+    with open_page(url) as page:
+        upload(page, QUERY)
+        keys = _keys(page)
+        liked, disliked = keys[:2], keys[2:3]
+        for box in (page.locator("#liked input[type=checkbox]").nth(0),
+                    page.locator("#liked input[type=checkbox]").nth(1),
+                    page.locator("#disliked input[type=checkbox]").nth(2)):  # fmt: skip
+            box.check()
+        page.locator("#refine").click()
+        expected = catalog.more_like_this(liked, k=5, group_by="product", negative=disliked)
+        _wait_for_captions(page, _product_captions(expected))
+        shown = _keys(page)
+    ticked = {catalog.get(key).metadata["product"] for key in liked + disliked}
+    assert len(shown) == 5
+    assert not ticked & {catalog.get(key).metadata["product"] for key in shown}
 
 
 def street_photo(path: Path) -> Path:
@@ -189,11 +347,7 @@ def test_in_the_browser_a_dragged_box_searches_that_region_as_the_cropped_file(
     assert all(abs(a - b) <= 2 for a, b in zip(box, (40, 60, 208, 228))), box  # where the mouse went
     cropped = tmp_path / "cropped.png"
     Image.open(photo).crop(box).save(cropped)
-    expected = [
-        f"#{hit.rank} · {hit.metadata['category']} · similarity {hit.similarity:.3f} · {hit.key}"
-        for hit in catalog.search(cropped, k=5)
-    ]
-    assert shown == expected
+    assert shown == _expected(catalog.search(cropped, k=5))
     assert shown != whole and shown[0].endswith("dress/test-00013.png")
 
 
@@ -244,7 +398,7 @@ def test_fashionrec_demo_offline_falls_back_to_random_weights_with_a_banner(tmp_
                 time.sleep(1)
         assert page is not None and page.status_code == 200, "the demo did not come up"
         assert "Untrained weights: results show the pipeline, not real similarity" in page.text
-        assert "1,000 products" in page.text
+        assert "**394 products** (1,000 photos)" in page.text  # the footer: the sample has products
     finally:
         process.terminate()
         output = process.communicate(timeout=60)[0]
@@ -362,3 +516,17 @@ def test_uploads_and_thumbnails_are_deleted_from_the_cache_after_a_while(
     finally:
         app.close()
         catalog.close()
+
+
+def test_the_readme_screenshots_show_the_model_the_seed_gives_today(test_model: Path) -> None:
+    """The screenshots and the README name the fingerprint of today's seed-0 224 px model."""
+    import json
+
+    from fashionrec_onnx import read_model_info
+
+    root = Path(__file__).resolve().parents[1]
+    run = json.loads((root / "docs" / "demo-screenshots.json").read_text())
+    fingerprint = read_model_info(test_model).fingerprint
+    assert run["model"] == "random:seed=0" and run["fingerprint"] == fingerprint
+    assert f"`{fingerprint}`" in (root / "README.md").read_text()
+    assert (root / "docs" / "demo-desktop.png").is_file() and (root / "docs" / "demo-phone.png").is_file()

@@ -3,6 +3,7 @@ plain computation over exact search written here."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -20,14 +21,18 @@ KS = (1, 3, 10)
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory: pytest.TempPathFactory, small_model: Path) -> Catalog:
-    """100 sample images (10 per category) with their category."""
+    """100 sample images (10 per category) with their category, and no products (the sample's
+    ``product`` column is left out: the plain reference searches photos)."""
     folder = tmp_path_factory.mktemp("evaluate") / "images"
     for category in sorted(p for p in SAMPLE_DIR.iterdir() if p.is_dir()):
         (folder / category.name).mkdir(parents=True)
         for path in sorted(category.glob("*.png"))[:10]:
             shutil.copy(path, folder / category.name / path.name)
     catalog = Catalog.create(folder.parent / "catalog", small_model)
-    catalog.index_folder(folder, metadata=SAMPLE_DIR / "labels.csv", progress=False)
+    with (SAMPLE_DIR / "labels.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    metadata = {row["key"]: {f: v for f, v in row.items() if f not in ("key", "product")} for row in rows}
+    catalog.index_folder(folder, metadata=metadata, progress=False)
     yield catalog
     catalog.close()
 
