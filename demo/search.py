@@ -200,8 +200,7 @@ class DemoSearch:
         """How many products the catalog holds (None without a product field)."""
         if not self.group_by:
             return None
-        field_name = self.catalog.product_field
-        return len({item.metadata.get(field_name, item.key) for item in self.catalog.iter_items()})
+        return self.catalog.product_count()
 
     def examples(self, count: int = 10) -> list[str]:
         """One example per category (or the first items), for the clickable example strip."""

@@ -334,7 +334,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         banner = RANDOM_WEIGHTS_BANNER if catalog.info.weights.startswith("random") else None
     else:
         catalog, banner = default_catalog(args.home, args.model, args.retry_weights)
-    print(f"serving {len(catalog)} products on http://{args.host}:{args.port} (Ctrl+C to stop)")
+    products = catalog.product_count()
+    size = f"{len(catalog)} photos" + (f" of {products} products" if products is not None else "")
+    print(f"serving {size} on http://{args.host}:{args.port} (Ctrl+C to stop)")
     try:
         launch(build_app(catalog, banner=banner), host=args.host, port=args.port)
     finally:

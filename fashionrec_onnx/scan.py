@@ -274,4 +274,3 @@ def _warn_duplicates(
     log.warning(
         "%s: %d key(s) appear on more than one row, and the last row wins (%s)", source, len(keys), examples
     )
-

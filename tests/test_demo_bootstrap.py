@@ -137,5 +137,5 @@ def test_fashionrec_demo_retry_weights_tries_the_export_again(
         process.terminate()
         output = process.communicate(timeout=60)[0]
     assert IMAGENET_ATTEMPT in output, output
-    assert "serving 1000 products" in output
+    assert "serving 1000 photos of 394 products" in output
     assert marker.read_text().startswith(time.strftime("%Y-"))  # the new failure replaced the old one

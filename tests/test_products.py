@@ -100,6 +100,19 @@ def test_more_like_this_leaves_out_the_whole_product(shop: Catalog) -> None:
     assert [(h.product, h.key) for h in shop.more_like_this(key, k=5, group_by="product")] == expected
 
 
+def test_the_product_count_counts_distinct_products(shop: Catalog, tmp_path: Path, small_model: Path) -> None:
+    assert shop.product_count() == PRODUCTS
+    keys, vectors, metadata = _structured()
+    catalog = Catalog.create(tmp_path / "c", small_model)
+    catalog.add_many(keys[:10], vectors[:10], metadata=metadata[:10])
+    assert catalog.product_count() is None
+    catalog.set_product_field("product_id")
+    assert catalog.product_count() == len({m["product_id"] for m in metadata[:10]})
+    catalog.add("lonely", vectors[20])  # no product id: a product of its own
+    catalog.remove(keys[0])
+    assert catalog.product_count() == len({m["product_id"] for m in metadata[1:10]}) + 1
+
+
 def test_ungrouped_hits_name_their_product(shop: Catalog) -> None:
     hits = shop.search(_queries(shop)[2], k=8)
     assert all(hit.product == hit.metadata["product_id"] and hit.photos == () for hit in hits)

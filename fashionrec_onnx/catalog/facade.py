@@ -83,6 +83,10 @@ class Catalog:
         self._core.sync()
         return self._core.product_field
 
+    def product_count(self) -> int | None:
+        """How many distinct products the catalog holds (None without a product field)."""
+        return self._querier.product_count()
+
     def set_product_field(self, field: str | None) -> None:
         """Name the metadata field that identifies the product (``None``: no products). Recorded
         in the catalog; every process that has it open takes it in at its next search."""

@@ -236,6 +236,17 @@ class Querier:
                 cached = self._products = ((self._core.generation, field), Products.of(codes, names))
             return cached[1]
 
+    def product_count(self) -> int | None:
+        """Distinct products among the live items (an item without a product id counts as one);
+        None when the catalog has no product field."""
+        self._core.sync()
+        with self._core.rw.read():
+            products = self.products()
+            if products is None:
+                return None
+            codes = products.codes[self._core.live_mask()[: len(products.codes)]]
+            return len(np.unique(codes[codes >= 0])) + int((codes < 0).sum())
+
     def hits(self, labels: np.ndarray, distances: np.ndarray, query: np.ndarray | None = None) -> list[Hit]:
         """Hits with their items; with ``query`` (a grouped search) each lists its product's
         other photos, nearest the query first."""
