@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +102,14 @@ def machine_info() -> dict[str, object]:
     info["avx2"] = " avx2" in flags
     info["avx512_vnni"] = "avx512_vnni" in flags or "avx_vnni" in flags
     return info
+
+
+def write_report(out: Path, results: dict[str, Any], markdown: str) -> None:
+    """``out``.json (every figure) and ``out``.md (the tables) of one standalone benchmark."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out.with_suffix(".md").write_text(markdown)
+    logging.getLogger("benchmarks").info("wrote %s", out.with_suffix(".md"))
 
 
 def bench_model(size: int = 224, seed: int = 0) -> Path:

@@ -12,7 +12,6 @@ with exact search followed by a group-by. Run alone: ``python -m benchmarks.prod
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -21,7 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS, bench_model, embed_corpus, machine_info, summary_ms, timed
+from benchmarks.common import (
+    RESULTS,
+    bench_model,
+    embed_corpus,
+    machine_info,
+    summary_ms,
+    timed,
+    write_report,
+)
 from fashionrec_onnx import Catalog
 from fashionrec_onnx.datasets import group_into_products
 
@@ -141,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": f"{args.size} px, random:seed=0",
         **run(model, corpus, labels, queries),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(results))
-    log.info("wrote %s", args.out.with_suffix(".md"))
+    write_report(args.out, results, markdown(results))
     return 0
 
 

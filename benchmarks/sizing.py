@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RAW, RESULTS, bench_model, embed_corpus, machine_info
+from benchmarks.common import RAW, RESULTS, bench_model, embed_corpus, machine_info, write_report
 from benchmarks.search import structured_blocks
 
 log = logging.getLogger("benchmarks.sizing")
@@ -199,10 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     results["scale_1m"] = next((r for r in runs if r["items"] == MILLION), None)
     results["table"] = table(results)
     results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(results))
-    log.info("wrote %s", args.out.with_suffix(".md"))
+    write_report(args.out, results, markdown(results))
     return 0
 
 
