@@ -9,8 +9,11 @@ needs re-embedding.
 Modules, one job each: `facade` (the public `Catalog`), `core` (the open catalog's parts, locks
 and catch-up), `store` (SQLite), `vectors` (the vector file), `graph` (the HNSW graph file),
 `columns` (live items and metadata filters as masks), `search` (query planning), `oracle` (exact
-search in blocks), `duplicates` (near-duplicate groups through the graph), `indexing` (folders),
-`maintenance` (check, verify, PCA), `migrate` (0.1.0 catalogs).
+search in blocks), `querying` (answering a search: query vectors, snapshot, hits), `products`
+(grouping photos by product), `duplicates` (near-duplicate groups through the graph), `indexing`
+(folders), `removals` (removals that stick), `maintenance` (check, verify, PCA), `opening`
+(creating, opening, upgrading), `portable` (a model moved with its catalog), `migrate` (0.1.0
+catalogs).
 """
 
 from .columns import Filter
