@@ -223,6 +223,14 @@ def test_an_upload_with_negative_keys_searches_away_from_them(http, catalog) -> 
     assert ranked(answer["hits"]) == of_catalog(expected)
 
 
+def test_negative_keys_with_a_vector_are_left_out_as_in_the_library(http, catalog) -> None:
+    negative = catalog.keys()[:2]
+    vector = catalog.vector(negative[0]) + catalog.vector(catalog.keys()[3])
+    answer = http.post("/search", json={"vector": vector.tolist(), "negative": negative, "k": 5}).json()
+    assert ranked(answer["hits"]) == of_catalog(catalog.search(vector, k=5, negative=negative))
+    assert not {hit["key"] for hit in answer["hits"]} & set(negative)
+
+
 def test_an_unknown_negative_key_is_404(http, catalog) -> None:
     assert_error(
         http.post("/search", json={"key": catalog.keys()[0], "negative": ["no/such"]}), 404, "unknown_key"

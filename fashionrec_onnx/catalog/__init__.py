@@ -21,6 +21,7 @@ from .duplicates import DuplicateGroup, DuplicateReport
 from .facade import Catalog, Hit
 from .indexing import IndexReport
 from .maintenance import CheckReport
+from .querying import KeyQuery
 from .store import Item, NewItem
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Filter",
     "Hit",
     "IndexReport",
+    "KeyQuery",
     "Item",
     "NewItem",
 ]

@@ -2,8 +2,9 @@
 through the catalog, and turn hits and items into JSON-ready dicts.
 
 Remote callers reach catalog keys and their own uploads only: key queries go through
-`Catalog.more_like_this` (a key there is never a file), and negatives given as keys become stored
-vectors before they reach `Catalog.search`. A server path leaves only with ``expose_paths``.
+`Catalog.more_like_this` (a key there is never a file), and negatives given as keys reach
+`Catalog.search` as `KeyQuery` objects (keys only, left out with their products, as in the
+library). A server path leaves only with ``expose_paths``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..catalog import Catalog, Hit, Item
+from ..catalog import Catalog, Hit, Item, KeyQuery
 from ..errors import FashionrecError
 from .config import ServiceConfig
 from .errors import ServiceError, bad_parameter, from_library
@@ -121,8 +122,8 @@ class Searcher:
         if query.key is not None or query.keys is not None:
             keys = query.key if query.key is not None else list(query.keys or [])
             return catalog.more_like_this(keys, query.k, query.filter, negative=query.negative, **options)
-        if query.negative:  # keys become stored vectors: search() would take a string for a file
-            options["negative"] = list(catalog.vectors(query.negative))
+        if query.negative:  # never plain strings: search() would take a string for a file
+            options["negative"] = [KeyQuery(key) for key in query.negative]
         if query.image is not None:
             begin = time.perf_counter()
             with self.model_slot:
