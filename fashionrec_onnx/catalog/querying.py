@@ -266,9 +266,7 @@ class Querier:
             if item is None:
                 continue
             d = max(float(distance), 0.0)
-            others = tuple(
-                items[x].key for x in photos.get(label, np.zeros(0, np.int64)).tolist() if x in items
-            )
+            others = tuple(items[x].key for x in photos.get(label, NO_LABELS).tolist() if x in items)
             product = products.name(label) if products is not None else None
             hits.append(
                 Hit(
