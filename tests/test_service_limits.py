@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import logging
+import shutil
 import tracemalloc
 import urllib.error
 import urllib.request
@@ -275,3 +276,16 @@ def test_concurrent_large_photos_decode_a_few_at_a_time_so_memory_has_a_ceiling(
         _, peak = served_rss(address)
     # two decodes in flight of ~100 MB (plus the resize's copies), never sixteen
     assert peak - rss_before < 1_000_000, f"peak RSS grew {peak - rss_before:,} kB for 16 concurrent photos"
+
+
+def test_the_fields_an_unknown_field_error_lists_follow_writes(catalog_dir, tmp_path) -> None:
+    shutil.copytree(catalog_dir, tmp_path / "catalog")
+    with Catalog.open(tmp_path / "catalog") as catalog:
+        vector = np.asarray(catalog.vector(catalog.keys()[0]))
+        with pytest.raises(CatalogError) as before:
+            catalog.search(vector, 3, {"colur": "red"})
+        assert "category" in str(before.value) and "colour" not in str(before.value)
+        catalog.update_metadata({catalog.keys()[0]: {"category": "dress", "colour": "red"}})
+        with pytest.raises(CatalogError) as after:
+            catalog.search(vector, 3, {"colur": "red"})
+        assert "colour" in str(after.value)

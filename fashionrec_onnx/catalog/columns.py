@@ -42,6 +42,7 @@ class Liveness:
         self.mask[labels] = True
 
     def apply(self, delta: Delta) -> None:
+        self._names = None
         top = max(int(delta.added.max()) + 1 if len(delta.added) else 0, len(self.mask))
         self.mask = _grow(self.mask, top, False)
         self.mask[delta.removed[delta.removed < len(self.mask)]] = False
@@ -82,6 +83,12 @@ class MetadataColumns:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._columns: dict[str, _Column] = {}
+        self._names: list[str] | None = None  # every item's field names: a full scan, kept till a write
+
+    def field_names(self) -> list[str]:
+        if self._names is None:
+            self._names = self._store.field_names()
+        return self._names
 
     def _column(self, field: str) -> _Column:
         column = self._columns.get(field)
@@ -102,6 +109,7 @@ class MetadataColumns:
         return codes, column.values
 
     def apply(self, delta: Delta) -> None:
+        self._names = None
         for field, column in self._columns.items():
             gone = np.concatenate([delta.removed, delta.described])
             column.codes[gone[gone < len(column.codes)]] = -1
@@ -115,7 +123,7 @@ class MetadataColumns:
         for field, value in wanted.items():
             column = self._column(str(field))
             if not column.values:
-                known = self._store.field_names()
+                known = self.field_names()
                 raise CatalogError(
                     f"no item has the metadata field {field!r}; the fields are: "
                     f"{', '.join(known) if known else '(none: the catalog has no metadata)'}."

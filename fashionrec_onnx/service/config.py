@@ -10,6 +10,13 @@ from dataclasses import dataclass
 
 ENV_NAME = "FASHIONREC_SERVE_CONFIG"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when it is imported
+# Set to "1" by `benchmarks.service_load` only, to measure the service as it was before its
+# latency tuning (uvicorn's pure-Python h11 and asyncio loop, no GC freeze) in the same run.
+UNTUNED_ENV = "FASHIONREC_SERVE_UNTUNED"
+
+
+def untuned() -> bool:
+    return os.environ.get(UNTUNED_ENV) == "1"
 MAX_UPLOAD_MB = 10.0
 MAX_K = 100
 # Bounds on what one query may ask, checked before any work (a longer list is a 422): each costs

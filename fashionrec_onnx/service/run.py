@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..catalog import Catalog
 from ..errors import FashionrecError
-from .config import ENV_NAME, MULTIPROC_ENV, ServiceConfig
+from .config import ENV_NAME, MULTIPROC_ENV, ServiceConfig, untuned
 
 FACTORY = "fashionrec_onnx.service.app:app_from_env"
 
@@ -93,7 +93,9 @@ def serve(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, work
     from .tcp import TcpConfig
 
     os.environ[ENV_NAME] = config.to_env()
-    options = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": 5}
+    options: dict[str, object] = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": 5}
+    if untuned():  # the benchmark's baseline; otherwise uvicorn picks httptools and uvloop (serve extra)
+        options.update(http="h11", loop="asyncio")
     server_config = TcpConfig(FACTORY, factory=True, host=host, port=port, workers=workers, **options)
     server = uvicorn.Server(server_config)
     with metrics_dir():
