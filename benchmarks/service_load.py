@@ -317,7 +317,18 @@ def markdown(results: dict) -> str:
         f"Command: `{results['command']}`. Client and server on the same cores (127.0.0.1).",
         f"Models: ResNet50 224 px, {results['weights']}. Catalog: {photos['count']} photos; "
         f"uploads are {photos['size'][0]}x{photos['size'][1]} JPEGs (mean {photos['mean_kb']:.0f} kB), "
-        "k=10. Each worker runs onnxruntime on cores / workers threads.",
+        "k=10. Each worker runs onnxruntime on cores / workers threads. The client is the lean one",
+        "(see the comparison at the end).",
+    ]
+    if results.get("runs"):
+        lines += served_tables(results)
+    if "compare" in results:
+        lines += comparison(results["compare"], results["command"])
+    return "\n".join(lines) + "\n"
+
+
+def served_tables(results: dict) -> list[str]:
+    lines = [
         "",
         "| model | workers | query | concurrency | requests | errors | req/s | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -348,9 +359,7 @@ def markdown(results: dict) -> str:
             f"| {precision} | {one[0]:.1f} / {one[1]:.1f} | {batched[0]:.1f} / {batched[1]:.1f} | "
             f"{best:.1f} | {best / max(one):.0%} |"
         )
-    if "compare" in results:
-        lines += comparison(results["compare"], results["command"])
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def comparison(cells: dict, command: str) -> list[str]:
