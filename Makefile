@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 demo: install
 	$(BIN)/fashionrec demo
