@@ -15,7 +15,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from fashionrec_onnx import Catalog
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 QUERY = SAMPLE_DIR / "dress" / "test-00013.png"
 

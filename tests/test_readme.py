@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FENCE = re.compile(r"^\s{0,3}(```+)\s*([\w+-]*)[^`]*$")  # CommonMark: no backtick in the info string

@@ -16,10 +16,10 @@ search in blocks), `querying` (answering a search: query vectors, snapshot, hits
 catalogs).
 """
 
+from ..feeds.folders import IndexReport
 from .columns import Filter
 from .duplicates import DuplicateGroup, DuplicateReport
 from .facade import Catalog, Hit
-from .indexing import IndexReport
 from .maintenance import CheckReport
 from .querying import KeyQuery
 from .store import Item, NewItem

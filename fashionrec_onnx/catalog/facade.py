@@ -14,25 +14,26 @@ import numpy as np
 
 from ..embedder import Embedder
 from ..errors import BadArgumentError, CatalogError, UnknownKeyError
+from ..feeds import folders as indexing
+from ..feeds.folders import IndexReport
 from ..images import Box, Source
-from ..index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from ..model import ModelInfo
-from ..reduce import PCA
-from . import indexing, maintenance, opening, products, removals
+from . import maintenance, opening, products, removals
 from . import search as planner
 from .columns import Filter
 from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
-from .indexing import IndexReport
+from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from .maintenance import CheckReport
 from .opening import ModelArg
+from .pca import PCA
 from .querying import Hit, KeyQuery, Querier, Queries, exact, is_vector, several, shown, unit
 from .store import DB_NAME, Item, NewItem
 
 if TYPE_CHECKING:
-    from ..download import DownloadSettings
-    from ..sync import SyncReport
-    from ..vector_transfer import ExportReport, ImportReport
+    from ..feeds.download import DownloadSettings
+    from ..feeds.sync import SyncReport
+    from ..interchange.vector_transfer import ExportReport, ImportReport
 
 log = logging.getLogger(__name__)
 
@@ -438,13 +439,13 @@ class Catalog:
     def import_vectors(self, path: str | os.PathLike[str], *, progress: bool = False) -> ImportReport:
         """Add the vectors of Parquet files written by `fashionrec embed` or `export_vectors`
         (see `vector_transfer.import_vectors`): incremental, one transaction a batch."""
-        from ..vector_transfer import import_vectors
+        from ..interchange.vector_transfer import import_vectors
 
         return import_vectors(self, path, progress=progress)
 
     def export_vectors(self, path: str | os.PathLike[str]) -> ExportReport:
         """Write every item and vector in the Parquet layout `import_vectors` reads."""
-        from ..vector_transfer import export_vectors
+        from ..interchange.vector_transfer import export_vectors
 
         return export_vectors(self, path)
 
@@ -463,8 +464,8 @@ class Catalog:
         """Bring the catalog in step with a product feed (CSV or JSON lines, one row per image):
         new images added, changed ones re-embedded, changed fields rewritten, images gone from
         the feed removed (only items under ``key_prefix``, which the feed owns). Rows that fail
-        are reported and leave their item as it was. See `fashionrec_onnx.sync` for the rules."""
-        from ..sync import sync_feed
+        are reported and leave their item as it was. See `fashionrec_onnx.feeds.sync` for the rules."""
+        from ..feeds.sync import sync_feed
 
         return sync_feed(
             self,

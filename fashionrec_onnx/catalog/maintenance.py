@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CatalogError
-from ..evaluation import recall_at_k
-from ..reduce import PCA
+from ..quality.evaluation import recall_at_k
 from . import oracle
 from .core import CatalogCore
+from .pca import PCA
 from .search import _pool, rerank
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ import numpy as np
 
 from ..embedder import Embedder
 from ..errors import CatalogError, ModelError, ModelMismatchError
-from ..index import HnswParams
 from ..model import ModelInfo, read_model_info
 from . import maintenance, products
 from .core import LOCK_NAME, CatalogCore, locked_open
+from .hnsw import HnswParams
 from .migrate import migrate_v1, needs_migration
 from .store import DB_NAME, SCHEMA_VERSION, Store
 from .vectors import VectorFile, file_name

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from ..upload_guard import ASGIApp, Message, Receive, Scope, Send
+from .upload_guard import ASGIApp, Message, Receive, Scope, Send
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROUTES = ("/search", "/health", "/metrics", "/docs", "/openapi.json")

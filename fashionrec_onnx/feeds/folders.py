@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from ..catalog import removals
+from ..catalog.store import Item, NewItem
 from ..embedder import Failure
 from ..errors import CatalogError
-from ..metadata_match import MetadataMatch, match_metadata
-from ..scan import ImageFile, Skipped, read_metadata, scan_folder
-from . import removals
-from .store import Item, NewItem
+from .metadata_match import MetadataMatch, match_metadata
+from .scan import ImageFile, Skipped, read_metadata, scan_folder
 
 if TYPE_CHECKING:
-    from .facade import Catalog
+    from ..catalog.facade import Catalog
 
 log = logging.getLogger(__name__)
 

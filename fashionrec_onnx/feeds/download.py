@@ -35,7 +35,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DownloadError
+from ..errors import DownloadError
 
 log = logging.getLogger(__name__)
 

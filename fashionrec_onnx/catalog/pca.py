@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CatalogCorruptError, CatalogError
+from ..errors import CatalogCorruptError, CatalogError
 
 FORMAT = 1
 # Up to this many rows, products are computed on the calling thread (numpy's einsum loops):

@@ -6,8 +6,8 @@ import argparse
 import json
 from collections.abc import Callable
 
-from .cli_args import _build_args, _catalog_arg, path, positive, subcommand, text
-from .errors import BadArgumentError
+from ..errors import BadArgumentError
+from .common import _build_args, _catalog_arg, path, positive, subcommand, text
 
 
 def seconds(value: str) -> float:
@@ -33,9 +33,9 @@ def _product_column(args: argparse.Namespace) -> str:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from .cli import _open_for_indexing
-    from .download import DownloadSettings
-    from .feed import read_feed
+    from ..feeds.download import DownloadSettings
+    from ..feeds.feed import read_feed
+    from .main import _open_for_indexing
 
     column = _product_column(args)
     read_feed(args.feed, product_column=column, image_column=args.image_column)  # before creating

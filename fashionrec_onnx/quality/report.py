@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import FashionrecError
+from ..errors import FashionrecError
 from .evaluate import Evaluation, MethodResult
 
 JSON_NAME = "evaluation.json"

@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from .cli_args import _build_args, _catalog_arg, path, positive, subcommand, text
+from .common import _build_args, _catalog_arg, path, positive, subcommand, text
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from .distributed import embed_to_parquet
+    from ..interchange.distributed import embed_to_parquet
 
     summary = embed_to_parquet(
         args.images,
@@ -38,8 +38,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from .cli import _open_for_indexing
-    from .vector_transfer import import_vectors
+    from ..interchange.vector_transfer import import_vectors
+    from .main import _open_for_indexing
 
     with _open_for_indexing(args) as catalog:  # a new catalog takes index's options
         report = import_vectors(catalog, args.vectors, progress=not args.quiet)
@@ -55,8 +55,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_vectors(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
-    from .vector_transfer import export_vectors
+    from ..catalog import Catalog
+    from ..interchange.vector_transfer import export_vectors
 
     with Catalog.open(args.catalog, readonly=True) as catalog:
         report = export_vectors(catalog, args.out)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CatalogError
+from ..errors import CatalogError
 from .scan import _read_csv, _read_json_lines
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")

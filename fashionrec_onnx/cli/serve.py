@@ -7,12 +7,12 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from .cli_args import _catalog_arg, path, positive, subcommand, text, whole_number
+from .common import _catalog_arg, path, positive, subcommand, text, whole_number
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .service.config import ServiceConfig
-    from .service.run import check, exposure_warning, serve, threads_per_worker
+    from ..service.config import ServiceConfig
+    from ..service.run import check, exposure_warning, serve, threads_per_worker
 
     config = ServiceConfig(
         catalog=str(args.catalog),

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from .errors import BadArgumentError, FashionrecError
+from ..errors import BadArgumentError, FashionrecError
+from ..images import Source, load_image
+from ..model import default_threads
 from .evaluation import Scores, score_rankings
-from .images import Source, load_image
-from .model import default_threads
 
 if TYPE_CHECKING:
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
 log = logging.getLogger(__name__)
 

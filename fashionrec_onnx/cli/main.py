@@ -17,13 +17,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 
-from .cli_args import build_parser
-from .cli_serve import HANDLERS as SERVE_HANDLERS
-from .cli_sync import HANDLERS as SYNC_HANDLERS
-from .cli_vectors import HANDLERS as VECTOR_HANDLERS
-from .errors import CatalogError, FashionrecError
-from .images import IMAGE_SUFFIXES
-from .scan import printable
+from ..errors import CatalogError, FashionrecError
+from ..feeds.scan import printable
+from ..images import IMAGE_SUFFIXES
+from .common import build_parser
+from .serve import HANDLERS as SERVE_HANDLERS
+from .sync import HANDLERS as SYNC_HANDLERS
+from .vectors import HANDLERS as VECTOR_HANDLERS
 
 Handler = Callable[[argparse.Namespace], int]
 log = logging.getLogger("fashionrec")
@@ -58,8 +58,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
-    from .catalog import Catalog
-    from .catalog.portable import copy_model_into
+    from ..catalog import Catalog
+    from ..catalog.portable import copy_model_into
 
     if args.copy_model and args.model is None:
         raise CatalogError("--copy-model copies the --model given; pass --model FILE too.")
@@ -98,7 +98,7 @@ def _print_index_report(report) -> int:  # report: IndexReport
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from .scan import read_metadata, scan_folder
+    from ..feeds.scan import read_metadata, scan_folder
 
     # Everything that can be checked without the model is checked before a catalog is created,
     # so a wrong folder or metadata file never leaves an empty catalog behind.
@@ -136,7 +136,7 @@ def _parse_filters(pairs: list[str]) -> dict[str, list[str]] | None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
     wanted = _parse_filters(args.filter)
     with Catalog.open(args.catalog, args.model, readonly=True, threads=args.threads) as catalog:
@@ -177,7 +177,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_duplicates(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
     with Catalog.open(args.catalog, readonly=True) as catalog:
         report = catalog.duplicates(args.threshold, neighbours=args.neighbours)
@@ -208,9 +208,9 @@ def _cmd_duplicates(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
-    from .evaluate import evaluate
-    from .evaluate_report import table, write
+    from ..catalog import Catalog
+    from ..quality.evaluate import evaluate
+    from ..quality.report import table, write
 
     with contextlib.ExitStack() as stack:
         catalog = stack.enter_context(Catalog.open(args.catalog, readonly=True))
@@ -234,7 +234,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
     keys = list(dict.fromkeys(args.keys))
     with Catalog.open(args.catalog) as catalog:
@@ -247,7 +247,7 @@ def _cmd_remove(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
     with Catalog.open(args.catalog, readonly=True) as catalog:
         problems = catalog.verify()
@@ -265,7 +265,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
     with Catalog.open(args.catalog, readonly=True) as catalog:
         summary = catalog.summary()
@@ -279,7 +279,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
     with Catalog.open(args.catalog, rebuild=True) as catalog:
         if args.ef is not None:
@@ -289,7 +289,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def _cmd_reduce(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
     with Catalog.open(args.catalog, load_graph=False) as catalog:  # works with a lost PCA file
         pca = catalog.reduce(None if args.dim == 0 else args.dim, whiten=args.whiten)
@@ -308,7 +308,7 @@ def _cmd_reduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_fashion_mnist(args: argparse.Namespace) -> int:
-    from .datasets import export_split
+    from ..quality.datasets import export_split
 
     images = args.catalog / "images"
     labels = export_split(images, split=args.split, limit=args.limit, source=args.source)
@@ -327,7 +327,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise FashionrecError(
             f"the demo needs gradio ({exc}); install with `pip install 'fashionrec-onnx[demo,export]'`."
         ) from exc
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
     if args.catalog:
         catalog = Catalog.open(args.catalog, args.model, readonly=True)

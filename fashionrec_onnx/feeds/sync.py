@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tqdm import tqdm
 
+from ..errors import CatalogError
 from .download import DownloadSettings, Fetched, ImageCache, is_url
-from .errors import CatalogError
 from .feed import Feed, FeedRow, read_feed
 
 if TYPE_CHECKING:
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
 log = logging.getLogger(__name__)
 

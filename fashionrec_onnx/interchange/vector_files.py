@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CatalogError, FashionrecError, ModelMismatchError
+from ..errors import CatalogError, FashionrecError, ModelMismatchError
 
 try:
     import pyarrow as pa

@@ -11,11 +11,11 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__
-from .errors import BadArgumentError
-from .images import parse_box
-from .index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
-from .scan import is_utf8, printable
+from .. import __version__
+from ..catalog.hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+from ..errors import BadArgumentError
+from ..feeds.scan import is_utf8, printable
+from ..images import parse_box
 
 
 def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -544,9 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"fashionrec-onnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from .cli_serve import add_commands as _serve
-    from .cli_sync import add_commands as _sync
-    from .cli_vectors import add_commands as _vectors  # they build on the helpers above
+    from .serve import add_commands as _serve
+    from .sync import add_commands as _sync
+    from .vectors import add_commands as _vectors  # they build on the helpers above
 
     commands = (_export, _index, _search, _maintenance, _duplicates, _evaluate, _import_fashion_mnist)
     for add in (*commands, _vectors, _sync, _demo, _serve):

@@ -38,12 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from .embedder import Embedder
-from .errors import CatalogError, FashionrecError, ModelMismatchError
-from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
-from .metadata_match import match_metadata
-from .model import read_model_info
-from .scan import read_metadata, scan_folder
+from ..embedder import Embedder
+from ..errors import CatalogError, FashionrecError, ModelMismatchError
+from ..feeds.metadata_match import match_metadata
+from ..feeds.scan import read_metadata, scan_folder
+from ..images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from ..model import read_model_info
 from .vector_files import (
     COLUMNS,
     VectorFileWriter,

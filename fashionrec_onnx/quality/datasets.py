@@ -2,7 +2,7 @@
 
 The IDX files come from Debian's ``dataset-fashion-mnist`` package, Keras' dataset cache, or any
 folder. A 1,000-image sample (100 per category) ships inside the package for the demo and tests.
-Regenerate it with ``python -m fashionrec_onnx.datasets``.
+Regenerate it with ``python -m fashionrec_onnx.quality.datasets``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import CatalogError
+from ..errors import CatalogError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ CLASSES = (
 )  # fmt: skip
 SPLITS = {"train": "train", "test": "t10k"}
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "fashion-mnist-sample"
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "fashion-mnist-sample"
 LICENSE_TEXT = """\
 Fashion-MNIST images: Copyright (c) 2017 Zalando SE
 https://github.com/zalandoresearch/fashion-mnist

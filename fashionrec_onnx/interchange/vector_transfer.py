@@ -35,7 +35,7 @@ from .vector_files import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .catalog import Catalog, Item
+    from ..catalog import Catalog, Item
 
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import CatalogError
-from .images import IMAGE_SUFFIXES
+from ..errors import CatalogError
+from ..images import IMAGE_SUFFIXES
 from .metadata_match import MetadataTable
 
 log = logging.getLogger(__name__)
