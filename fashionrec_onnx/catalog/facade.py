@@ -14,11 +14,9 @@ import numpy as np
 
 from ..embedder import Embedder
 from ..errors import BadArgumentError, CatalogError, UnknownKeyError
-from ..feeds import folders as indexing
-from ..feeds.folders import IndexReport
 from ..images import Box, Source
 from ..model import ModelInfo
-from . import maintenance, opening, products, removals
+from . import jobs, maintenance, opening, products, removals
 from . import search as planner
 from .columns import Filter
 from .core import CatalogCore
@@ -30,8 +28,9 @@ from .pca import PCA
 from .querying import Hit, KeyQuery, Querier, Queries, exact, is_vector, several, shown, unit
 from .store import DB_NAME, Item, NewItem
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: these packages are built on the catalog and register its jobs
     from ..feeds.download import DownloadSettings
+    from ..feeds.folders import IndexReport
     from ..feeds.sync import SyncReport
     from ..interchange.vector_transfer import ExportReport, ImportReport
 
@@ -425,7 +424,7 @@ class Catalog:
         ``metadata`` rows are matched to images by `metadata_match.RULE`; the report's
         ``metadata`` says how many matched, and which fit no image or several (given to none).
         """
-        return indexing.index_folder(
+        return jobs.job("index_folder")(
             self,
             folder,
             metadata=metadata,
@@ -439,15 +438,11 @@ class Catalog:
     def import_vectors(self, path: str | os.PathLike[str], *, progress: bool = False) -> ImportReport:
         """Add the vectors of Parquet files written by `fashionrec embed` or `export_vectors`
         (see `vector_transfer.import_vectors`): incremental, one transaction a batch."""
-        from ..interchange.vector_transfer import import_vectors
-
-        return import_vectors(self, path, progress=progress)
+        return jobs.job("import_vectors")(self, path, progress=progress)
 
     def export_vectors(self, path: str | os.PathLike[str]) -> ExportReport:
         """Write every item and vector in the Parquet layout `import_vectors` reads."""
-        from ..interchange.vector_transfer import export_vectors
-
-        return export_vectors(self, path)
+        return jobs.job("export_vectors")(self, path)
 
     def sync(
         self,
@@ -465,9 +460,7 @@ class Catalog:
         new images added, changed ones re-embedded, changed fields rewritten, images gone from
         the feed removed (only items under ``key_prefix``, which the feed owns). Rows that fail
         are reported and leave their item as it was. See `fashionrec_onnx.feeds.sync` for the rules."""
-        from ..feeds.sync import sync_feed
-
-        return sync_feed(
+        return jobs.job("sync")(
             self,
             feed,
             images_root=images_root,

@@ -35,7 +35,7 @@ def _product_column(args: argparse.Namespace) -> str:
 def _cmd_sync(args: argparse.Namespace) -> int:
     from ..feeds.download import DownloadSettings
     from ..feeds.feed import read_feed
-    from .main import _open_for_indexing
+    from .common import _open_for_indexing
 
     column = _product_column(args)
     read_feed(args.feed, product_column=column, image_column=args.image_column)  # before creating

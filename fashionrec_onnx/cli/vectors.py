@@ -39,7 +39,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     from ..interchange.vector_transfer import import_vectors
-    from .main import _open_for_indexing
+    from .common import _open_for_indexing
 
     with _open_for_indexing(args) as catalog:  # a new catalog takes index's options
         report = import_vectors(catalog, args.vectors, progress=not args.quiet)

@@ -1,5 +1,5 @@
-"""Retrieval metrics on plain data (labels, ids, pairs), shared by `Catalog.check`, `evaluate`,
-the tests and the benchmarks."""
+"""Retrieval metrics on plain data (labels, ids, pairs), shared by `evaluate`, the tests and the
+benchmarks. `recall_at_k` is `Catalog.check`'s, defined in `catalog.maintenance` and re-exported here."""
 
 from __future__ import annotations
 
@@ -8,21 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def recall_at_k(approximate: np.ndarray, exact: np.ndarray, k: int) -> float:
-    """Mean fraction of the exact top-k that the approximate top-k found (ids, row per query).
-
-    Padding ids (-1) never count as found.
-    """
-    approximate = np.asarray(approximate)[:, :k]
-    exact = np.asarray(exact)[:, :k]
-    if len(exact) == 0 or exact.shape[1] == 0:
-        return 1.0
-    hits = [
-        len(set(a[a >= 0].tolist()) & set(e[e >= 0].tolist())) / max(1, int((e >= 0).sum()))
-        for a, e in zip(approximate, exact)
-    ]
-    return float(np.mean(hits))
+from ..catalog.maintenance import recall_at_k as recall_at_k  # re-exported: Catalog.check uses it
 
 
 def _precisions(

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from .. import __version__
+from .._version import __version__
 from ..catalog import Catalog
 from ..errors import BadArgumentError, FashionrecError
 from ..images import parse_box
