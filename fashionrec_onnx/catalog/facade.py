@@ -306,6 +306,8 @@ class Catalog:
             "vector_file": core.vectors.path.name,
             "vector_rows": core.rows,
             "disk_bytes": sum(p.stat().st_size for p in self.path.iterdir() if p.is_file()),
+            "created_by": core.store.get_setting(opening.CREATED_BY),  # None: before 0.2.0
+            "written_by": core.store.get_setting(opening.WRITTEN_BY),
         }
 
     # -- writing --------------------------------------------------------------------------------------

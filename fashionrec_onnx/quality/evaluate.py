@@ -5,8 +5,8 @@ Each query is a catalog item searched as "more like this" (itself left out, and 
 product when the catalog has a product field); a hit is relevant when it has the query's label.
 The same queries are answered by every `--compare` catalog and by a raw-pixels baseline (small
 grey thumbnails of the item images, exact search), so the figures are comparable. Metrics come
-from `evaluation` (plain data), which the benchmarks use too; `evaluate_report` writes the
-report files.
+from `evaluation` (plain data), which the benchmarks use too; `report` writes the report
+files.
 """
 
 from __future__ import annotations
