@@ -14,8 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[export,demo,serve,bench,ray,dev]'
 	touch $(STAMP)
 
-test: install
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest -q
 
 demo: install
@@ -26,6 +25,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -22,9 +22,9 @@ Nothing here imports the packages built on the catalog (`feeds`, `interchange`, 
 
 from .columns import Filter
 from .duplicates import DuplicateGroup, DuplicateReport
-from .facade import Catalog, Hit
+from .facade import Catalog
 from .maintenance import CheckReport
-from .querying import KeyQuery
+from .querying import Hit, KeyQuery
 from .store import Item, NewItem
 
 __all__ = [

@@ -25,7 +25,7 @@ from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from .maintenance import CheckReport
 from .opening import ModelArg
 from .pca import PCA
-from .querying import Hit, KeyQuery, Querier, Queries, exact, is_vector, several, shown, unit
+from .querying import Hit, KeyQuery, Querier, Queries, Query, exact, is_vector, shown, unit
 from .store import DB_NAME, Item, NewItem
 
 if TYPE_CHECKING:  # types only: these packages are built on the catalog and register its jobs
@@ -241,7 +241,8 @@ class Catalog:
 
     def vector(self, key: str) -> np.ndarray:
         """The stored embedding of an item."""
-        return self._core.vectors.read([self.get(key).label])[0]
+        vector: np.ndarray = self._core.vectors.read([self.get(key).label])[0]
+        return vector
 
     def vectors(self, keys: Iterable[str]) -> np.ndarray:
         """Stored embeddings of several items, in the order of ``keys``."""
@@ -426,7 +427,7 @@ class Catalog:
         ``metadata`` rows are matched to images by `metadata_match.RULE`; the report's
         ``metadata`` says how many matched, and which fit no image or several (given to none).
         """
-        return jobs.job("index_folder")(
+        report: IndexReport = jobs.job("index_folder")(
             self,
             folder,
             metadata=metadata,
@@ -436,15 +437,18 @@ class Catalog:
             key_prefix=key_prefix,
             readd_removed=readd_removed,
         )
+        return report
 
     def import_vectors(self, path: str | os.PathLike[str], *, progress: bool = False) -> ImportReport:
         """Add the vectors of Parquet files written by `fashionrec embed` or `export_vectors`
         (see `vector_transfer.import_vectors`): incremental, one transaction a batch."""
-        return jobs.job("import_vectors")(self, path, progress=progress)
+        report: ImportReport = jobs.job("import_vectors")(self, path, progress=progress)
+        return report
 
     def export_vectors(self, path: str | os.PathLike[str]) -> ExportReport:
         """Write every item and vector in the Parquet layout `import_vectors` reads."""
-        return jobs.job("export_vectors")(self, path)
+        report: ExportReport = jobs.job("export_vectors")(self, path)
+        return report
 
     def sync(
         self,
@@ -462,7 +466,7 @@ class Catalog:
         new images added, changed ones re-embedded, changed fields rewritten, images gone from
         the feed removed (only items under ``key_prefix``, which the feed owns). Rows that fail
         are reported and leave their item as it was. See `fashionrec_onnx.feeds.sync` for the rules."""
-        return jobs.job("sync")(
+        report: SyncReport = jobs.job("sync")(
             self,
             feed,
             images_root=images_root,
@@ -473,6 +477,7 @@ class Catalog:
             download=download,
             progress=progress,
         )
+        return report
 
     # -- searching ------------------------------------------------------------------------------------
 
@@ -520,8 +525,9 @@ class Catalog:
         """Items like the one stored under ``key`` (itself left out), or like several keys and
         unlike the ``negative`` keys. Unlike `search`, a string here is only ever a key, never a
         file: the entry point for remote callers."""
-        queries = [self._key_query(x) for x in several(key)]
-        unlike = [self._key_query(x) for x in negative or []]
+        keys = key if isinstance(key, (list, tuple)) else [key]
+        queries: list[Query] = [self._key_query(x) for x in keys]
+        unlike: list[Query] = [self._key_query(x) for x in negative or []]
         return self._querier.answer(
             planner.search, queries, k, filter, None, collapse_duplicates, group_by, unlike or None
         )

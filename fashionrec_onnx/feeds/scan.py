@@ -14,7 +14,7 @@ import errno
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -244,7 +244,9 @@ def _opened(source: Path) -> Iterator[TextIO]:
         raise CatalogError(f"cannot read metadata file {source}: {exc}") from exc
 
 
-def _warn_swallowed_rows(source: Path, start: int, end: int, row: dict[str, Any], columns: list[str]) -> None:
+def _warn_swallowed_rows(
+    source: Path, start: int, end: int, row: dict[str, Any], columns: Sequence[str]
+) -> None:
     """A quoted value running over several lines, where those lines look like rows of their own:
     almost always a quote that is never closed, so every row up to the next quote is lost."""
     if len(columns) < 2:

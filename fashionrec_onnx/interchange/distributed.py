@@ -132,7 +132,7 @@ class _Listing:
     table: pa.Table  # in _LISTING_SCHEMA
 
 
-def _metadata_table(metadata: Metadata) -> dict[str, Mapping[str, Any]]:
+def _metadata_table(metadata: Metadata) -> Mapping[str, Mapping[str, Any]]:
     if metadata is None:
         return {}
     if isinstance(metadata, (str, os.PathLike)):
@@ -160,7 +160,9 @@ def _files_under_uri(uri: str) -> tuple[pafs.FileSystem, list[tuple[str, str, st
 
 def _files_under_folder(folder: str) -> tuple[pafs.FileSystem, list[tuple[str, str, str, int, int | None]]]:
     """The same for a local folder, through the scan ``Catalog.index_folder`` uses."""
-    files = [(f.relative, str(f.path), str(f.path), f.size, f.mtime_ns) for f in scan_folder(folder)]
+    files: list[tuple[str, str, str, int, int | None]] = [
+        (f.relative, str(f.path), str(f.path), f.size, f.mtime_ns) for f in scan_folder(folder)
+    ]
     return pafs.LocalFileSystem(), files
 
 
@@ -228,10 +230,9 @@ class _EmbedActor:
         batch_size: int,
         max_pixels: int | None,
     ) -> None:
-        if isinstance(model_bytes, ray.ObjectRef):
-            model_bytes = ray.get(model_bytes)
+        model: bytes = ray.get(model_bytes) if isinstance(model_bytes, ray.ObjectRef) else model_bytes
         self.embedder = Embedder(
-            _materialise_model(model_bytes, fingerprint),
+            _materialise_model(model, fingerprint),
             threads=threads,
             decode_workers=threads,
             max_pixels=max_pixels,
@@ -459,8 +460,9 @@ def _pipeline(
     table = listing.table
     step = _block_rows(table.num_rows, job)
     blocks = [table.slice(start, step) for start in range(0, table.num_rows, step)]
+    # Ray's annotations type map_batches' function as taking the batch alone; fn_kwargs pass the rest.
     read = ray.data.from_arrow(blocks).map_batches(
-        _read_files,
+        _read_files,  # type: ignore[arg-type]
         batch_format="pyarrow",
         batch_size=None,
         fn_kwargs={"fs": listing.fs},
@@ -481,7 +483,7 @@ def _pipeline(
         },
     )
     return embedded.map_batches(
-        _write_part,
+        _write_part,  # type: ignore[arg-type]
         batch_format="pyarrow",
         batch_size=rows_per_file,
         fn_kwargs={"fs": out_fs, "root": out_root, "dim": job.dim, "fingerprint": job.fingerprint},

@@ -60,7 +60,7 @@ def slug(category: str) -> str:
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a uint8 array of its declared shape."""
     path = Path(path)
-    opener: Callable = gzip.open if path.suffix == ".gz" else open  # type: ignore[assignment]
+    opener: Callable = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
             data = handle.read()
