@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[export,demo,serve,bench,ray,dev]'
 	touch $(STAMP)
 
+# Two workers (pytest-xdist); each test file stays on one worker, so its module fixtures are built once.
 test: lint docs
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 demo: install
 	$(BIN)/fashionrec demo
