@@ -19,9 +19,15 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _export_cached(name: str, **config: object) -> Path:
+    """Export under a file lock: parallel test workers (pytest-xdist) wait for one export."""
+    import fcntl
+
     from fashionrec_export.export_resnet50 import export_cached
 
-    return export_cached(MODEL_CACHE, name, **config)
+    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(MODEL_CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return export_cached(MODEL_CACHE, name, **config)
 
 
 @pytest.fixture(scope="session")

@@ -23,11 +23,10 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from .. import __version__
+from .._version import __version__
 from ..catalog import Catalog
 from ..errors import BadArgumentError, FashionrecError
 from ..images import parse_box
-from ..upload_guard import MULTIPART_OVERHEAD, UploadGuard
 from .config import MAX_FORM_FIELD, MAX_TEXT, ServiceConfig, untuned
 from .errors import ServiceError, bad_parameter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -43,6 +42,7 @@ from .schemas import (
     SearchAnswer,
 )
 from .searching import Query, Searcher, check_filter, parse_flag, parse_json_field, parse_k, problems
+from .upload_guard import MULTIPART_OVERHEAD, UploadGuard
 
 log = logging.getLogger("fashionrec.service")
 

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from ..upload_guard import ASGIApp, Message, Receive, Scope, Send
+from .upload_guard import ASGIApp, Message, Receive, Scope, Send
 from .config import MULTIPROC_ENV
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..catalog import Catalog
 from ..errors import FashionrecError
@@ -93,7 +94,7 @@ def serve(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, work
     from .tcp import TcpConfig
 
     os.environ[ENV_NAME] = config.to_env()
-    options: dict[str, object] = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": 5}
+    options: dict[str, Any] = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": 5}
     if untuned():  # the benchmark's baseline; otherwise uvicorn picks httptools and uvloop (serve extra)
         options.update(http="h11", loop="asyncio")
     server_config = TcpConfig(FACTORY, factory=True, host=host, port=port, workers=workers, **options)

@@ -19,7 +19,8 @@ from .config import MAX_FILTER_FIELDS, MAX_FILTER_VALUES, MAX_KEYS, MAX_TEXT, MA
 # Every list and text a caller sends is bounded here, so an oversized query is a 422 before any
 # work; JSON is parsed by pydantic's parser, whose nesting limit makes a deep structure a 422 too.
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
-Scalar = Text | int | float | bool
+Number = Annotated[float, Field(allow_inf_nan=False)]  # JSON's NaN and 1e999 are not values
+Scalar = Text | int | Number | bool
 FilterValue = Scalar | list[Scalar]
 
 
@@ -55,7 +56,7 @@ class JsonQuery(BaseModel):
 
     key: Text | None = Field(None, description="more like this stored item (itself left out)")
     keys: Keys | None = Field(None, description=f"several positives (at most {MAX_KEYS}): items like all")
-    vector: Annotated[list[float], Field(max_length=MAX_VECTOR)] | None = Field(
+    vector: Annotated[list[Number], Field(max_length=MAX_VECTOR)] | None = Field(
         None, description="an embedding of the catalog's model"
     )
     negative: Keys | None = Field(None, description=f"keys the results should be unlike (at most {MAX_KEYS})")

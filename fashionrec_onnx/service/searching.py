@@ -10,6 +10,7 @@ library). A server path leaves only with ``expose_paths``.
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from ..catalog import Catalog, Hit, Item, KeyQuery
 from ..errors import FashionrecError
 from .config import ServiceConfig
 from .errors import ServiceError, bad_parameter, from_library
+from .schemas import FILTER_FIELD, KEYS_FIELD
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -63,14 +65,16 @@ def problems(exc: ValidationError, prefix: str = "") -> str:
     shown = []
     for error in errors[:3]:
         where = ".".join(str(part)[:40] for part in (prefix, *error["loc"]) if part != "") or "body"
-        shown.append(f"{where}: {error['msg']}")
+        message = re.sub(r"at line 1 column (\d+)", r"at character \1", error["msg"])  # one-line text
+        shown.append(f"{where}: {message}")
     more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
     return "; ".join(shown) + more
 
 
-def parse_json_field(name: str, text: str, adapter: TypeAdapter) -> Any:
-    """A form field holding JSON (``filter``: an object, ``negative``: a list), held to the
-    bounds of the JSON body's field of that name (nesting included) before it is used."""
+def parse_json_field(name: str, text: str, kind: type | TypeAdapter[Any]) -> Any:
+    """A form field holding JSON (``filter``: an object, ``negative``: a list of keys), held to
+    the bounds of the JSON body's field of that name (nesting included) before it is used."""
+    adapter = kind if isinstance(kind, TypeAdapter) else FILTER_FIELD if kind is dict else KEYS_FIELD
     try:
         return adapter.validate_json(text)
     except ValidationError as exc:
