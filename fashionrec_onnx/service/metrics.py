@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .upload_guard import ASGIApp, Message, Receive, Scope, Send
 from .config import MULTIPROC_ENV
+from .upload_guard import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -46,7 +46,7 @@ def status_of(status: int) -> str:
 class _Gauges:
     """Values read at scrape time (the catalog's item count: every worker sees the same)."""
 
-    def __init__(self, gauges: dict[str, tuple[str, float]]) -> None:
+    def __init__(self, gauges: Mapping[str, tuple[str, float]]) -> None:
         self.gauges = gauges
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -80,7 +80,7 @@ class Metrics:
         self.requests.labels(route, method_of(method), status_of(status)).inc()
         self.latency.labels(route).observe(seconds)
 
-    def render(self, gauges: dict[str, tuple[str, float]]) -> bytes:
+    def render(self, gauges: Mapping[str, tuple[str, float]]) -> bytes:
         """The text exposition of every worker's counts; ``gauges`` maps a name to (help, value)."""
         registry = CollectorRegistry()
         if self.multiprocess:
