@@ -60,6 +60,12 @@ class Catalog:
         return self._core.info
 
     @property
+    def model_fingerprints(self) -> frozenset[str]:
+        """Every name of this catalog's model: ``info.fingerprint``, and the fingerprint recorded
+        at creation when an earlier scheme computed it (vectors files written then carry that)."""
+        return self._core.fingerprints
+
+    @property
     def dim(self) -> int:
         return self._core.dim
 
