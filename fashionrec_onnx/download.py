@@ -35,7 +35,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DownloadError
+from .errors import CatalogError, DownloadError
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,18 @@ class ImageCache:
         except (OSError, ValueError, KeyError, TypeError):
             pass  # none yet, or damaged: fetch the whole image again
         return None
+
+    def check_writable(self) -> None:
+        """`DownloadError`-free refusal before any download when the cache cannot be written."""
+        try:
+            self._make_folders()
+            probe = self.folder / f".probe-{os.getpid()}.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise CatalogError(
+                f"cannot write the image cache {self.folder} ({exc.strerror}); nothing was downloaded."
+            ) from exc
 
     def _make_folders(self) -> None:
         with self._made_lock:
