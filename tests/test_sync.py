@@ -22,7 +22,11 @@ from fashionrec_onnx.cli import main
 from fashionrec_onnx.download import DownloadSettings, ImageCache
 from fashionrec_onnx.errors import DownloadError
 
-FAST = DownloadSettings(timeout=0.3, deadline=5.0, max_bytes=1024 * 1024, retries=1, backoff=0.01)
+# The test shop listens on 127.0.0.1: a private address, refused unless allowed.
+FAST = DownloadSettings(
+    timeout=0.3, deadline=5.0, max_bytes=1024 * 1024, retries=1, backoff=0.01, allow_private_network=True
+)
+LOCAL = DownloadSettings(allow_private_network=True)
 
 
 @pytest.fixture()
@@ -232,7 +236,7 @@ def test_changed_url_image_is_reembedded(tmp_path: Path, catalog: Catalog, serve
 
 
 def test_trickling_download_stops_at_the_deadline(tmp_path: Path, server: FeedServer) -> None:
-    settings = DownloadSettings(timeout=0.3, deadline=0.5, retries=0)
+    settings = DownloadSettings(timeout=0.3, deadline=0.5, retries=0, allow_private_network=True)
     with pytest.raises(DownloadError, match=r"not done within 0\.5s"):
         ImageCache(tmp_path, settings).fetch(server.url("/trickle.png"))
 
@@ -339,7 +343,8 @@ SYNCER = textwrap.dedent(
     from fashionrec_onnx import Catalog
     from fashionrec_onnx.download import DownloadSettings
     catalog = Catalog.open_or_create(sys.argv[1], sys.argv[2])
-    catalog.sync(sys.argv[3], batch_size=2, download=DownloadSettings(workers=1, timeout=5))
+    settings = DownloadSettings(workers=1, timeout=5, allow_private_network=True)
+    catalog.sync(sys.argv[3], batch_size=2, download=settings)
     catalog.close()
     """
 )
@@ -378,7 +383,7 @@ def test_sync_killed_midway_then_run_again_ends_like_an_uninterrupted_sync(
     feed_b = write_feed(tmp_path / "b.csv", [row(n, "2") for n in range(4, 30)])
     interrupted, clean = tmp_path / "interrupted", tmp_path / "clean"
     with Catalog.create(interrupted, small_model) as catalog:
-        catalog.sync(feed_a)
+        catalog.sync(feed_a, download=LOCAL)
     server.images["5.png"] = png(555)  # changed since A
     server.delay = 0.1
     process = subprocess.Popen(
@@ -389,10 +394,10 @@ def test_sync_killed_midway_then_run_again_ends_like_an_uninterrupted_sync(
     server.delay = 0.0
 
     with Catalog.open(interrupted) as catalog:
-        rerun = catalog.sync(feed_b)
+        rerun = catalog.sync(feed_b, download=LOCAL)
         assert rerun.removed == 4 and rerun.failed == []
     with Catalog.create(clean, small_model) as catalog:
-        catalog.sync(feed_b)
+        catalog.sync(feed_b, download=LOCAL)
     got, expected = state(interrupted), state(clean)
     assert list(got) == list(expected)
     for key, (name, metadata, vector) in expected.items():
