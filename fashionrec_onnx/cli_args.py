@@ -89,6 +89,21 @@ def path(value: str) -> Path:
     return Path(text(value))
 
 
+def host(value: str) -> str:
+    """An argparse type for --host: an address or name this machine can listen on, checked before
+    anything is loaded or announced."""
+    import socket
+
+    try:
+        socket.getaddrinfo(value, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise argparse.ArgumentTypeError(
+            f"{printable(value)[:60]!r} is not an address or host name to listen on ({reason})"
+        ) from None
+    return value
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions and examples as written; every option's default shown unless it has none."""
 
@@ -528,7 +543,7 @@ def _demo(sub: argparse._SubParsersAction) -> None:
         help="try the ImageNet weights again after an earlier start found them unavailable",
     )
     demo.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 lets other machines in"
+        "--host", type=host, default="127.0.0.1", help="address to listen on; 0.0.0.0 lets other machines in"
     )
     demo.add_argument(
         "--port", type=whole_number(1, 65535), metavar="N", default=7860, help="port to serve on"
