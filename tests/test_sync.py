@@ -529,6 +529,7 @@ def test_a_sync_of_a_read_only_catalog_is_refused_before_any_download(
     tmp_path: Path, catalog: Catalog, server: FeedServer
 ) -> None:
     feed = url_shop(tmp_path, server, ["a.png", "b.png"])
+    catalog.set_product_field("product_id")  # as after a first sync
     with Catalog.open(catalog.path, readonly=True) as reader, pytest.raises(CatalogError, match="read-only"):
         reader.sync(feed, download=FAST)
     assert server.requests == {} and not (catalog.path / "feed-images").exists()
@@ -567,7 +568,7 @@ def test_a_redirect_from_the_cdn_to_an_internal_server_is_refused_by_default(
         port = internal.server_address[1]
         for target in (internal.url("/img/admin.png"), f"http://localhost:{port}/img/admin.png"):
             server.redirects["/p/1.png"] = target
-            with pytest.raises(DownloadError, match="refused"):
+            with pytest.raises(DownloadError, match="refused: "):
                 ImageCache(tmp_path, DownloadSettings(timeout=0.3, retries=0)).fetch(server.url("/p/1.png"))
         assert internal.requests == {}
     finally:
@@ -583,7 +584,7 @@ def test_a_redirect_to_link_local_or_another_scheme_is_refused_even_on_a_private
     tmp_path: Path, server: FeedServer, target: str
 ) -> None:
     server.redirects["/p/1.png"] = target
-    with pytest.raises(DownloadError, match="refused|only http"):
+    with pytest.raises(DownloadError, match="refused: |only http"):
         ImageCache(tmp_path, FAST).fetch(server.url("/p/1.png"))
 
 
