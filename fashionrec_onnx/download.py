@@ -25,6 +25,7 @@ connects, so only the host names that resolve here are checked. Only the standar
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import io
@@ -48,7 +49,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import CatalogError, DownloadError
+from .errors import CatalogError, DiskFullError, DownloadError
 
 log = logging.getLogger(__name__)
 
@@ -352,12 +353,20 @@ class ImageCache:
             raise DownloadError(url, f"not an image ({content_type}, {len(data):,} bytes)") from None
         digest = hashlib.sha256(data).hexdigest()
         name = digest + SUFFIXES.get(image_format, "." + image_format.lower())
-        self._make_folders()
         target = self.folder / name
-        if not (target.is_file() and target.stat().st_size == len(data)):
-            _write_atomically(target, data)
-        record = {"url": url, "file": name, "sha256": digest, "size": len(data), **validators}
-        _write_atomically(self._record_path(url), json.dumps(record).encode(), sync=False)
+        try:
+            self._make_folders()
+            if not (target.is_file() and target.stat().st_size == len(data)):
+                _write_atomically(target, data)
+            record = {"url": url, "file": name, "sha256": digest, "size": len(data), **validators}
+            _write_atomically(self._record_path(url), json.dumps(record).encode(), sync=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(
+                    f"the disk holding {self.folder} is full; the sync stopped there and what it "
+                    "committed before is kept. Free some space and run it again."
+                ) from exc
+            raise
         return Fetched(url, target, digest, len(data), True)
 
     # -- the cache --------------------------------------------------------------------------------
@@ -441,6 +450,8 @@ def _outcome(url: str, future: Future[Fetched]) -> tuple[str, Fetched | Download
         return url, future.result()
     except DownloadError as exc:
         return url, exc
+    except (OSError, CatalogError):  # the cache cannot be written (a full disk): stop the sync
+        raise
     except Exception as exc:  # an unexpected error costs one image, not the sync
         log.exception("unexpected error downloading %s", url)
         return url, DownloadError(url, f"unexpected error: {exc!r}")
