@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from fashionrec_onnx import Catalog, CatalogError
-from fashionrec_onnx import vector_files as vf
 from fashionrec_onnx.catalog.vectors import HEADER_BYTES
 from fashionrec_onnx.cli import main
-from fashionrec_onnx.datasets import SAMPLE_DIR
 from fashionrec_onnx.errors import BadArgumentError, CatalogCorruptError
-from fashionrec_onnx.vector_transfer import import_vectors
+from fashionrec_onnx.interchange import vector_files as vf
+from fashionrec_onnx.interchange.vector_transfer import import_vectors
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 DIM = 2048
 NOT_FINITE = [float("nan"), float("inf"), -float("inf"), [1.0, float("nan")], {"low": float("inf")}]

@@ -21,8 +21,8 @@ from killing import kill_when
 
 from fashionrec_onnx import Catalog, CatalogError
 from fashionrec_onnx.cli import main
-from fashionrec_onnx.download import DownloadSettings, ImageCache
 from fashionrec_onnx.errors import DownloadError
+from fashionrec_onnx.feeds.download import DownloadSettings, ImageCache
 
 # The test shop listens on 127.0.0.1: a private address, refused unless allowed.
 FAST = DownloadSettings(
@@ -343,7 +343,7 @@ SYNCER = textwrap.dedent(
     """
     import sys
     from fashionrec_onnx import Catalog
-    from fashionrec_onnx.download import DownloadSettings
+    from fashionrec_onnx.feeds.download import DownloadSettings
     catalog = Catalog.open_or_create(sys.argv[1], sys.argv[2])
     settings = DownloadSettings(workers=1, timeout=5, allow_private_network=True)
     catalog.sync(sys.argv[3], batch_size=2, download=settings)

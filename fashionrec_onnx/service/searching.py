@@ -61,8 +61,8 @@ def parse_json_field(name: str, text: str, kind: type) -> Any:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise bad_parameter(f"{name} must be JSON ({exc.msg} at character {exc.pos})") from exc
-    except ValueError as exc:
-        raise bad_parameter(f"{name} must be JSON of at most {MAX_DEPTH} levels ({exc})") from exc
+    except ValueError as exc:  # too deep for the parser, or an integer of 5,000 digits Python refuses
+        raise bad_parameter(f"{name} must be JSON that fits ({MAX_DEPTH} levels at most): {exc}") from exc
     if not isinstance(value, kind):
         raise bad_parameter(f"{name} must be a JSON {'object' if kind is dict else 'list'}")
     return value
