@@ -40,7 +40,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -141,9 +141,12 @@ class _Guard:
             if problem:
                 raise _Refused(problem)
 
-    def connector(self, check_peer: bool):  # -> the create_connection of one HTTP(S) connection
-        def create(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):  # noqa: ANN001, ANN202
-            sock = socket.create_connection(address, timeout, source_address)
+    def connector(self, check_peer: bool) -> Callable[..., socket.socket]:
+        """The ``create_connection`` of one HTTP(S) connection: the peer checked (unless a proxy
+        is the peer), the socket handed to the watchdog."""
+
+        def create(address: tuple[str, int], timeout: Any = None, source: Any = None) -> socket.socket:
+            sock = socket.create_connection(address, timeout, source)
             if check_peer:
                 problem = address_problem(str(sock.getpeername()[0]), self.allow_private)
                 if problem:
@@ -156,17 +159,18 @@ class _Guard:
 
         return create
 
+    def connection(
+        self, kind: type[http.client.HTTPConnection], request: urllib.request.Request
+    ) -> Callable[..., http.client.HTTPConnection]:
+        """What urllib's ``do_open`` builds connections with, for this request."""
+        connector = self.connector(check_peer=not _proxied(request))
 
-class _GuardedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, connector: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = connector
+        def build(host: str, **options: Any) -> http.client.HTTPConnection:
+            made = kind(host, **options)
+            setattr(made, "_create_connection", connector)  # noqa: B010 - http.client's hook
+            return made
 
-
-class _GuardedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, connector: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = connector
+        return build
 
 
 def _proxied(request: urllib.request.Request) -> bool:
@@ -179,8 +183,7 @@ class _GuardedHTTPHandler(urllib.request.HTTPHandler):
         self.guard = guard
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        connector = self.guard.connector(check_peer=not _proxied(req))
-        return self.do_open(_GuardedHTTPConnection, req, connector=connector)
+        return self.do_open(self.guard.connection(http.client.HTTPConnection, req), req)
 
 
 class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
@@ -189,8 +192,7 @@ class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
         self.guard = guard
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        connector = self.guard.connector(check_peer=not _proxied(req))
-        return self.do_open(_GuardedHTTPSConnection, req, context=self._context, connector=connector)
+        return self.do_open(self.guard.connection(http.client.HTTPSConnection, req), req)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
