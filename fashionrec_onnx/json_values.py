@@ -16,6 +16,9 @@ MAX_DEPTH = 32  # nesting of objects and lists in one metadata value or query fi
 INT_RANGE = 2**63  # SQLite stores integers as 64-bit; a larger one would become an inexact real
 
 
+_KEYS = (str, int, float, bool, type(None))  # what json.dumps turns into a field name
+
+
 class NotFiniteError(ValueError):
     """A JSON number that is not finite (or an integer out of SQLite's range)."""
 
@@ -88,7 +91,7 @@ def problem(value: Any, depth: int = 0) -> str | None:
         return None if math.isfinite(value) else f"{value} is not a finite number"
     if isinstance(value, Mapping):
         for name, inner in value.items():
-            if not isinstance(name, str):
+            if not isinstance(name, _KEYS):
                 return f"the field name {name!r} is not text"
             if (reason := problem(inner, depth + 1)) is not None:
                 return reason
@@ -104,7 +107,7 @@ def problem(value: Any, depth: int = 0) -> str | None:
 def bad_field(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
     """``(field, reason)`` of the first field of ``metadata`` that cannot be stored."""
     for name, value in metadata.items():
-        if not isinstance(name, str):
+        if not isinstance(name, _KEYS):
             return str(name), "the field name is not text"
         if (reason := problem(value, 1)) is not None:
             return name, reason

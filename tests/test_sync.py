@@ -22,7 +22,7 @@ from killing import kill_when
 from fashionrec_onnx import Catalog, CatalogError
 from fashionrec_onnx.cli import main
 from fashionrec_onnx.errors import DownloadError
-from fashionrec_onnx.feeds.download import DownloadSettings, ImageCache
+from fashionrec_onnx.feeds.download import DownloadSettings, ImageCache, address_problem
 
 # The test shop listens on 127.0.0.1: a private address, refused unless allowed.
 FAST = DownloadSettings(
@@ -606,3 +606,20 @@ def test_cli_sync_reaches_a_private_network_only_when_allowed(
     args = ["sync", str(feed), "--catalog", str(tmp_path / "c"), "--model", str(small_model), "--quiet"]
     assert main(args) == 1 and "--allow-private-network" in capsys.readouterr().out
     assert main([*args, "--allow-private-network"]) == 0 and "1 added" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("address", "by_default", "on_private"),
+    [
+        ("93.184.216.34", True, True), ("2606:2800:220:1::1", True, True),
+        ("127.0.0.1", False, True), ("::1", False, True), ("10.1.2.3", False, True),
+        ("192.168.0.9", False, True), ("100.64.0.1", False, True), ("fd00:ec2::254", False, True),
+        ("::ffff:127.0.0.1", False, True), ("64:ff9b::7f00:1", False, True), ("2002:7f00:1::", False, True),
+        ("::127.0.0.1", False, True), ("169.254.169.254", False, False), ("fe80::1%eth0", False, False),
+        ("::ffff:169.254.169.254", False, False), ("0.0.0.0", False, False), ("::", False, False),
+        ("224.0.0.1", False, False), ("240.0.0.1", False, False),
+    ],
+)  # fmt: skip
+def test_which_addresses_a_sync_may_connect_to(address: str, by_default: bool, on_private: bool) -> None:
+    allowed = (address_problem(address, False) is None, address_problem(address, True) is None)
+    assert allowed == (by_default, on_private)

@@ -108,15 +108,31 @@ def address_problem(address: str, allow_private: bool) -> str | None:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return f"{address!r} is not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
-        return f"{ip} is a link-local, multicast or reserved address, never fetched"
+    if isinstance(ip, ipaddress.IPv6Address) and (inner := _embedded_ipv4(ip)) is not None:
+        return address_problem(str(inner), allow_private)  # ::ffff:127.0.0.1, 64:ff9b::7f00:1...
+    if not ip.is_loopback and (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved):
+        return f"{ip} is a link-local, multicast, unspecified or reserved address, never fetched"
     if not ip.is_global and not allow_private:
         return (
             f"{ip} is a loopback or private address; a feed on a private network needs "
             "--allow-private-network (DownloadSettings(allow_private_network=True))"
         )
+    return None
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (mapped, 6to4, NAT64, IPv4-compatible), which is
+    where a connection to it may end up."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if (ip in _NAT64 or ip in _IPV4_COMPATIBLE) and int(ip) > 1:  # not :: and ::1 themselves
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
 
