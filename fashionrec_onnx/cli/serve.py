@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from .common import _catalog_arg, path, positive, subcommand, text, whole_number
+from .common import _catalog_arg, host, path, positive, subcommand, text, whole_number
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -63,7 +63,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", type=path, metavar="FILE", help="the catalog's model, when not where it was recorded"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 lets others in")
+    parser.add_argument(
+        "--host", type=host, default="127.0.0.1", help="address to listen on; 0.0.0.0 lets others in"
+    )
     parser.add_argument("--port", type=whole_number(1, 65535), default=8000, metavar="N", help="port")
     parser.add_argument(
         "--workers", type=positive, default=1, metavar="N", help="worker processes (each loads the model)"

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CatalogError, FashionrecError, ModelMismatchError
+from ..json_values import bad_field, check_depth
 
 try:
     import pyarrow as pa
@@ -366,17 +367,20 @@ def _to_batch(info: FileInfo, record: pa.RecordBatch) -> VectorBatch:
     vectors = np.zeros((len(keys), info.dim), np.float32)
     vectors[has_vector] = np.asarray(flat, np.float32).reshape(-1, info.dim)
     finite = np.isfinite(vectors).all(axis=1)
+    texts = record.column("metadata").to_pylist()
+    unstorable = [_metadata_problem(text) for text in texts]  # NaN, Infinity: that row's error
     good = has_vector & finite & np.asarray([e is None for e in errors_column], dtype=bool)
+    good &= np.asarray([problem is None for problem in unstorable], dtype=bool)
     errors = []
     for row in np.flatnonzero(~good):
-        reason = errors_column[row] or ("vector not finite" if has_vector[row] else "no vector")
+        missing = "vector not finite" if has_vector[row] else "no vector"
+        reason = errors_column[row] or unstorable[row] or missing
         errors.append((keys[row], reason))
     rows = np.flatnonzero(good)
     pick = rows.tolist()
     paths = record.column("path").to_pylist()
     sizes = record.column("size").to_pylist()
     mtimes = record.column("mtime_ns").to_pylist()
-    texts = record.column("metadata").to_pylist()
     return VectorBatch(
         file=info.path,
         keys=[keys[i] for i in pick],
@@ -389,12 +393,26 @@ def _to_batch(info: FileInfo, record: pa.RecordBatch) -> VectorBatch:
     )
 
 
+def _metadata_problem(text: str | None) -> str | None:
+    """Why a row's metadata cannot be stored (a non-finite number...), or None; text that is not
+    a JSON object at all is the whole file's problem (`_metadata`)."""
+    if not text:
+        return None
+    try:
+        values = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    bad = bad_field(values) if isinstance(values, dict) else None
+    return f"metadata field {bad[0]!r}: {bad[1]}" if bad else None
+
+
 def _metadata(text: str | None, source: str) -> dict[str, Any]:
     if not text:
         return {}
     try:
+        check_depth(text)
         values = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:
         raise CatalogError(f"{source}: a metadata value is not JSON ({exc}); write the file again.") from exc
     if not isinstance(values, dict):
         raise CatalogError(f"{source}: metadata must be a JSON object, got {type(values).__name__}.")

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..catalog import Catalog, Hit, Item, KeyQuery
 from ..errors import FashionrecError
+from ..json_values import MAX_DEPTH, check_depth
 from .config import ServiceConfig
 from .errors import ServiceError, bad_parameter, from_library
 
@@ -56,11 +57,12 @@ def parse_k(value: object, max_k: int) -> int:
 def parse_json_field(name: str, text: str, kind: type) -> Any:
     """A form field holding JSON (``filter``: an object, ``negative``: a list)."""
     try:
+        check_depth(text)  # before Python's recursive parser meets a hostile depth
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise bad_parameter(f"{name} must be JSON ({exc.msg} at character {exc.pos})") from exc
-    except ValueError as exc:  # valid JSON that Python refuses, such as an integer of 5,000 digits
-        raise bad_parameter(f"{name} must be JSON that fits: {exc}") from exc
+    except ValueError as exc:  # too deep for the parser, or an integer of 5,000 digits Python refuses
+        raise bad_parameter(f"{name} must be JSON that fits ({MAX_DEPTH} levels at most): {exc}") from exc
     if not isinstance(value, kind):
         raise bad_parameter(f"{name} must be a JSON {'object' if kind is dict else 'list'}")
     return value
@@ -76,6 +78,8 @@ def check_filter(wanted: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if wanted is None:
         return None
     for name, value in wanted.items():
+        if "\x00" in name:
+            raise bad_parameter(f"a filter field name cannot hold a NUL character; {name[:40]!r} does")
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, (str, int, float, bool)) for v in values):
             raise bad_parameter(f"filter values are text, numbers or lists of them; {name!r} is not")
