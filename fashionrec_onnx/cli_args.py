@@ -89,6 +89,20 @@ def path(value: str) -> Path:
     return Path(text(value))
 
 
+def catalog_location(value: str):  # -> Path | MilvusLocation
+    """An argparse type for --catalog: a directory, or a Milvus URI (never taken for a folder;
+    shown without its password wherever the command prints it)."""
+    from .catalog.location import location, looks_like_uri
+    from .errors import BadArgumentError
+
+    if not looks_like_uri(text(value)):
+        return path(value)
+    try:
+        return location(value)
+    except BadArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions and examples as written; every option's default shown unless it has none."""
 
@@ -137,7 +151,14 @@ def _export(sub: argparse._SubParsersAction) -> None:
 
 
 def _catalog_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--catalog", required=True, type=path, metavar="DIR", help="catalog directory")
+    parser.add_argument(
+        "--catalog",
+        required=True,
+        type=catalog_location,
+        metavar="DIR|URI",
+        help="catalog directory, or milvus://[USER:PASSWORD@]HOST:PORT/COLLECTION "
+        "(password also from FASHIONREC_MILVUS_TOKEN)",
+    )
 
 
 def _threads_arg(parser: argparse.ArgumentParser) -> None:

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
+from uuid import uuid4
 
 import numpy as np
 
@@ -39,7 +40,7 @@ PREFIX = "fashionrec."
 REMOVED_SUFFIX = "__removed"
 CONSISTENCY = "Session"
 STRONG_AFTER_WRITE = 10.0
-CONNECT_SECONDS = 10.0  # connecting; each call then has CALL_SECONDS
+CONNECT_SECONDS = 5.0  # connecting; each call then has CALL_SECONDS
 CALL_SECONDS = 60.0
 TEXT_MAX = 65_535  # Milvus' longest VARCHAR (bytes)
 WRITE_BATCH = 256  # rows per upsert: 2048-d rows are ~20 kB each on the wire
@@ -48,14 +49,15 @@ TOP_K_MAX = 16_384  # Milvus' limit on limit
 FIELDS = ["key", "path", "size", "mtime_ns", "metadata"]
 
 T = TypeVar("T")
-_READS = frozenset({"get", "count", "query_iterator", "search"})
+_READS = frozenset({"get", "count", "query", "search"})
 _WRITES = frozenset({"upsert", "delete"})
 
 
 def _quiet_pymilvus() -> None:
     """pymilvus logs every failed call at ERROR on its own handler; our errors carry the cause,
     and the CLI promises one line, so its logger only speaks for what would crash."""
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer"):  # its own levels
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 class MilvusBackend:
@@ -67,6 +69,7 @@ class MilvusBackend:
         self.removed_collection = location.collection + REMOVED_SUFFIX
         self._client = client
         self._last_write = -float("inf")
+        self._removed_exists = False
 
     # -- connecting, creating ------------------------------------------------------------------
 
@@ -80,7 +83,12 @@ class MilvusBackend:
             ) from exc
         _quiet_pymilvus()
         try:
-            client = MilvusClient(uri=location.address, token=location.token, timeout=CONNECT_SECONDS)
+            client = MilvusClient(  # an alias of its own: closing one catalog closes no other
+                uri=location.address,
+                token=location.token,
+                timeout=CONNECT_SECONDS,
+                alias=f"fashionrec-{uuid4().hex}",
+            )
         except Exception as exc:  # pymilvus raises MilvusException, grpc errors or ValueError
             raise StorageUnavailableError(f"cannot reach Milvus at {location}: {_cause(exc)}") from exc
         return cls(location, client)
@@ -142,7 +150,6 @@ class MilvusBackend:
             consistency_level=CONSISTENCY,
         )
         self.set_settings(settings)
-        self._create_removed()
 
     def _create_removed(self) -> None:
         from pymilvus import DataType, MilvusClient
@@ -166,6 +173,8 @@ class MilvusBackend:
     def load(self) -> None:
         """Make sure the collections are loaded (a no-op when they are: loads are never undone)."""
         for name in (self.collection, self.removed_collection):
+            if name == self.removed_collection and not self._has_removed():
+                continue
             state = self._call("get_load_state", self._client.get_load_state, name)
             if "Loaded" not in str(state.get("state")):
                 self._call("load_collection", self._client.load_collection, name)
@@ -217,7 +226,19 @@ class MilvusBackend:
             self._call("delete", self._client.delete, self.collection, ids=present[start : start + GET_BATCH])
         return present
 
+    def _has_removed(self) -> bool:
+        """Whether the removed-keys collection exists (made on the first removal: creating and
+        loading a collection takes seconds on the 2.3 server, and most catalogs never need it)."""
+        if not self._removed_exists:
+            self._removed_exists = bool(
+                self._call("has_collection", self._client.has_collection, self.removed_collection)
+            )
+        return self._removed_exists
+
     def remember_removed(self, keys: Sequence[str]) -> None:
+        if not self._has_removed():
+            self._create_removed()
+            self._removed_exists = True
         rows = [{"key": key, "flag": [0.0, 0.0]} for key in keys]
         for start in range(0, len(rows), GET_BATCH):
             self._call(
@@ -225,17 +246,18 @@ class MilvusBackend:
             )
 
     def forget_removed(self, keys: Sequence[str]) -> None:
-        keys = list(keys)
+        keys = list(keys) if self._has_removed() else []
         for start in range(0, len(keys), GET_BATCH):
             chunk = keys[start : start + GET_BATCH]
             self._call("delete", self._client.delete, self.removed_collection, ids=chunk)
 
     def removed_keys(self, among: Sequence[str] | None = None) -> list[str]:
         if among is None:
-            rows = self._query(self.removed_collection, 'key != ""', ["key"])
-            return sorted(row["key"] for row in rows)
+            if not self._has_removed():
+                return []
+            return [row["key"] for rows in self._scan(self.removed_collection, "", ["key"]) for row in rows]
         found: list[str] = []
-        among = list(among)
+        among = list(among) if self._has_removed() else []
         for start in range(0, len(among), GET_BATCH):
             chunk = among[start : start + GET_BATCH]
             rows = self._call(
@@ -266,45 +288,40 @@ class MilvusBackend:
     ) -> Iterator[list[tuple[str, dict[str, Any], Any]]]:
         fields = FIELDS + (["vector"] if vectors else [])
         condition = expr.metadata_filter(wanted) if wanted else ""
-        iterator = self._call(
-            "query_iterator",
-            self._client.query_iterator,
-            self.collection,
-            batch_size=batch,
-            filter=condition,
-            output_fields=fields,
-        )
-        try:
-            while True:
-                rows = self._call("reading", iterator.next, timeout=None)
-                if not rows:
-                    return
-                yield [(row["key"], _described(row), _vector(row) if vectors else None) for row in rows]
-        finally:
-            iterator.close()
+        for rows in self._scan(self.collection, condition, fields, batch):
+            yield [(row["key"], _described(row), _vector(row) if vectors else None) for row in rows]
 
     def keys_with_field(self, field: str, values: Sequence[str]) -> list[str]:
         if not values:
             return []
-        rows = self._query(self.collection, expr.condition(field, list(values)), ["key"])
-        return [row["key"] for row in rows]
+        condition = expr.condition(field, list(values))
+        return [row["key"] for rows in self._scan(self.collection, condition, ["key"]) for row in rows]
 
-    def _query(self, collection: str, condition: str, fields: list[str]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        iterator = self._call(
-            "query_iterator",
-            self._client.query_iterator,
-            collection,
-            batch_size=GET_BATCH,
-            filter=condition,
-            output_fields=fields,
-        )
-        try:
-            while rows := self._call("reading", iterator.next, timeout=None):
-                out += rows
-        finally:
-            iterator.close()
-        return out
+    def _scan(
+        self, collection: str, condition: str, fields: list[str], batch: int = GET_BATCH
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every row passing ``condition``, in key order, a page at a time (``key > last``).
+
+        pymilvus' query_iterator does the same but spends over a second per page on the 2.3
+        server (it asks for a fresh timestamp each time); a page here costs milliseconds."""
+        batch = max(1, min(int(batch), TOP_K_MAX))
+        last: str | None = None
+        while True:
+            after = f"key > {expr.literal(last)}" if last is not None else 'key != ""'
+            rows = self._call(
+                "query",
+                self._client.query,
+                collection,
+                filter=expr.both(condition, after),
+                output_fields=fields,
+                limit=batch,
+            )
+            rows.sort(key=lambda row: row["key"])
+            if rows:
+                yield rows
+            if len(rows) < batch:
+                return
+            last = rows[-1]["key"]
 
     def top_k(
         self, vector: np.ndarray, k: int, wanted: Mapping[str, Any] | None, exclude: Sequence[str], ef: int
