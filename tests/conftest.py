@@ -19,9 +19,27 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _export_cached(name: str, **config: object) -> Path:
+    """Export under a file lock: parallel test workers (pytest-xdist) wait for one export."""
+    import fcntl
+
     from fashionrec_export.export_resnet50 import export_cached
 
-    return export_cached(MODEL_CACHE, name, **config)
+    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(MODEL_CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return export_cached(MODEL_CACHE, name, **config)
+
+
+# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup). Each file stays on
+# one worker, so its module-scoped fixtures are built once; files that share an expensive
+# session resource (a Milvus server, a local Ray) share a group, so only one worker starts it.
+SHARED_GROUPS: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = SHARED_GROUPS.get(item.path.name, item.path.stem)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,9 @@ import pytest
 from fashionrec_onnx import Catalog, CatalogError, ModelMismatchError
 from fashionrec_onnx.catalog import KeyQuery
 from fashionrec_onnx.catalog.location import MilvusLocation, location, parse
-from fashionrec_onnx.datasets import SAMPLE_DIR
 from fashionrec_onnx.errors import BadArgumentError, StorageUnavailableError, UnknownKeyError
-from fashionrec_onnx.evaluation import recall_at_k
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.evaluation import recall_at_k
 
 LABELS = SAMPLE_DIR / "labels.csv"
 FASHIONREC = str(Path(sys.executable).with_name("fashionrec"))

@@ -32,15 +32,14 @@ import numpy as np
 
 from ..embedder import Embedder
 from ..errors import BadArgumentError, CatalogError, ModelError, ModelMismatchError, UnknownKeyError
-from ..evaluation import recall_at_k
 from ..images import Box, check_box
-from ..index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from ..model import ModelInfo
-from . import products
+from . import jobs, products
 from .backend import NO_LABEL, Backend, Neighbour
 from .facade import Catalog
+from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from .location import MilvusLocation
-from .maintenance import CheckReport
+from .maintenance import CheckReport, recall_at_k
 from .oracle import squared_distances
 from .querying import (
     COLLAPSE_EXTRA,
@@ -57,8 +56,8 @@ from .querying import (
 from .store import Item, NewItem
 
 if TYPE_CHECKING:
+    from ..feeds.folders import IndexReport
     from .duplicates import DuplicateReport
-    from .indexing import IndexReport
 
 log = logging.getLogger(__name__)
 
@@ -507,9 +506,9 @@ class RemoteCatalog(Catalog):
         """The engine keeps its own index: nothing to rebuild here."""
 
     def index_folder(self, folder: str | os.PathLike[str], **options: Any) -> IndexReport:
-        from .remote_indexing import index_folder
-
-        return index_folder(self, folder, **options)
+        """See `Catalog.index_folder`; done by `feeds.remote_folders` (registered in `jobs`)."""
+        report: IndexReport = jobs.job("index_folder_remote")(self, folder, **options)
+        return report
 
     # -- searching -----------------------------------------------------------------------------
 
