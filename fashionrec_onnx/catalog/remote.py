@@ -24,7 +24,7 @@ import base64
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,7 +177,7 @@ def _opened(
     except BaseException:
         backend.close()
         raise
-    return RemoteCatalog(backend, info, settings, model_path, embedder, threads, readonly)
+    return RemoteCatalog(backend, backend.location, info, settings, model_path, embedder, threads, readonly)
 
 
 class RemoteCatalog(Catalog):
@@ -186,6 +186,7 @@ class RemoteCatalog(Catalog):
     def __init__(
         self,
         backend: Backend,
+        location: MilvusLocation,
         info: ModelInfo,
         settings: dict[str, str],
         model_path: Path,
@@ -196,7 +197,7 @@ class RemoteCatalog(Catalog):
         self._backend = backend
         self._info = info
         self._settings = settings
-        self.path = getattr(backend, "location", backend.describe())  # type: ignore[assignment]
+        self.path = location  # type: ignore[assignment]  # shown without its password
         self.model_path = model_path
         self._embedder = embedder
         self._embedder_lock = threading.Lock()
@@ -548,7 +549,7 @@ class RemoteCatalog(Catalog):
         group_by: str | None = None,
         negative: list[str] | None = None,
     ) -> list[Hit]:
-        queries: list[Query] = [self._key_query(x) for x in several(key)]
+        queries: list[Query] = [self._key_query(x) for x in ([key] if isinstance(key, str) else key)]
         unlike: list[Query] = [self._key_query(x) for x in negative or []]
         return self._answer(
             self._approximate, queries, k, filter, None, collapse_duplicates, group_by, unlike or None
@@ -563,7 +564,7 @@ class RemoteCatalog(Catalog):
             check_box(box)
             if isinstance(query, KeyQuery) or is_vector(query):
                 raise BadArgumentError("a box crops an image; it cannot apply to a catalog key or a vector")
-            return self.embedder.embed_one(query, box=box), None  # type: ignore[arg-type]
+            return self.embedder.embed_one(query, box=box), None
         key = query.key if isinstance(query, KeyQuery) else query if isinstance(query, str) else None
         if key is not None:
             found = self._backend.fetch([key], vectors=True) if len(key) <= 4096 else {}
@@ -766,7 +767,7 @@ class RemoteCatalog(Catalog):
         approx_keys = [[n.key for n in self._backend.top_k(q, kk, None, [], self.params.ef)] for q in queries]
         number = {key: i for i, key in enumerate(keys)}
 
-        def labels(rows: list[list[str | None]] | list[list[str]]) -> np.ndarray:
+        def labels(rows: Sequence[Sequence[str | None]]) -> np.ndarray:
             out = np.full((len(rows), kk), -1, np.int64)
             for r, row in enumerate(rows):
                 ids = [number.get(key, -1) for key in row if key is not None][:kk]
