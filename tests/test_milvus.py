@@ -322,3 +322,69 @@ def test_milvus_location_objects_are_accepted(milvus_uri: str, small_model: Path
     assert isinstance(where, MilvusLocation)
     with Catalog.create(where, small_model) as catalog:
         assert str(catalog.path) == milvus_uri and len(catalog) == 0
+
+
+# --- commands, moving between backends, service replicas -------------------------------------------
+
+
+def test_cli_index_remove_and_reindex_on_milvus(milvus_uri: str, small_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    for path in sorted((SAMPLE_DIR / "dress").glob("*.png"))[:8]:
+        (folder / "dress").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, folder / "dress" / path.name)
+    result = fashionrec(
+        "index", folder, "--catalog", milvus_uri, "--model", small_model, "--product-field", "product"
+    )
+    assert result.returncode == 0, result.stderr
+    key = f"dress/{sorted(p.name for p in (folder / 'dress').iterdir())[0]}"
+    removed = fashionrec("remove", key, "--catalog", milvus_uri)
+    assert removed.returncode == 0 and "removed 1 of 1 keys; 7 items left" in removed.stdout, removed.stdout
+    again = fashionrec("index", folder, "--catalog", milvus_uri)  # no --model: the recorded one
+    assert again.returncode == 0, again.stderr
+    with Catalog.open(milvus_uri) as catalog:
+        assert len(catalog) == 7 and key not in catalog and catalog.removed_keys() == [key]
+        assert catalog.product_field == "product"
+
+
+def test_vectors_move_between_backends_without_reembedding(pair, milvus_uri: str, tmp_path: Path) -> None:
+    local, _ = pair
+    local.export_vectors(tmp_path / "from-local")
+    with Catalog.create(milvus_uri, local.model_path) as remote:
+        report = remote.import_vectors(tmp_path / "from-local")
+        assert report.added == len(local) == len(remote)
+        keys = local.keys()
+        np.testing.assert_array_equal(remote.vectors(keys), local.vectors(keys))
+        assert remote.get(keys[9]).metadata == local.get(keys[9]).metadata
+        remote.export_vectors(tmp_path / "from-milvus")
+    with Catalog.create(tmp_path / "back", local.model_path) as back:
+        back.import_vectors(tmp_path / "from-milvus")
+        np.testing.assert_array_equal(back.vectors(keys), local.vectors(keys))
+
+
+def test_two_service_replicas_answer_alike_and_both_drop_a_removed_item(pair, milvus_uri: str) -> None:
+    import httpx
+    from test_service import served
+
+    local, _ = pair
+    keys = local.keys()[:120]
+    with Catalog.create(milvus_uri, local.model_path) as writer:
+        writer.add_many(keys, local.vectors(keys), metadata=[local.get(k).metadata for k in keys])
+    with served(milvus_uri) as first, served(milvus_uri) as second:
+        query = {"key": keys[0], "k": 5}
+        answers = [httpx.post(f"{url}/search", json=query, timeout=30).json() for url in (first, second)]
+        assert [h["key"] for h in answers[0]["hits"]] == [h["key"] for h in answers[1]["hits"]]
+        gone = answers[0]["hits"][0]["key"]
+        with Catalog.open(milvus_uri) as writer:
+            assert writer.remove(gone) == 1
+        removed_at = time.monotonic()
+        for url in (first, second):
+            while gone in {
+                h["key"] for h in httpx.post(f"{url}/search", json=query, timeout=30).json()["hits"]
+            }:
+                assert time.monotonic() - removed_at < 20, f"{url} still returns a removed item"
+                time.sleep(0.2)
+        for url in (first, second):
+            while (health := httpx.get(f"{url}/health", timeout=10).json())["items"] != 119:
+                assert time.monotonic() - removed_at < 20, f"{url} still counts a removed item: {health}"
+                time.sleep(0.2)
+            assert health["status"] == "ok"

@@ -40,6 +40,13 @@ class MilvusLocation:
     def __fspath__(self) -> str:  # never a path: refuse rather than make a folder of it
         raise BadArgumentError(f"{self} is a Milvus collection, not a directory")
 
+    def local_folder(self) -> Path:
+        """A folder on this machine for what the catalog keeps beside it locally (downloaded
+        feed images): under $XDG_CACHE_HOME (~/.cache), one per server and collection."""
+        base = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+        host = re.sub(r"[^A-Za-z0-9.-]", "_", self.host)
+        return base / "fashionrec" / "milvus" / f"{host}_{self.port}_{self.collection}"
+
     @property
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -120,7 +120,8 @@ def sync_feed(
         for bad in parsed.bad
     )
     root = Path(images_root).expanduser() if images_root is not None else parsed.path.parent
-    cache = ImageCache(Path(catalog.path).resolve() / CACHE_FOLDER, download)
+    home = Path(catalog.path).resolve() if isinstance(catalog.path, Path) else catalog.path.local_folder()
+    cache = ImageCache(home / CACHE_FOLDER, download)
     fetched: list[Fetched] = []
     with tqdm(total=len(parsed.rows), unit="row", desc="syncing", disable=not progress) as bar:
         for chunk in _chunks(

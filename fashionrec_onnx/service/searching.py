@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,7 +90,9 @@ class Searcher:
         self.catalog = catalog
         self.config = config
         self.model_slot = threading.Lock()  # one model run at a time: it uses every core already
-        paths = {str(catalog.path): "<catalog>", str(catalog.path.resolve()): "<catalog>"}
+        paths = {str(catalog.path): "<catalog>"}
+        if isinstance(catalog.path, Path):  # (a Milvus catalog's path is its URI)
+            paths[str(catalog.path.resolve())] = "<catalog>"
         paths.update({str(catalog.model_path): "<model>", str(catalog.model_path.parent): "<model folder>"})
         self.hidden = {} if config.expose_paths else paths
 
