@@ -4,6 +4,7 @@ imported only when it runs (the serve extra)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -12,9 +13,13 @@ from .common import _catalog_arg, host, path, positive, subcommand, text, whole_
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from ..catalog.location import TOKEN_VARIABLE, MilvusLocation
     from ..service.config import ServiceConfig
     from ..service.run import check, exposure_warning, serve, threads_per_worker
 
+    if isinstance(args.catalog, MilvusLocation) and args.catalog.password:
+        # The workers open the URI as shown (without the password): they inherit it from here.
+        os.environ[TOKEN_VARIABLE] = args.catalog.token
     config = ServiceConfig(
         catalog=str(args.catalog),
         model=str(args.model) if args.model else None,

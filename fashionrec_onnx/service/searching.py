@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,7 +135,9 @@ class Searcher:
         # threads ever hold a large image (each thread's malloc arena keeps what it once held).
         self.decode_slots = max(1, config.threads or 1)
         self.decoder = ThreadPoolExecutor(self.decode_slots, thread_name_prefix="fashionrec-upload")
-        paths = {str(catalog.path): "<catalog>", str(catalog.path.resolve()): "<catalog>"}
+        paths = {str(catalog.path): "<catalog>"}
+        if isinstance(catalog.path, Path):  # (a Milvus catalog's path is its URI)
+            paths[str(catalog.path.resolve())] = "<catalog>"
         paths.update({str(catalog.model_path): "<model>", str(catalog.model_path.parent): "<model folder>"})
         self.hidden = {} if config.expose_paths else paths
 
