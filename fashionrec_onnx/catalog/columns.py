@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CatalogError
+from ..errors import BadArgumentError, CatalogError
 from .store import Delta, Item, Store
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,10 @@ class MetadataColumns:
         """Live labels that pass every condition (a list value means any of its values)."""
         result = live.copy()
         for field, value in wanted.items():
+            if "\x00" in str(field):  # no stored field has one, and SQLite text cannot carry it
+                raise BadArgumentError(
+                    f"a filter field name cannot hold a NUL character; {str(field)[:40]!r} does"
+                )
             column = self._column(str(field))
             if not column.values:
                 known = self.field_names()

@@ -4,17 +4,22 @@ imported only when it runs (the serve extra)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
 from ..service.config import MAX_UPLOAD_PIXELS
-from .common import _catalog_arg, path, positive, subcommand, text, whole_number
+from .common import _catalog_arg, host, path, positive, subcommand, text, whole_number
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from ..catalog.location import TOKEN_VARIABLE, MilvusLocation
     from ..service.config import ServiceConfig
     from ..service.run import check, exposure_warning, serve, threads_per_worker
 
+    if isinstance(args.catalog, MilvusLocation) and args.catalog.password:
+        # The workers open the URI as shown (without the password): they inherit it from here.
+        os.environ[TOKEN_VARIABLE] = args.catalog.token
     config = ServiceConfig(
         catalog=str(args.catalog),
         model=str(args.model) if args.model else None,
@@ -75,7 +80,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", type=path, metavar="FILE", help="the catalog's model, when not where it was recorded"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 lets others in")
+    parser.add_argument(
+        "--host", type=host, default="127.0.0.1", help="address to listen on; 0.0.0.0 lets others in"
+    )
     parser.add_argument("--port", type=whole_number(1, 65535), default=8000, metavar="N", help="port")
     parser.add_argument(
         "--workers", type=positive, default=1, metavar="N", help="worker processes (each loads the model)"

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 
 from .._version import __version__
 from ..catalog import Catalog
-from ..errors import BadArgumentError, FashionrecError
+from ..errors import BadArgumentError, FashionrecError, StorageUnavailableError
 from ..images import parse_box
 from .config import MAX_FORM_FIELD, MAX_TEXT, ServiceConfig, untuned
 from .errors import ServiceError, bad_parameter
@@ -231,8 +231,13 @@ def create_app(config: ServiceConfig, catalog: Catalog | None = None) -> FastAPI
 
     @app.get("/health", response_model=Health)
     def health() -> JSONResponse:
-        """Items, the model's fingerprint and the catalog's generation (no API key needed)."""
-        return JSONResponse(state["searcher"].health())
+        """Items, the model's fingerprint and the catalog's generation (no API key needed); 503
+        when the catalog's server (Milvus) cannot be reached, so a load balancer routes around."""
+        try:
+            return JSONResponse(state["searcher"].health())
+        except StorageUnavailableError as exc:
+            log.error("health: %s", exc)
+            return _error(503, "unavailable", str(exc))
 
     @app.get("/metrics", response_class=PlainTextResponse, dependencies=[guarded])
     def prometheus() -> Response:

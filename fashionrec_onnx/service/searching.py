@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ..catalog import Catalog, Hit, Item, KeyQuery
 from ..errors import FashionrecError
+from ..json_values import MAX_DEPTH, check_depth
 from .config import ServiceConfig
 from .errors import ServiceError, bad_parameter, from_library
 from .schemas import FILTER_FIELD, KEYS_FIELD
@@ -76,9 +78,12 @@ def parse_json_field(name: str, text: str, kind: type | TypeAdapter[Any]) -> Any
     the bounds of the JSON body's field of that name (nesting included) before it is used."""
     adapter = kind if isinstance(kind, TypeAdapter) else FILTER_FIELD if kind is dict else KEYS_FIELD
     try:
+        check_depth(text)  # before any parser meets a hostile depth
         return adapter.validate_json(text)
     except ValidationError as exc:
         raise bad_parameter(problems(exc, name)) from None
+    except ValueError as exc:  # deeper than MAX_DEPTH
+        raise bad_parameter(f"{name} must be JSON that fits ({MAX_DEPTH} levels at most): {exc}") from None
 
 
 def parse_flag(name: str, text: str) -> bool:
@@ -91,6 +96,8 @@ def check_filter(wanted: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if wanted is None:
         return None
     for name, value in wanted.items():
+        if "\x00" in name:
+            raise bad_parameter(f"a filter field name cannot hold a NUL character; {name[:40]!r} does")
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, (str, int, float, bool)) for v in values):
             raise bad_parameter(f"filter values are text, numbers or lists of them; {name!r} is not")
@@ -128,7 +135,9 @@ class Searcher:
         # threads ever hold a large image (each thread's malloc arena keeps what it once held).
         self.decode_slots = max(1, config.threads or 1)
         self.decoder = ThreadPoolExecutor(self.decode_slots, thread_name_prefix="fashionrec-upload")
-        paths = {str(catalog.path): "<catalog>", str(catalog.path.resolve()): "<catalog>"}
+        paths = {str(catalog.path): "<catalog>"}
+        if isinstance(catalog.path, Path):  # (a Milvus catalog's path is its URI)
+            paths[str(catalog.path.resolve())] = "<catalog>"
         paths.update({str(catalog.model_path): "<model>", str(catalog.model_path.parent): "<model folder>"})
         self.hidden = {} if config.expose_paths else paths
 
