@@ -1,4 +1,5 @@
 # Quick start: `make demo` and `make test` both set everything up on a fresh machine.
+# make test = make lint (ruff, mypy) + make docs (mkdocs --strict) + the test suite.
 # The venv holds the tested versions of constraints.txt; `make constraints` tries the newest.
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ SORT_PINS := 'import sys; from packaging.utils import canonicalize_name as c; \
 	pins = sorted((c(n), v) for n, v in (line.strip().split("==") for line in sys.stdin)); \
 	print(*(f"{n}=={v}" for n, v in pins), sep="\n")'
 
-.PHONY: install test demo bench lint clean constraints figures
+.PHONY: install test demo bench lint docs clean constraints figures
 
 install: $(STAMP)
 
@@ -22,9 +23,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-test: install
-	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+# Two workers (pytest-xdist); each test file stays on one worker, so its module fixtures are built once.
+test: lint docs
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 demo: install
 	$(BIN)/fashionrec demo
@@ -34,8 +35,13 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
-# The README's pictures from seed-0 random-weights models exported now (what the demo serves
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The pictures of the docs from seed-0 random-weights models exported now (what the demo serves
 # offline): docs/demo-desktop.png, docs/demo-phone.png, docs/demo-screenshots.json (the model's
 # fingerprint and the captions shown; a test checks the fingerprint) and docs/evaluation-sample.png.
 FIGURES := .cache/figures
@@ -70,7 +76,8 @@ constraints:
 	@echo "versions that moved (git diff constraints.txt):"
 	@git diff --no-color -U0 -- $(CONSTRAINTS) | grep '^[-+][^-+#]' || echo "  none"
 	$(LATEST)/bin/ruff check .
-	$(LATEST)/bin/python -m pytest -q
+	$(LATEST)/bin/mypy
+	$(LATEST)/bin/python -m pytest -q -n 2 --dist loadfile
 
 clean:
-	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache .mypy_cache site *.egg-info

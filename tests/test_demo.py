@@ -15,7 +15,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from fashionrec_onnx import Catalog
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 QUERY = SAMPLE_DIR / "dress" / "test-00013.png"
 
@@ -520,7 +520,7 @@ def test_uploads_and_thumbnails_are_deleted_from_the_cache_after_a_while(
 
 def test_the_readme_screenshots_show_the_model_the_seed_gives_today(test_model: Path) -> None:
     """The screenshots' record names the fingerprint that seed 0 at 224 px exports to in this run
-    (`make figures` makes them again); the README names it only through that record."""
+    (`make figures` makes them again); the README and docs name it only through that record."""
     import json
     import re
 
@@ -530,5 +530,6 @@ def test_the_readme_screenshots_show_the_model_the_seed_gives_today(test_model: 
     run = json.loads((root / "docs" / "demo-screenshots.json").read_text())
     fingerprint = read_model_info(test_model).fingerprint
     assert run["model"] == "random:seed=0" and run["fingerprint"] == fingerprint
-    assert not re.findall(r"`[0-9a-f]{16}`", (root / "README.md").read_text()), "a fingerprint typed by hand"
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        assert not re.findall(r"`[0-9a-f]{16}`", page.read_text()), f"{page.name}: a fingerprint by hand"
     assert (root / "docs" / "demo-desktop.png").is_file() and (root / "docs" / "demo-phone.png").is_file()

@@ -18,10 +18,10 @@ import pytest
 from oracle import assert_same_ranking
 
 from fashionrec_onnx import Catalog, ModelMismatchError, read_model_info
-from fashionrec_onnx import vector_files as vf
 from fashionrec_onnx.catalog.portable import copy_model_into
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.interchange import vector_files as vf
 from fashionrec_onnx.model import IDENTITY_FIELDS, METADATA_PREFIX
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 DATA = Path(__file__).parent / "data"
 EARLIER = "d5f4d15a1462cf5a"  # what the checked-in v1/v2 catalogs recorded (graph + tool versions)

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadArgumentError, CatalogCorruptError, CatalogError, ModelError
-from ..index import HnswParams, ReadWriteLock
 from ..model import ModelInfo, recorded_fingerprint
-from ..reduce import PCA
 from . import products
 from .columns import Liveness, MetadataColumns
 from .graph import GraphCache
-from .store import Delta, NewItem, Store, disk_full, is_disk_full
+from .hnsw import HnswParams, ReadWriteLock
+from .pca import PCA
+from .store import Delta, NewItem, Store, disk_full, is_disk_full, metadata_text
 from .vectors import VectorFile
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,8 @@ class CatalogCore:
         """One transaction (vector rows synced first), then the graph and masks; returns the
         labels added and removed."""
         _check_text([n.key for n in new] + [n.path for n in new if n.path] + list(remove_keys))
+        for item in new:  # before any byte is written (the store checks again)
+            metadata_text(item.key, item.metadata)
         vectors = (
             checked_vectors(np.stack([n.vector for n in new]), self.dim, [n.key for n in new])
             if new

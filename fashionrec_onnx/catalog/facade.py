@@ -13,26 +13,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..embedder import Embedder
-from ..errors import BadArgumentError, CatalogError, UnknownKeyError
+from ..errors import BadArgumentError, CatalogError, DiskFullError, UnknownKeyError
 from ..images import Box, Source
-from ..index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from ..model import ModelInfo
-from ..reduce import PCA
-from . import indexing, maintenance, opening, products, removals
+from . import jobs, maintenance, opening, products, removals
 from . import search as planner
 from .columns import Filter
 from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
-from .indexing import IndexReport
+from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
+from .location import MilvusLocation, location
 from .maintenance import CheckReport
 from .opening import ModelArg
-from .querying import Hit, KeyQuery, Querier, Queries, exact, is_vector, several, shown, unit
+from .pca import PCA
+from .querying import Hit, KeyQuery, Querier, Queries, Query, exact, is_vector, shown, unit
 from .store import DB_NAME, Item, NewItem
 
-if TYPE_CHECKING:
-    from ..download import DownloadSettings
-    from ..sync import SyncReport
-    from ..vector_transfer import ExportReport, ImportReport
+if TYPE_CHECKING:  # types only: these packages are built on the catalog and register its jobs
+    from ..feeds.download import DownloadSettings
+    from ..feeds.folders import IndexReport
+    from ..feeds.sync import SyncReport
+    from ..interchange.vector_transfer import ExportReport, ImportReport
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,15 @@ class Catalog:
     def readonly(self) -> bool:
         return self._core.readonly
 
+    def require_writable(self, what: str) -> None:
+        """Refuse ``what`` (a sync, an index...) before any work when this catalog cannot be
+        written, rather than after downloading or embedding everything."""
+        if self._core.readonly:
+            raise CatalogError(
+                f"{self.path} is open read-only (this process cannot write it, or readonly=True), "
+                f"and {what} changes it; nothing was done. Run it as a user who can write the catalog."
+            )
+
     @property
     def generation(self) -> int:
         """The change counter, caught up with other processes: it grows with every write."""
@@ -110,7 +120,7 @@ class Catalog:
     @classmethod
     def create(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | MilvusLocation,
         model: ModelArg,
         *,
         M: int = DEFAULT_M,
@@ -135,8 +145,15 @@ class Catalog:
         create it at once (the second then opens it, and gets `ModelMismatchError` if its model
         differs).
         """
-        root = Path(path).expanduser()
         field = products.checked_field(product_field)
+        where = location(path)
+        if isinstance(where, MilvusLocation):
+            from .remote import create as create_remote
+
+            if vector_dtype != "float32" or reduce_to:
+                raise CatalogError(f"{where}: a Milvus catalog stores float32 vectors, without a PCA graph")
+            return create_remote(where, model, HnswParams(M, ef_construction, ef), exist_ok, field, threads)
+        root = Path(path).expanduser()
         opening.create(
             root, model, HnswParams(M, ef_construction, ef), vector_dtype, reduce_to, exist_ok, field
         )
@@ -145,7 +162,7 @@ class Catalog:
     @classmethod
     def open(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | MilvusLocation,
         model: ModelArg | None = None,
         *,
         readonly: bool = False,
@@ -160,15 +177,29 @@ class Catalog:
         cannot write is opened read-only (searches work, writes say why they cannot).
         ``load_graph=False`` opens for maintenance (`reduce`) without reading graph or PCA files.
         """
+        where = location(path)
+        if isinstance(where, MilvusLocation):
+            from .remote import open_remote
+
+            return open_remote(where, model, readonly, threads)
         core, model_path, embedder = opening.open_core(
             Path(path).expanduser(), model, readonly=readonly, rebuild=rebuild, load_graph=load_graph
         )
         return cls(core, model_path, embedder, threads)
 
     @classmethod
-    def open_or_create(cls, path: str | os.PathLike[str], model: ModelArg | None, **params: Any) -> Catalog:
+    def open_or_create(
+        cls, path: str | os.PathLike[str] | MilvusLocation, model: ModelArg | None, **params: Any
+    ) -> Catalog:
         """What `fashionrec index` does: reuse the catalog if there is one, else make it."""
-        if (Path(path).expanduser() / DB_NAME).exists():
+        where = location(path)
+        if isinstance(where, MilvusLocation):
+            from .remote import exists
+
+            held = exists(where)
+        else:
+            held = (Path(path).expanduser() / DB_NAME).exists()
+        if held:
             catalog = cls.open(path, model, threads=params.get("threads"))
             field = params.get("product_field")
             if field is not None and field != catalog.product_field:
@@ -228,6 +259,18 @@ class Catalog:
             return [key for key, _ in self._core.store.items_with_key_prefix(prefix)]
         return [item.key for item in self.iter_items()]
 
+    def feed_keys(self, key_prefix: str) -> list[str]:
+        """Keys of the items the feed with this key prefix added: the only ones its sync may
+        remove (items indexed from a folder under the same prefix are not among them)."""
+        return self._core.store.feed_keys(key_prefix) if key_prefix else []
+
+    def claim_for_feed(self, key_prefix: str, keys: Iterable[str]) -> int:
+        """Record the feed with this key prefix as the owner of existing items (a feed's rows
+        that an older version synced); returns how many were not recorded yet."""
+        self.require_writable("recording a feed's items")
+        with self._core.writing():
+            return self._core.store.claim_for_feed(key_prefix, list(keys))
+
     def paths_under(self, folder: str | os.PathLike[str]) -> list[str]:
         """Stored image paths below ``folder`` (a range on the path index, not a scan)."""
         return [path for _, path in self._core.store.items_under(str(folder))]
@@ -247,7 +290,8 @@ class Catalog:
 
     def vector(self, key: str) -> np.ndarray:
         """The stored embedding of an item."""
-        return self._core.vectors.read([self.get(key).label])[0]
+        vector: np.ndarray = self._core.vectors.read([self.get(key).label])[0]
+        return vector
 
     def vectors(self, keys: Iterable[str]) -> np.ndarray:
         """Stored embeddings of several items, in the order of ``keys``."""
@@ -312,6 +356,8 @@ class Catalog:
             "vector_file": core.vectors.path.name,
             "vector_rows": core.rows,
             "disk_bytes": sum(p.stat().st_size for p in self.path.iterdir() if p.is_file()),
+            "created_by": core.store.get_setting(opening.CREATED_BY),  # None: before 0.2.0
+            "written_by": core.store.get_setting(opening.WRITTEN_BY),
         }
 
     # -- writing --------------------------------------------------------------------------------------
@@ -342,11 +388,13 @@ class Catalog:
         metadata: Iterable[Mapping[str, Any] | None] | None = None,
         sizes: Iterable[int | None] | None = None,
         mtimes_ns: Iterable[int | None] | None = None,
+        feed: str | None = None,
     ) -> int:
         """Add ready vectors in one transaction (for vectors computed elsewhere); existing keys
         are replaced. Unit vectors are stored exactly as given, others normalised; a zero, NaN or
         wrong-width vector fails the batch. ``sizes`` and ``mtimes_ns`` (of the image files) let
-        a later `index_folder` of the same files know they are unchanged."""
+        a later `index_folder` of the same files know they are unchanged. ``feed`` (a feed's key
+        prefix, given by `sync`) records that feed as the items' owner: only its sync removes them."""
         keys = list(keys)
         vectors = np.asarray(vectors, np.float32)
         if vectors.shape != (len(keys), self.dim):
@@ -363,7 +411,7 @@ class Catalog:
             for values in (paths, metadata, sizes, mtimes_ns)
         ]
         new = [
-            NewItem(k, v, p, s, t, metadata=dict(m or {}))
+            NewItem(k, v, p, s, t, metadata=dict(m or {}), feed=feed)
             for k, v, p, m, s, t in zip(keys, vectors, *columns)
         ]
         added = len(self._core.write(new)[0])
@@ -403,11 +451,21 @@ class Catalog:
         values = {str(key): dict(fields) for key, fields in metadata.items()}
         return self._core.rewrite(lambda: self._core.store.update_metadata(values))
 
-    def rebuild(self) -> None:
-        """Recreate the HNSW graph from the stored vectors (no re-embedding)."""
+    def rebuild(self) -> list[str]:
+        """Recreate the HNSW graph from the stored vectors (no re-embedding). Returns the keys of
+        items left out because their stored vector is not finite (a damaged vector file; see
+        `left_out_of_graph`)."""
         with self._core.writing():
             self._core.fresh_graph()
         self._core.save()
+        return self.left_out_of_graph()
+
+    def left_out_of_graph(self) -> list[str]:
+        """Keys of items whose stored vector is not finite (bit rot), kept out of the graph since
+        it was built or caught up; searches never return them. Remove and index them again."""
+        labels = self._core.graph.left_out
+        items = self._core.store.items_by_label(labels) if labels else {}
+        return sorted(item.key for item in items.values())
 
     def index_folder(
         self,
@@ -430,7 +488,8 @@ class Catalog:
         ``metadata`` rows are matched to images by `metadata_match.RULE`; the report's
         ``metadata`` says how many matched, and which fit no image or several (given to none).
         """
-        return indexing.index_folder(
+        self.require_writable("indexing")
+        report: IndexReport = jobs.job("index_folder")(
             self,
             folder,
             metadata=metadata,
@@ -440,19 +499,19 @@ class Catalog:
             key_prefix=key_prefix,
             readd_removed=readd_removed,
         )
+        return report
 
     def import_vectors(self, path: str | os.PathLike[str], *, progress: bool = False) -> ImportReport:
         """Add the vectors of Parquet files written by `fashionrec embed` or `export_vectors`
         (see `vector_transfer.import_vectors`): incremental, one transaction a batch."""
-        from ..vector_transfer import import_vectors
-
-        return import_vectors(self, path, progress=progress)
+        self.require_writable("an import")
+        report: ImportReport = jobs.job("import_vectors")(self, path, progress=progress)
+        return report
 
     def export_vectors(self, path: str | os.PathLike[str]) -> ExportReport:
         """Write every item and vector in the Parquet layout `import_vectors` reads."""
-        from ..vector_transfer import export_vectors
-
-        return export_vectors(self, path)
+        report: ExportReport = jobs.job("export_vectors")(self, path)
+        return report
 
     def sync(
         self,
@@ -469,10 +528,8 @@ class Catalog:
         """Bring the catalog in step with a product feed (CSV or JSON lines, one row per image):
         new images added, changed ones re-embedded, changed fields rewritten, images gone from
         the feed removed (only items under ``key_prefix``, which the feed owns). Rows that fail
-        are reported and leave their item as it was. See `fashionrec_onnx.sync` for the rules."""
-        from ..sync import sync_feed
-
-        return sync_feed(
+        are reported and leave their item as it was. See `fashionrec_onnx.feeds.sync` for the rules."""
+        report: SyncReport = jobs.job("sync")(
             self,
             feed,
             images_root=images_root,
@@ -483,6 +540,7 @@ class Catalog:
             download=download,
             progress=progress,
         )
+        return report
 
     # -- searching ------------------------------------------------------------------------------------
 
@@ -530,8 +588,9 @@ class Catalog:
         """Items like the one stored under ``key`` (itself left out), or like several keys and
         unlike the ``negative`` keys. Unlike `search`, a string here is only ever a key, never a
         file: the entry point for remote callers."""
-        queries = [self._key_query(x) for x in several(key)]
-        unlike = [self._key_query(x) for x in negative or []]
+        keys = key if isinstance(key, (list, tuple)) else [key]
+        queries: list[Query] = [self._key_query(x) for x in keys]
+        unlike: list[Query] = [self._key_query(x) for x in negative or []]
         return self._querier.answer(
             planner.search, queries, k, filter, None, collapse_duplicates, group_by, unlike or None
         )
@@ -601,5 +660,13 @@ class Catalog:
                 if old.name != name:
                     old.unlink(missing_ok=True)
             core.fresh_graph()
-        core.save()
+        try:
+            core.save()
+        except DiskFullError as exc:
+            raise DiskFullError(
+                f"the disk holding {self.path} is full: the new graph could not be saved ({exc.__cause__}). "
+                f"The {'reduction' if pca is not None else 'return to full vectors'} is recorded and the "
+                "stored items are intact, but the graph must be rebuilt: free some space and run "
+                f"`fashionrec rebuild --catalog {self.path}`."
+            ) from exc
         return pca

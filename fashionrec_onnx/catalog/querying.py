@@ -9,6 +9,7 @@ reads one SQLite snapshot after catching up with other processes.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..embedder import Embedder
-from ..errors import BadArgumentError, CatalogError, UnknownKeyError
+from ..errors import BadArgumentError, CatalogCorruptError, CatalogError, UnknownKeyError
 from ..images import Box, Source, check_box
 from . import duplicates as near_duplicates
 from . import oracle
@@ -78,7 +79,7 @@ def combined(positives: list[np.ndarray], negatives: list[np.ndarray]) -> np.nda
     negatives is used exactly as given, so it searches exactly as a plain search does."""
     if len(positives) == 1 and not negatives:
         return positives[0]
-    vector = np.mean(positives, axis=0, dtype=np.float64)
+    vector = np.asarray(np.mean(positives, axis=0, dtype=np.float64))
     if negatives:
         vector = vector - NEGATIVE_WEIGHT * np.mean(negatives, axis=0, dtype=np.float64)
     norm = float(np.linalg.norm(vector))
@@ -137,7 +138,14 @@ class Querier:
         if key is not None:
             item = self._core.store.item_by_key(key) if len(key) <= 4096 else None
             if item is not None:
-                return self._core.vectors.read([item.label])[0], item.label
+                stored = self._core.vectors.read([item.label])[0]
+                if not np.isfinite(stored).all():
+                    raise CatalogCorruptError(
+                        f"the stored vector of {shown(key)} in {self._core.vectors.path} is not finite "
+                        "(the file is damaged there); remove the item and index its image again "
+                        f"(`fashionrec verify --catalog {self._core.root}` counts such items)."
+                    )
+                return stored, item.label
             if isinstance(query, KeyQuery):
                 raise UnknownKeyError(f"no item with key {shown(key)} in {self._core.root}.")
         if is_vector(query):
@@ -164,14 +172,14 @@ class Querier:
             raise BadArgumentError(
                 f"{query[:200]!r} is a key in {self._core.root}; a box crops an image, so pass an image file"
             )
-        return self._embedder().embed_one(query, box=box)  # type: ignore[arg-type]
+        return self._embedder().embed_one(query, box=box)
 
     def _prepared(self, query: Query, box: Box | None) -> np.ndarray | None:
         """An image's vector, embedded before any lock is taken (None for keys and vectors)."""
         if box is not None:
             return self.embed_region(query, box)
         if not isinstance(query, (str, KeyQuery)) and not is_vector(query):
-            return self._embedder().embed_one(query)  # type: ignore[arg-type]
+            return self._embedder().embed_one(query)
         return None
 
     @contextlib.contextmanager
@@ -263,14 +271,14 @@ class Querier:
         hits: list[Hit] = []
         for label, distance in zip(labels.tolist(), distances.tolist()):
             item = items.get(int(label))
-            if item is None:
+            if item is None or not math.isfinite(distance):  # a damaged stored vector ranks nowhere
                 continue
             d = max(float(distance), 0.0)
-            others = tuple(items[x].key for x in photos.get(label, NO_LABELS).tolist() if x in items)
+            shots = tuple(items[x].key for x in photos.get(label, NO_LABELS).tolist() if x in items)
             product = products.name(label) if products is not None else None
             hits.append(
                 Hit(
-                    len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata), product, others
+                    len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata), product, shots
                 )
             )
         return hits
