@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from .cli_args import build_parser
+from .cli_refine import HANDLERS as REFINE_HANDLERS
 from .cli_serve import HANDLERS as SERVE_HANDLERS
 from .cli_sync import HANDLERS as SYNC_HANDLERS
 from .cli_vectors import HANDLERS as VECTOR_HANDLERS
@@ -360,6 +361,7 @@ HANDLERS: dict[str, Handler] = {
     **VECTOR_HANDLERS,
     **SERVE_HANDLERS,
     **SYNC_HANDLERS,
+    **REFINE_HANDLERS,
 }
 
 

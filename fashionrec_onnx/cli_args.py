@@ -544,11 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"fashionrec-onnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from .cli_refine import add_commands as _refine
     from .cli_serve import add_commands as _serve
     from .cli_sync import add_commands as _sync
     from .cli_vectors import add_commands as _vectors  # they build on the helpers above
 
     commands = (_export, _index, _search, _maintenance, _duplicates, _evaluate, _import_fashion_mnist)
-    for add in (*commands, _vectors, _sync, _demo, _serve):
+    for add in (*commands, _vectors, _sync, _refine, _demo, _serve):
         add(sub)
     return parser

@@ -1,0 +1,1 @@
+"""Measuring and improving what search finds: metrics, evaluation, refinement from labels."""
