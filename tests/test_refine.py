@@ -204,3 +204,20 @@ def test_dim_above_the_stored_dimension_is_refused() -> None:
     x, labels, _ = _clusters()
     with pytest.raises(BadArgumentError, match="dim must be"):
         learn_projection(x, labels, dim=65)
+
+
+def test_int8_quantisation_of_a_refined_model_works(refined: tuple[Path, Path], tmp_path: Path) -> None:
+    from fashionrec_export.quantize import quantize_int8
+
+    model, _ = refined
+    out = tmp_path / "refined-int8.onnx"
+    info = quantize_int8(model, out, count=8)
+    assert info.precision == "int8" and info.dim == DIM
+    assert info.fingerprint != read_model_info(model).fingerprint
+    assert refinement_of(out)["base_fingerprint"] == refinement_of(model)["base_fingerprint"]
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (4, info.input_size, info.input_size, 3), dtype=np.uint8)
+    with Embedder(model) as fp32, Embedder(out) as int8:
+        a, b = fp32.embed_pixels(pixels, 4), int8.embed_pixels(pixels, 4)
+    assert b.shape == (4, DIM) and np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert np.median(np.sum(a * b, axis=1)) > 0.8
