@@ -179,12 +179,13 @@ def _clusters(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels, products
 
 
-def test_learning_is_deterministic_with_a_seed_and_beats_the_base() -> None:
+def test_learning_is_deterministic_with_a_seed_and_labels_beat_the_base() -> None:
     x, labels, products = _clusters()
-    first, report = learn_projection(x, labels, products, dim=16, epochs=6)
+    first, _ = learn_projection(x, labels, products, dim=16, epochs=6)
     second, _ = learn_projection(x, labels, products, dim=16, epochs=6)
     assert np.array_equal(first.matrix, second.matrix) and np.array_equal(first.mean, second.mean)
-    assert report.after["precision@5"] > report.before["precision@5"]
+    _, report = learn_projection(x, labels, dim=16, epochs=6)
+    assert report.after["precision@5"] > report.before["precision@5"] + 0.05
     assert report.curve[0].epoch == 0 and len(report.curve) >= 2
 
 

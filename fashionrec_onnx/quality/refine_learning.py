@@ -7,10 +7,11 @@ and keeps the whole pipeline one ONNX file (see `fashionrec_onnx.projection`).
 The loss is a normalised softmax over learned class proxies (Proxy-NCA / NormSoftmax): each
 projected, L2-normalised item is pulled to its category's proxy and pushed from the others. With
 products, a second softmax over product proxies is weighted harder (photos of one product pull
-together hardest). The projection starts as whitened PCA of the training items and is trained by
-minibatch Adam; part of the items (whole products, when there are products) is held out, scored
-(precision@k, mAP@k by label) before and after every epoch, and the best epoch is kept (early
-stop). Everything is seeded: the same data and seed give the same projection.
+together hardest). The projection starts as a regularised linear discriminant of the training
+items (on Fashion-MNIST categories it holds most of the gain) and is fine-tuned by minibatch Adam.
+Part of the items (whole products, when there are products) is held out and scored (precision@k,
+mAP@k by label) before and after every epoch; the best epoch is kept (early stop).
+Everything is seeded: the same data and seed give the same projection.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import scipy.linalg
 
 from ..errors import BadArgumentError
 
 log = logging.getLogger(__name__)
 
+SHRINK = 0.1  # of the inside spread replaced by its mean variance (see `_discriminant_start`)
 MIN_PER_LABEL = 4  # items a label needs to teach anything (a query and a few of its kind)
 NORM_EPS = 1e-12
 _EVAL_QUERIES = 2000  # held-out queries scored per epoch (a seeded sample past this)
@@ -157,15 +160,43 @@ def retrieval_scores(
     }
 
 
-def _whitened_pca(centred: np.ndarray, dim: int) -> np.ndarray:
-    """The first ``dim`` principal axes, each scaled to unit variance (regularised so that the
-    weakest kept axes, mostly noise, are not blown up)."""
-    covariance = (centred.T @ centred) / max(1, len(centred) - 1)
-    values, axes = np.linalg.eigh(covariance.astype(np.float64))
-    top = np.argsort(values)[::-1][:dim]
-    values, axes = np.maximum(values[top], 0.0), axes[:, top]
-    scale = 1.0 / np.sqrt(values + 0.1 * values.mean() + 1e-12)
-    return (axes * scale).astype(np.float32)
+def _discriminant_start(
+    centred: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, dim: int, product_weight: float
+) -> np.ndarray:
+    """A regularised linear discriminant: directions that separate labels (and products, weighted
+    harder) relative to the spread inside them, each weighted by how much it separates
+    (``w / (1 + w)``), columns scaled to unit norm. Shrinking the inside spread towards its mean
+    variance keeps the many weak directions of a few thousand items from being blown up."""
+    x = centred.astype(np.float64)
+    n, d = x.shape
+    classes = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    means = np.zeros((classes, d))
+    np.add.at(means, labels, x)
+    means /= np.maximum(counts, 1)[:, None]
+    between = (means * counts[:, None]).T @ means / n
+    centre = means[labels]
+    if groups is not None:
+        sizes = np.bincount(groups)
+        shared = sizes[groups] >= 2  # a product of one photo teaches nothing about products
+        if shared.any():
+            group_means = np.zeros((len(sizes), d))
+            np.add.at(group_means, groups, x)
+            group_means /= np.maximum(sizes, 1)[:, None]
+            offsets = (group_means[groups] - centre) * shared[:, None]
+            products = offsets.T @ offsets
+            # each scatter counts by its share, so thousands of products do not drown the labels
+            between = between / np.trace(between) + product_weight * products / max(np.trace(products), 1e-12)
+            centre = np.where(shared[:, None], group_means[groups], centre)
+    inside = x - centre
+    within = inside.T @ inside / n
+    within = (1 - SHRINK) * within + SHRINK * np.trace(within) / d * np.eye(d)
+    values, axes = scipy.linalg.eigh(between, within)
+    order = np.argsort(values)[::-1][:dim]
+    values, axes = np.maximum(values[order], 0.0), axes[:, order]
+    matrix = axes * (values / (1.0 + values))
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=0, keepdims=True), 1e-12)
+    return (matrix * (values > 1e-9) + axes * (values <= 1e-9) * 1e-3).astype(np.float32)
 
 
 class _Adam:
@@ -223,15 +254,15 @@ def learn_projection(
     epochs: int = 30,
     patience: int = 4,
     batch_size: int = 512,
-    learning_rate: float = 2e-3,
+    learning_rate: float = 5e-4,
     scale: float = 16.0,
-    product_weight: float = 2.0,
+    product_weight: float = 1.0,
     seed: int = 0,
     field_name: str = "label",
 ) -> tuple[Projection, TrainingReport]:
     """Learn a projection of unit ``vectors`` (n, d) from ``labels`` (and ``products``: a
     product's photos are pulled together hardest). Returns the projection of the best held-out
-    epoch (the whitened PCA start counts as epoch 0) and the report with the training curve."""
+    epoch (the discriminant start counts as epoch 0) and the report with the training curve."""
     started = time.perf_counter()
     vectors = np.asarray(vectors, np.float32)
     if vectors.ndim != 2 or len(vectors) != len(labels):
@@ -262,7 +293,8 @@ def learn_projection(
         )
     mean = x[train].mean(axis=0)
     centred = x[train] - mean
-    matrix = _whitened_pca(centred, dim)
+    train_groups = _as_codes(groups[train]) if groups is not None else None
+    matrix = _discriminant_start(centred, y[train], train_groups, dim, product_weight)
 
     def score(m: np.ndarray) -> dict[str, float]:
         return retrieval_scores(Projection(mean, m).apply(x[held]), y[held], k, map_k, seed)
