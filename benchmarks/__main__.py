@@ -100,7 +100,7 @@ def run(sizes: Sizes, out: Path, command: str) -> dict[str, object]:
     )
 
     stage("near-duplicates planted in the corpus: found through the graph")
-    from fashionrec_onnx.datasets import load_split
+    from fashionrec_onnx.quality.datasets import load_split
 
     results["duplicates"] = duplicates.run(corpus_model, corpus, load_split("train")[0][: len(corpus)])
 

@@ -132,7 +132,7 @@ def fashion_pixels(images: np.ndarray, size: int) -> np.ndarray:
 def embed_corpus(model: Path, split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and labels of the first ``count`` images of a split, cached as .npy."""
     from fashionrec_onnx import Embedder, read_model_info
-    from fashionrec_onnx.datasets import load_split
+    from fashionrec_onnx.quality.datasets import load_split
 
     info = read_model_info(model)
     cache = RAW / f"fmnist-{split}-{count}-{info.fingerprint}.npy"

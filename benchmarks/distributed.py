@@ -39,7 +39,7 @@ def _embed_in_process(model: Path, photos: list[Path], batch_size: int) -> float
 
 
 def _embed_on_ray(model: Path, folder: Path, out: Path, workers: int, threads: int, batch_size: int):
-    from fashionrec_onnx.distributed import embed_to_parquet
+    from fashionrec_onnx.interchange.distributed import embed_to_parquet
 
     summary = embed_to_parquet(
         folder, model, out, workers=workers, threads_per_worker=threads, batch_size=batch_size, progress=False
@@ -52,7 +52,7 @@ def embedding(model: Path, photo_count: int, batch_size: int, rounds: int, tmp: 
     """Rounds interleave the methods, so a noisy neighbour slows them alike; medians are reported."""
     import ray
 
-    from fashionrec_onnx.distributed import start_local_ray
+    from fashionrec_onnx.interchange.distributed import start_local_ray
 
     folder = tmp / "photos"
     photos = make_photos(folder, photo_count)
@@ -95,8 +95,8 @@ def embedding(model: Path, photo_count: int, batch_size: int, rounds: int, tmp: 
 
 def importing(model: Path, count: int, tmp: Path) -> dict[str, object]:
     from fashionrec_onnx import Catalog, read_model_info
-    from fashionrec_onnx import vector_files as vf
-    from fashionrec_onnx.vector_transfer import import_vectors
+    from fashionrec_onnx.interchange import vector_files as vf
+    from fashionrec_onnx.interchange.vector_transfer import import_vectors
 
     info = read_model_info(model)
     rng = np.random.default_rng(0)

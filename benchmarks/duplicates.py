@@ -27,8 +27,8 @@ from PIL import Image
 
 from benchmarks.common import RESULTS, bench_model, embed_corpus, machine_info, timed, write_report
 from fashionrec_onnx import Catalog, Embedder, read_model_info
-from fashionrec_onnx.evaluation import group_precision_recall, pairs_of_groups
 from fashionrec_onnx.images import prepare_image
+from fashionrec_onnx.quality.evaluation import group_precision_recall, pairs_of_groups
 
 log = logging.getLogger("benchmarks")
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "duplicates.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from fashionrec_onnx.datasets import load_split
+    from fashionrec_onnx.quality.datasets import load_split
 
     model = bench_model(args.size)
     started = time.perf_counter()

@@ -32,7 +32,7 @@ def run(model: Path, int8_model: Path | None, sizes: Sizes) -> dict[str, object]
     import keras
 
     from fashionrec_onnx import Embedder, read_model_info
-    from fashionrec_onnx.datasets import load_split
+    from fashionrec_onnx.quality.datasets import load_split
 
     info = read_model_info(model)
     size = info.input_size

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, bench_model, machine_info, timed
 from fashionrec_onnx import Catalog
-from fashionrec_onnx.datasets import SAMPLE_DIR
-from fashionrec_onnx.download import DownloadSettings
+from fashionrec_onnx.feeds.download import DownloadSettings
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 log = logging.getLogger("benchmarks")
 

@@ -16,8 +16,8 @@ import numpy as np
 from benchmarks.common import summary_ms, timed
 from benchmarks.search import exact_topk
 from fashionrec_onnx import Catalog
-from fashionrec_onnx.datasets import CLASSES
-from fashionrec_onnx.evaluation import recall_at_k
+from fashionrec_onnx.quality.datasets import CLASSES
+from fashionrec_onnx.quality.evaluation import recall_at_k
 
 FILTERS = {
     "none": None,

@@ -21,7 +21,7 @@ from benchmarks.common import bench_model, summary_ms, timed
 
 def make_photos(folder: Path, count: int, size: tuple[int, int] = (1000, 1500)) -> list[Path]:
     """Shop-photo-sized JPEGs (1000x1500) built from Fashion-MNIST garments on a light background."""
-    from fashionrec_onnx.datasets import SAMPLE_DIR
+    from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
     rng = np.random.default_rng(0)
     sources = sorted(SAMPLE_DIR.glob("*/*.png"))

@@ -30,7 +30,7 @@ from benchmarks.common import (
     write_report,
 )
 from fashionrec_onnx import Catalog
-from fashionrec_onnx.datasets import group_into_products
+from fashionrec_onnx.quality.datasets import group_into_products
 
 log = logging.getLogger("benchmarks")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fashionrec_onnx.datasets import CLASSES
-from fashionrec_onnx.evaluate import THUMBNAIL, exact_rankings, pixel_vectors
-from fashionrec_onnx.evaluation import score_rankings
+from fashionrec_onnx.quality.datasets import CLASSES
+from fashionrec_onnx.quality.evaluate import THUMBNAIL, exact_rankings, pixel_vectors
+from fashionrec_onnx.quality.evaluation import score_rankings
 
 KS = (1, 5, 10)
 
@@ -38,7 +38,7 @@ def run(
     weights: dict[str, str],
 ) -> dict[str, object]:
     """``embeddings``: name -> (catalog vectors, query vectors); raw pixels are added here."""
-    from fashionrec_onnx.datasets import load_split
+    from fashionrec_onnx.quality.datasets import load_split
 
     train, _ = load_split("train")
     test, _ = load_split("test")

@@ -48,7 +48,7 @@ def _pca(train: np.ndarray, dim: int) -> Projection:
 
 def categories(size: int, train_count: int, test_count: int, dim: int, photos: int, seed: int) -> dict:
     """Pixels, base, PCA and refined on held-out test images, by category."""
-    from fashionrec_onnx.datasets import load_split
+    from fashionrec_onnx.quality.datasets import load_split
 
     model = bench_model(size)
     train, train_labels = embed_corpus(model, "train", train_count)
@@ -110,8 +110,8 @@ def _views(image: np.ndarray, count: int, rng: np.random.Generator) -> list[Imag
 
 def products(product_count: int, views: int, dim: int, seed: int) -> dict:
     """Products of several augmented views; whole products held out; recall@1 of a view."""
-    from fashionrec_onnx.datasets import load_split
     from fashionrec_onnx.images import prepare_image
+    from fashionrec_onnx.quality.datasets import load_split
 
     model = bench_model(64)
     images, labels = load_split("train")

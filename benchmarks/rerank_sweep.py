@@ -19,7 +19,7 @@ from benchmarks.scale import corpus
 from fashionrec_onnx import Catalog
 from fashionrec_onnx.catalog import oracle
 from fashionrec_onnx.catalog import search as planner
-from fashionrec_onnx.evaluation import recall_at_k
+from fashionrec_onnx.quality.evaluation import recall_at_k
 
 POOLS = ((4, 60), (8, 100), (16, 200))  # re-rank pool = factor * k + extra
 

@@ -61,7 +61,7 @@ def metadata(start: int, count: int, labels: np.ndarray) -> list[dict[str, str]]
 
 def _embedded(split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Cached embeddings when there are (no model, no TensorFlow in a measured process)."""
-    from fashionrec_onnx.datasets import load_split
+    from fashionrec_onnx.quality.datasets import load_split
 
     cached = sorted(RAW.glob(f"fmnist-{split}-{count}-*.npy"))
     if cached:
@@ -115,7 +115,7 @@ def measure(root: Path, items: int) -> dict[str, object]:
     """In a fresh process: open, search, filters, exact search, check, and the memory of each."""
     from fashionrec_onnx import Catalog
     from fashionrec_onnx.catalog import oracle
-    from fashionrec_onnx.evaluation import recall_at_k
+    from fashionrec_onnx.quality.evaluation import recall_at_k
 
     _, _, queries = corpus(items)
     figures: dict[str, object] = {"rss_start_mb": status("VmRSS") / 1e6}

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import Sizes, summary_ms, timed
-from fashionrec_onnx.evaluation import recall_at_k
-from fashionrec_onnx.index import HnswIndex, HnswParams
+from fashionrec_onnx.catalog.hnsw import HnswIndex, HnswParams
+from fashionrec_onnx.quality.evaluation import recall_at_k
 
 SPREAD = 0.3  # synthetic offsets: this fraction of the corpus' spread along each principal axis
 

@@ -52,7 +52,7 @@ def models(calibration: int) -> dict[str, Path]:
 
 def jpeg_photos(folder: Path, per_category: int) -> dict[str, dict[str, str]]:
     """Sample images as 600x800 JPEGs (what a phone or a shop sends); their metadata by key."""
-    from fashionrec_onnx.datasets import SAMPLE_DIR
+    from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
     metadata = {}
     for category in sorted(p.name for p in SAMPLE_DIR.iterdir() if p.is_dir()):

@@ -70,7 +70,7 @@ def run_measured(command: list[str]) -> tuple[float, int]:
 
 
 def index_sample(models: dict[str, Path], work: Path) -> dict[str, dict[str, Any]]:
-    from fashionrec_onnx.datasets import sample_dir
+    from fashionrec_onnx.quality.datasets import sample_dir
 
     sample = sample_dir()
     runs: dict[str, list[tuple[float, int, int]]] = {name: [] for name in models}

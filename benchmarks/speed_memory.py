@@ -13,9 +13,9 @@ import numpy as np
 from benchmarks.common import Sizes, summary_ms, timed
 from benchmarks.quality import evaluate
 from benchmarks.search import exact_topk
-from fashionrec_onnx.evaluation import recall_at_k
-from fashionrec_onnx.index import HnswIndex, HnswParams
-from fashionrec_onnx.reduce import PCA
+from fashionrec_onnx.catalog.hnsw import HnswIndex, HnswParams
+from fashionrec_onnx.catalog.pca import PCA
+from fashionrec_onnx.quality.evaluation import recall_at_k
 
 
 def int8_quality(

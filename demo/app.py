@@ -18,8 +18,8 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from fashionrec_onnx import Catalog, WeightsUnavailableError
-from fashionrec_onnx.datasets import sample_dir
-from fashionrec_onnx.upload_guard import MULTIPART_OVERHEAD, UploadGuard
+from fashionrec_onnx.quality.datasets import sample_dir
+from fashionrec_onnx.service.upload_guard import MULTIPART_OVERHEAD, UploadGuard
 
 from .photo_input import PhotoInput
 from .region import MAX_REGION_CHARS, REGION_HELP, REGION_JS

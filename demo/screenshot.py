@@ -106,7 +106,7 @@ def capture(
 def main() -> None:
     from fashionrec_demo.app import build_app, default_catalog, launch
 
-    from fashionrec_onnx.datasets import sample_dir
+    from fashionrec_onnx.quality.datasets import sample_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for demo-<width>.png")

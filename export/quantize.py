@@ -41,7 +41,7 @@ DEFAULT_CALIBRATION_IMAGES = 64
 
 def calibration_images(folder: Path | None, count: int) -> tuple[list[Path], str]:
     """Image files to calibrate on (a folder, or the bundled Fashion-MNIST sample) and a label."""
-    from fashionrec_onnx.datasets import sample_dir
+    from fashionrec_onnx.quality.datasets import sample_dir
 
     root = Path(folder).expanduser() if folder else sample_dir()
     if not root.is_dir():

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import logging
 
-from .catalog import Catalog, CheckReport, DuplicateGroup, DuplicateReport, Hit, IndexReport, Item
+from . import _moved
+from . import interchange as interchange  # registers Catalog.import_vectors/export_vectors
+from ._version import __version__
+from .catalog import Catalog, CheckReport, DuplicateGroup, DuplicateReport, Hit, Item
 from .embedder import Embedder, EmbedResult, Failure
 from .errors import (
     BadArgumentError,
@@ -22,12 +25,12 @@ from .errors import (
     UnknownKeyError,
     WeightsUnavailableError,
 )
+from .feeds import IndexReport  # and registers Catalog.index_folder/sync
 from .images import load_image, prepare_image
 from .model import ModelInfo, read_model_info
 
-__version__ = "0.1.0"
-
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+_moved.install()  # 0.1 import paths (fashionrec_onnx.index, ...) warn and still work
 
 __all__ = [
     "Catalog",

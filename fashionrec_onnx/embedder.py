@@ -215,7 +215,8 @@ class Embedder:
         """One image (or its region ``box = (left, top, right, bottom)``, in pixels of the upright
         image) to one ``(dim,)`` vector. Raises ``ImageLoadError`` if it cannot load and
         ``BadArgumentError`` for a box that is malformed or reaches outside the image."""
-        return self.embed_pixels(self.prepare(image, box)[None])[0]
+        vector: np.ndarray = self.embed_pixels(self.prepare(image, box)[None])[0]
+        return vector
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -13,8 +13,9 @@ import os
 import stat
 import struct
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -23,7 +24,7 @@ from .errors import BadArgumentError, ImageLoadError
 
 log = logging.getLogger(__name__)
 
-Source = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
+Source = str | os.PathLike[str] | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 Box = tuple[int, int, int, int]
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -96,7 +97,7 @@ def check_box(box: object) -> Box:
     """``(left, top, right, bottom)`` as four whole numbers with left < right and top < bottom:
     what can be checked before the image is decoded."""
     try:
-        values = tuple(box)  # type: ignore[call-overload]
+        values = tuple(cast("Iterable[Any]", box))  # anything else raises TypeError, caught here
     except TypeError:
         values = ()
     whole = all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values)
@@ -252,7 +253,8 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
         scale = 255.0 / 65535.0
     else:
         scale = 255.0 / top
-    return np.clip(values * scale, 0, 255).round().astype(np.uint8)
+    pixels: np.ndarray = np.clip(values * scale, 0, 255).round().astype(np.uint8)
+    return pixels
 
 
 def _from_array(array: np.ndarray, name: str, max_pixels: int | None) -> Image.Image:

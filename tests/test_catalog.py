@@ -18,7 +18,7 @@ from fashionrec_onnx import (
     Embedder,
     ModelMismatchError,
 )
-from fashionrec_onnx.datasets import SAMPLE_DIR, load_split
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR, load_split
 
 LABELS = SAMPLE_DIR / "labels.csv"
 

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from fashionrec_onnx.catalog import Catalog
-from fashionrec_onnx.cli import main
-from fashionrec_onnx.cli_args import build_parser
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.cli import build_parser, main
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 FASHIONREC = str(Path(sys.executable).with_name("fashionrec"))
 

@@ -12,7 +12,7 @@ import pytest
 from killing import kill_when
 
 from fashionrec_onnx import Catalog
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 INDEXER = textwrap.dedent(
     """

@@ -12,7 +12,7 @@ from PIL import Image
 
 from fashionrec_onnx import BadArgumentError, Catalog, Embedder, load_image
 from fashionrec_onnx.cli import main
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 DRESS = SAMPLE_DIR / "dress" / "test-00013.png"
 BAG = sorted((SAMPLE_DIR / "bag").glob("*.png"))[0]

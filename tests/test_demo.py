@@ -15,7 +15,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from fashionrec_onnx import Catalog
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 QUERY = SAMPLE_DIR / "dress" / "test-00013.png"
 
@@ -519,7 +519,7 @@ def test_uploads_and_thumbnails_are_deleted_from_the_cache_after_a_while(
 
 
 def test_the_readme_screenshots_show_the_model_the_seed_gives_today(test_model: Path) -> None:
-    """The screenshots and the README name the fingerprint of today's seed-0 224 px model."""
+    """The screenshots and the docs' demo page name the fingerprint of today's seed-0 224 px model."""
     import json
 
     from fashionrec_onnx import read_model_info
@@ -528,5 +528,5 @@ def test_the_readme_screenshots_show_the_model_the_seed_gives_today(test_model: 
     run = json.loads((root / "docs" / "demo-screenshots.json").read_text())
     fingerprint = read_model_info(test_model).fingerprint
     assert run["model"] == "random:seed=0" and run["fingerprint"] == fingerprint
-    assert f"`{fingerprint}`" in (root / "README.md").read_text()
+    assert f"`{fingerprint}`" in (root / "docs" / "getting-started.md").read_text()
     assert (root / "docs" / "demo-desktop.png").is_file() and (root / "docs" / "demo-phone.png").is_file()

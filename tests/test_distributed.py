@@ -14,12 +14,12 @@ import pytest
 import ray
 
 from fashionrec_onnx import Catalog, Embedder, FashionrecError
-from fashionrec_onnx import vector_files as vf
 from fashionrec_onnx.cli import main
-from fashionrec_onnx.datasets import SAMPLE_DIR
-from fashionrec_onnx.distributed import embed_to_parquet
-from fashionrec_onnx.scan import read_metadata
-from fashionrec_onnx.vector_transfer import import_vectors
+from fashionrec_onnx.feeds.scan import read_metadata
+from fashionrec_onnx.interchange import vector_files as vf
+from fashionrec_onnx.interchange.distributed import embed_to_parquet
+from fashionrec_onnx.interchange.vector_transfer import import_vectors
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 LABELS = SAMPLE_DIR / "labels.csv"
 
@@ -149,7 +149,7 @@ TWO_NODES = textwrap.dedent(
     import json, sys
     from ray.cluster_utils import Cluster
     import ray
-    from fashionrec_onnx.distributed import embed_to_parquet
+    from fashionrec_onnx.interchange.distributed import embed_to_parquet
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
                                                             "object_store_memory": 200 * 1024**2})

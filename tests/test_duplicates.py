@@ -15,8 +15,8 @@ from PIL import Image
 
 from fashionrec_onnx import BadArgumentError, Catalog
 from fashionrec_onnx.cli import main
-from fashionrec_onnx.datasets import SAMPLE_DIR
-from fashionrec_onnx.evaluation import group_precision_recall, pair_precision_recall, pairs_of_groups
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.evaluation import group_precision_recall, pair_precision_recall, pairs_of_groups
 
 # Measured on this set (200 sample images, 30 planted copies, the 64 px test model with random
 # weights): recall 1.0 and precision 1.0 at the calibrated threshold. The floors leave room for

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fashionrec_onnx import Embedder, EmbedResult, ImageLoadError, ModelError, load_image, prepare_image
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 
 @pytest.fixture(scope="module")

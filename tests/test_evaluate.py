@@ -13,8 +13,8 @@ import pytest
 
 from fashionrec_onnx import BadArgumentError, Catalog
 from fashionrec_onnx.cli import main
-from fashionrec_onnx.datasets import SAMPLE_DIR
-from fashionrec_onnx.evaluate import evaluate, pixel_vectors
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.evaluate import evaluate, pixel_vectors
 
 KS = (1, 3, 10)
 

@@ -26,7 +26,7 @@ from fashionrec_onnx import (
     UnknownKeyError,
 )
 from fashionrec_onnx.cli import main
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 DIM = 2048
 

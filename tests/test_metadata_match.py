@@ -11,8 +11,8 @@ from PIL import Image
 
 from fashionrec_onnx import Catalog
 from fashionrec_onnx.cli import main
-from fashionrec_onnx.metadata_match import RULE, match_metadata
-from fashionrec_onnx.scan import read_metadata
+from fashionrec_onnx.feeds.metadata_match import RULE, match_metadata
+from fashionrec_onnx.feeds.scan import read_metadata
 
 SKUS = ["SKU-100", "SKU-101", "SKU-102"]
 PHOTOS = [f"{sku}/{side}.png" for sku in SKUS for side in ("front", "back")]

@@ -14,8 +14,8 @@ import pytest
 
 from fashionrec_onnx.catalog import Catalog
 from fashionrec_onnx.catalog.portable import copy_model_into
-from fashionrec_onnx.datasets import SAMPLE_DIR
 from fashionrec_onnx.errors import ModelError
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 FASHIONREC = str(Path(sys.executable).with_name("fashionrec"))
 DATA = Path(__file__).parent / "data"  # catalogs of 0.1.0 (v1), of format 2 (absolute model path)

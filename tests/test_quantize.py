@@ -9,7 +9,7 @@ import pytest
 from fashionrec_export.quantize import quantize_int8
 
 from fashionrec_onnx import Catalog, Embedder, ModelMismatchError, read_model_info
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 # Floor for the cosine between int8 and fp32 embeddings of the same real image (measured: median
 # 0.9996, minimum 0.999 with random weights at 224 px; the floor leaves room for other weights).

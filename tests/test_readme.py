@@ -1,6 +1,8 @@
-"""The README's examples run as written, and run again.
+"""The examples of the README and of the documentation pages (docs/*.md) run as written, and
+run again.
 
-Every ```python block of README.md runs, in order, in one interpreter per ``##`` section; every
+Every ```python block of README.md runs, in order, in one interpreter per ``##`` section (of a
+docs page: one interpreter per page, its ``# `` title, so a page is a README section); every
 ```console block's ``$ `` lines run through bash (one shell per command, ``fashionrec`` on PATH;
 a line continued with a trailing backslash is one command), interleaved with the python blocks in
 README order. Each section runs twice in the same
@@ -17,7 +19,7 @@ fresh directory holding:
   (``key,category``);
 - ``photo.jpg``: a query photo, 800 x 1000 px.
 
-A failure names the section, the block's line in README.md and the run (first or second).
+A failure names the file, the section, the block's line and the run (first or second).
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 FENCE = re.compile(r"^\s{0,3}(```+)\s*([\w+-]*)[^`]*$")  # CommonMark: no backtick in the info string
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\s*\((.+)\)\s*-->")
 EXPECTED_EXIT = re.compile(r"#\s*exit\s+(\d+)\s*$")
@@ -60,21 +64,22 @@ class Section:
     title: str
     line: int
     blocks: list[Block] = field(default_factory=list)
+    file: str = "README.md"
 
     @property
     def runnable(self) -> list[Block]:
         return [b for b in self.blocks if b.language in ("python", "console") and b.skip is None]
 
 
-def sections(text: str) -> list[Section]:
-    """The README cut at its ``##`` headings, each with its fenced blocks."""
-    found = [Section("(before the first section)", 1)]
+def sections(text: str, heading: str = "## ", file: str = "README.md") -> list[Section]:
+    """The text cut at its ``heading`` lines (outside fences), each part with its fenced blocks."""
+    found = [Section("(before the first section)", 1, file=file)]
     lines = text.splitlines()
     number = 0
     while number < len(lines):
         line = lines[number]
-        if line.startswith("## "):
-            found.append(Section(line[3:].strip(), number + 1))
+        if line.startswith(heading):
+            found.append(Section(line[len(heading) :].strip(), number + 1, file=file))
         elif fence := FENCE.match(line):
             language, start = fence.group(2).lower(), number
             closing = re.compile(rf"^\s{{0,3}}{fence.group(1)}`*\s*$")
@@ -108,7 +113,11 @@ def commands(block: Block) -> list[tuple[int, str, int]]:
     return found
 
 
-ALL_SECTIONS = sections(README.read_text(encoding="utf-8"))
+ALL_SECTIONS = sections(README.read_text(encoding="utf-8")) + [
+    section
+    for page in DOCS
+    for section in sections(page.read_text(encoding="utf-8"), "# ", f"docs/{page.name}")
+]
 RUNNABLE = [s for s in ALL_SECTIONS if s.runnable]
 
 # One interpreter per section runs its steps in README order: python blocks in a shared namespace,
@@ -120,9 +129,9 @@ namespace = {"__name__": "__main__"}
 for step in steps:
     if step["language"] == "python":
         try:
-            exec(compile("\n" * (step["line"]) + step["code"], "README.md", "exec"), namespace)
+            exec(compile("\n" * (step["line"]) + step["code"], step["file"], "exec"), namespace)
         except BaseException:
-            print(f"python block at README.md line {step['line']} failed:", file=sys.stderr)
+            print(f"python block at {step['file']} line {step['line']} failed:", file=sys.stderr)
             traceback.print_exc()
             sys.exit(1)
         continue
@@ -130,7 +139,7 @@ for step in steps:
         result = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
         if result.returncode != expected:
             print(
-                f"console block at README.md line {step['line']}: `{command}` (line {line}) exited "
+                f"console block at {step['file']} line {step['line']}: `{command}` (line {line}) exited "
                 f"{result.returncode}, expected {expected}\nstdout:\n{result.stdout[-2000:]}\n"
                 f"stderr:\n{result.stderr[-2000:]}",
                 file=sys.stderr,
@@ -172,6 +181,7 @@ def environment() -> dict[str, str]:
 def run_section(section: Section, folder: Path, attempt: str) -> None:
     steps = [
         {"language": b.language, "line": b.line, "code": b.code, "commands": commands(b)}
+        | {"file": section.file}
         for b in section.runnable
     ]
     (folder / ".readme-steps.json").write_text(json.dumps(steps))
@@ -181,12 +191,13 @@ def run_section(section: Section, folder: Path, attempt: str) -> None:
     )  # fmt: skip
     if result.returncode != 0:
         pytest.fail(
-            f"README section {section.title!r} (line {section.line}), {attempt} run: {result.stderr[-5000:]}",
+            f"{section.file} section {section.title!r} (line {section.line}), {attempt} run: "
+            f"{result.stderr[-5000:]}",
             pytrace=False,
         )
 
 
-@pytest.mark.parametrize("section", RUNNABLE, ids=[s.title for s in RUNNABLE])
+@pytest.mark.parametrize("section", RUNNABLE, ids=[f"{s.file}: {s.title}" for s in RUNNABLE])
 def test_the_readme_section_runs_as_written_twice(section: Section, fixtures: Path, tmp_path: Path) -> None:
     folder = tmp_path / "work"
     shutil.copytree(fixtures, folder, symlinks=True)
@@ -203,13 +214,26 @@ def test_a_snippet_that_works_only_once_fails_on_the_second_run(fixtures: Path, 
     )
     run_section(once, tmp_path / "work", "first")
     with pytest.raises(
-        pytest.fail.Exception, match=r"(?s)'Once' \(line 7\), second run: .*line 11.*already exists"
+        pytest.fail.Exception,
+        match=r"(?s)README.md section 'Once' \(line 7\), second run: .*line 11.*already exists",
     ):
         run_section(once, tmp_path / "work", "second")
 
 
 def test_the_readme_has_runnable_examples() -> None:
-    assert sum(len(s.runnable) for s in ALL_SECTIONS) >= 5
+    assert sum(len(s.runnable) for s in ALL_SECTIONS if s.file == "README.md") >= 2
+
+
+def test_the_docs_pages_have_runnable_examples() -> None:
+    """The pages the README's sections moved to keep their examples, and they run too."""
+    pages = {s.file for s in RUNNABLE if s.file.startswith("docs/")}
+    assert {"docs/catalogs.md", "docs/products.md", "docs/feed-sync.md", "docs/service.md"} <= pages
+
+
+def test_a_docs_page_is_one_section_however_many_subheadings_it_has() -> None:
+    text = "# Page\n\n```python\nx = 1\n```\n\n## Sub\n\n```python\ny = x\n```\n"
+    (page,) = sections(text, "# ", "docs/page.md")
+    assert page.title == "Page" and page.file == "docs/page.md" and len(page.runnable) == 2
 
 
 def test_the_block_parser_finds_lines_skips_and_continued_commands() -> None:

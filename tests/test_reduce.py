@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fashionrec_onnx import Catalog, CatalogCorruptError
-from fashionrec_onnx.datasets import SAMPLE_DIR
-from fashionrec_onnx.reduce import PCA
+from fashionrec_onnx.catalog.pca import PCA
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 from PIL import Image
 
-from fashionrec_onnx.datasets import SAMPLE_DIR, group_into_products
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR, group_into_products
 
 
 def _rows() -> list[dict[str, str]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fashionrec_onnx.errors import CatalogError
-from fashionrec_onnx.scan import Skipped, read_metadata, scan_folder
+from fashionrec_onnx.feeds.scan import Skipped, read_metadata, scan_folder
 
 NOT_UTF8 = os.fsdecode(b"caf\xe9")  # a Latin-1 name, as an old archive or camera writes it
 NOBODY = 65534

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from fashionrec_onnx.catalog import Catalog
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 from fashionrec_onnx.service.config import ServiceConfig
 from fashionrec_onnx.service.run import exposure_warning
 

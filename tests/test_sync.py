@@ -19,8 +19,8 @@ from killing import kill_when
 
 from fashionrec_onnx import Catalog, CatalogError
 from fashionrec_onnx.cli import main
-from fashionrec_onnx.download import DownloadSettings, ImageCache
 from fashionrec_onnx.errors import DownloadError
+from fashionrec_onnx.feeds.download import DownloadSettings, ImageCache
 
 FAST = DownloadSettings(timeout=0.3, deadline=5.0, max_bytes=1024 * 1024, retries=1, backoff=0.01)
 
@@ -337,7 +337,7 @@ SYNCER = textwrap.dedent(
     """
     import sys
     from fashionrec_onnx import Catalog
-    from fashionrec_onnx.download import DownloadSettings
+    from fashionrec_onnx.feeds.download import DownloadSettings
     catalog = Catalog.open_or_create(sys.argv[1], sys.argv[2])
     catalog.sync(sys.argv[3], batch_size=2, download=DownloadSettings(workers=1, timeout=5))
     catalog.close()

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fashionrec_onnx import CatalogError, ModelMismatchError
-from fashionrec_onnx import vector_files as vf
+from fashionrec_onnx.interchange import vector_files as vf
 
 DIM = 8
 FINGERPRINT = "model-a"

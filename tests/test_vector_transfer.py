@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from fashionrec_onnx import Catalog, ModelMismatchError
-from fashionrec_onnx import vector_files as vf
 from fashionrec_onnx.cli import main
-from fashionrec_onnx.datasets import SAMPLE_DIR
-from fashionrec_onnx.vector_transfer import export_vectors, import_vectors
+from fashionrec_onnx.interchange import vector_files as vf
+from fashionrec_onnx.interchange.vector_transfer import export_vectors, import_vectors
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 LABELS = SAMPLE_DIR / "labels.csv"
 
@@ -145,7 +145,7 @@ IMPORTER = textwrap.dedent(
     """
     import logging, sys
     from fashionrec_onnx import Catalog
-    from fashionrec_onnx.vector_transfer import import_vectors
+    from fashionrec_onnx.interchange.vector_transfer import import_vectors
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(message)s")
     with Catalog.open(sys.argv[1]) as catalog:
         import_vectors(catalog, sys.argv[2], batch_size=int(sys.argv[3]))

@@ -8,20 +8,23 @@ needs re-embedding.
 
 Modules, one job each: `facade` (the public `Catalog`), `core` (the open catalog's parts, locks
 and catch-up), `store` (SQLite), `vectors` (the vector file), `graph` (the HNSW graph file),
-`columns` (live items and metadata filters as masks), `search` (query planning), `oracle` (exact
-search in blocks), `querying` (answering a search: query vectors, snapshot, hits), `products`
-(grouping photos by product), `duplicates` (near-duplicate groups through the graph), `indexing`
-(folders), `removals` (removals that stick), `maintenance` (check, verify, PCA), `opening`
-(creating, opening, upgrading), `portable` (a model moved with its catalog), `migrate` (0.1.0
-catalogs).
+`hnsw` (the hnswlib wrapper), `pca` (the reduced graph's projection), `columns` (live items and
+metadata filters as masks), `search` (query planning), `oracle` (exact search in blocks),
+`querying` (answering a search: query vectors, snapshot, hits), `products` (grouping photos by
+product), `duplicates` (near-duplicate groups through the graph), `removals` (removals that
+stick), `maintenance` (check, verify, PCA), `opening` (creating, opening, upgrading), `portable`
+(a model moved with its catalog), `migrate` (0.1.0 catalogs), `jobs` (where `feeds` and
+`interchange` plug in folder indexing, feed sync and vectors import/export).
+
+Nothing here imports the packages built on the catalog (`feeds`, `interchange`, `quality`, `cli`,
+`service`).
 """
 
 from .columns import Filter
 from .duplicates import DuplicateGroup, DuplicateReport
-from .facade import Catalog, Hit
-from .indexing import IndexReport
+from .facade import Catalog
 from .maintenance import CheckReport
-from .querying import KeyQuery
+from .querying import Hit, KeyQuery
 from .store import Item, NewItem
 
 __all__ = [
@@ -31,7 +34,6 @@ __all__ = [
     "DuplicateReport",
     "Filter",
     "Hit",
-    "IndexReport",
     "KeyQuery",
     "Item",
     "NewItem",

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadArgumentError, CatalogCorruptError, CatalogError, ModelError
-from ..index import HnswParams, ReadWriteLock
 from ..model import ModelInfo
-from ..reduce import PCA
 from . import products
 from .columns import Liveness, MetadataColumns
 from .graph import GraphCache
+from .hnsw import HnswParams, ReadWriteLock
+from .pca import PCA
 from .store import Delta, NewItem, Store, disk_full, is_disk_full
 from .vectors import VectorFile
 

@@ -111,7 +111,8 @@ def _full_distances(core: CatalogCore, block: np.ndarray, found: np.ndarray) -> 
     """Squared distances from each item to its candidates, in the full stored space."""
     rows = core.vectors.read(np.where(found >= 0, found, 0).reshape(-1)).reshape(*found.shape, -1)
     squared = np.einsum("ijk,ijk->ij", rows, rows) + np.einsum("ik,ik->i", block, block)[:, None]
-    return squared - 2.0 * np.einsum("ijk,ik->ij", rows, block)
+    distances: np.ndarray = squared - 2.0 * np.einsum("ijk,ik->ij", rows, block)
+    return distances
 
 
 def calibrated_threshold(nearest: np.ndarray) -> float:
@@ -192,8 +193,8 @@ def _group(
         inside = np.isin(first, labels) & np.isin(second, labels)
         seen: dict[tuple[str, str], float] = {}
         for a, b, s in zip(first[inside].tolist(), second[inside].tolist(), sims[inside].tolist()):
-            pair = tuple(sorted((items[a].key, items[b].key)))
-            seen[pair] = max(seen.get(pair, -1.0), s)  # type: ignore[index]
+            low, high = sorted((items[a].key, items[b].key))
+            seen[low, high] = max(seen.get((low, high), -1.0), s)
         pairs = [(a, b, s) for (a, b), s in sorted(seen.items())]
     pairs.sort(key=lambda pair: -pair[2])
     return DuplicateGroup(keys, tuple(pairs))

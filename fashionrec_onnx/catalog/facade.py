@@ -15,24 +15,24 @@ import numpy as np
 from ..embedder import Embedder
 from ..errors import BadArgumentError, CatalogError, UnknownKeyError
 from ..images import Box, Source
-from ..index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from ..model import ModelInfo
-from ..reduce import PCA
-from . import indexing, maintenance, opening, products, removals
+from . import jobs, maintenance, opening, products, removals
 from . import search as planner
 from .columns import Filter
 from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
-from .indexing import IndexReport
+from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from .maintenance import CheckReport
 from .opening import ModelArg
-from .querying import Hit, KeyQuery, Querier, Queries, exact, is_vector, several, shown, unit
+from .pca import PCA
+from .querying import Hit, KeyQuery, Querier, Queries, Query, exact, is_vector, shown, unit
 from .store import DB_NAME, Item, NewItem
 
-if TYPE_CHECKING:
-    from ..download import DownloadSettings
-    from ..sync import SyncReport
-    from ..vector_transfer import ExportReport, ImportReport
+if TYPE_CHECKING:  # types only: these packages are built on the catalog and register its jobs
+    from ..feeds.download import DownloadSettings
+    from ..feeds.folders import IndexReport
+    from ..feeds.sync import SyncReport
+    from ..interchange.vector_transfer import ExportReport, ImportReport
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,8 @@ class Catalog:
 
     def vector(self, key: str) -> np.ndarray:
         """The stored embedding of an item."""
-        return self._core.vectors.read([self.get(key).label])[0]
+        vector: np.ndarray = self._core.vectors.read([self.get(key).label])[0]
+        return vector
 
     def vectors(self, keys: Iterable[str]) -> np.ndarray:
         """Stored embeddings of several items, in the order of ``keys``."""
@@ -306,6 +307,8 @@ class Catalog:
             "vector_file": core.vectors.path.name,
             "vector_rows": core.rows,
             "disk_bytes": sum(p.stat().st_size for p in self.path.iterdir() if p.is_file()),
+            "created_by": core.store.get_setting(opening.CREATED_BY),  # None: before 0.2.0
+            "written_by": core.store.get_setting(opening.WRITTEN_BY),
         }
 
     # -- writing --------------------------------------------------------------------------------------
@@ -424,7 +427,7 @@ class Catalog:
         ``metadata`` rows are matched to images by `metadata_match.RULE`; the report's
         ``metadata`` says how many matched, and which fit no image or several (given to none).
         """
-        return indexing.index_folder(
+        report: IndexReport = jobs.job("index_folder")(
             self,
             folder,
             metadata=metadata,
@@ -434,19 +437,18 @@ class Catalog:
             key_prefix=key_prefix,
             readd_removed=readd_removed,
         )
+        return report
 
     def import_vectors(self, path: str | os.PathLike[str], *, progress: bool = False) -> ImportReport:
         """Add the vectors of Parquet files written by `fashionrec embed` or `export_vectors`
         (see `vector_transfer.import_vectors`): incremental, one transaction a batch."""
-        from ..vector_transfer import import_vectors
-
-        return import_vectors(self, path, progress=progress)
+        report: ImportReport = jobs.job("import_vectors")(self, path, progress=progress)
+        return report
 
     def export_vectors(self, path: str | os.PathLike[str]) -> ExportReport:
         """Write every item and vector in the Parquet layout `import_vectors` reads."""
-        from ..vector_transfer import export_vectors
-
-        return export_vectors(self, path)
+        report: ExportReport = jobs.job("export_vectors")(self, path)
+        return report
 
     def sync(
         self,
@@ -463,10 +465,8 @@ class Catalog:
         """Bring the catalog in step with a product feed (CSV or JSON lines, one row per image):
         new images added, changed ones re-embedded, changed fields rewritten, images gone from
         the feed removed (only items under ``key_prefix``, which the feed owns). Rows that fail
-        are reported and leave their item as it was. See `fashionrec_onnx.sync` for the rules."""
-        from ..sync import sync_feed
-
-        return sync_feed(
+        are reported and leave their item as it was. See `fashionrec_onnx.feeds.sync` for the rules."""
+        report: SyncReport = jobs.job("sync")(
             self,
             feed,
             images_root=images_root,
@@ -477,6 +477,7 @@ class Catalog:
             download=download,
             progress=progress,
         )
+        return report
 
     # -- searching ------------------------------------------------------------------------------------
 
@@ -524,8 +525,9 @@ class Catalog:
         """Items like the one stored under ``key`` (itself left out), or like several keys and
         unlike the ``negative`` keys. Unlike `search`, a string here is only ever a key, never a
         file: the entry point for remote callers."""
-        queries = [self._key_query(x) for x in several(key)]
-        unlike = [self._key_query(x) for x in negative or []]
+        keys = key if isinstance(key, (list, tuple)) else [key]
+        queries: list[Query] = [self._key_query(x) for x in keys]
+        unlike: list[Query] = [self._key_query(x) for x in negative or []]
         return self._querier.answer(
             planner.search, queries, k, filter, None, collapse_duplicates, group_by, unlike or None
         )

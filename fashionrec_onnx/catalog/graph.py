@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CatalogCorruptError
-from ..index import HnswIndex, HnswParams
+from .hnsw import HnswIndex, HnswParams
 from .store import Delta, Store, disk_full, is_disk_full
 from .vectors import VectorFile
 

@@ -12,13 +12,28 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CatalogError
-from ..evaluation import recall_at_k
-from ..reduce import PCA
 from . import oracle
 from .core import CatalogCore
+from .pca import PCA
 from .search import _pool, rerank
 
 log = logging.getLogger(__name__)
+
+
+def recall_at_k(approximate: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean fraction of the exact top-k that the approximate top-k found (ids, row per query).
+
+    Padding ids (-1) never count as found.
+    """
+    approximate = np.asarray(approximate)[:, :k]
+    exact = np.asarray(exact)[:, :k]
+    if len(exact) == 0 or exact.shape[1] == 0:
+        return 1.0
+    hits = [
+        len(set(a[a >= 0].tolist()) & set(e[e >= 0].tolist())) / max(1, int((e >= 0).sum()))
+        for a, e in zip(approximate, exact)
+    ]
+    return float(np.mean(hits))
 
 
 @dataclass(frozen=True)

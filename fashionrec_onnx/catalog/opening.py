@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .._version import __version__
 from ..embedder import Embedder
 from ..errors import CatalogError, ModelError, ModelMismatchError
-from ..index import HnswParams
 from ..model import ModelInfo, read_model_info
 from . import maintenance, products
 from .core import LOCK_NAME, CatalogCore, locked_open
+from .hnsw import HnswParams
 from .migrate import migrate_v1, needs_migration
 from .store import DB_NAME, SCHEMA_VERSION, Store
 from .vectors import VectorFile, file_name
@@ -34,6 +35,10 @@ CATALOG_FORMAT = "2"
 ModelArg = str | os.PathLike | Embedder
 PROBE_SIMILARITY = 0.999  # a model must embed the probe image as it did when the catalog was made
 MODEL_NAME = "model.onnx"  # a model copied into the catalog directory (`--copy-model`) goes here
+# The fashionrec-onnx versions that created the catalog and last opened it for writing (catalogs
+# made before 0.2.0 have neither until a 0.2.0 or later opens them for writing).
+CREATED_BY = "version.created"
+WRITTEN_BY = "version.written"
 
 
 @contextlib.contextmanager
@@ -117,6 +122,8 @@ def _write_new(
         settings.update(
             {
                 "schema_version": str(SCHEMA_VERSION),
+                CREATED_BY: __version__,
+                WRITTEN_BY: __version__,
                 "catalog_format": CATALOG_FORMAT,
                 "model_path": recorded_model_path(root, model_path),
                 "hnsw.M": str(params.M),
@@ -166,6 +173,8 @@ def open_core(
     store = Store(database, readonly=readonly)
     try:
         core = CatalogCore(root, store, readonly=readonly)
+        if not readonly and store.get_setting(WRITTEN_BY) != __version__:
+            store.set_settings({WRITTEN_BY: __version__})  # no new generation: no item changed
         model_path = located_model(root, store.get_setting("model_path", "") or "")
         embedder = None
         if model is not None:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..reduce import FEW
 from . import kernels
+from .pca import FEW
 from .vectors import VectorFile
 
 FEW_ROWS = 64  # a re-rank's candidates: a loop on this thread beats any BLAS call

@@ -78,7 +78,7 @@ def combined(positives: list[np.ndarray], negatives: list[np.ndarray]) -> np.nda
     negatives is used exactly as given, so it searches exactly as a plain search does."""
     if len(positives) == 1 and not negatives:
         return positives[0]
-    vector = np.mean(positives, axis=0, dtype=np.float64)
+    vector = np.asarray(np.mean(positives, axis=0, dtype=np.float64))
     if negatives:
         vector = vector - NEGATIVE_WEIGHT * np.mean(negatives, axis=0, dtype=np.float64)
     norm = float(np.linalg.norm(vector))
@@ -164,14 +164,14 @@ class Querier:
             raise BadArgumentError(
                 f"{query[:200]!r} is a key in {self._core.root}; a box crops an image, so pass an image file"
             )
-        return self._embedder().embed_one(query, box=box)  # type: ignore[arg-type]
+        return self._embedder().embed_one(query, box=box)
 
     def _prepared(self, query: Query, box: Box | None) -> np.ndarray | None:
         """An image's vector, embedded before any lock is taken (None for keys and vectors)."""
         if box is not None:
             return self.embed_region(query, box)
         if not isinstance(query, (str, KeyQuery)) and not is_vector(query):
-            return self._embedder().embed_one(query)  # type: ignore[arg-type]
+            return self._embedder().embed_one(query)
         return None
 
     @contextlib.contextmanager
@@ -266,11 +266,11 @@ class Querier:
             if item is None:
                 continue
             d = max(float(distance), 0.0)
-            others = tuple(items[x].key for x in photos.get(label, NO_LABELS).tolist() if x in items)
+            shots = tuple(items[x].key for x in photos.get(label, NO_LABELS).tolist() if x in items)
             product = products.name(label) if products is not None else None
             hits.append(
                 Hit(
-                    len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata), product, others
+                    len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata), product, shots
                 )
             )
         return hits

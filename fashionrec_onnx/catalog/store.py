@@ -306,7 +306,7 @@ class Store:
         return rows[0][0] if rows else default
 
     def settings(self) -> dict[str, str]:
-        return dict(self._read("SELECT name, value FROM settings"))  # type: ignore[arg-type]
+        return dict(self._read("SELECT name, value FROM settings"))
 
     def set_settings(self, values: dict[str, str], *, bump: bool = False) -> int:
         """``bump`` for settings that other open catalogs must take in (ef, the reduction)."""
@@ -399,7 +399,7 @@ class Store:
         return {row[0]: _item(row) for row in rows}
 
     def keys_by_path(self, paths: Sequence[str]) -> dict[str, str]:
-        return dict(self._read_chunked("SELECT path, key FROM items WHERE path IN ({marks})", paths))  # type: ignore[arg-type]
+        return dict(self._read_chunked("SELECT path, key FROM items WHERE path IN ({marks})", paths))
 
     def iter_items(self, batch: int = 10_000) -> Iterator[Item]:
         """Every item in label order, read in batches (a million items never sit in memory)."""
@@ -416,14 +416,14 @@ class Store:
     def items_under(self, folder: str) -> list[tuple[str, str]]:
         """``(key, path)`` of items whose path lies below ``folder`` (a prefix range on the index)."""
         prefix = folder.rstrip("/") + "/"
-        return self._read(  # type: ignore[return-value]
+        return self._read(
             "SELECT key, path FROM items WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0")
         )
 
     def items_with_key_prefix(self, prefix: str) -> list[tuple[str, str | None]]:
         """``(key, path)`` of items whose key starts with ``prefix`` (a range on the key index)."""
         end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # UTF-8 byte order is code point order
-        return self._read(  # type: ignore[return-value]
+        return self._read(
             "SELECT key, path FROM items WHERE key >= ? AND key < ? ORDER BY key", (prefix, end)
         )
 

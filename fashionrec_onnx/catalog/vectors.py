@@ -113,7 +113,7 @@ class VectorFile:
         offset = HEADER_BYTES + start * self.row_bytes
         fd = os.open(self.path, os.O_RDWR)
         try:
-            view = memoryview(data).cast("B")
+            view = data.data.cast("B")
             written = 0
             while written < len(view):
                 written += os.pwrite(fd, view[written:], offset + written)

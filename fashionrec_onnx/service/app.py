@@ -22,16 +22,16 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from .. import __version__
+from .._version import __version__
 from ..catalog import Catalog
 from ..errors import BadArgumentError, FashionrecError
 from ..images import parse_box
-from ..upload_guard import MULTIPART_OVERHEAD, UploadGuard
 from .config import ServiceConfig
 from .errors import ServiceError, bad_parameter
 from .metrics import Metrics, MetricsMiddleware
 from .schemas import MULTIPART_SCHEMA, ErrorOut, Health, ItemOut, JsonQuery, SearchAnswer
 from .searching import Query, Searcher, check_filter, parse_flag, parse_json_field, parse_k
+from .upload_guard import MULTIPART_OVERHEAD, UploadGuard
 
 log = logging.getLogger("fashionrec.service")
 

@@ -8,10 +8,10 @@ label set. With several workers each keeps its own counts (a scrape reaches one 
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 
-from ..upload_guard import ASGIApp, Message, Receive, Scope, Send
+from .upload_guard import ASGIApp, Message, Receive, Scope, Send
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROUTES = ("/search", "/health", "/metrics", "/docs", "/openapi.json")
@@ -29,7 +29,7 @@ class Metrics:
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.buckets: dict[str, list[int]] = {}
-        self.sums: Counter[str] = Counter()
+        self.sums: defaultdict[str, float] = defaultdict(float)
         self.counts: Counter[str] = Counter()
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -41,7 +41,7 @@ class Metrics:
         self.sums[route] += seconds
         self.counts[route] += 1
 
-    def render(self, gauges: dict[str, tuple[str, float]]) -> str:
+    def render(self, gauges: Mapping[str, tuple[str, float]]) -> str:
         """The text exposition format; ``gauges`` maps a name to (help, value)."""
         lines = [
             "# HELP fashionrec_requests_total HTTP requests answered, by route, method and status.",

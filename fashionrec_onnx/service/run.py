@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import ipaddress
 import os
+from typing import Any
 
 from ..catalog import Catalog
 from ..errors import FashionrecError
@@ -66,7 +67,7 @@ def serve(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, work
     from .tcp import TcpConfig
 
     os.environ[ENV_NAME] = config.to_env()
-    options = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": 5}
+    options: dict[str, Any] = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": 5}
     server_config = TcpConfig(FACTORY, factory=True, host=host, port=port, workers=workers, **options)
     server = uvicorn.Server(server_config)
     try:

@@ -57,8 +57,10 @@ def parse_json_field(name: str, text: str, kind: type) -> Any:
     """A form field holding JSON (``filter``: an object, ``negative``: a list)."""
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise bad_parameter(f"{name} must be JSON ({exc.msg} at character {exc.pos})") from exc
+    except ValueError as exc:  # valid JSON that Python refuses, such as an integer of 5,000 digits
+        raise bad_parameter(f"{name} must be JSON that fits: {exc}") from exc
     if not isinstance(value, kind):
         raise bad_parameter(f"{name} must be a JSON {'object' if kind is dict else 'list'}")
     return value

@@ -1,0 +1,40 @@
+"""The jobs built on top of the catalog (indexing a folder, syncing a feed, importing and
+exporting vectors) register here, so that `Catalog` offers them as methods without importing
+the packages above it: `feeds` and `interchange` register theirs when they are imported, and
+``import fashionrec_onnx`` imports both."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import FashionrecError
+
+Job = Callable[..., Any]
+
+PROVIDERS = {
+    "index_folder": "fashionrec_onnx.feeds",
+    "sync": "fashionrec_onnx.feeds",
+    "import_vectors": "fashionrec_onnx.interchange",
+    "export_vectors": "fashionrec_onnx.interchange",
+}
+
+_registered: dict[str, Job] = {}
+
+
+def register(name: str, job: Job) -> None:
+    """Make ``job(catalog, ...)`` the body of ``Catalog.<name>``."""
+    if name not in PROVIDERS:
+        raise ValueError(f"no Catalog method {name!r} takes a job; known: {', '.join(PROVIDERS)}")
+    _registered[name] = job
+
+
+def job(name: str) -> Job:
+    """The registered body of ``Catalog.<name>``."""
+    try:
+        return _registered[name]
+    except KeyError:
+        raise FashionrecError(
+            f"Catalog.{name} is provided by {PROVIDERS[name]}, which is not imported; "
+            f"`import {PROVIDERS[name]}` first."
+        ) from None

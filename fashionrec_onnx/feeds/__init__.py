@@ -1,0 +1,32 @@
+"""Getting products in: scanning image folders and indexing them, reading shop feeds, downloading
+their images, keeping a catalog in step with a feed. Built on `catalog`, which never imports it.
+
+Modules: `scan` (walking a folder, reading metadata files), `metadata_match` (metadata rows to
+images), `folders` (`Catalog.index_folder`), `feed` (reading a feed), `download` (fetching and
+caching images), `sync` (`Catalog.sync`). Importing this package registers those two jobs with
+the catalog (`catalog.jobs`); `sync` and `download` are imported when a sync runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..catalog import jobs
+from .folders import IndexReport, index_folder
+
+if TYPE_CHECKING:
+    from ..catalog import Catalog
+    from .sync import SyncReport
+
+
+def _sync(catalog: Catalog, feed: str | os.PathLike[str], **options: Any) -> SyncReport:
+    from .sync import sync_feed  # urllib and the download machinery load only when a sync runs
+
+    return sync_feed(catalog, feed, **options)
+
+
+jobs.register("index_folder", index_folder)
+jobs.register("sync", _sync)
+
+__all__ = ["IndexReport", "index_folder"]

@@ -1,0 +1,105 @@
+"""A shop's product feed: CSV (header row) or JSON lines, one row per image.
+
+Each row names its product (the product column, default ``product_id``) and its image (the image
+column, default ``image``: a path, relative to the images root or the feed's folder, or an http(s)
+URL); every other column is metadata. The product id is kept as text in the metadata field named
+like its column. A row without image or product id, or repeating an image given on an earlier
+row, is a `BadRow`; reading goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import CatalogError
+from .scan import _read_csv, _read_json_lines
+
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+@dataclass(frozen=True)
+class FeedRow:
+    """One image of a product: ``image`` as written in the feed, ``fields`` its metadata (the
+    product id included)."""
+
+    line: int
+    image: str
+    product: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row that cannot be synced, and why; ``image`` when the row named one."""
+
+    line: int
+    image: str | None
+    reason: str
+
+
+@dataclass
+class Feed:
+    path: Path
+    product_column: str
+    image_column: str
+    rows: list[FeedRow] = field(default_factory=list)
+    bad: list[BadRow] = field(default_factory=list)
+
+
+def _text(value: Any) -> str:
+    """A cell as text: JSON numbers (a product id of 1042) read like CSV's ``"1042"``."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def read_feed(
+    path: str | os.PathLike[str], *, product_column: str = "product_id", image_column: str = "image"
+) -> Feed:
+    """Read and check a feed; a missing file or column is a `CatalogError` saying what to pass."""
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise CatalogError(f"feed {source} does not exist.")
+    rows = _read_json_lines(source) if source.suffix.lower() in JSON_SUFFIXES else _read_csv(source)
+    if not rows:
+        raise CatalogError(
+            f"feed {source} has no rows; a sync would remove every item it added before. "
+            "Check the file (to empty the catalog, remove its items with `fashionrec remove`)."
+        )
+    columns = {name for _, row in rows for name in row if name is not None}
+    for column, option in ((product_column, "--product-column"), (image_column, "--image-column")):
+        if column not in columns:
+            raise CatalogError(
+                f"feed {source} has no {column!r} column (it has {', '.join(sorted(map(repr, columns)))}); "
+                f"name the right one with {option}."
+            )
+    feed = Feed(source, product_column, image_column)
+    first_line: dict[str, int] = {}
+    for line, row in rows:
+        image = _text(row.get(image_column))
+        product = _text(row.get(product_column))
+        if not image:
+            feed.bad.append(BadRow(line, None, f"no {image_column!r} value"))
+            continue
+        if image in first_line:
+            feed.bad.append(
+                BadRow(line, image, f"the same image as line {first_line[image]}; give each image once")
+            )
+            continue
+        first_line[image] = line
+        if not product:
+            feed.bad.append(BadRow(line, image, f"no {product_column!r} value"))
+            continue
+        fields = {
+            name: value
+            for name, value in row.items()
+            if name is not None and name != image_column and value is not None
+        }
+        fields[product_column] = product
+        feed.rows.append(FeedRow(line, image, product, fields))
+    return feed

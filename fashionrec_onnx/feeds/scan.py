@@ -1,0 +1,278 @@
+"""What to index: image files under a folder, and optional metadata read from CSV or JSON lines.
+
+Neither reader stops at one bad entry. A folder it cannot read, a link leading back into the
+tree, or a file name that is not UTF-8 (it could not be stored as a key) is reported as skipped
+and the scan goes on; doubtful metadata (a key given twice, a quote that swallows later rows) is
+a warning naming the file and line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import CatalogError
+from ..images import IMAGE_SUFFIXES
+from .metadata_match import MetadataTable
+
+log = logging.getLogger(__name__)
+
+KEY_COLUMNS = ("key", "path", "id", "filename", "file")
+DUPLICATE_EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image on disk: its key (the key prefix, then the path relative to the indexed folder),
+    that relative path (what metadata files name) and change markers."""
+
+    key: str
+    path: Path
+    size: int
+    mtime_ns: int
+    relative: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file or folder the scan left out, and why; ``relative`` is printable (see `printable`).
+
+    ``folder`` entries hid whatever they hold: items indexed from there before are not gone.
+    """
+
+    relative: str
+    reason: str
+    folder: bool = False
+
+
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name shown as ``\\xe9`` escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_utf8(text: str) -> bool:
+    """False for names holding bytes that are not UTF-8 (Python keeps them as lone surrogates,
+    which SQLite, JSON and the terminal all refuse)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _warn_skipped(skipped: Skipped) -> None:
+    log.warning("skipped %s: %s", skipped.relative, skipped.reason)
+
+
+def scan_folder(
+    folder: str | os.PathLike[str],
+    key_prefix: str = "",
+    on_skip: Callable[[Skipped], None] | None = None,
+) -> Iterator[ImageFile]:
+    """Image files below ``folder``, recursively, in a stable order; hidden entries skipped.
+
+    Links to folders outside the tree are followed, each folder once; links back into the tree
+    are not (loops, second keys). What cannot be indexed goes to ``on_skip`` (default: a
+    logged warning), and the scan goes on.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise CatalogError(f"{printable(str(root))} is not a folder of images.")
+    root = root.resolve()
+    if not is_utf8(str(root)):
+        raise CatalogError(f"the folder name {printable(str(root))} is not valid UTF-8: rename it.")
+    if not is_utf8(key_prefix):
+        raise CatalogError(f"the key prefix '{printable(key_prefix)}' is not valid UTF-8.")
+    skip = on_skip or _warn_skipped
+    seen = {_identity(root.stat())}
+    pending = [(root, "")]  # folders still to scan, the next one last
+    while pending:
+        directory, relative = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            skip(Skipped(printable(relative or "."), f"cannot read this folder ({exc.strerror})", True))
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            name = relative + entry.name
+            image = Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+            if not (image or entry.is_symlink() or entry.is_dir(follow_symlinks=False)):
+                continue  # a plain file that is not an image: not worth a stat
+            try:
+                info = entry.stat()  # follows links
+            except OSError as exc:
+                if image or exc.errno == errno.ELOOP:
+                    skip(Skipped(printable(name), f"cannot read it ({exc.strerror})"))
+                continue  # else: a dangling link that is no image, or gone while scanning
+            if entry.is_dir():
+                problem = _folder_problem(entry, info, root, seen)
+                if problem:
+                    skip(Skipped(printable(name + "/"), problem, folder=not is_utf8(entry.name)))
+                else:
+                    seen.add(_identity(info))
+                    subfolders.append((Path(entry.path), name + "/"))
+            elif image and not is_utf8(entry.name):
+                skip(Skipped(printable(name), "the file name is not valid UTF-8: rename it"))
+            elif image:
+                yield ImageFile(key_prefix + name, Path(entry.path), info.st_size, info.st_mtime_ns, name)
+        pending.extend(reversed(subfolders))
+
+
+def _folder_problem(entry: os.DirEntry[str], info: os.stat_result, root: Path, seen: set) -> str | None:
+    """Why a subfolder is not scanned, if it is not. A link to a folder is followed only when it
+    leads out of the tree to a folder not scanned yet: a link to a folder above it would loop, a
+    link into the tree would give images a second key, and so would a second link outside."""
+    if not is_utf8(entry.name):
+        return "the folder name is not valid UTF-8: rename it"
+    if not entry.is_symlink():
+        return None
+    target = Path(entry.path).resolve()
+    if Path(entry.path).parent.resolve().is_relative_to(target):
+        return f"a link to {printable(str(target))}, a folder above it (a loop): not followed"
+    if target.is_relative_to(root):
+        inside = target.relative_to(root).as_posix()
+        where = "the indexed folder itself" if inside == "." else f"{printable(inside)}/"
+        return f"a link to {where}, which is indexed under its own name: not followed"
+    if _identity(info) in seen:
+        return f"a link to {printable(str(target))}, scanned already through another link: not followed"
+    return None
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+# -- metadata -----------------------------------------------------------------------------
+
+
+def read_metadata(path: str | os.PathLike[str]) -> MetadataTable:
+    """Metadata by key from a CSV (header row) or JSON lines file, with each row's line.
+
+    The key column is the first of key, path, id, filename, file that exists (else the first
+    column); how its values are matched to images is `metadata_match.RULE`. A key given on
+    several rows takes the last one (with a warning).
+    """
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise CatalogError(f"metadata file {source} does not exist.")
+    if source.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        rows = _read_json_lines(source)
+    else:
+        rows = _read_csv(source)
+    if not rows:
+        return MetadataTable({}, source=str(source))
+    columns = list(rows[0][1])
+    key_column = next((c for c in KEY_COLUMNS if c in columns), columns[0])
+    table: dict[str, dict[str, Any]] = {}
+    lines: dict[str, int] = {}
+    repeated: list[str] = []
+    for line, row in rows:
+        key = row.get(key_column)
+        if key in (None, ""):
+            raise CatalogError(f"{source}, line {line}: no {key_column!r} value.")
+        if str(key) in table:
+            repeated.append(str(key))
+        table[str(key)] = {k: v for k, v in row.items() if k != key_column and k is not None}
+        lines[str(key)] = line
+    if repeated:
+        _warn_duplicates(source, rows, key_column, repeated)
+    return MetadataTable(table, lines=lines, key_column=key_column, source=str(source))
+
+
+def _read_json_lines(source: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line."""
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"cannot read metadata file {source}: {exc}") from exc
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except RecursionError:
+            raise CatalogError(
+                f"{source}, line {number}: the JSON is nested too deeply to read; flatten the metadata."
+            ) from None
+        except ValueError as exc:  # JSONDecodeError, and numbers too long to convert
+            raise CatalogError(f"{source}, line {number}: not valid JSON ({exc}).") from exc
+        if not isinstance(row, dict):
+            raise CatalogError(f"{source}, line {number}: every JSON line must be an object.")
+        rows.append((number, row))
+    return rows
+
+
+def _read_csv(source: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(first line, row) for every CSV row; a row swallowing later ones is warned about."""
+    rows = []
+    with _opened(source) as handle:
+        reader = csv.DictReader(handle)
+        try:
+            columns = reader.fieldnames or []  # reads the header
+            end = reader.line_num
+            for row in reader:
+                start, end = end + 1, reader.line_num
+                if end > start:
+                    _warn_swallowed_rows(source, start, end, row, columns)
+                rows.append((start, row))
+        except csv.Error as exc:
+            hint = " (a quote that is never closed?)" if "field larger than" in str(exc) else ""
+            raise CatalogError(f"{source}, line {reader.line_num}: {exc}{hint}.") from exc
+    return rows
+
+
+@contextlib.contextmanager
+def _opened(source: Path) -> Iterator[TextIO]:
+    """The CSV file as text; read errors (I/O, not UTF-8) become one `CatalogError`."""
+    try:
+        with source.open(newline="", encoding="utf-8-sig") as handle:
+            yield handle
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"cannot read metadata file {source}: {exc}") from exc
+
+
+def _warn_swallowed_rows(
+    source: Path, start: int, end: int, row: dict[str, Any], columns: Sequence[str]
+) -> None:
+    """A quoted value running over several lines, where those lines look like rows of their own:
+    almost always a quote that is never closed, so every row up to the next quote is lost."""
+    if len(columns) < 2:
+        return
+    for value in row.values():
+        if not isinstance(value, str) or "\n" not in value:
+            continue
+        later = value.splitlines()[1:]
+        if any(line.count(",") >= len(columns) - 1 for line in later):
+            log.warning(
+                "%s, line %d: a quoted value runs on to line %d, taking the %d lines after it as "
+                "text instead of rows; check that line for a quote that is never closed",
+                source, start, end, end - start,
+            )  # fmt: skip
+            return
+
+
+def _warn_duplicates(
+    source: Path, rows: list[tuple[int, dict[str, Any]]], key_column: str, repeated: list[str]
+) -> None:
+    """One warning for the file: how many keys repeat, and the lines of the first few."""
+    keys = list(dict.fromkeys(repeated))
+    examples = "; ".join(
+        f"{key!r} on lines {', '.join(str(line) for line, row in rows if str(row.get(key_column)) == key)}"
+        for key in keys[:DUPLICATE_EXAMPLES]
+    )
+    log.warning(
+        "%s: %d key(s) appear on more than one row, and the last row wins (%s)", source, len(keys), examples
+    )

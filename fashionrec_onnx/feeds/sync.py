@@ -1,0 +1,267 @@
+"""Keeping a catalog in step with a product feed (`Catalog.sync`, `fashionrec sync`).
+
+The rules, which the README's "Feed sync" section states for users:
+
+- **Keys.** A row's item is stored under ``key_prefix`` (default ``feed/``) + its image as
+  written in the feed (``feed/dress/red-1.jpg``, ``feed/https://cdn.shop/p/1042-front.jpg``).
+  The image identifies the photo; which product it belongs to is a field that may change.
+- **Ownership.** The feed owns exactly the keys under its prefix. An owned item whose image is no
+  longer in the feed is removed; nothing else ever is (folders indexed without that prefix are
+  safe). Two feeds in one catalog need two prefixes.
+- **Changes.** A local image is re-embedded when its path, size or mtime changed (as `index`
+  does); a URL image when its bytes changed: it is cached in ``<catalog>/feed-images/`` under
+  the digest of its bytes, and the item's path is that file. Changed fields are rewritten in
+  place, without re-embedding.
+- **Failures.** A row that cannot be synced (no product id, a missing file, 404, a timeout, too
+  large, not an image) is reported, and its item, if it had one, is left exactly as it was:
+  neither removed nor changed. The next sync tries again.
+- **Idempotence and crashes.** What a run writes depends only on the feed and the catalog, each
+  batch is one transaction, and removals come last: a second run writes nothing (the catalog's
+  generation stays), and a run killed at any moment then run again ends where an uninterrupted
+  run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tqdm import tqdm
+
+from ..errors import CatalogError
+from .download import DownloadSettings, Fetched, ImageCache, is_url
+from .feed import Feed, FeedRow, read_feed
+
+if TYPE_CHECKING:
+    from ..catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEY_PREFIX = "feed/"
+CACHE_FOLDER = "feed-images"
+REMOVE_BATCH = 500
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FailedRow:
+    """A feed row that was not synced; its item (if any) is kept as it was."""
+
+    line: int
+    key: str | None
+    image: str | None
+    reason: str
+
+
+@dataclass
+class SyncReport:
+    """What a sync did: ``added`` and ``reembedded`` went through the model, ``updated`` had only
+    their fields rewritten, ``removed`` left the feed. ``downloaded`` images were transferred,
+    ``not_modified`` ones answered 304 from the cache."""
+
+    rows: int = 0
+    added: int = 0
+    reembedded: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: list[FailedRow] = field(default_factory=list)
+    downloaded: int = 0
+    not_modified: int = 0
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.reembedded or self.updated or self.removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "changed": self.changed}
+
+
+@dataclass(frozen=True)
+class _Image:
+    """A row's image, ready to compare with the stored item and to embed."""
+
+    row: FeedRow
+    key: str
+    path: str
+    size: int | None
+    mtime_ns: int | None
+
+
+def sync_feed(
+    catalog: Catalog,
+    feed: str | os.PathLike[str],
+    *,
+    images_root: str | os.PathLike[str] | None = None,
+    product_column: str = "product_id",
+    image_column: str = "image",
+    key_prefix: str = DEFAULT_KEY_PREFIX,
+    batch_size: int = 32,
+    download: DownloadSettings | None = None,
+    progress: bool = False,
+) -> SyncReport:
+    started = time.perf_counter()
+    if not key_prefix:
+        raise CatalogError(
+            "a feed needs a key prefix (default 'feed/'): it owns the keys under it, and with none it "
+            "would own, and could remove, every item of the catalog."
+        )
+    parsed = read_feed(feed, product_column=product_column, image_column=image_column)
+    _claim_product_field(catalog, product_column)
+    report = SyncReport(rows=len(parsed.rows) + len(parsed.bad))
+    report.failed.extend(
+        FailedRow(bad.line, key_prefix + bad.image if bad.image else None, bad.image, bad.reason)
+        for bad in parsed.bad
+    )
+    root = Path(images_root).expanduser() if images_root is not None else parsed.path.parent
+    cache = ImageCache(Path(catalog.path).resolve() / CACHE_FOLDER, download)
+    fetched: list[Fetched] = []
+    with tqdm(total=len(parsed.rows), unit="row", desc="syncing", disable=not progress) as bar:
+        for chunk in _chunks(
+            _images(parsed, root.resolve(), key_prefix, cache, report, fetched), batch_size * 4
+        ):
+            _apply(catalog, chunk, report, batch_size)
+            done = report.unchanged + report.added + report.reembedded + report.updated + len(report.failed)
+            bar.update(done - len(parsed.bad) - bar.n)  # rows that failed before the model count too
+    owned = _owned(catalog, key_prefix)
+    present = {key_prefix + row.image for row in parsed.rows} | {f.key for f in report.failed if f.key}
+    gone = [key for key in owned if key not in present]
+    for batch in _chunks(gone, REMOVE_BATCH):
+        report.removed += _forget(catalog, batch)
+    catalog.save()
+    _prune_cache(catalog, cache, fetched)
+    report.seconds = time.perf_counter() - started
+    if report.failed:
+        log.warning(
+            "%d feed row(s) could not be synced; their items were left as they were", len(report.failed)
+        )
+    return report
+
+
+def _claim_product_field(catalog: Catalog, column: str) -> None:
+    """The feed's product column names the catalog's products, unless they are named otherwise."""
+    current = catalog.product_field
+    if current is None:
+        catalog.set_product_field(column)
+    elif current != column:
+        raise CatalogError(
+            f"{catalog.path} groups photos into products by the field {current!r}, but this feed's "
+            f"product column is {column!r}. Pass --product-column {current} (product_column="
+            f"{current!r}) if that column holds the product ids, or change the catalog's product "
+            f"field (--product-field {column}, Catalog.set_product_field({column!r}))."
+        )
+
+
+def _images(
+    feed: Feed, root: Path, prefix: str, cache: ImageCache, report: SyncReport, fetched: list[Fetched]
+) -> Iterator[_Image]:
+    """Every row's image: local files first (a stat each), then URLs (downloaded several at a
+    time); rows whose image cannot be had go to the report."""
+    urls = []
+    for row in feed.rows:
+        if is_url(row.image):
+            urls.append(row)
+            continue
+        if "://" in row.image:
+            reason = "only http:// and https:// URLs are downloaded; give other images as paths"
+            report.failed.append(FailedRow(row.line, prefix + row.image, row.image, reason))
+            continue
+        path = Path(os.path.normpath(root / Path(row.image).expanduser()))
+        try:
+            info = path.stat()
+        except OSError as exc:
+            reason = (
+                "file not found" if isinstance(exc, FileNotFoundError) else f"cannot read it ({exc.strerror})"
+            )
+            report.failed.append(FailedRow(row.line, prefix + row.image, row.image, f"{reason}: {path}"))
+            continue
+        if not path.is_file():
+            report.failed.append(FailedRow(row.line, prefix + row.image, row.image, f"not a file: {path}"))
+            continue
+        yield _Image(row, prefix + row.image, str(path), info.st_size, info.st_mtime_ns)
+    for row, (_, result) in zip(urls, cache.fetch_many(row.image for row in urls)):
+        if isinstance(result, Fetched):
+            fetched.append(result)
+            report.downloaded += result.transferred
+            report.not_modified += not result.transferred
+            yield _Image(row, prefix + row.image, str(result.path), result.size, None)
+        else:
+            report.failed.append(FailedRow(row.line, prefix + row.image, row.image, result.reason))
+
+
+def _apply(catalog: Catalog, images: list[_Image], report: SyncReport, batch_size: int) -> None:
+    """Compare a chunk of rows with their items; rewrite changed fields, embed changed images."""
+    known = catalog.get_many(image.key for image in images)
+    fields: dict[str, dict[str, Any]] = {}
+    todo: list[_Image] = []
+    for image in images:
+        item = known.get(image.key)
+        if item is None or (item.path, item.size, item.mtime_ns) != (
+            image.path,
+            image.size,
+            image.mtime_ns,
+        ):
+            todo.append(image)
+        elif item.metadata != image.row.fields:
+            fields[image.key] = image.row.fields
+        else:
+            report.unchanged += 1
+    if fields:
+        report.updated += catalog.update_metadata(fields)
+    if not todo:
+        return
+    for result in catalog.embedder.iter_batches([image.path for image in todo], batch_size=batch_size):
+        done = [todo[int(index)] for index in result.indices]
+        if done:
+            catalog.add_many(
+                [image.key for image in done],
+                result.vectors,
+                paths=[image.path for image in done],
+                metadata=[image.row.fields for image in done],
+                sizes=[image.size for image in done],
+                mtimes_ns=[image.mtime_ns for image in done],
+            )
+        for image in done:
+            if image.key in known:
+                report.reembedded += 1
+            else:
+                report.added += 1
+        for failure in result.failures:
+            image = todo[failure.index]
+            report.failed.append(FailedRow(image.row.line, image.key, image.row.image, failure.reason))
+
+
+def _owned(catalog: Catalog, prefix: str) -> list[str]:
+    """Keys of the items under the feed's prefix (through the store's key index)."""
+    return catalog.keys(prefix)
+
+
+def _forget(catalog: Catalog, keys: list[str]) -> int:
+    """Remove items whose rows left the feed. Like `index --prune`, not like `remove`: the keys
+    are not remembered as removed by hand (a row that comes back brings its item back anyway)."""
+    return catalog.remove(*keys, remember=False)
+
+
+def _prune_cache(catalog: Catalog, cache: ImageCache, fetched: list[Fetched]) -> None:
+    """Drop cached images no item points to any more (replaced or removed ones)."""
+    in_use = catalog.paths_under(cache.folder.resolve())
+    removed = cache.prune([*in_use, *(f.path for f in fetched)])
+    if removed:
+        log.info("removed %d cached image(s) no item uses any more", removed)
+
+
+def _chunks(values: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for value in values:
+        chunk.append(value)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

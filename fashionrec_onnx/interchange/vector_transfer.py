@@ -1,0 +1,207 @@
+"""Vectors files in and out of a catalog, through the catalog's public API only.
+
+Import streams the files batch by batch (memory holds one batch, not the files), refuses vectors
+of another model, and commits each batch as one transaction: a run killed at any moment keeps the
+batches it committed, and running it again finishes the job (rows already in the catalog with the
+same vector, path and metadata are left alone). Export writes the same layout, so export then
+import moves a catalog's vectors to another catalog, and other tools read them as they are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+from .vector_files import (
+    ROW_GROUP_ROWS,
+    VectorBatch,
+    VectorFileWriter,
+    build_table,
+    inspect,
+    metadata_text,
+    part_name,
+    prepare_output,
+    read_batches,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from ..catalog import Catalog, Item
+
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_FILE = 65_536  # 512 MB of 2048-d vectors per exported file
+SAME_VECTOR_TOLERANCE = {"float32": 1e-6, "float16": 1e-3}
+"""Largest difference between a stored and an offered value that still counts as the same vector:
+stored vectors are rounded to the catalog's storage type and renormalised, never bit-identical."""
+
+
+@dataclass
+class ImportReport:
+    """What an import did; ``skipped`` lists (key, reason) of rows that carry no usable vector."""
+
+    rows: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    files: int = 0
+    seconds: float = 0.0
+
+    @property
+    def vectors_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class ExportReport:
+    rows: int = 0
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _tolerance(catalog: Catalog) -> float:
+    return SAME_VECTOR_TOLERANCE.get(str(catalog.summary().get("vector_dtype")), 1e-6)
+
+
+def _latest(batch: VectorBatch) -> list[int]:
+    """Row numbers of a batch, keeping only the last row of a key given twice."""
+    last = {key: row for row, key in enumerate(batch.keys)}
+    return sorted(last.values())
+
+
+def _compare(
+    catalog: Catalog, batch: VectorBatch, rows: list[int], tolerance: float
+) -> tuple[set[int], set[int]]:
+    """(rows whose key the catalog holds, those of them with the same path, metadata and vector)."""
+    items = catalog.get_many(batch.keys[row] for row in rows)
+    known = {row for row in rows if batch.keys[row] in items}
+    alike = [
+        row
+        for row in sorted(known)
+        if (item := items[batch.keys[row]]).path == batch.paths[row]
+        and item.metadata == batch.metadata[row]
+        and (item.size, item.mtime_ns) == (batch.sizes[row], batch.mtimes_ns[row])
+    ]
+    if not alike:
+        return known, set()
+    stored = catalog.vectors([batch.keys[row] for row in alike])
+    close = np.max(np.abs(stored - batch.vectors[alike]), axis=1) <= tolerance
+    return known, {row for row, equal in zip(alike, close) if equal}
+
+
+def import_vectors(
+    catalog: Catalog,
+    path: str | os.PathLike[str],
+    *,
+    batch_size: int = ROW_GROUP_ROWS,
+    progress: bool = False,
+) -> ImportReport:
+    """Add the vectors of a folder (or file) of vectors files to ``catalog``, incrementally.
+
+    Files of another model or dimension are refused (``ModelMismatchError``) before anything is
+    written. New keys are added, keys whose vector, path or metadata changed are replaced, the
+    rest are counted as unchanged; rows with an ``error`` or without a usable vector are skipped
+    and listed. Each batch is one transaction.
+    """
+    started = time.perf_counter()
+    infos = inspect(path)  # every file checked up front: a mismatch writes nothing
+    target = f"catalog {catalog.path}"
+    report = ImportReport(files=len(infos))
+    tolerance = _tolerance(catalog)
+    total = sum(info.rows for info in infos)
+    with tqdm(total=total, unit="vec", desc="importing", disable=not progress or not total) as bar:
+        for batch in read_batches(
+            path, fingerprint=catalog.info.fingerprint, dim=catalog.dim, batch_size=batch_size, target=target
+        ):
+            report.rows += len(batch) + len(batch.errors)
+            report.skipped.extend(batch.errors)
+            latest = _latest(batch)
+            known, unchanged = _compare(catalog, batch, latest, tolerance)
+            rows = [row for row in latest if row not in unchanged]
+            report.unchanged += len(unchanged)
+            report.updated += len(known) - len(unchanged)
+            report.added += len(rows) - (len(known) - len(unchanged))
+            if rows:
+                catalog.add_many(
+                    [batch.keys[r] for r in rows],
+                    batch.vectors[rows],
+                    paths=[batch.paths[r] for r in rows],
+                    metadata=[batch.metadata[r] for r in rows],
+                    sizes=[batch.sizes[r] for r in rows],
+                    mtimes_ns=[batch.mtimes_ns[r] for r in rows],
+                )
+                log.debug("committed %d rows (%d of %d read)", len(rows), report.rows, total)
+            bar.update(len(batch) + len(batch.errors))
+    catalog.save()
+    report.seconds = time.perf_counter() - started
+    log.debug(
+        "imported %d rows from %d file(s) in %.1fs: %d added, %d updated, %d unchanged, %d skipped",
+        report.rows, report.files, report.seconds, report.added, report.updated, report.unchanged,
+        len(report.skipped),
+    )  # fmt: skip
+    return report
+
+
+def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def export_vectors(
+    catalog: Catalog,
+    path: str | os.PathLike[str],
+    *,
+    rows_per_file: int = ROWS_PER_FILE,
+    batch_size: int = ROW_GROUP_ROWS,
+) -> ExportReport:
+    """Write every item of ``catalog`` (key, path, change markers, vector, metadata) as vectors
+    files into ``path``, a new folder or URI, reading the catalog a batch at a time."""
+    started = time.perf_counter()
+    fs, root = prepare_output(path)
+    report = ExportReport()
+    dim, fingerprint = catalog.dim, catalog.info.fingerprint
+    writer: VectorFileWriter | None = None
+    try:
+        for chunk in _chunks(catalog.iter_items(), min(batch_size, rows_per_file)):
+            if writer is None or writer.rows + len(chunk) > rows_per_file:
+                if writer is not None:
+                    writer.close()
+                writer = VectorFileWriter(fs, f"{root}/{part_name(len(report.files))}", dim, fingerprint)
+                report.files.append(writer.path)
+            writer.write(_table(catalog, chunk))
+            report.rows += len(chunk)
+        if writer is None:  # an empty catalog still gives one file, with the model in it
+            writer = VectorFileWriter(fs, f"{root}/{part_name(0)}", dim, fingerprint)
+            report.files.append(writer.path)
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    report.seconds = time.perf_counter() - started
+    log.debug("exported %d vectors of %s to %d file(s)", report.rows, catalog.path, len(report.files))
+    return report
+
+
+def _table(catalog: Catalog, items: list[Item]) -> pa.Table:
+    return build_table(
+        catalog.dim,
+        catalog.info.fingerprint,
+        keys=[item.key for item in items],
+        vectors=catalog.vectors([item.key for item in items]),
+        paths=[item.path for item in items],
+        sizes=[item.size for item in items],
+        mtimes_ns=[item.mtime_ns for item in items],
+        metadata=[metadata_text(item.metadata) for item in items],
+    )
