@@ -65,7 +65,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "of the labelled items (whole products, with products) is held out and scored before and\n"
         "after each training epoch; the best epoch is kept. --out gets one ONNX model: the base\n"
         "model with the projection and the L2 normalisation appended, usable by every command\n"
-        "(index, search, serve, export --quantize via `python -m fashionrec_export.quantize`).\n"
+        "(index, search, serve; int8 with fashionrec_export.quantize.quantize_int8).\n"
         "--catalog-out writes a copy of the catalog under the refined model from the stored\n"
         "vectors, so it searches as a catalog indexed with the refined model would.",
         "  fashionrec refine --catalog ./catalog --label-field category --out refined.onnx\n"

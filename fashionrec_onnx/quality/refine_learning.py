@@ -286,7 +286,7 @@ def learn_projection(
     y = _as_codes(np.asarray(labels, dtype=object)[keep])
     groups = _as_codes(np.asarray(products, dtype=object)[keep]) if products is not None else None
     train, held = split_held_out(y, groups, held_out, seed)
-    if len(np.unique(y[held])) < 2 or len(held) < 2 * MIN_PER_LABEL:
+    if len(np.unique(y[held])) < 2 or len(held) < MIN_PER_LABEL:
         raise BadArgumentError(
             f"too few labelled items to hold some out and still score them ({len(x)} usable): "
             "label more items."
