@@ -118,7 +118,7 @@ def refine(
     target = Path(catalog_out).expanduser() if catalog_out is not None else None
     check_outputs(out, target)
     if catalog.reduction is not None:
-        log.info("%s has a PCA graph; the projection learns from the full stored vectors", catalog.path)
+        log.debug("%s has a PCA graph; the projection learns from the full stored vectors", catalog.path)
     keys, labels, products = labelled_items(catalog, label_field, product_field)
     vectors = np.concatenate(
         [catalog.vectors(keys[i : i + _BATCH]) for i in range(0, len(keys), _BATCH)]
@@ -133,6 +133,12 @@ def refine(
         epochs=epochs,
         field_name=label_field,
     )
+    if _score(training.after) < _score(training.before):
+        log.warning(
+            "the refined model scores below the base model on the held-out items (%s against %s): "
+            "the labels may not say what looks alike; keep the base model",
+            training.after, training.before,
+        )  # fmt: skip
     provenance: dict[str, object] = {
         "catalog": str(catalog.path.resolve()),
         "label_field": label_field,
@@ -143,13 +149,17 @@ def refine(
         "seed": seed,
     }
     info = append_projection(catalog.model_path, projection.mean, projection.matrix, out, provenance)
-    log.info("wrote %s (%d-d, fingerprint %s)", out, info.dim, info.fingerprint)
+    log.debug("wrote %s (%d-d, fingerprint %s)", out, info.dim, info.fingerprint)
     if target is not None:
         write_refined_catalog(catalog, projection, out, target)
     return RefineReport(
         out, info, catalog.info.fingerprint, label_field, product_field, training, target,
         time.perf_counter() - started,
     )  # fmt: skip
+
+
+def _score(scores: dict[str, float]) -> tuple[float, ...]:
+    return tuple(scores[name] for name in sorted(scores, key=lambda name: not name.startswith("mAP")))
 
 
 def write_refined_catalog(source: Catalog, projection: Projection, model: Path, target: Path) -> int:
@@ -168,7 +178,7 @@ def write_refined_catalog(source: Catalog, projection: Projection, model: Path, 
                 batch = []
         if batch:
             written += _copy(source, refined, projection, batch)
-    log.info("wrote %d items to %s under the refined model", written, target)
+    log.debug("wrote %d items to %s under the refined model", written, target)
     return written
 
 

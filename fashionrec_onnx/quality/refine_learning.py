@@ -342,7 +342,7 @@ def learn_projection(
             Epoch(epoch, float(np.mean(losses)), scores[f"precision@{k}"], scores[f"mAP@{map_k}"],
                   time.perf_counter() - epoch_started)
         )  # fmt: skip
-        log.info(
+        log.debug(
             "epoch %d: loss %.4f, held-out precision@%d %.4f, mAP@%d %.4f",
             epoch, curve[-1].loss, k, curve[-1].precision, map_k, curve[-1].map,
         )  # fmt: skip
