@@ -61,7 +61,7 @@ def labelled_items(
     An item without a product is its own product."""
     keys: list[str] = []
     labels: list[object] = []
-    products: list[object] = []
+    products: list[tuple[str, str]] = []
     for item in catalog.iter_items():
         value = item.metadata.get(label_field)
         if value is None or value == "":
@@ -71,12 +71,12 @@ def labelled_items(
         if product_field is not None:
             product = item.metadata.get(product_field)
             products.append(("product", str(product)) if product not in (None, "") else ("item", item.key))
-    if product_field is not None and keys and all(kind == "item" for kind, _ in products):  # type: ignore[misc]
+    if product_field is not None and keys and all(kind == "item" for kind, _ in products):
         raise BadArgumentError(
             f"no labelled item of {catalog.path} has the product field {product_field!r}; "
             "leave out --product-field or name the field that holds the product id."
         )
-    return keys, labels, (products if product_field is not None else None)
+    return keys, labels, (list(products) if product_field is not None else None)
 
 
 def check_outputs(out: Path, catalog_out: Path | None) -> None:
