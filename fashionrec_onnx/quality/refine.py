@@ -25,6 +25,7 @@ from .refine_learning import Projection, TrainingReport, learn_projection
 log = logging.getLogger(__name__)
 
 _BATCH = 10_000  # items read or written per step
+MAX_LEARNING_ITEMS = 200_000  # a seeded sample past this (1.6 GB of 2048-d vectors in memory)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,12 @@ def refine(
     if catalog.reduction is not None:
         log.debug("%s has a PCA graph; the projection learns from the full stored vectors", catalog.path)
     keys, labels, products = labelled_items(catalog, label_field, product_field)
+    if len(keys) > MAX_LEARNING_ITEMS:
+        log.info("learning from a sample of %d of the %d labelled items", MAX_LEARNING_ITEMS, len(keys))
+        sample = np.random.default_rng(seed).choice(len(keys), MAX_LEARNING_ITEMS, replace=False)
+        rows = np.sort(sample).tolist()
+        keys, labels = [keys[i] for i in rows], [labels[i] for i in rows]
+        products = [products[i] for i in rows] if products is not None else None
     vectors = np.concatenate(
         [catalog.vectors(keys[i : i + _BATCH]) for i in range(0, len(keys), _BATCH)]
     ) if keys else np.zeros((0, catalog.dim), np.float32)  # fmt: skip
