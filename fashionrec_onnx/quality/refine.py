@@ -147,7 +147,7 @@ def refine(
             training.after, training.before,
         )  # fmt: skip
     provenance: dict[str, object] = {
-        "catalog": str(catalog.path.resolve()),
+        "catalog": str(catalog.path.resolve()) if isinstance(catalog.path, Path) else str(catalog.path),
         "label_field": label_field,
         "product_field": product_field or "",
         "items": training.items,
