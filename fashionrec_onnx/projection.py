@@ -3,7 +3,8 @@ appended, so the whole pipeline stays one file of the model contract (uint8 imag
 float32 ``embedding`` out, fashionrec metadata).
 
 The base graph's output is renamed and fed through ``unit((x - mean) @ matrix)``; the metadata is
-the base model's with the new dimension, a new fingerprint, and ``fashionrec.refine.*`` entries
+the base model's with the new dimension, a weights digest covering the projection (so a new
+fingerprint), and ``fashionrec.refine.*`` entries
 naming the base model's fingerprint, the training catalog, the label fields and the held-out
 scores. Only the ``onnx`` package is needed (no TensorFlow).
 """
@@ -47,17 +48,15 @@ def refinement_of(path: str | os.PathLike[str]) -> dict[str, str]:
     }
 
 
-def refined_fingerprint(
-    base: ModelInfo, mean: np.ndarray, matrix: np.ndarray, fields: Mapping[str, object]
-) -> str:
-    """What the refined model computes: the base model's fingerprint, the projection and the
-    recorded contract."""
-    digest = hashlib.sha256(f"{base.fingerprint};{sorted(fields.items())!r};".encode())
+def refined_weights_digest(base: ModelInfo, mean: np.ndarray, matrix: np.ndarray) -> str:
+    """The refined model's weights: the base model's digest and the projection's arrays. The
+    fingerprint derives from it (see `ModelInfo`), so two projections are two models."""
+    digest = hashlib.sha256(f"{base.weights_sha256};refine;".encode())
     for array in (mean, matrix):
         array = np.ascontiguousarray(array, dtype="<f4")
         digest.update(f"{array.shape};".encode())
         digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def append_projection(
@@ -123,8 +122,8 @@ def append_projection(
     graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", dim]))
     fields = asdict(base)
     fields.pop("fingerprint")
-    fields["dim"] = dim
-    info = ModelInfo(fingerprint=refined_fingerprint(base, mean, matrix, fields), **fields)
+    fields.update(dim=dim, weights_sha256=refined_weights_digest(base, mean, matrix))
+    info = ModelInfo(**fields)
     metadata = info.to_metadata()
     metadata.update(
         {
