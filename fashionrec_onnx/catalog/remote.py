@@ -266,11 +266,6 @@ class RemoteCatalog(Catalog):
     def reduction(self) -> None:
         return None
 
-    @property
-    def model_fingerprints(self) -> frozenset[str]:
-        """The model's fingerprint (a Milvus catalog has been written under one scheme only)."""
-        return frozenset({self._info.fingerprint})
-
     def left_out_of_graph(self) -> list[str]:
         """Nothing: every vector the engine holds passed the finite unit-vector gate."""
         return []
