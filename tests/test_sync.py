@@ -623,3 +623,38 @@ def test_cli_sync_reaches_a_private_network_only_when_allowed(
 def test_which_addresses_a_sync_may_connect_to(address: str, by_default: bool, on_private: bool) -> None:
     allowed = (address_problem(address, False) is None, address_problem(address, True) is None)
     assert allowed == (by_default, on_private)
+
+
+def test_a_feed_row_whose_key_is_a_folder_item_fails_alone_and_the_item_stays_as_it_was(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    local_shop(tmp_path / "folder", count=2)
+    catalog.index_folder(tmp_path / "folder", key_prefix="feed/", progress=False)
+    before = catalog.get("feed/photos/p0.png")
+    shop = tmp_path / "shop"
+    (shop / "photos").mkdir(parents=True)
+    (shop / "photos" / "p0.png").write_bytes(png(7))  # another image under the same name
+    (shop / "photos" / "new.png").write_bytes(png(8))
+    rows = [{"product_id": "Z", "image": "photos/p0.png"}, {"product_id": "N", "image": "photos/new.png"}]
+    report = catalog.sync(write_feed(shop / "feed.csv", rows))
+    assert [row.key for row in report.failed] == ["feed/photos/p0.png"] and report.added == 1
+    assert "did not add" in report.failed[0].reason
+    after = catalog.get("feed/photos/p0.png")
+    assert (after.path, after.metadata) == (before.path, before.metadata)
+    report = catalog.sync(write_feed(shop / "feed.csv", rows[1:]))  # the row leaves the feed
+    assert report.removed == 0 and "feed/photos/p0.png" in set(catalog.keys())
+
+
+def test_one_feed_never_takes_the_items_of_another_whose_keys_collide(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, name, seed in ((first, "a_1.png", 1), (second, "_1.png", 2)):
+        folder.mkdir()
+        (folder / name).write_bytes(png(seed))
+    catalog.sync(write_feed(first / "feed.csv", [{"product_id": "A", "image": "a_1.png"}]), key_prefix="s/")
+    held = catalog.get("s/a_1.png")
+    other = write_feed(second / "feed.csv", [{"product_id": "B", "image": "_1.png"}])
+    report = catalog.sync(other, key_prefix="s/a")
+    assert [row.key for row in report.failed] == ["s/a_1.png"] and "'s/'" in report.failed[0].reason
+    assert catalog.get("s/a_1.png").path == held.path

@@ -261,6 +261,11 @@ class Catalog:
         remove (items indexed from a folder under the same prefix are not among them)."""
         return self._core.store.feed_keys(key_prefix) if key_prefix else []
 
+    def feed_owners(self, keys: Iterable[str]) -> dict[str, str | None]:
+        """For the keys held: the key prefix of the feed that owns each item, or None (indexed from
+        a folder, added by hand, or synced before 0.2 recorded owners)."""
+        return self._core.store.feed_owners(list(keys))
+
     def claim_for_feed(self, key_prefix: str, keys: Iterable[str]) -> int:
         """Record the feed with this key prefix as the owner of existing items (a feed's rows
         that an older version synced); returns how many were not recorded yet."""

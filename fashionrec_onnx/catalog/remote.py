@@ -281,6 +281,10 @@ class RemoteCatalog(Catalog):
         under the prefix counts as the feed's (index folders under another prefix)."""
         return self.keys(key_prefix) if key_prefix else []
 
+    def feed_owners(self, keys: Iterable[str]) -> dict[str, str | None]:
+        """No owners are recorded on a Milvus catalog (see `feed_keys`)."""
+        return dict.fromkeys(self._backend.fetch(list(keys)))
+
     def claim_for_feed(self, key_prefix: str, keys: Iterable[str]) -> int:
         """Nothing to record on a Milvus catalog (see `feed_keys`)."""
         return 0

@@ -465,6 +465,16 @@ class Store:
         )
         return [row[0] for row in rows]
 
+    def feed_owners(self, keys: Sequence[str]) -> dict[str, str | None]:
+        """``key -> owning feed (its key prefix), or None`` for the keys held."""
+        owners: dict[str, str | None] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._read(f"SELECT key, feed FROM items WHERE key IN ({marks})", chunk)
+            owners.update((row[0], row[1]) for row in rows)
+        return owners
+
     def claim_for_feed(self, feed: str, keys: Sequence[str]) -> int:
         """Record that the feed owns these existing items (rows it synced that an older version
         added). Not a change searches see: no generation, no change log."""

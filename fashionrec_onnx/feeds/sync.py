@@ -35,7 +35,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -266,12 +266,47 @@ def _images(
             report.failed.append(FailedRow(row.line, prefix + row.image, row.image, result.reason))
 
 
+def _not_taken(
+    catalog: Catalog,
+    images: list[_Image],
+    known: Mapping[str, Any],
+    report: SyncReport,
+    feed: str,
+    owned: set[str],
+) -> list[_Image]:
+    """The rows whose keys this feed may write. A key held by another feed, or by an item indexed
+    from a folder or added by hand, fails its row alone: a feed never takes over an item it did not
+    add (it would then remove it when the row leaves the feed). Items that a version before 0.2
+    synced (no owner recorded) are recognised by their path: this row's image, or the sync's cache."""
+    strangers = [image for image in images if image.key in known and image.key not in owned]
+    if not strangers:
+        return images
+    owners = catalog.feed_owners(image.key for image in strangers)
+    cache = str(_home(catalog) / CACHE_FOLDER) + os.sep
+    refused = set()
+    for image in strangers:
+        owner, stored = owners.get(image.key), known[image.key].path or ""
+        if owner is not None and owner != feed:
+            reason = f"the key belongs to the feed with key prefix {owner!r}; a feed never takes another's"
+        elif owner is None and stored != image.path and not stored.startswith(cache):
+            reason = (
+                f"the key is an item this feed did not add ({stored or 'no image path'}); a sync never "
+                "replaces it: give the feed another --key-prefix, or remove that item first"
+            )
+        else:
+            continue
+        report.failed.append(FailedRow(image.row.line, image.key, image.row.image, reason))
+        refused.add(image.key)
+    return [image for image in images if image.key not in refused]
+
+
 def _apply(
     catalog: Catalog, images: list[_Image], report: SyncReport, batch_size: int, feed: str, owned: set[str]
 ) -> None:
     """Compare a chunk of rows with their items; rewrite changed fields, embed changed images.
     Items kept as they are become the feed's (those an older version synced)."""
     known = catalog.get_many(image.key for image in images)
+    images = _not_taken(catalog, images, known, report, feed, owned)
     fields: dict[str, dict[str, Any]] = {}
     todo: list[_Image] = []
     kept = [image.key for image in images if image.key in known and image.key not in owned]
