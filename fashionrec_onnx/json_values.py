@@ -16,7 +16,7 @@ MAX_DEPTH = 32  # nesting of objects and lists in one metadata value or query fi
 INT_RANGE = 2**63  # SQLite stores integers as 64-bit; a larger one would become an inexact real
 
 
-_KEYS = (str, int, float, bool, type(None))  # what json.dumps turns into a field name
+_KEYS = (str,)  # field names are text (json.dumps would turn others into text, or fail sorting a mix)
 
 
 class NotFiniteError(ValueError):
@@ -83,11 +83,25 @@ def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
             depth -= 1
 
 
+LONE_SURROGATE = "the text holds a lone surrogate (a \\ud800-\\udfff escape), which UTF-8 cannot store"
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be stored as UTF-8 (a JSON ``\\ud800`` escape decodes to a string that cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def problem(value: Any, depth: int = 0) -> str | None:
     """Why ``value`` cannot be stored as metadata JSON, or None when it can."""
     if depth > MAX_DEPTH:
         return f"nested deeper than {MAX_DEPTH} levels"
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, str):
+        return None if _utf8(value) else LONE_SURROGATE
+    if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
         return None if -INT_RANGE <= value < INT_RANGE else f"{value} is outside the 64-bit integer range"
@@ -97,6 +111,8 @@ def problem(value: Any, depth: int = 0) -> str | None:
         for name, inner in value.items():
             if not isinstance(name, _KEYS):
                 return f"the field name {name!r} is not text"
+            if not _utf8(name):
+                return f"a field name: {LONE_SURROGATE}"
             if (reason := problem(inner, depth + 1)) is not None:
                 return reason
         return None
@@ -113,6 +129,8 @@ def bad_field(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
     for name, value in metadata.items():
         if not isinstance(name, _KEYS):
             return str(name), "the field name is not text"
+        if not _utf8(name):
+            return name.encode("utf-8", "backslashreplace").decode(), f"the field name: {LONE_SURROGATE}"
         if (reason := problem(value, 1)) is not None:
             return name, reason
     return None

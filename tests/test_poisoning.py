@@ -66,6 +66,32 @@ def test_a_non_finite_metadata_value_is_refused_by_every_write_naming_the_item_a
     assert catalog.verify() == []
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"title": "\ud800 lone"},
+        {"\udc00": 1},
+        {"price": {"low": ["\ud83d"]}},
+        {1: "a", "b": 2},
+        {"a": {2: 3}},
+    ],
+    ids=["lone-surrogate", "surrogate-name", "nested-surrogate", "number-name", "nested-number-name"],
+)
+def test_metadata_that_utf8_json_cannot_hold_is_refused_by_every_write(
+    catalog: Catalog, metadata: dict
+) -> None:
+    before = (len(catalog), generation(catalog), catalog.get("item-01").metadata)
+    writes = [
+        lambda: catalog.add_many(["new"], unit_vectors(1, 7), metadata=[metadata]),
+        lambda: catalog.add("new", unit_vectors(1, 7)[0], metadata=metadata),
+        lambda: catalog.update_metadata({"item-01": metadata}),
+    ]
+    for write in writes:
+        with pytest.raises(BadArgumentError, match=r"item '(new|item-01)': metadata field"):
+            write()
+    assert (len(catalog), generation(catalog), catalog.get("item-01").metadata) == before
+
+
 def test_a_metadata_file_with_a_non_finite_number_is_refused_before_anything_is_indexed(
     tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -507,7 +507,9 @@ def test_a_nul_in_one_rows_image_fails_that_row_and_the_others_sync(tmp_path: Pa
     assert report.added == 1 and [f.line for f in report.failed] == [1]
 
 
-@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", '[1, NaN]', '{"a": Infinity}'])
+@pytest.mark.parametrize(
+    "value", ["NaN", "Infinity", "-Infinity", "1e999", '[1, NaN]', '{"a": Infinity}', '"\\ud800 lone"']
+)
 def test_a_non_finite_number_in_a_jsonl_feed_fails_that_row_and_the_catalog_stays_usable(
     tmp_path: Path, catalog: Catalog, value: str
 ) -> None:
