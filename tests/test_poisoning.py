@@ -242,3 +242,20 @@ def test_serve_refuses_a_host_it_cannot_listen_on_before_announcing_anything(
     captured = capsys.readouterr()
     assert "serving" not in captured.out
     assert captured.err.splitlines()[-1].startswith("fashionrec serve: error: argument --host: 'not a host!'")
+
+
+@pytest.mark.parametrize("where", ["an address not on this machine", "a port in use"])
+def test_serve_refuses_an_address_it_cannot_bind_in_one_line_before_announcing(
+    catalog: Catalog, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    import socket
+
+    catalog.close()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        host, port = ("192.0.2.1", 18750) if where.startswith("an address") else busy.getsockname()
+        assert main(["serve", "--catalog", str(catalog.path), "--host", host, "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert "serving" not in captured.out and "Traceback" not in captured.err
+    assert captured.err.strip().splitlines()[-1].startswith(f"error: cannot listen on {host}:{port}")

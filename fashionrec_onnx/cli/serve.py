@@ -15,7 +15,7 @@ from .common import _catalog_arg, host, path, positive, subcommand, text, whole_
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ..catalog.location import TOKEN_VARIABLE, MilvusLocation
     from ..service.config import ServiceConfig
-    from ..service.run import check, exposure_warning, serve, threads_per_worker
+    from ..service.run import check, check_listen, exposure_warning, serve, threads_per_worker, url_host
 
     if isinstance(args.catalog, MilvusLocation) and args.catalog.password:
         # The workers open the URI as shown (without the password): they inherit it from here.
@@ -30,12 +30,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         threads=args.threads or threads_per_worker(args.workers),
     )
     items = check(config)
+    check_listen(args.host, args.port)
     warning = exposure_warning(args.host, config)
     if warning:
         print(warning, file=sys.stderr)
     workers = f"{args.workers} workers" if args.workers > 1 else "1 worker"
     print(
-        f"serving {items} items of {args.catalog} on http://{args.host}:{args.port} ({workers}, "
+        f"serving {items} items of {args.catalog} on http://{url_host(args.host)}:{args.port} ({workers}, "
         f"docs at /docs; Ctrl+C to stop)",
         flush=True,
     )

@@ -8,6 +8,7 @@ import inspect
 import ipaddress
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,27 @@ def exposure_warning(host: str, config: ServiceConfig) -> str | None:
         f"warning: serving on {host} without an API key: anyone who can reach this port can search "
         "the catalog. Set one with --api-key-env VAR, or serve on 127.0.0.1 behind a reverse proxy."
     )
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind the address once before anything is announced: an address that is not this machine's,
+    or a port in use, is one line now rather than a banner followed by uvicorn's error."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise FashionrecError(
+            f"cannot listen on {url_host(host)}:{port} ({reason}); choose another --host or --port"
+        ) from None
 
 
 def threads_per_worker(workers: int) -> int:
