@@ -50,6 +50,11 @@ class CatalogCorruptError(CatalogError):
     """A catalog file is truncated or corrupt; the message names the file and the recovery."""
 
 
+class CatalogUnavailableError(CatalogError):
+    """The catalog's database cannot answer now (locked by another process for too long, out of
+    memory); nothing is damaged, and the same call may succeed later."""
+
+
 class ExportError(FashionrecError):
     """The export could not produce a valid model (weights, output path, parity)."""
 
