@@ -46,13 +46,14 @@ class DiskFullError(CatalogError, OSError):
     """A write failed for lack of space; the catalog keeps its previous good state."""
 
 
+class StorageUnavailableError(CatalogError):
+    """The catalog's storage cannot answer now: its server (Milvus) cannot be reached (the message
+    names it, never a password), or a local database stayed locked or out of memory. Nothing is
+    damaged; the same call may succeed later."""
+
+
 class CatalogCorruptError(CatalogError):
     """A catalog file is truncated or corrupt; the message names the file and the recovery."""
-
-
-class CatalogUnavailableError(CatalogError):
-    """The catalog's database cannot answer now (locked by another process for too long, out of
-    memory); nothing is damaged, and the same call may succeed later."""
 
 
 class ExportError(FashionrecError):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracle import assert_same_ranking, catalog_distances
 from PIL import Image
 
 from fashionrec_onnx import Catalog
@@ -113,10 +114,11 @@ def test_a_schema_2_catalog_opens_answers_as_before_and_is_upgraded_to_schema_3(
     with Catalog.open(v2_catalog) as catalog:
         assert len(catalog) == expected["items"] and catalog.removed_keys() == []
         for key, neighbours in expected["exact"].items():
-            assert [h.key for h in catalog.exact_search(key, k=5)] == neighbours
-        assert [h.key for h in catalog.exact_search("p000/photo-0.jpg", k=5, filter={"category": "Bag"})] == (
-            expected["filtered"]
-        )
+            distance = catalog_distances(catalog, catalog.vector(key))
+            assert_same_ranking(catalog.exact_search(key, k=5), neighbours, distance)
+        bags = catalog.exact_search("p000/photo-0.jpg", k=5, filter={"category": "Bag"})
+        distance = catalog_distances(catalog, catalog.vector("p000/photo-0.jpg"))
+        assert_same_ranking(bags, expected["filtered"], distance)
         assert catalog.verify() == []
     with sqlite3.connect(v2_catalog / "catalog.sqlite") as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadArgumentError, CatalogCorruptError, CatalogError, ModelError
-from ..model import ModelInfo
+from ..model import ModelInfo, recorded_fingerprint
 from . import products
 from .columns import Liveness, MetadataColumns
 from .graph import GraphCache
@@ -89,14 +89,16 @@ class CatalogCore:
         self.readonly = readonly
         settings = store.settings()
         try:
-            self.info = ModelInfo.from_metadata(
-                {
-                    k[len("model.") :]: v
-                    for k, v in settings.items()
-                    if k.startswith("model.") and k != "model.probe"
-                },
-                str(store.path),
-            )
+            model_settings = {
+                k[len("model.") :]: v
+                for k, v in settings.items()
+                if k.startswith("model.") and k != "model.probe"
+            }
+            self.info = ModelInfo.from_metadata(model_settings, str(store.path))
+            # The fingerprint is computed from the recorded contract, so a catalog written under the
+            # earlier scheme opens with today's models; vectors files written then carry the old one.
+            recorded = recorded_fingerprint(model_settings)
+            self.fingerprints = frozenset({self.info.fingerprint, recorded or self.info.fingerprint})
             self.params = HnswParams(
                 int(settings["hnsw.M"]), int(settings["hnsw.ef_construction"]), int(settings["hnsw.ef"])
             )

@@ -22,6 +22,7 @@ from .columns import Filter
 from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
 from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
+from .location import MilvusLocation, location
 from .maintenance import CheckReport
 from .opening import ModelArg
 from .pca import PCA
@@ -58,6 +59,12 @@ class Catalog:
     @property
     def info(self) -> ModelInfo:
         return self._core.info
+
+    @property
+    def model_fingerprints(self) -> frozenset[str]:
+        """Every name of this catalog's model: ``info.fingerprint``, and the fingerprint recorded
+        at creation when an earlier scheme computed it (vectors files written then carry that)."""
+        return self._core.fingerprints
 
     @property
     def dim(self) -> int:
@@ -113,7 +120,7 @@ class Catalog:
     @classmethod
     def create(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | MilvusLocation,
         model: ModelArg,
         *,
         M: int = DEFAULT_M,
@@ -138,8 +145,15 @@ class Catalog:
         create it at once (the second then opens it, and gets `ModelMismatchError` if its model
         differs).
         """
-        root = Path(path).expanduser()
         field = products.checked_field(product_field)
+        where = location(path)
+        if isinstance(where, MilvusLocation):
+            from .remote import create as create_remote
+
+            if vector_dtype != "float32" or reduce_to:
+                raise CatalogError(f"{where}: a Milvus catalog stores float32 vectors, without a PCA graph")
+            return create_remote(where, model, HnswParams(M, ef_construction, ef), exist_ok, field, threads)
+        root = Path(path).expanduser()
         opening.create(
             root, model, HnswParams(M, ef_construction, ef), vector_dtype, reduce_to, exist_ok, field
         )
@@ -148,7 +162,7 @@ class Catalog:
     @classmethod
     def open(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | MilvusLocation,
         model: ModelArg | None = None,
         *,
         readonly: bool = False,
@@ -163,15 +177,29 @@ class Catalog:
         cannot write is opened read-only (searches work, writes say why they cannot).
         ``load_graph=False`` opens for maintenance (`reduce`) without reading graph or PCA files.
         """
+        where = location(path)
+        if isinstance(where, MilvusLocation):
+            from .remote import open_remote
+
+            return open_remote(where, model, readonly, threads)
         core, model_path, embedder = opening.open_core(
             Path(path).expanduser(), model, readonly=readonly, rebuild=rebuild, load_graph=load_graph
         )
         return cls(core, model_path, embedder, threads)
 
     @classmethod
-    def open_or_create(cls, path: str | os.PathLike[str], model: ModelArg | None, **params: Any) -> Catalog:
+    def open_or_create(
+        cls, path: str | os.PathLike[str] | MilvusLocation, model: ModelArg | None, **params: Any
+    ) -> Catalog:
         """What `fashionrec index` does: reuse the catalog if there is one, else make it."""
-        if (Path(path).expanduser() / DB_NAME).exists():
+        where = location(path)
+        if isinstance(where, MilvusLocation):
+            from .remote import exists
+
+            held = exists(where)
+        else:
+            held = (Path(path).expanduser() / DB_NAME).exists()
+        if held:
             catalog = cls.open(path, model, threads=params.get("threads"))
             field = params.get("product_field")
             if field is not None and field != catalog.product_field:

@@ -27,8 +27,8 @@ from ..errors import (
     BadArgumentError,
     CatalogCorruptError,
     CatalogError,
-    CatalogUnavailableError,
     DiskFullError,
+    StorageUnavailableError,
 )
 from ..json_values import bad_field, dumps_metadata, loads_stored
 
@@ -288,7 +288,7 @@ class Store:
             return _corrupt(self.path, exc)
         code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
         if code in _TRANSIENT:
-            return CatalogUnavailableError(
+            return StorageUnavailableError(
                 f"{self.path} cannot answer now ({exc}); nothing was changed, try again."
             )
         return CatalogError(f"{self.path}: SQLite could not run the query ({exc}); the catalog is unchanged.")

@@ -123,11 +123,21 @@ def sync_feed(
             "would own, and could remove, every item of the catalog."
         )
     catalog.require_writable("a sync")
-    with _one_sync(Path(catalog.path)):
+    with _one_sync(_home(catalog)):
         return _sync(
             catalog, feed, images_root, product_column, image_column, key_prefix, batch_size, download,
             progress, started,
         )  # fmt: skip
+
+
+def _home(catalog: Catalog) -> Path:
+    """The local folder of a catalog's sync: its directory, or for a catalog on a server a folder
+    of this machine's cache (one sync at a time is then held per machine)."""
+    if isinstance(catalog.path, Path):
+        return catalog.path.resolve()
+    home = catalog.path.local_folder()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
 
 
 @contextlib.contextmanager
@@ -174,7 +184,7 @@ def _sync(
         for bad in parsed.bad
     )
     root = Path(images_root).expanduser() if images_root is not None else parsed.path.parent
-    cache = ImageCache(Path(catalog.path).resolve() / CACHE_FOLDER, download)
+    cache = ImageCache(_home(catalog) / CACHE_FOLDER, download)
     if any(is_url(row.image) for row in parsed.rows):
         cache.check_writable()  # before the first download, not after every one
     fetched: list[Fetched] = []

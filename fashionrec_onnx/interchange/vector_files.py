@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,9 +310,12 @@ def file_info(fs: pafs.FileSystem, path: str, parquet: pq.ParquetFile | None = N
     return FileInfo(name, meta[META_FINGERPRINT].decode(), dim, parquet.metadata.num_rows)
 
 
-def check_model(info: FileInfo, fingerprint: str, dim: int, target: str) -> None:
-    """Refuse vectors of another model: they are not comparable with ``target``'s."""
-    if info.fingerprint != fingerprint or info.dim != dim:
+def check_model(
+    info: FileInfo, fingerprint: str, dim: int, target: str, also: Collection[str] = ()
+) -> None:
+    """Refuse vectors of another model: they are not comparable with ``target``'s. ``also``: other
+    names of the same model (the fingerprint a catalog recorded under an earlier scheme)."""
+    if (info.fingerprint != fingerprint and info.fingerprint not in also) or info.dim != dim:
         raise ModelMismatchError(
             f"{info.path} holds {info.dim}-d vectors of model {info.fingerprint}, but {target} uses "
             f"{dim}-d vectors of model {fingerprint}. Embed the images again with {target}'s model "
@@ -336,6 +339,7 @@ def read_batches(
     dim: int | None = None,
     batch_size: int = ROW_GROUP_ROWS,
     target: str = "the first file",
+    also: Collection[str] = (),
 ) -> Iterator[VectorBatch]:
     """Stream the rows of a folder (or one file) batch by batch, in bounded memory.
 
@@ -349,7 +353,7 @@ def read_batches(
         info = file_info(fs, path, parquet)
         if fingerprint is None or dim is None:
             fingerprint, dim = info.fingerprint, info.dim
-        check_model(info, fingerprint, dim, target)
+        check_model(info, fingerprint, dim, target, also)
         for record in parquet.iter_batches(batch_size=batch_size, columns=list(COLUMNS)):
             yield _to_batch(info, record)
 
