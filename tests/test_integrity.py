@@ -4,6 +4,7 @@ rebuilds under readers, lost PCA files, writers racing searches, read-only media
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -55,6 +56,17 @@ def tmpfs(path: Path, megabytes: int):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount_read_only(disk: Path) -> None:
+    """The medium turns read-only. A writable mapping still held by an object awaiting the garbage
+    collector makes the kernel refuse ("busy"): collect, and try again a few times."""
+    for _ in range(5):
+        gc.collect()
+        if subprocess.run(["mount", "-o", "remount,ro", str(disk)]).returncode == 0:
+            return
+        time.sleep(0.5)
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
 
 
 def fill(disk: Path, leave_bytes: int) -> Path:
@@ -355,7 +367,8 @@ def test_rebuild_and_sync_on_a_read_only_medium_fail_at_once_in_one_line(
         with tmpfs(tmp_path / "disk", 64) as disk:
             with Catalog.create(disk / "catalog", small_model) as catalog:
                 catalog.add_many([f"a-{i}" for i in range(50)], unit_vectors(50, 7))
-            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+            del catalog
+            remount_read_only(disk)
             capsys.readouterr()
             assert main(["rebuild", "--catalog", str(disk / "catalog")]) == 2
             sync = ["sync", str(feed), "--catalog", str(disk / "catalog"), "--allow-private-network"]
