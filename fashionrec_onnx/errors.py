@@ -47,7 +47,9 @@ class DiskFullError(CatalogError, OSError):
 
 
 class StorageUnavailableError(CatalogError):
-    """The catalog's server (Milvus) cannot be reached; the message names it, never a password."""
+    """The catalog's storage cannot answer now: its server (Milvus) cannot be reached (the message
+    names it, never a password), or a local database stayed locked or out of memory. Nothing is
+    damaged; the same call may succeed later."""
 
 
 class CatalogCorruptError(CatalogError):

@@ -19,12 +19,12 @@ INT_RANGE = 2**63  # SQLite stores integers as 64-bit; a larger one would become
 _KEYS = (str,)  # field names are text (json.dumps would turn others into text, or fail sorting a mix)
 
 
+class DepthError(ValueError):
+    """JSON nested deeper than `MAX_DEPTH` (refused before Python's recursive parser sees it)."""
+
+
 class NotFiniteError(ValueError):
     """A JSON number that is not finite (or an integer out of SQLite's range)."""
-
-
-class TooDeepError(ValueError):
-    """JSON nested deeper than `MAX_DEPTH`."""
 
 
 def _refuse_constant(name: str) -> float:
@@ -61,8 +61,8 @@ def loads_stored(text: str) -> Any:
 
 
 def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
-    """``ValueError`` when brackets nest deeper than ``limit`` (strings are skipped), so that a
-    recursive parser never meets a hostile depth."""
+    """`DepthError` (a ``ValueError``) when brackets nest deeper than ``limit`` (strings are
+    skipped), so that a recursive parser never meets a hostile depth."""
     depth = 0
     in_string = escaped = False
     for char in text:
@@ -78,7 +78,7 @@ def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
         elif char in "[{":
             depth += 1
             if depth > limit:
-                raise TooDeepError(f"nested deeper than {limit} levels")
+                raise DepthError(f"nested deeper than {limit} levels")
         elif char in "]}":
             depth -= 1
 

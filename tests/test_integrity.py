@@ -58,6 +58,17 @@ def tmpfs(path: Path, megabytes: int):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+def remount_read_only(disk: Path) -> None:
+    """The medium turns read-only. A writable mapping still held by an object awaiting the garbage
+    collector makes the kernel refuse ("busy"): collect, and try again a few times."""
+    for _ in range(5):
+        gc.collect()
+        if subprocess.run(["mount", "-o", "remount,ro", str(disk)]).returncode == 0:
+            return
+        time.sleep(0.5)
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+
+
 def fill(disk: Path, leave_bytes: int) -> Path:
     """Fill the file system until ``leave_bytes`` remain."""
     filler = disk / "filler"
@@ -323,19 +334,6 @@ def test_more_like_this_sees_one_consistent_state_while_another_process_re_adds_
     assert not errors, errors[:3]
 
 
-def remount_read_only(disk: Path) -> None:
-    """Remount a test tmpfs read-only. The kernel refuses (EBUSY) while a file on it is open for
-    writing; a closed catalog's SQLite connections of other threads close when collected, so
-    collect first, and give a loaded machine a few tries."""
-    for attempt in range(5):
-        gc.collect()
-        done = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True)
-        if done.returncode == 0:
-            return
-        time.sleep(0.2 * (attempt + 1))
-    raise AssertionError(f"could not remount {disk} read-only: {done.stderr.strip()}")
-
-
 # -- a read-only medium ---------------------------------------------------------------------------------
 
 
@@ -369,6 +367,7 @@ def test_rebuild_and_sync_on_a_read_only_medium_fail_at_once_in_one_line(
         with tmpfs(tmp_path / "disk", 64) as disk:
             with Catalog.create(disk / "catalog", small_model) as catalog:
                 catalog.add_many([f"a-{i}" for i in range(50)], unit_vectors(50, 7))
+            del catalog
             remount_read_only(disk)
             capsys.readouterr()
             assert main(["rebuild", "--catalog", str(disk / "catalog")]) == 2

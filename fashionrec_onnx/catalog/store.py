@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadArgumentError, CatalogCorruptError, CatalogError, DiskFullError
+from ..errors import (
+    BadArgumentError,
+    CatalogCorruptError,
+    CatalogError,
+    DiskFullError,
+    StorageUnavailableError,
+)
 from ..json_values import bad_field, dumps_metadata, loads_stored
 
 SCHEMA_VERSION = 3  # 3: items record the feed that owns them (see `migrate`)
@@ -166,6 +172,7 @@ def _corrupt(path: Path, exc: Exception) -> CatalogCorruptError:
 
 # SQLite's primary result codes that mean the file itself is damaged or not a database.
 _DAMAGED = {11, 26, 24, 10}  # SQLITE_CORRUPT, SQLITE_NOTADB, SQLITE_FORMAT, SQLITE_IOERR
+_TRANSIENT = {5, 6, 7, 14, 15}  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_CANTOPEN, SQLITE_PROTOCOL
 
 
 def _damaged(exc: sqlite3.DatabaseError) -> bool:
@@ -279,6 +286,11 @@ class Store:
             )
         if _damaged(exc):
             return _corrupt(self.path, exc)
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code in _TRANSIENT:
+            return StorageUnavailableError(
+                f"{self.path} cannot answer now ({exc}); nothing was changed, try again."
+            )
         return CatalogError(f"{self.path}: SQLite could not run the query ({exc}); the catalog is unchanged.")
 
     def _check_open(self) -> None:

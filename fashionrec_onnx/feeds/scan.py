@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from ..errors import CatalogError
 from ..images import IMAGE_SUFFIXES
-from ..json_values import MAX_DEPTH, TooDeepError, bad_field, check_depth
+from ..json_values import MAX_DEPTH, DepthError, bad_field, check_depth
 from .metadata_match import MetadataTable
 
 log = logging.getLogger(__name__)
@@ -206,9 +206,9 @@ def _read_json_lines(source: Path) -> list[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            check_depth(line)  # before Python's recursive parser meets a hostile depth
+            check_depth(line)  # before Python's recursive parser
             row = json.loads(line, strict=False)  # a control character in a value is the row's problem
-        except (RecursionError, TooDeepError):
+        except (RecursionError, DepthError):
             raise CatalogError(
                 f"{source}, line {number}: the JSON is nested too deeply to read (more than {MAX_DEPTH} "
                 "levels); flatten the metadata."
