@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import CatalogCorruptError
 from .hnsw import HnswIndex, HnswParams
 from .store import Delta, Store, disk_full, is_disk_full
-from .vectors import VectorFile
+from .vectors import VectorFile, sound_rows
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class GraphCache:
         self.dim = 0
         self.generation = -1  # the store generation the graph in memory reflects
         self.dirty = False
-        self.left_out: list[int] = []  # labels whose stored vector is not finite (a damaged file)
+        self.left_out: list[int] = []  # labels whose stored vector is not a finite unit vector (damage)
 
     @property
     def recovery(self) -> str:
@@ -170,11 +170,11 @@ class GraphCache:
         labels = np.sort(labels)
         for start, rows in self.vectors.gather_blocks(labels, ADD_BLOCK):
             block = labels[start : start + len(rows)]
-            finite = np.isfinite(rows).all(axis=1)
-            if not finite.all():  # bit rot in the vector file: never put NaN into the graph
+            finite = sound_rows(rows)
+            if not finite.all():  # bit rot in the vector file: never put NaN or zeros into the graph
                 self.left_out += block[~finite].tolist()
                 log.warning(
-                    "%s: left %d item(s) whose stored vector is not finite out of the graph; "
+                    "%s: left %d item(s) whose stored vector is not a finite unit vector out of the graph; "
                     "`fashionrec verify` counts them, re-index them to repair",
                     self.vectors.path, int((~finite).sum()),
                 )  # fmt: skip

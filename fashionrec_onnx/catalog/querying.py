@@ -28,6 +28,7 @@ from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
 from .products import Products, checked_group_by
 from .search import rerank
+from .vectors import sound_rows
 
 COLLAPSE_EXTRA = 10  # a collapsed or grouped search first asks for 2k + this many hits
 NO_LABELS = np.zeros(0, np.int64)
@@ -139,9 +140,10 @@ class Querier:
             item = self._core.store.item_by_key(key) if len(key) <= 4096 else None
             if item is not None:
                 stored = self._core.vectors.read([item.label])[0]
-                if not np.isfinite(stored).all():
+                if not sound_rows(stored[None])[0]:
                     raise CatalogCorruptError(
                         f"the stored vector of {shown(key)} in {self._core.vectors.path} is not finite "
+                        "or not unit length "
                         "(the file is damaged there); remove the item and index its image again "
                         f"(`fashionrec verify --catalog {self._core.root}` counts such items)."
                     )

@@ -212,3 +212,13 @@ class VectorFile:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def sound_rows(rows: np.ndarray, tolerance: float = 1e-3) -> np.ndarray:
+    """Which stored rows are finite unit vectors, as the write gate let them in: any other row
+    (NaN, zeros, huge values) is damage to the file and is served or indexed nowhere."""
+    rows = np.asarray(rows, np.float32)
+    with np.errstate(all="ignore"):  # a huge value overflows to inf: not unit, as wanted
+        finite = np.isfinite(rows).all(axis=1)
+        norms = np.linalg.norm(np.where(finite[:, None], rows, 0), axis=1)
+        return finite & (np.abs(norms - 1.0) <= tolerance)
