@@ -388,3 +388,58 @@ def test_two_service_replicas_answer_alike_and_both_drop_a_removed_item(pair, mi
                 assert time.monotonic() - removed_at < 20, f"{url} still counts a removed item: {health}"
                 time.sleep(0.2)
             assert health["status"] == "ok"
+
+
+def test_an_outage_is_503_and_exit_2_and_indexing_resumes_after_a_restart(
+    tmp_path: Path, small_model: Path
+) -> None:
+    """A private server, killed -9 while a service replica runs on it, then restarted."""
+    import httpx
+    from milvus_server import TestServer
+    from test_service import served
+
+    folder = tmp_path / "images"
+    for category in ("bag", "coat"):
+        for path in sorted((SAMPLE_DIR / category).glob("*.png"))[:10]:
+            (folder / category).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, folder / category / path.name)
+    server = TestServer(tmp_path / "milvus")
+    server.start()
+    try:
+        uri = server.uri("outage")
+        with Catalog.create(uri, small_model) as catalog:
+            assert catalog.index_folder(folder / "bag", key_prefix="bag/", progress=False).added == 10
+        with served(uri) as url:
+            server.kill()
+            started = time.monotonic()
+            result = fashionrec("index", folder, "--catalog", uri)
+            assert time.monotonic() - started < 60
+            assert result.returncode == 2 and "Traceback" not in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1 and uri in result.stderr, result.stderr
+            health = httpx.get(f"{url}/health", timeout=60)
+            assert health.status_code == 503 and health.json()["error"] == "unavailable"
+            search = httpx.post(f"{url}/search", json={"key": "bag/x", "k": 3}, timeout=60)
+            assert search.status_code == 503
+            server.start()
+            assert server.uri("outage") == uri  # the same ports
+            deadline = time.monotonic() + 120
+            while True:  # pymilvus reconnects by itself; the first reads may wait for the reload
+                try:
+                    if httpx.get(f"{url}/health", timeout=30).status_code == 200:
+                        break
+                except httpx.TimeoutException:
+                    pass
+                assert time.monotonic() < deadline, "the replica did not come back after the restart"
+                time.sleep(0.5)
+        with Catalog.open(uri) as catalog:
+            deadline = time.monotonic() + 90
+            while True:  # a restarted server may refuse reads for a while as it loads the collection
+                try:
+                    report = catalog.index_folder(folder, progress=False)
+                    break
+                except StorageUnavailableError:
+                    assert time.monotonic() < deadline, "the catalog did not come back after the restart"
+            assert (report.added, report.unchanged) == (10, 10)
+            assert len(catalog) == 20 and len(set(catalog.keys())) == 20
+    finally:
+        server.stop()

@@ -40,8 +40,11 @@ PREFIX = "fashionrec."
 REMOVED_SUFFIX = "__removed"
 CONSISTENCY = "Session"
 STRONG_AFTER_WRITE = 10.0
-CONNECT_SECONDS = 5.0  # connecting; each call then has CALL_SECONDS
-CALL_SECONDS = 60.0
+CONNECT_SECONDS = 5.0  # connecting; each call then has READ_SECONDS or CALL_SECONDS
+# Whole seconds: pymilvus bounds its retries of an unreachable server by a call's timeout only
+# when that is an int (a float is ignored, and it retries 75 times, three and a half minutes).
+CALL_SECONDS = 30  # a write or a schema change
+READ_SECONDS = 10  # a read: a replica must tell its load balancer it is unwell within seconds
 TEXT_MAX = 65_535  # Milvus' longest VARCHAR (bytes)
 WRITE_BATCH = 256  # rows per upsert: 2048-d rows are ~20 kB each on the wire
 GET_BATCH = 1_000
@@ -51,6 +54,7 @@ FIELDS = ["key", "path", "size", "mtime_ns", "metadata"]
 T = TypeVar("T")
 _READS = frozenset({"get", "count", "query", "search"})
 _WRITES = frozenset({"upsert", "delete"})
+_QUICK = _READS | {"describe_collection", "has_collection", "get_load_state"}
 
 
 def _quiet_pymilvus() -> None:
@@ -104,7 +108,7 @@ class MilvusBackend:
         return "Strong" if recent else CONSISTENCY
 
     def _call(self, what: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if kwargs.setdefault("timeout", CALL_SECONDS) is None:
+        if kwargs.setdefault("timeout", READ_SECONDS if what in _QUICK else CALL_SECONDS) is None:
             del kwargs["timeout"]  # an iterator's next() takes none
         if what in _READS:
             kwargs.setdefault("consistency_level", self._level())
