@@ -30,18 +30,6 @@ def _export_cached(name: str, **config: object) -> Path:
         return export_cached(MODEL_CACHE, name, **config)
 
 
-# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup). Each file stays on
-# one worker, so its module-scoped fixtures are built once; files that share an expensive
-# session resource (a Milvus server, a local Ray) share a group, so only one worker starts it.
-SHARED_GROUPS: dict[str, str] = {}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        group = SHARED_GROUPS.get(item.path.name, item.path.stem)
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session")
 def test_model() -> Path:
     """The contract-sized model: 224 px, max pooling, random weights with seed 0."""

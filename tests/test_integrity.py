@@ -4,6 +4,7 @@ rebuilds under readers, lost PCA files, writers racing searches, read-only media
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -322,6 +323,19 @@ def test_more_like_this_sees_one_consistent_state_while_another_process_re_adds_
     assert not errors, errors[:3]
 
 
+def remount_read_only(disk: Path) -> None:
+    """Remount a test tmpfs read-only. The kernel refuses (EBUSY) while a file on it is open for
+    writing; a closed catalog's SQLite connections of other threads close when collected, so
+    collect first, and give a loaded machine a few tries."""
+    for attempt in range(5):
+        gc.collect()
+        done = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError(f"could not remount {disk} read-only: {done.stderr.strip()}")
+
+
 # -- a read-only medium ---------------------------------------------------------------------------------
 
 
@@ -331,9 +345,57 @@ def test_a_catalog_on_a_read_only_medium_serves_searches_and_says_it_is_read_onl
     with tmpfs(tmp_path / "disk", 64) as disk:
         with Catalog.create(disk / "catalog", small_model) as catalog:
             catalog.add_many([f"a-{i}" for i in range(300)], unit_vectors(300, 7))
-        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        remount_read_only(disk)
         with Catalog.open(disk / "catalog") as catalog:
             assert catalog.readonly and "read-only" in caplog.text
             assert len(catalog.search("a-3", k=5)) == 5 and catalog.verify() == []
             with pytest.raises(CatalogError, match="read-only"):
                 catalog.remove("a-3")
+
+
+# -- false success and silent failures (issue 25) -----------------------------------------------------------
+
+
+def test_rebuild_and_sync_on_a_read_only_medium_fail_at_once_in_one_line(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from feed_server import FeedServer, png
+
+    server = FeedServer()
+    try:
+        server.images["a.png"] = png(1)
+        feed = tmp_path / "feed.csv"
+        feed.write_text(f"product_id,image\nA,{server.url('/img/a.png')}\n")
+        with tmpfs(tmp_path / "disk", 64) as disk:
+            with Catalog.create(disk / "catalog", small_model) as catalog:
+                catalog.add_many([f"a-{i}" for i in range(50)], unit_vectors(50, 7))
+            remount_read_only(disk)
+            capsys.readouterr()
+            assert main(["rebuild", "--catalog", str(disk / "catalog")]) == 2
+            sync = ["sync", str(feed), "--catalog", str(disk / "catalog"), "--allow-private-network"]
+            assert main([*sync, "--quiet"]) == 2
+            captured = capsys.readouterr()
+            errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+            assert "rebuilt" not in captured.out and len(errors) == 2 and "Traceback" not in captured.err
+            assert "cannot be written" in errors[0] and "read-only" in errors[1]
+            assert server.requests == {}  # nothing was downloaded for a sync that could not be kept
+    finally:
+        server.stop()
+
+
+def test_reduce_on_a_full_disk_names_the_file_and_the_state_it_left(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with tmpfs(tmp_path / "disk", 24) as disk:
+        with Catalog.create(disk / "catalog", small_model) as catalog:
+            catalog.add_many([f"a-{i}" for i in range(300)], unit_vectors(300, 3))
+        filler = fill(disk, 200_000)  # the PCA of 2048 -> 256 needs about 2 MB
+        capsys.readouterr()
+        assert main(["reduce", "--catalog", str(disk / "catalog"), "--dim", "256"]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("error: the disk holding") and str(disk / "catalog") in error
+        assert "PCA file pca-256" in error and "Nothing was changed" in error and len(error.splitlines()) == 1
+        assert not list((disk / "catalog").glob("pca-*"))  # no half-written file left behind
+        filler.unlink()
+        with Catalog.open(disk / "catalog") as reopened:
+            assert reopened.reduction is None and len(reopened) == 300 and reopened.verify() == []

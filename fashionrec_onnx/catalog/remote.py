@@ -33,7 +33,8 @@ import numpy as np
 from ..embedder import Embedder
 from ..errors import BadArgumentError, CatalogError, ModelError, ModelMismatchError, UnknownKeyError
 from ..images import Box, check_box
-from ..model import ModelInfo
+from ..json_values import bad_field
+from ..model import ModelInfo, recorded_fingerprint
 from . import jobs, products
 from .backend import NO_LABEL, Backend, Neighbour
 from .facade import Catalog
@@ -217,6 +218,14 @@ class RemoteCatalog(Catalog):
         return self._info
 
     @property
+    def model_fingerprints(self) -> frozenset[str]:
+        """``info.fingerprint``, and the one recorded at creation if an earlier scheme computed it."""
+        recorded = recorded_fingerprint(
+            {k[len("model.") :]: v for k, v in self._settings.items() if k.startswith("model.")}
+        )
+        return frozenset({self._info.fingerprint, recorded or self._info.fingerprint})
+
+    @property
     def dim(self) -> int:
         return self._info.dim
 
@@ -256,6 +265,25 @@ class RemoteCatalog(Catalog):
     @property
     def reduction(self) -> None:
         return None
+
+    def left_out_of_graph(self) -> list[str]:
+        """Nothing: every vector the engine holds passed the finite unit-vector gate."""
+        return []
+
+    def require_writable(self, what: str) -> None:
+        """Refuse ``what`` before any work on a catalog opened read-only (the server's own
+        permissions are checked by the server at the first write)."""
+        if self._readonly:
+            raise CatalogError(f"{self.path} was opened read-only, and {what} changes it; nothing was done.")
+
+    def feed_keys(self, key_prefix: str) -> list[str]:
+        """Keys under the feed's prefix. A Milvus catalog records no owner per item yet: every item
+        under the prefix counts as the feed's (index folders under another prefix)."""
+        return self.keys(key_prefix) if key_prefix else []
+
+    def claim_for_feed(self, key_prefix: str, keys: Iterable[str]) -> int:
+        """Nothing to record on a Milvus catalog (see `feed_keys`)."""
+        return 0
 
     def _writable(self) -> None:
         if self._readonly:
@@ -424,6 +452,7 @@ class RemoteCatalog(Catalog):
 
     def _write(self, new: list[NewItem]) -> None:
         self._writable()
+        _check_metadata(new)
         self._backend.write(new)
         self._backend.forget_removed([item.key for item in new])
 
@@ -452,7 +481,9 @@ class RemoteCatalog(Catalog):
         metadata: Iterable[Mapping[str, Any] | None] | None = None,
         sizes: Iterable[int | None] | None = None,
         mtimes_ns: Iterable[int | None] | None = None,
+        feed: str | None = None,
     ) -> int:
+        del feed  # no per-item owner on a Milvus catalog yet (see `feed_keys`)
         keys = list(keys)
         vectors = np.asarray(vectors, np.float32)
         if vectors.shape != (len(keys), self.dim):
@@ -500,11 +531,14 @@ class RemoteCatalog(Catalog):
             for key, (row, vector) in found.items()
             if row["metadata"] != values[key]
         ]
+        _check_metadata(changed)
         self._backend.write(changed)
         return len(changed)
 
-    def rebuild(self) -> None:
-        """The engine keeps its own index: nothing to rebuild here."""
+    def rebuild(self) -> list[str]:
+        """The engine keeps its own index: nothing to rebuild here, and nothing left out (every
+        write passed the finite unit-vector gate)."""
+        return []
 
     def index_folder(self, folder: str | os.PathLike[str], **options: Any) -> IndexReport:
         """See `Catalog.index_folder`; done by `feeds.remote_folders` (registered in `jobs`)."""
@@ -793,3 +827,15 @@ class RemoteCatalog(Catalog):
 
 def _item(key: str, row: Mapping[str, Any]) -> Item:
     return Item(NO_LABEL, key, row["path"], row["size"], row["mtime_ns"], dict(row["metadata"]))
+
+
+def _check_metadata(new: Sequence[NewItem]) -> None:
+    """The gate every write passes: metadata that JSON cannot hold finitely is refused, naming the
+    item and field, before anything reaches the server."""
+    for item in new:
+        if bad := bad_field(item.metadata or {}):
+            field, reason = bad
+            raise BadArgumentError(
+                f"item {item.key!r}: metadata field {field[:60]!r} cannot be stored ({reason}); "
+                "nothing of the batch was written"
+            )

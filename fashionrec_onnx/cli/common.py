@@ -94,6 +94,21 @@ def path(value: str) -> Path:
     return Path(text(value))
 
 
+def host(value: str) -> str:
+    """An argparse type for --host: an address or name this machine can listen on, checked before
+    anything is loaded or announced."""
+    import socket
+
+    try:
+        socket.getaddrinfo(value, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise argparse.ArgumentTypeError(
+            f"{printable(value)[:60]!r} is not an address or host name to listen on ({reason})"
+        ) from None
+    return value
+
+
 def catalog_location(value: str) -> Path | MilvusLocation:
     """An argparse type for --catalog: a directory, or a Milvus URI (never taken for a folder;
     shown without its password wherever the command prints it)."""
