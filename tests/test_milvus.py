@@ -437,3 +437,19 @@ def test_an_outage_is_503_and_exit_2_and_indexing_resumes_after_a_restart(
         assert count == 20 and len(set(keys)) == 20
     finally:
         server.stop()
+
+
+def test_keys_with_quotes_backslashes_and_unicode_on_both_backends(
+    new_location: str, small_model: Path
+) -> None:
+    keys = ['say "hi".png', "back\\slash.png", "ünï [1].png", "it's.png", "plain.png"]
+    rows = unit_rows(len(keys), seed=3)
+    with Catalog.create(new_location, small_model) as catalog:
+        catalog.add_many(keys, rows)
+        for key in keys:
+            assert catalog.get(key).key == key
+            hits = catalog.more_like_this(key, k=len(keys))
+            assert key not in {h.key for h in hits} and len(hits) == len(keys) - 1
+        assert catalog.remove('say "hi".png', "back\\slash.png") == 2
+        assert sorted(catalog.keys()) == sorted(keys[2:])
+        assert catalog.removed_keys() == sorted(['say "hi".png', "back\\slash.png"])

@@ -14,6 +14,10 @@ the server has applied them (well under a second on a healthy server). That is w
 replicas need: read-your-writes for the process that changes the catalog, and no "Strong" wait
 on every search of the processes that only serve.
 
+Keys reach the server only inside our own escaped expressions (``key in [...]``): pymilvus'
+``get(ids=...)`` and ``delete(ids=...)`` build theirs without escaping, so a key holding a quote
+or a backslash broke them.
+
 Every pymilvus error becomes a one-line `CatalogError` naming the URI (never the password);
 a server that cannot be reached is a `StorageUnavailableError`.
 """
@@ -227,7 +231,8 @@ class MilvusBackend:
     def remove(self, keys: Sequence[str]) -> list[str]:
         present = list(self.fetch(list(dict.fromkeys(keys))))
         for start in range(0, len(present), GET_BATCH):
-            self._call("delete", self._client.delete, self.collection, ids=present[start : start + GET_BATCH])
+            chunk = present[start : start + GET_BATCH]
+            self._call("delete", self._client.delete, self.collection, filter=expr.keys_in(chunk))
         return present
 
     def _has_removed(self) -> bool:
@@ -253,7 +258,7 @@ class MilvusBackend:
         keys = list(keys) if self._has_removed() else []
         for start in range(0, len(keys), GET_BATCH):
             chunk = keys[start : start + GET_BATCH]
-            self._call("delete", self._client.delete, self.removed_collection, ids=chunk)
+            self._call("delete", self._client.delete, self.removed_collection, filter=expr.keys_in(chunk))
 
     def removed_keys(self, among: Sequence[str] | None = None) -> list[str]:
         if among is None:
@@ -265,7 +270,12 @@ class MilvusBackend:
         for start in range(0, len(among), GET_BATCH):
             chunk = among[start : start + GET_BATCH]
             rows = self._call(
-                "get", self._client.get, self.removed_collection, ids=chunk, output_fields=["key"]
+                "get",
+                self._client.query,
+                self.removed_collection,
+                filter=expr.keys_in(chunk),
+                output_fields=["key"],
+                limit=len(chunk),
             )
             found += [row["key"] for row in rows]
         return found
@@ -282,7 +292,14 @@ class MilvusBackend:
         keys = [key for key in keys if isinstance(key, str) and len(key.encode()) <= TEXT_MAX]
         for start in range(0, len(keys), GET_BATCH):
             chunk = keys[start : start + GET_BATCH]
-            rows = self._call("get", self._client.get, self.collection, ids=chunk, output_fields=fields)
+            rows = self._call(
+                "get",
+                self._client.query,
+                self.collection,
+                filter=expr.keys_in(chunk),
+                output_fields=fields,
+                limit=len(chunk),
+            )
             for row in rows:
                 out[row["key"]] = (_described(row), _vector(row) if vectors else None)
         return out
