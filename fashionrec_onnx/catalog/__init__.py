@@ -20,6 +20,7 @@ Nothing here imports the packages built on the catalog (`feeds`, `interchange`, 
 `service`).
 """
 
+from . import remote as remote  # registers milvus:// catalogs with the facade (no pymilvus import)
 from .columns import Filter
 from .duplicates import DuplicateGroup, DuplicateReport
 from .facade import Catalog

@@ -18,6 +18,10 @@ PROVIDERS = {
     "sync": "fashionrec_onnx.feeds",
     "import_vectors": "fashionrec_onnx.interchange",
     "export_vectors": "fashionrec_onnx.interchange",
+    # catalogs on a server: `remote` subclasses `Catalog`, so the facade reaches it through here
+    "create_remote": "fashionrec_onnx.catalog.remote",
+    "open_remote": "fashionrec_onnx.catalog.remote",
+    "remote_exists": "fashionrec_onnx.catalog.remote",
 }
 
 _registered: dict[str, Job] = {}
