@@ -9,6 +9,7 @@ Its data and logs live in the directory given (a temporary one).
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -48,16 +49,46 @@ class TestServer:
     __test__ = False  # not a pytest test class
 
     def __init__(self, base_dir: Path) -> None:
+        import milvus
         from milvus import MilvusServer, MilvusServerConfig
 
         self.base_dir = Path(base_dir)
-        self._server = MilvusServer(MilvusServerConfig())
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(len(PORT_KEYS) + 2)
+        etcd_port, peer_port = ports[PORT_KEYS.index("etcd_port")], ports[-2]
+        # The embedded etcd's peer port is fixed (2380) unless an etcd config file names
+        # another: without one, two of these servers on one machine cannot both start.
+        etcd_config = self.base_dir / "embed-etcd.yaml"
+        etcd_config.write_text(
+            f"listen-client-urls: http://localhost:{etcd_port}\n"
+            f"advertise-client-urls: http://localhost:{etcd_port}\n"
+            f"listen-peer-urls: http://localhost:{peer_port}\n"
+            f"initial-advertise-peer-urls: http://localhost:{peer_port}\n"
+            f"initial-cluster: default=http://localhost:{peer_port}\n"
+        )
+        template = (Path(milvus.__file__).parent / "data" / "config.yaml.template").read_text()
+        template = template.replace(
+            "\n  use:\n    embed: true", f"\n  config:\n    path: {etcd_config}\n  use:\n    embed: true", 1
+        )
+        (self.base_dir / "config.yaml.template").write_text(template)
+        config = MilvusServerConfig(template=str(self.base_dir / "config.yaml.template"))
+        config.glog_conf_file = str(
+            Path(milvus.__file__).parent / "data" / "glog.conf"
+        )  # set only by default
+        self._server = MilvusServer(config)
         self._server.set_base_dir(str(self.base_dir))
-        ports = free_ports(len(PORT_KEYS) + 1)
         for key, port in zip(PORT_KEYS, ports):
             self._server.config.set(key, port)
         self._server.webservice_port = ports[-1]
-        self.port = ports[PORT_KEYS.index("proxy_port")]
+        # The package checks a port by binding it without SO_REUSEADDR, and moves to the next
+        # one if that fails: after a kill -9 the ports linger in TIME_WAIT, and a restart would
+        # come up elsewhere. Check them as the server itself binds them.
+        self._server.config.try_bind_port = _bind_reusing
+
+    @property
+    def port(self) -> int:
+        """The proxy's port (the one clients use), as the server resolved it."""
+        return int(self._server.config.get("proxy_port"))
 
     @property
     def address(self) -> str:
@@ -78,6 +109,27 @@ class TestServer:
 
     def stop(self) -> None:
         self._server.stop()
+
+    def kill(self) -> None:
+        """kill -9, as an outage: the data directory stays for a restart with `start`."""
+        proc = self._server.server_proc
+        if proc is not None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        self._server.server_proc = None
+        self._server.stop()  # closes its log files
+
+
+def _bind_reusing(port: int) -> socket.socket | None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
 
 
 @contextlib.contextmanager

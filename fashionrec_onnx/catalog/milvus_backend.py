@@ -14,6 +14,10 @@ the server has applied them (well under a second on a healthy server). That is w
 replicas need: read-your-writes for the process that changes the catalog, and no "Strong" wait
 on every search of the processes that only serve.
 
+Keys reach the server only inside our own escaped expressions (``key in [...]``): pymilvus'
+``get(ids=...)`` and ``delete(ids=...)`` build theirs without escaping, so a key holding a quote
+or a backslash broke them.
+
 Every pymilvus error becomes a one-line `CatalogError` naming the URI (never the password);
 a server that cannot be reached is a `StorageUnavailableError`.
 """
@@ -40,8 +44,11 @@ PREFIX = "fashionrec."
 REMOVED_SUFFIX = "__removed"
 CONSISTENCY = "Session"
 STRONG_AFTER_WRITE = 10.0
-CONNECT_SECONDS = 5.0  # connecting; each call then has CALL_SECONDS
-CALL_SECONDS = 60.0
+CONNECT_SECONDS = 5.0  # connecting; each call then has READ_SECONDS or CALL_SECONDS
+# Whole seconds: pymilvus bounds its retries of an unreachable server by a call's timeout only
+# when that is an int (a float is ignored, and it retries 75 times, three and a half minutes).
+CALL_SECONDS = 30  # a write or a schema change
+READ_SECONDS = 10  # a read: a replica must tell its load balancer it is unwell within seconds
 TEXT_MAX = 65_535  # Milvus' longest VARCHAR (bytes)
 WRITE_BATCH = 256  # rows per upsert: 2048-d rows are ~20 kB each on the wire
 GET_BATCH = 1_000
@@ -51,6 +58,7 @@ FIELDS = ["key", "path", "size", "mtime_ns", "metadata"]
 T = TypeVar("T")
 _READS = frozenset({"get", "count", "query", "search"})
 _WRITES = frozenset({"upsert", "delete"})
+_QUICK = _READS | {"describe_collection", "has_collection", "get_load_state"}
 
 
 def _quiet_pymilvus() -> None:
@@ -104,7 +112,7 @@ class MilvusBackend:
         return "Strong" if recent else CONSISTENCY
 
     def _call(self, what: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if kwargs.setdefault("timeout", CALL_SECONDS) is None:
+        if kwargs.setdefault("timeout", READ_SECONDS if what in _QUICK else CALL_SECONDS) is None:
             del kwargs["timeout"]  # an iterator's next() takes none
         if what in _READS:
             kwargs.setdefault("consistency_level", self._level())
@@ -223,7 +231,8 @@ class MilvusBackend:
     def remove(self, keys: Sequence[str]) -> list[str]:
         present = list(self.fetch(list(dict.fromkeys(keys))))
         for start in range(0, len(present), GET_BATCH):
-            self._call("delete", self._client.delete, self.collection, ids=present[start : start + GET_BATCH])
+            chunk = present[start : start + GET_BATCH]
+            self._call("delete", self._client.delete, self.collection, filter=expr.keys_in(chunk))
         return present
 
     def _has_removed(self) -> bool:
@@ -249,7 +258,7 @@ class MilvusBackend:
         keys = list(keys) if self._has_removed() else []
         for start in range(0, len(keys), GET_BATCH):
             chunk = keys[start : start + GET_BATCH]
-            self._call("delete", self._client.delete, self.removed_collection, ids=chunk)
+            self._call("delete", self._client.delete, self.removed_collection, filter=expr.keys_in(chunk))
 
     def removed_keys(self, among: Sequence[str] | None = None) -> list[str]:
         if among is None:
@@ -261,7 +270,12 @@ class MilvusBackend:
         for start in range(0, len(among), GET_BATCH):
             chunk = among[start : start + GET_BATCH]
             rows = self._call(
-                "get", self._client.get, self.removed_collection, ids=chunk, output_fields=["key"]
+                "get",
+                self._client.query,
+                self.removed_collection,
+                filter=expr.keys_in(chunk),
+                output_fields=["key"],
+                limit=len(chunk),
             )
             found += [row["key"] for row in rows]
         return found
@@ -278,7 +292,14 @@ class MilvusBackend:
         keys = [key for key in keys if isinstance(key, str) and len(key.encode()) <= TEXT_MAX]
         for start in range(0, len(keys), GET_BATCH):
             chunk = keys[start : start + GET_BATCH]
-            rows = self._call("get", self._client.get, self.collection, ids=chunk, output_fields=fields)
+            rows = self._call(
+                "get",
+                self._client.query,
+                self.collection,
+                filter=expr.keys_in(chunk),
+                output_fields=fields,
+                limit=len(chunk),
+            )
             for row in rows:
                 out[row["key"]] = (_described(row), _vector(row) if vectors else None)
         return out
