@@ -1,22 +1,31 @@
 # Quick start: `make demo` and `make test` both set everything up on a fresh machine.
 # make test = make lint (ruff, mypy) + make docs (mkdocs --strict) + the test suite.
+# The venv holds the tested versions of constraints.txt; `make constraints` tries the newest.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EXTRAS := export,demo,serve,bench,ray,dev
+CONSTRAINTS := constraints.txt
+LATEST := .venv-latest
+# pip freeze's lines as canonical names, sorted by name: one `name==version` a line
+SORT_PINS := 'import sys; from packaging.utils import canonicalize_name as c; \
+	pins = sorted((c(n), v) for n, v in (line.strip().split("==") for line in sys.stdin)); \
+	print(*(f"{n}=={v}" for n, v in pins), sep="\n")'
 
-.PHONY: install test demo bench lint docs clean
+.PHONY: install test demo bench lint docs clean constraints
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[export,demo,serve,bench,ray,dev]'
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
+# Two workers (pytest-xdist); each test file stays on one worker, so its module fixtures are built once.
 test: lint docs
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 demo: install
 	$(BIN)/fashionrec demo
@@ -32,5 +41,24 @@ lint: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
+# The newest versions the ranges of pyproject.toml allow, in a venv of their own: constraints.txt
+# is rewritten from them (header kept), what moved is printed, then ruff and the suite run there.
+# Commit constraints.txt when green; when red, the failing test shows the drift.
+constraints:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet --upgrade -e '.[$(EXTRAS)]'
+	{ grep '^#' $(CONSTRAINTS) | grep -v '^# Resolved '; \
+	  echo "# Resolved $$(date -u +%F) with Python $$($(LATEST)/bin/python -c 'import sys; print(*sys.version_info[:2], sep=".")') on $$(uname -s) $$(uname -m)."; \
+	  $(LATEST)/bin/pip freeze --exclude-editable --exclude fashionrec-onnx | $(LATEST)/bin/python -c $(SORT_PINS); \
+	} > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	@echo "versions that moved (git diff constraints.txt):"
+	@git diff --no-color -U0 -- $(CONSTRAINTS) | grep '^[-+][^-+#]' || echo "  none"
+	$(LATEST)/bin/ruff check .
+	$(LATEST)/bin/mypy
+	$(LATEST)/bin/python -m pytest -q -n 2 --dist loadfile
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site *.egg-info
+	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache .mypy_cache site *.egg-info

@@ -6,6 +6,13 @@ beside it, in the same run, the model-only embedding rate (the bound for photo q
 Models have seeded random weights (ImageNet weights cannot be downloaded here): speed does not
 depend on the weights' values. The client runs on the same cores as the server, as a backend
 on the same host would. Bounded: a few minutes. Writes benchmarks/results/service-load.{md,json}.
+
+The load generator is lean (asyncio streams, requests encoded once, keep-alive connections):
+about 0.07 ms of CPU per request, where httpx's AsyncClient took about 2 ms, which on these two
+shared cores was most of the latency once 16 requests were in flight. A comparison in the same
+run puts key queries at concurrency 16 side by side: the server untuned (h11, asyncio, no GC
+freeze: `FASHIONREC_SERVE_UNTUNED=1`) and as shipped, each driven by httpx and by the lean
+client, in interleaved rounds; medians over the rounds. `--compare-only` runs just that.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import RAW, RESULTS, ROOT, machine_info
+from fashionrec_onnx.service.config import UNTUNED_ENV
 
 log = logging.getLogger("benchmarks.service_load")
 
@@ -35,7 +43,7 @@ CONCURRENCY = (1, 4, 16)
 PHOTO_SIZE = (600, 800)  # a product photo as a shop uploads it (width, height)
 
 
-def models(calibration: int) -> dict[str, Path]:
+def models(calibration: int, int8: bool = True) -> dict[str, Path]:
     """The tests' 224 px fp32 model (cached) and its int8 version (made once, cached)."""
     from fashionrec_export.export_resnet50 import export_cached
     from fashionrec_export.quantize import quantize_int8
@@ -43,11 +51,13 @@ def models(calibration: int) -> dict[str, Path]:
     fp32 = export_cached(
         ROOT / ".cache" / "test-models", "resnet50-224-seed0", weights="random", seed=0, size=224
     )
-    int8 = RAW / "models" / f"{fp32.stem}-int8-cal{calibration}.onnx"
-    if not int8.exists():
-        int8.parent.mkdir(parents=True, exist_ok=True)
-        quantize_int8(fp32, int8, count=calibration)
-    return {"fp32": fp32, "int8": int8}
+    if not int8:
+        return {"fp32": fp32}
+    quantized = RAW / "models" / f"{fp32.stem}-int8-cal{calibration}.onnx"
+    if not quantized.exists():
+        quantized.parent.mkdir(parents=True, exist_ok=True)
+        quantize_int8(fp32, quantized, count=calibration)
+    return {"fp32": fp32, "int8": quantized}
 
 
 def jpeg_photos(folder: Path, per_category: int) -> dict[str, dict[str, str]]:
@@ -92,12 +102,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(catalog: Path, workers: int) -> tuple[subprocess.Popen, str]:
+def start_server(catalog: Path, workers: int, untuned: bool = False) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != UNTUNED_ENV}
+    if untuned:
+        env[UNTUNED_ENV] = "1"
     process = subprocess.Popen(
         [FASHIONREC, "serve", "--catalog", str(catalog), "--port", str(port), "--workers", str(workers)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -112,6 +126,60 @@ def start_server(catalog: Path, workers: int) -> tuple[subprocess.Popen, str]:
         time.sleep(0.25)
     process.kill()
     raise RuntimeError("fashionrec serve did not answer within 120 s")
+
+
+def encoded(url: str, request: dict) -> bytes:
+    """One POST /search (httpx keyword arguments) as the bytes sent on the wire, encoded once."""
+    built = httpx.Request("POST", f"{url}/search", **request)
+    body = built.read()
+    head = "".join(f"{name}: {value}\r\n" for name, value in built.headers.items())
+    return f"POST /search HTTP/1.1\r\n{head}\r\n".encode() + body
+
+
+async def lean_load(url: str, requests: list[dict], concurrency: int) -> dict[str, float]:
+    """The same as `load`, with a client that costs next to nothing: ``concurrency`` keep-alive
+    connections send requests encoded beforehand and read status, length and body."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    wire = [encoded(url, request) for request in requests]
+    pending = list(reversed(wire))
+    latencies: list[float] = []
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            while pending:
+                data = pending.pop()
+                start = time.perf_counter()
+                writer.write(data)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                body = await reader.readexactly(length)
+                ok = head.startswith(b"HTTP/1.1 200") and bool(json.loads(body)["hits"])
+                latencies.append(time.perf_counter() - start)
+                errors += not ok
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return figures(latencies, errors, len(requests), time.perf_counter() - start)
+
+
+def figures(latencies: list[float], errors: int, requests: int, wall: float) -> dict[str, float]:
+    ms = np.asarray(latencies) * 1000
+    return {
+        "requests": requests,
+        "errors": errors,
+        "per_second": requests / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 async def load(url: str, requests: list[dict], concurrency: int) -> dict[str, float]:
@@ -140,13 +208,36 @@ async def load(url: str, requests: list[dict], concurrency: int) -> dict[str, fl
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    ms = np.asarray(latencies) * 1000
+    return figures(latencies, errors, len(requests), wall)
+
+
+CLIENTS = {"httpx": load, "lean": lean_load}
+MEDIANS = ("per_second", "p50_ms", "p99_ms")
+
+
+def compare(catalog: Path, requests: list[dict], rounds: int) -> dict[str, object]:
+    """Key queries at concurrency 16, one worker: server untuned / as shipped x client httpx /
+    lean, in interleaved rounds (the machine's load drifts); medians over the rounds."""
+    cells: dict[str, list[dict[str, float]]] = {}
+    for round_ in range(rounds):
+        for server in ("untuned", "shipped"):
+            process, url = start_server(catalog, 1, untuned=server == "untuned")
+            try:
+                asyncio.run(lean_load(url, requests[:40], 2))  # warm up
+                for client, run_load in CLIENTS.items():
+                    result = asyncio.run(run_load(url, requests, 16))
+                    cells.setdefault(f"{server}/{client}", []).append(result)
+                    log.info("compare round %d %s/%s %s", round_, server, client, result)
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
     return {
-        "requests": len(requests),
-        "errors": errors,
-        "per_second": len(requests) / wall,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
+        cell: {
+            "rounds": results,
+            **{name: float(np.median([r[name] for r in results])) for name in MEDIANS},
+            "errors": sum(r["errors"] for r in results),
+        }
+        for cell, results in cells.items()
     }
 
 
@@ -172,33 +263,37 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "model_only": {},
     }
     rng = np.random.default_rng(0)
-    for precision, model in models(args.calibration).items():
+    for precision, model in models(args.calibration, int8=not args.compare_only).items():
         log.info("%s: indexing %d photos", precision, len(photos))
         catalog_dir = work / f"catalog-{precision}"
         with Catalog.create(catalog_dir, model) as catalog:
             catalog.index_folder(work / "photos", metadata=metadata, progress=False)
+        by_key = [{"json": {"key": keys[i], "k": 10}} for i in rng.integers(0, len(keys), args.keys)]
+        if precision == "fp32":
+            results["compare"] = compare(catalog_dir, by_key, args.rounds)
+        if args.compare_only:
+            continue
         log.info("%s: the model alone, before serving", precision)
         before = model_only(model, photos[: args.model_images])
         uploads = [
             {"files": {"image": ("photo.jpg", photos[i], "image/jpeg")}, "data": {"k": "10"}}
             for i in rng.integers(0, len(photos), args.uploads)
         ]
-        by_key = [{"json": {"key": keys[i], "k": 10}} for i in rng.integers(0, len(keys), args.keys)]
         for workers in (1, 2):
             process, url = start_server(catalog_dir, workers)
             try:
-                asyncio.run(load(url, uploads[:4] + by_key[:20], 2))  # warm up every worker
+                asyncio.run(lean_load(url, uploads[:4] + by_key[:20], 2))  # warm up every worker
                 for concurrency in CONCURRENCY:
                     for kind, requests in (("upload", uploads), ("key", by_key)):
-                        figures = asyncio.run(load(url, requests, concurrency))
+                        measured = asyncio.run(lean_load(url, requests, concurrency))
                         row = {
                             "model": precision,
                             "workers": workers,
                             "query": kind,
                             "concurrency": concurrency,
                         }
-                        results["runs"].append({**row, **figures})  # type: ignore[attr-defined]
-                        log.info("%s", {**row, **figures})
+                        results["runs"].append({**row, **measured})  # type: ignore[attr-defined]
+                        log.info("%s", {**row, **measured})
             finally:
                 process.terminate()
                 process.wait(timeout=30)
@@ -222,12 +317,23 @@ def markdown(results: dict) -> str:
         f"Command: `{results['command']}`. Client and server on the same cores (127.0.0.1).",
         f"Models: ResNet50 224 px, {results['weights']}. Catalog: {photos['count']} photos; "
         f"uploads are {photos['size'][0]}x{photos['size'][1]} JPEGs (mean {photos['mean_kb']:.0f} kB), "
-        "k=10. Each worker runs onnxruntime on cores / workers threads.",
+        "k=10. Each worker runs onnxruntime on cores / workers threads. The client is the lean one",
+        "(see the comparison at the end).",
+    ]
+    if results.get("runs"):
+        lines += served_tables(results)
+    if "compare" in results:
+        lines += comparison(results["compare"], results["command"])
+    return "\n".join(lines) + "\n"
+
+
+def served_tables(results: dict) -> list[str]:
+    lines = [
         "",
         "| model | workers | query | concurrency | requests | errors | req/s | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results["runs"]:
+    for r in results.get("runs", []):
         lines.append(
             f"| {r['model']} | {r['workers']} | {r['query']} | {r['concurrency']} | {r['requests']} | "
             f"{r['errors']} | {r['per_second']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
@@ -244,7 +350,7 @@ def markdown(results: dict) -> str:
         "| best upload req/s | service / model alone |",
         "|---|---|---|---|---|",
     ]
-    for precision, rates in results["model_only"].items():
+    for precision, rates in results.get("model_only", {}).items():
         uploads = [r for r in results["runs"] if r["model"] == precision and r["query"] == "upload"]
         best = max(r["per_second"] for r in uploads)
         one = [rates[when]["one_at_a_time_per_s"] for when in ("before", "after")]
@@ -253,7 +359,32 @@ def markdown(results: dict) -> str:
             f"| {precision} | {one[0]:.1f} / {one[1]:.1f} | {batched[0]:.1f} / {batched[1]:.1f} | "
             f"{best:.1f} | {best / max(one):.0%} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def comparison(cells: dict, command: str) -> list[str]:
+    """Key queries at concurrency 16, before and after, side by side."""
+    lines = [
+        "",
+        "## Key queries at concurrency 16: before and after, in the same run",
+        "",
+        "One worker, fp32 catalog, k=10. Server *untuned*: uvicorn's h11 and asyncio loop, no GC freeze",
+        "(as before); *shipped*: httptools, uvloop and the heap frozen after startup. Client *httpx*:",
+        "one AsyncClient (about 2 ms of CPU per request, on the same two cores); *lean*: asyncio",
+        "streams with requests encoded once. Rounds interleave the four cells; the figures are medians",
+        f"over the rounds, every round's p99 beside them. Command: `{command}`.",
+        "",
+        "| server | client | req/s | p50 ms | p99 ms | p99 of each round | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cell, row in cells.items():
+        server, client = cell.split("/")
+        each = ", ".join(f"{r['p99_ms']:.0f}" for r in row["rounds"])
+        lines.append(
+            f"| {server} | {client} | {row['per_second']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
+            f"{each} | {row['errors']} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,8 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=400, help="key requests per cell")
     parser.add_argument("--model-images", type=int, default=48, help="photos for the model-only rate")
     parser.add_argument("--calibration", type=int, default=16, help="int8 calibration images")
-    parser.add_argument("--out", type=Path, default=RESULTS / "service-load")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the before/after comparison")
+    parser.add_argument(
+        "--compare-only", action="store_true", help="only the before/after comparison of key queries"
+    )
+    parser.add_argument("--out", type=Path, help="default: results/service-load(-compare)")
     args = parser.parse_args(argv)
+    args.out = args.out or RESULTS / ("service-load-compare" if args.compare_only else "service-load")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would load the client
     results = run(args)

@@ -224,28 +224,11 @@ def weights_source(config: ExportConfig) -> str:
     return f"file:{Path(config.weights).name}"
 
 
-def graph_fingerprint(onnx_model, info_fields: dict[str, object]) -> str:
-    """Identify a model by what it computes: operators, weights and the recorded contract.
-
-    Tensor and node names are left out: they depend on the converter's naming, not the model.
-    """
-    from onnx import numpy_helper
-
-    digest = hashlib.sha256(repr(sorted(info_fields.items())).encode())
-    for node in onnx_model.graph.node:
-        digest.update(f"{node.domain}:{node.op_type};".encode())
-    for tensor in onnx_model.graph.initializer:
-        array = numpy_helper.to_array(tensor)
-        digest.update(f"{array.dtype}{array.shape};".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:16]
-
-
 def attach_metadata(onnx_model, info_fields: dict[str, object]) -> ModelInfo:
-    """Fingerprint the model, then record the contract in ``metadata_props``."""
+    """Record the contract, and the fingerprint derived from it, in ``metadata_props``."""
     import onnx
 
-    info = ModelInfo(fingerprint=graph_fingerprint(onnx_model, info_fields), **info_fields)  # type: ignore[arg-type]
+    info = ModelInfo(**info_fields)  # type: ignore[arg-type]
     onnx.helper.set_model_props(onnx_model, info.to_metadata())
     onnx_model.doc_string = f"fashionrec ResNet50 + global {info.pooling} pool, unit embeddings"
     return info
@@ -326,11 +309,21 @@ def export_model(config: ExportConfig) -> tuple[ModelInfo, ParityReport]:
 
 
 def export_cached(cache_dir: Path, name: str, **config: object) -> Path:
-    """Export once per exporter version and settings; later calls reuse the file.
+    """Export once per exporter version, toolchain and settings; later calls reuse the file.
 
-    For tests and benchmarks, which need the same model many times but never stale ones.
+    For tests and benchmarks, which need the same model many times but never stale ones: a new
+    TensorFlow or tf2onnx (`make constraints`) exports again, so the tests see what it writes.
     """
-    key = hashlib.sha256(Path(__file__).read_bytes() + repr(sorted(config.items())).encode())
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "-"
+
+    toolchain = [installed(p) for p in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")]
+    key = hashlib.sha256(Path(__file__).read_bytes() + repr((sorted(config.items()), toolchain)).encode())
     path = Path(cache_dir) / f"{name}-{key.hexdigest()[:12]}.onnx"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

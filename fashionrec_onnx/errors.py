@@ -46,6 +46,10 @@ class DiskFullError(CatalogError, OSError):
     """A write failed for lack of space; the catalog keeps its previous good state."""
 
 
+class StorageUnavailableError(CatalogError):
+    """The catalog's server (Milvus) cannot be reached; the message names it, never a password."""
+
+
 class CatalogCorruptError(CatalogError):
     """A catalog file is truncated or corrupt; the message names the file and the recovery."""
 

@@ -5,11 +5,12 @@ Only onnxruntime is needed here: reading a model never imports TensorFlow.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 import onnxruntime as ort
@@ -23,6 +24,27 @@ METADATA_PREFIX = "fashionrec."
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
 RESIZE_METHODS = ("squash", "pad")
+# What a model computes, the fields its fingerprint hashes: architecture (backbone, pooling, dim),
+# weights (sha256 of the arrays before conversion), input contract (size, resize, colour order),
+# preprocessing, normalisation, precision and calibration. Not the tools that wrote the graph:
+# TensorFlow, tf2onnx and the opset are recorded as information only, so the same weights exported
+# by another toolchain are the same model. Numerics are held by two behavioural checks instead: the
+# export's parity with Keras (every converter's output within 1e-4 of the reference, or nothing is
+# written) and a catalog's probe embedding (a model that embeds the probe image otherwise is refused).
+IDENTITY_FIELDS = (
+    "backbone",
+    "pooling",
+    "dim",
+    "weights_sha256",
+    "input_size",
+    "resize",
+    "color_order",
+    "preprocessing",
+    "normalized",
+    "precision",
+    "calibration",
+)
+FINGERPRINT_SCHEME = "fashionrec-model-identity/2"
 
 
 @dataclass(frozen=True)
@@ -43,18 +65,18 @@ class ModelInfo:
     opset: int
     tensorflow_version: str
     tf2onnx_version: str
-    fingerprint: str
     precision: str = "fp32"
     calibration: str = ""
+    # Derived from the fields above, never taken from a file: a model or catalog that recorded an
+    # older fingerprint (one that hashed the graph and the tool versions) gets today's on reading.
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprint", model_fingerprint(self))
 
     def to_metadata(self) -> dict[str, str]:
         """Flatten to ONNX ``metadata_props`` (string to string)."""
-        out: dict[str, str] = {}
-        for key, value in asdict(self).items():
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            out[METADATA_PREFIX + key] = str(value)
-        return out
+        return {METADATA_PREFIX + key: _metadata_value(value) for key, value in asdict(self).items()}
 
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> ModelInfo:
@@ -71,13 +93,13 @@ class ModelInfo:
                 f"{FORMAT_VERSION!r}. Re-export it with this version of `fashionrec export`."
             )
         fields = cls.__dataclass_fields__
-        missing = [name for name, f in fields.items() if name not in ours and f.default is MISSING]
+        missing = [name for name, f in fields.items() if f.init and name not in ours and f.default is MISSING]
         if missing:
             raise ModelError(f"{source} metadata lacks {', '.join(missing)}; re-export the model.")
         kwargs: dict[str, object] = {}
         try:
             for name, f in fields.items():
-                if name not in ours:
+                if name not in ours or not f.init:  # the recorded fingerprint is computed again
                     continue
                 raw = ours[name]
                 if f.type in ("int", int):
@@ -95,6 +117,28 @@ class ModelInfo:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+
+def _metadata_value(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def model_fingerprint(info: ModelInfo) -> str:
+    """16 hex digits naming what the model computes (``IDENTITY_FIELDS``), whatever wrote it.
+
+    Values are hashed as they are written to metadata, so an exported model, the same model read
+    back and a catalog's copy of its metadata all give one fingerprint.
+    """
+    identity = {name: _metadata_value(getattr(info, name)) for name in IDENTITY_FIELDS}
+    payload = json.dumps([FINGERPRINT_SCHEME, identity], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def recorded_fingerprint(props: Mapping[str, str]) -> str | None:
+    """The fingerprint a model file or catalog recorded: an earlier scheme's in files written
+    before the fingerprint named only what the model computes (it hashed the graph and tool
+    versions), today's otherwise. Only for recognising what those files were paired with."""
+    return props.get(METADATA_PREFIX + "fingerprint")
 
 
 def _check_model_file(path: Path) -> None:

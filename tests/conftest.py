@@ -30,18 +30,6 @@ def _export_cached(name: str, **config: object) -> Path:
         return export_cached(MODEL_CACHE, name, **config)
 
 
-# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup). Each file stays on
-# one worker, so its module-scoped fixtures are built once; files that share an expensive
-# session resource (a Milvus server, a local Ray) share a group, so only one worker starts it.
-SHARED_GROUPS: dict[str, str] = {}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        group = SHARED_GROUPS.get(item.path.name, item.path.stem)
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session")
 def test_model() -> Path:
     """The contract-sized model: 224 px, max pooling, random weights with seed 0."""
@@ -104,3 +92,47 @@ def offline_env() -> Callable[[Path], dict[str, str]]:
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+# --- Milvus: one real server per session, started only when a test asks for it ---------------------
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory):
+    """A Milvus 2.3 standalone server (PyPI `milvus`, in the dev extra) on free loopback ports,
+    its data in a temporary directory; started on first use (about 10 s), stopped at the end."""
+    from milvus_server import TestServer
+
+    server = TestServer(tmp_path_factory.mktemp("milvus-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def milvus_uri(milvus_server, request: pytest.FixtureRequest) -> str:
+    """A fresh collection name on the session's server (dropped after the test)."""
+    import uuid
+
+    uri = milvus_server.uri(f"t_{uuid.uuid4().hex[:16]}")
+    yield uri
+    _drop_collection(uri)
+
+
+def _drop_collection(uri: str) -> None:
+    from fashionrec_onnx.catalog.location import parse
+    from fashionrec_onnx.catalog.milvus_backend import MilvusBackend
+
+    backend = MilvusBackend.connect(parse(uri))
+    try:
+        backend.drop()
+    finally:
+        backend.close()
+
+
+@pytest.fixture(params=["local", "milvus"])
+def new_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a new catalog goes, once per backend: a local directory, then a Milvus collection."""
+    if request.param == "local":
+        return str(tmp_path / "catalog")
+    return request.getfixturevalue("milvus_uri")

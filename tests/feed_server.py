@@ -1,5 +1,6 @@
 """A real HTTP server on 127.0.0.1 for feed sync tests: images with ETags, and the ways a shop's
-CDN goes wrong (missing, slow, trickling, oversized, not an image, failing once). It counts every request."""
+CDN goes wrong (missing, slow, trickling, oversized, not an image, failing once, redirecting where
+it should not). It counts every request."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class FeedServer(ThreadingHTTPServer):
         self.delay = 0.0  # seconds before every /img/ answer (the kill -9 test's slow shop)
         self.slow_seconds = 2.0  # /slow.png waits this long before answering
         self.oversized = 2 * 1024 * 1024
+        self.redirects: dict[str, str] = {}  # path -> Location of a 302 answer
+        self.trickle_seconds = 0.05  # between two bytes of /trickle.png and /trickle-headers.png
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
         self._thread.start()
 
@@ -66,7 +69,20 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         server = self.server
         server.requests[self.path] += 1
-        if self.path.startswith("/img/"):
+        if self.path in server.redirects:
+            self.send_response(302)
+            self.send_header("Location", server.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/trickle-headers.png":  # the status line and headers a byte at a time
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n" + b"X-Pad: y\r\n" * 6 + b"\r\n"
+            for byte in head:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(server.trickle_seconds)
+            self.wfile.write(png(3))
+            self.close_connection = True
+        elif self.path.startswith("/img/"):
             time.sleep(server.delay)
             data = server.images.get(self.path[len("/img/") :])
             if data is None:
@@ -99,7 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
             for _ in range(100):
                 self.wfile.write(b"x")
                 self.wfile.flush()
-                time.sleep(0.05)
+                time.sleep(server.trickle_seconds)
         elif self.path == "/page.png":
             self._send(200, b"<html><body>Sorry, this product is gone</body></html>", "text/html")
         elif self.path == "/flaky.png":

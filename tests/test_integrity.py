@@ -337,3 +337,51 @@ def test_a_catalog_on_a_read_only_medium_serves_searches_and_says_it_is_read_onl
             assert len(catalog.search("a-3", k=5)) == 5 and catalog.verify() == []
             with pytest.raises(CatalogError, match="read-only"):
                 catalog.remove("a-3")
+
+
+# -- false success and silent failures (issue 25) -----------------------------------------------------------
+
+
+def test_rebuild_and_sync_on_a_read_only_medium_fail_at_once_in_one_line(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from feed_server import FeedServer, png
+
+    server = FeedServer()
+    try:
+        server.images["a.png"] = png(1)
+        feed = tmp_path / "feed.csv"
+        feed.write_text(f"product_id,image\nA,{server.url('/img/a.png')}\n")
+        with tmpfs(tmp_path / "disk", 64) as disk:
+            with Catalog.create(disk / "catalog", small_model) as catalog:
+                catalog.add_many([f"a-{i}" for i in range(50)], unit_vectors(50, 7))
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+            capsys.readouterr()
+            assert main(["rebuild", "--catalog", str(disk / "catalog")]) == 2
+            sync = ["sync", str(feed), "--catalog", str(disk / "catalog"), "--allow-private-network"]
+            assert main([*sync, "--quiet"]) == 2
+            captured = capsys.readouterr()
+            errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+            assert "rebuilt" not in captured.out and len(errors) == 2 and "Traceback" not in captured.err
+            assert "cannot be written" in errors[0] and "read-only" in errors[1]
+            assert server.requests == {}  # nothing was downloaded for a sync that could not be kept
+    finally:
+        server.stop()
+
+
+def test_reduce_on_a_full_disk_names_the_file_and_the_state_it_left(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with tmpfs(tmp_path / "disk", 24) as disk:
+        with Catalog.create(disk / "catalog", small_model) as catalog:
+            catalog.add_many([f"a-{i}" for i in range(300)], unit_vectors(300, 3))
+        filler = fill(disk, 200_000)  # the PCA of 2048 -> 256 needs about 2 MB
+        capsys.readouterr()
+        assert main(["reduce", "--catalog", str(disk / "catalog"), "--dim", "256"]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("error: the disk holding") and str(disk / "catalog") in error
+        assert "PCA file pca-256" in error and "Nothing was changed" in error and len(error.splitlines()) == 1
+        assert not list((disk / "catalog").glob("pca-*"))  # no half-written file left behind
+        filler.unlink()
+        with Catalog.open(disk / "catalog") as reopened:
+            assert reopened.reduction is None and len(reopened) == 300 and reopened.verify() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
     place could ship files (a deleted module, say) that the configuration no longer names.
     """
     source = tmp_path_factory.mktemp("source") / "fashionrec-onnx"
-    junk = (".git", ".venv", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
+    junk = (".git", ".venv*", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*junk))
     out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
@@ -64,3 +65,39 @@ def test_the_wheel_holds_both_licences(built) -> None:
     _, names = built
     licences = {n.split(".dist-info/licenses/", 1)[1] for n in names if ".dist-info/licenses/" in n}
     assert licences == {"LICENSE", "fashionrec_onnx/data/fashion-mnist-sample/LICENSE"}
+
+
+def _pins() -> dict[str, str]:
+    """constraints.txt as {canonical name: version}; every line a comment or one `name==version`."""
+    from packaging.utils import canonicalize_name
+
+    lines = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line.strip()]
+    pins = [line.split("==") for line in lines if not line.startswith("#")]
+    malformed = [p for p in pins if len(p) != 2 or not p[0] or not p[1] or " " in "".join(p)]
+    assert not malformed, f"constraints.txt: one `name==version` a line, not {malformed}"
+    names = [canonicalize_name(name) for name, _ in pins]
+    assert names == sorted(names, key=str.lower), "constraints.txt is kept sorted by name"
+    assert len(set(names)) == len(names), "constraints.txt pins each package once"
+    return {name: version for name, (_, version) in zip(names, pins)}
+
+
+def test_constraints_pin_every_requirement_that_make_install_installs() -> None:
+    """`make install` installs the tested set: a dependency added without its pin fails here."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = re.search(r"^EXTRAS := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert extras, "the Makefile names the extras `make install` installs"
+    requirements = list(project["dependencies"])
+    for extra in extras.group(1).split(","):
+        requirements += project["optional-dependencies"][extra]
+    pins = _pins()
+    for requirement in map(Requirement, requirements):
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is required by pyproject.toml but not pinned in constraints.txt"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pins[name]}, outside pyproject.toml's {requirement}"
+        )
+    assert canonicalize_name(project["name"]) not in pins, "the project itself is not pinned"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracle import assert_same_ranking, catalog_distances
 
 from fashionrec_onnx import Catalog
 from fashionrec_onnx.catalog.querying import NEGATIVE_WEIGHT
@@ -69,11 +70,16 @@ def _queries(catalog: Catalog, n: int = 12) -> list[np.ndarray]:
 def test_grouped_search_equals_exact_search_then_group_by(shop: Catalog, filter: dict | None) -> None:
     everything = len(shop)
     for query in _queries(shop):
-        expected = _grouped_by_hand(shop.exact_search(query, k=everything, filter=filter), 5)
+        ranked = shop.exact_search(query, k=everything, filter=filter)
+        expected = [key for _, key in _grouped_by_hand(ranked, 5)]
         exact = shop.exact_search(query, k=5, filter=filter, group_by="product")
         graph = shop.search(query, k=5, filter=filter, group_by="product")
-        assert [(h.product, h.key) for h in exact] == expected
-        assert [(h.product, h.key) for h in graph] == expected
+        distance = catalog_distances(shop, query)
+        assert_same_ranking(exact, expected, distance)
+        assert_same_ranking(graph, expected, distance)
+        for hits in (exact, graph):
+            assert len({h.product for h in hits}) == 5
+            assert all(h.product == h.metadata["product_id"] for h in hits)
         assert [h.rank for h in graph] == [1, 2, 3, 4, 5]
 
 
@@ -94,10 +100,11 @@ def test_more_like_this_leaves_out_the_whole_product(shop: Catalog) -> None:
         graph = shop.more_like_this(key, k=10, group_by=group_by)
         exact = shop.exact_search(key, k=10, group_by=group_by)
         assert all(hit.product != "SKU-003" for hit in graph + exact)
-        assert [h.key for h in graph] == [h.key for h in exact]
+        assert_same_ranking(graph, exact)
     everything = shop.exact_search(shop.vector(key), k=len(shop))
-    expected = [(p, k) for p, k in _grouped_by_hand(everything, 6) if p != "SKU-003"][:5]
-    assert [(h.product, h.key) for h in shop.more_like_this(key, k=5, group_by="product")] == expected
+    expected = [k for p, k in _grouped_by_hand(everything, 6) if p != "SKU-003"][:5]
+    got = shop.more_like_this(key, k=5, group_by="product")
+    assert_same_ranking(got, expected, catalog_distances(shop, shop.vector(key)))
 
 
 def test_the_product_count_counts_distinct_products(shop: Catalog, tmp_path: Path, small_model: Path) -> None:
@@ -125,20 +132,18 @@ def test_several_positives_and_negatives_search_the_documented_vector(shop: Cata
     left_out = {"SKU-010", "SKU-021", "SKU-042"}  # keys are left out with their products
     expected = [h for h in shop.exact_search(documented, k=30) if h.product not in left_out][:5]
     combined = shop.exact_search([a, b], negative=[c], k=5)
-    assert [h.key for h in combined] == [h.key for h in expected]
+    assert_same_ranking(combined, expected)
     np.testing.assert_allclose([h.distance for h in combined], [h.distance for h in expected], atol=1e-5)
-    assert [h.key for h in shop.search([a, b], negative=[c], k=5)] == [h.key for h in expected]
-    assert [h.key for h in shop.more_like_this([a, b], negative=[c], k=5)] == [h.key for h in expected]
+    assert_same_ranking(shop.search([a, b], negative=[c], k=5), expected)
+    assert_same_ranking(shop.more_like_this([a, b], negative=[c], k=5), expected)
 
 
 def test_vectors_and_keys_mix_as_queries(shop: Catalog) -> None:
     a, c = "p010/photo-0.jpg", "p042/photo-0.jpg"
     vector = shop.vector("p050/photo-1.jpg")
     documented = (shop.vector(a) + vector) / 2 - NEGATIVE_WEIGHT * shop.vector(c)
-    expected = [
-        h.key for h in shop.exact_search(documented, k=30) if h.product not in {"SKU-010", "SKU-042"}
-    ][:5]
-    assert [h.key for h in shop.exact_search([a, vector], negative=[c], k=5)] == expected
+    expected = [h for h in shop.exact_search(documented, k=30) if h.product not in {"SKU-010", "SKU-042"}][:5]
+    assert_same_ranking(shop.exact_search([a, vector], negative=[c], k=5), expected)
 
 
 def test_a_single_positive_is_exactly_the_plain_search(shop: Catalog) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracle import assert_same_ranking, catalog_distances
 from PIL import Image
 
 from fashionrec_onnx import Catalog
@@ -108,20 +109,22 @@ def v2_catalog(tmp_path: Path) -> Path:
     return root
 
 
-def test_a_schema_2_catalog_opens_answers_as_before_and_stays_schema_2(v2_catalog: Path) -> None:
+def test_a_schema_2_catalog_opens_answers_as_before_and_is_upgraded_to_schema_3(v2_catalog: Path) -> None:
     expected = json.loads((v2_catalog / "expected.json").read_text())
     with Catalog.open(v2_catalog) as catalog:
         assert len(catalog) == expected["items"] and catalog.removed_keys() == []
         for key, neighbours in expected["exact"].items():
-            assert [h.key for h in catalog.exact_search(key, k=5)] == neighbours
-        assert [h.key for h in catalog.exact_search("p000/photo-0.jpg", k=5, filter={"category": "Bag"})] == (
-            expected["filtered"]
-        )
+            distance = catalog_distances(catalog, catalog.vector(key))
+            assert_same_ranking(catalog.exact_search(key, k=5), neighbours, distance)
+        bags = catalog.exact_search("p000/photo-0.jpg", k=5, filter={"category": "Bag"})
+        distance = catalog_distances(catalog, catalog.vector("p000/photo-0.jpg"))
+        assert_same_ranking(bags, expected["filtered"], distance)
         assert catalog.verify() == []
     with sqlite3.connect(v2_catalog / "catalog.sqlite") as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         version = db.execute("SELECT value FROM settings WHERE name = 'schema_version'").fetchone()[0]
-    assert "removed_keys" in tables and version == "2"
+        columns = [row[1] for row in db.execute("PRAGMA table_info(items)")]
+    assert "removed_keys" in tables and version == "3" and "feed" in columns
 
 
 def test_a_schema_2_catalog_opened_read_only_has_no_removed_keys_and_no_error(v2_catalog: Path) -> None:

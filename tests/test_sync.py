@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +22,13 @@ from killing import kill_when
 from fashionrec_onnx import Catalog, CatalogError
 from fashionrec_onnx.cli import main
 from fashionrec_onnx.errors import DownloadError
-from fashionrec_onnx.feeds.download import DownloadSettings, ImageCache
+from fashionrec_onnx.feeds.download import DownloadSettings, ImageCache, address_problem
 
-FAST = DownloadSettings(timeout=0.3, deadline=5.0, max_bytes=1024 * 1024, retries=1, backoff=0.01)
+# The test shop listens on 127.0.0.1: a private address, refused unless allowed.
+FAST = DownloadSettings(
+    timeout=0.3, deadline=5.0, max_bytes=1024 * 1024, retries=1, backoff=0.01, allow_private_network=True
+)
+LOCAL = DownloadSettings(allow_private_network=True)
 
 
 @pytest.fixture()
@@ -232,7 +238,7 @@ def test_changed_url_image_is_reembedded(tmp_path: Path, catalog: Catalog, serve
 
 
 def test_trickling_download_stops_at_the_deadline(tmp_path: Path, server: FeedServer) -> None:
-    settings = DownloadSettings(timeout=0.3, deadline=0.5, retries=0)
+    settings = DownloadSettings(timeout=0.3, deadline=0.5, retries=0, allow_private_network=True)
     with pytest.raises(DownloadError, match=r"not done within 0\.5s"):
         ImageCache(tmp_path, settings).fetch(server.url("/trickle.png"))
 
@@ -339,7 +345,8 @@ SYNCER = textwrap.dedent(
     from fashionrec_onnx import Catalog
     from fashionrec_onnx.feeds.download import DownloadSettings
     catalog = Catalog.open_or_create(sys.argv[1], sys.argv[2])
-    catalog.sync(sys.argv[3], batch_size=2, download=DownloadSettings(workers=1, timeout=5))
+    settings = DownloadSettings(workers=1, timeout=5, allow_private_network=True)
+    catalog.sync(sys.argv[3], batch_size=2, download=settings)
     catalog.close()
     """
 )
@@ -378,7 +385,7 @@ def test_sync_killed_midway_then_run_again_ends_like_an_uninterrupted_sync(
     feed_b = write_feed(tmp_path / "b.csv", [row(n, "2") for n in range(4, 30)])
     interrupted, clean = tmp_path / "interrupted", tmp_path / "clean"
     with Catalog.create(interrupted, small_model) as catalog:
-        catalog.sync(feed_a)
+        catalog.sync(feed_a, download=LOCAL)
     server.images["5.png"] = png(555)  # changed since A
     server.delay = 0.1
     process = subprocess.Popen(
@@ -389,12 +396,230 @@ def test_sync_killed_midway_then_run_again_ends_like_an_uninterrupted_sync(
     server.delay = 0.0
 
     with Catalog.open(interrupted) as catalog:
-        rerun = catalog.sync(feed_b)
+        rerun = catalog.sync(feed_b, download=LOCAL)
         assert rerun.removed == 4 and rerun.failed == []
     with Catalog.create(clean, small_model) as catalog:
-        catalog.sync(feed_b)
+        catalog.sync(feed_b, download=LOCAL)
     got, expected = state(interrupted), state(clean)
     assert list(got) == list(expected)
     for key, (name, metadata, vector) in expected.items():
         assert got[key][:2] == (name, metadata)
         np.testing.assert_allclose(got[key][2], vector, atol=1e-5)
+
+
+# -- hardening: what a feed may not do (issue 25) --------------------------------------------------
+
+
+def test_local_images_outside_the_images_root_are_refused_alike_whether_or_not_they_exist(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    """../, absolute paths and symlinks leading out are never read, and a file that exists out
+    there gets the same answer as one that does not (no existence oracle for the feed's author)."""
+    shop = tmp_path / "shop"
+    (shop / "photos").mkdir(parents=True)
+    (shop / "photos" / "ok.png").write_bytes(png(1))
+    (tmp_path / "secret.png").write_bytes(png(2))
+    (shop / "photos" / "link.png").symlink_to(tmp_path / "secret.png")
+    (shop / "photos" / "dangling.png").symlink_to(tmp_path / "nothing.png")
+    outside = [
+        "../secret.png", "../nothing.png", str(tmp_path / "secret.png"), str(tmp_path / "nothing.png"),
+        "photos/link.png", "photos/dangling.png", "photos/../../secret.png",
+    ]  # fmt: skip
+    rows = [{"product_id": "A", "image": "photos/ok.png"}]
+    rows += [{"product_id": f"X{n}", "image": image} for n, image in enumerate(outside)]
+    report = catalog.sync(write_feed(shop / "feed.csv", rows))
+    assert report.added == 1 and catalog.keys() == ["feed/photos/ok.png"]
+    reasons = {failed.image: failed.reason for failed in report.failed}
+    assert set(reasons) == set(outside)
+    assert len(set(reasons.values())) == 1 and "outside the images root" in reasons["../secret.png"]
+
+
+def test_a_first_sync_never_removes_items_indexed_from_a_folder_under_its_prefix(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    local_shop(tmp_path / "folder", count=6)
+    catalog.index_folder(tmp_path / "folder" / "photos", key_prefix="feed/", progress=False)
+    indexed = set(catalog.keys())
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "new.png").write_bytes(png(9))
+    feed = write_feed(tmp_path / "shop" / "feed.csv", [{"product_id": "N", "image": "new.png"}])
+    report = catalog.sync(feed)
+    assert (report.added, report.removed) == (1, 0)
+    assert set(catalog.keys()) == indexed | {"feed/new.png"}
+
+
+def downgraded_to_schema_2(path: Path) -> None:
+    """What the previous version wrote: no record of which feed added an item."""
+    with sqlite3.connect(path / "catalog.sqlite") as db:
+        db.execute("ALTER TABLE items DROP COLUMN feed")
+        db.execute("UPDATE settings SET value = '2' WHERE name = 'schema_version'")
+
+
+def test_a_catalog_synced_by_the_previous_version_is_upgraded_and_its_feed_items_are_claimed(
+    tmp_path: Path, small_model: Path
+) -> None:
+    feed = local_shop(tmp_path)
+    with Catalog.create(tmp_path / "c", small_model) as catalog:
+        catalog.sync(feed)
+    downgraded_to_schema_2(tmp_path / "c")
+    with Catalog.open(tmp_path / "c", readonly=True) as old:  # read as it is
+        assert len(old.search("feed/photos/p0.png", k=2)) == 2
+    with Catalog.open(tmp_path / "c") as catalog:
+        assert catalog.sync(feed).unchanged == 4  # the items it lists become the feed's
+        feed.write_text("\n".join(feed.read_text().splitlines()[:-1]) + "\n")
+        report = catalog.sync(feed)
+        assert report.removed == 1 and len(catalog) == 3 and catalog.verify() == []
+    with sqlite3.connect(tmp_path / "c" / "catalog.sqlite") as db:
+        assert db.execute("SELECT value FROM settings WHERE name = 'schema_version'").fetchone()[0] == "3"
+
+
+def test_a_second_sync_of_the_same_catalog_is_refused_while_one_runs(
+    tmp_path: Path, catalog: Catalog, server: FeedServer
+) -> None:
+    feed = url_shop(tmp_path, server, [f"{n}.png" for n in range(6)])
+    server.delay = 0.3
+    patient = DownloadSettings(timeout=10, allow_private_network=True)
+    first = threading.Thread(target=lambda: results.append(catalog.sync(feed, download=patient)))
+    results: list = []
+    first.start()
+    while not server.requests and first.is_alive():
+        time.sleep(0.01)
+    refused = pytest.raises(CatalogError, match="another sync of .* is running")
+    with Catalog.open(catalog.path) as other, refused:
+        other.sync(feed, download=patient)
+    first.join()
+    assert results[0].added == 6 and results[0].failed == []
+    assert catalog.sync(feed, download=FAST).changed is False  # the lock went with the first sync
+
+
+def test_a_nul_in_one_rows_image_fails_that_row_and_the_others_sync(tmp_path: Path, catalog: Catalog) -> None:
+    feed = local_shop(tmp_path)
+    with feed.open("a", encoding="utf-8") as handle:
+        handle.write("P9,photos/p\x000.png,c9\n")
+    jsonl = tmp_path / "feed.jsonl"
+    jsonl.write_text(
+        '{"product_id": "Q", "image": "photos/p1\x00.png"}\n{"product_id": "Q", "image": "photos/p1.png"}\n'
+    )
+    report = catalog.sync(feed)
+    assert report.added == 4 and [f.line for f in report.failed] == [6]
+    assert "control character (\\x00)" in report.failed[0].reason
+    report = catalog.sync(jsonl, key_prefix="jsonl/")
+    assert report.added == 1 and [f.line for f in report.failed] == [1]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", '[1, NaN]', '{"a": Infinity}'])
+def test_a_non_finite_number_in_a_jsonl_feed_fails_that_row_and_the_catalog_stays_usable(
+    tmp_path: Path, catalog: Catalog, value: str
+) -> None:
+    (tmp_path / "a.png").write_bytes(png(1))
+    (tmp_path / "b.png").write_bytes(png(2))
+    feed = tmp_path / "feed.jsonl"
+    rows = '{"product_id": "A", "image": "a.png", "price": PRICE}\n{"product_id": "B", "image": "b.png"}\n'
+    feed.write_text(rows.replace("PRICE", "1"))
+    catalog.sync(feed)
+    feed.write_text(rows.replace("PRICE", value))
+    report = catalog.sync(feed)
+    assert [f.line for f in report.failed] == [1] and "price" in report.failed[0].reason
+    assert catalog.get("feed/a.png").metadata == {"product_id": "A", "price": 1}  # left as it was
+    assert len(catalog.search("feed/b.png", k=1, filter={"price": 1})) == 1
+    assert catalog.verify() == [] and catalog.summary()["items"] == 2
+
+
+def test_a_sync_of_a_read_only_catalog_is_refused_before_any_download(
+    tmp_path: Path, catalog: Catalog, server: FeedServer
+) -> None:
+    feed = url_shop(tmp_path, server, ["a.png", "b.png"])
+    catalog.set_product_field("product_id")  # as after a first sync
+    with Catalog.open(catalog.path, readonly=True) as reader, pytest.raises(CatalogError, match="read-only"):
+        reader.sync(feed, download=FAST)
+    assert server.requests == {} and not (catalog.path / "feed-images").exists()
+
+
+# -- hardening: what a feed's server may not do -----------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/trickle.png", "/trickle-headers.png"])
+def test_a_trickling_server_gets_the_deadline_once_in_all_not_per_attempt(
+    tmp_path: Path, server: FeedServer, path: str
+) -> None:
+    settings = DownloadSettings(
+        timeout=0.3, deadline=1.0, retries=2, backoff=0.01, allow_private_network=True
+    )
+    with pytest.raises(DownloadError, match=r"not done within 1s in all"):
+        ImageCache(tmp_path, settings).fetch(server.url(path))
+    assert server.requests[path] == 1  # no second attempt: the image's minute (here 1 s) is spent
+
+
+def test_a_feed_url_on_loopback_is_refused_by_default_without_a_request(
+    tmp_path: Path, catalog: Catalog, server: FeedServer
+) -> None:
+    feed = url_shop(tmp_path, server, ["a.png"])
+    report = catalog.sync(feed, download=DownloadSettings())
+    assert report.added == 0 and "loopback or private" in report.failed[0].reason
+    assert "--allow-private-network" in report.failed[0].reason and server.requests == {}
+
+
+def test_a_redirect_from_the_cdn_to_an_internal_server_is_refused_by_default(
+    tmp_path: Path, server: FeedServer
+) -> None:
+    internal = FeedServer()
+    try:
+        internal.images["admin.png"] = png(5)
+        port = internal.server_address[1]
+        for target in (internal.url("/img/admin.png"), f"http://localhost:{port}/img/admin.png"):
+            server.redirects["/p/1.png"] = target
+            with pytest.raises(DownloadError, match="refused: "):
+                ImageCache(tmp_path, DownloadSettings(timeout=0.3, retries=0)).fetch(server.url("/p/1.png"))
+        assert internal.requests == {}
+    finally:
+        internal.stop()
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/x.png", "http://0.0.0.0:1/x.png",
+     "http://[::ffff:169.254.169.254]/x.png", "file:///etc/passwd", "ftp://127.0.0.1/x.png"],
+)  # fmt: skip
+def test_a_redirect_to_link_local_or_another_scheme_is_refused_even_on_a_private_network(
+    tmp_path: Path, server: FeedServer, target: str
+) -> None:
+    server.redirects["/p/1.png"] = target
+    with pytest.raises(DownloadError, match="refused: |only http"):
+        ImageCache(tmp_path, FAST).fetch(server.url("/p/1.png"))
+
+
+def test_redirects_within_an_allowed_network_are_followed_a_few_times_only(
+    tmp_path: Path, server: FeedServer
+) -> None:
+    server.images["a.png"] = png(7)
+    server.redirects["/p/a.png"] = "/img/a.png"
+    assert ImageCache(tmp_path, FAST).fetch(server.url("/p/a.png")).size == len(server.images["a.png"])
+    server.redirects.update({"/loop/1": "/loop/2", "/loop/2": "/loop/1"})
+    with pytest.raises(DownloadError, match="more than 5 redirects"):
+        ImageCache(tmp_path, FAST).fetch(server.url("/loop/1"))
+
+
+def test_cli_sync_reaches_a_private_network_only_when_allowed(
+    tmp_path: Path, small_model: Path, server: FeedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed = url_shop(tmp_path, server, ["a.png"])
+    args = ["sync", str(feed), "--catalog", str(tmp_path / "c"), "--model", str(small_model), "--quiet"]
+    assert main(args) == 1 and "--allow-private-network" in capsys.readouterr().out
+    assert main([*args, "--allow-private-network"]) == 0 and "1 added" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("address", "by_default", "on_private"),
+    [
+        ("93.184.216.34", True, True), ("2606:2800:220:1::1", True, True),
+        ("127.0.0.1", False, True), ("::1", False, True), ("10.1.2.3", False, True),
+        ("192.168.0.9", False, True), ("100.64.0.1", False, True), ("fd00:ec2::254", False, True),
+        ("::ffff:127.0.0.1", False, True), ("64:ff9b::7f00:1", False, True), ("2002:7f00:1::", False, True),
+        ("::127.0.0.1", False, True), ("169.254.169.254", False, False), ("fe80::1%eth0", False, False),
+        ("::ffff:169.254.169.254", False, False), ("0.0.0.0", False, False), ("::", False, False),
+        ("224.0.0.1", False, False), ("240.0.0.1", False, False),
+    ],
+)  # fmt: skip
+def test_which_addresses_a_sync_may_connect_to(address: str, by_default: bool, on_private: bool) -> None:
+    allowed = (address_problem(address, False) is None, address_problem(address, True) is None)
+    assert allowed == (by_default, on_private)

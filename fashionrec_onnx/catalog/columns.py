@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CatalogError
+from ..errors import BadArgumentError, CatalogError
 from .store import Delta, Item, Store
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class Liveness:
         self.mask[labels] = True
 
     def apply(self, delta: Delta) -> None:
+        self._names = None
         top = max(int(delta.added.max()) + 1 if len(delta.added) else 0, len(self.mask))
         self.mask = _grow(self.mask, top, False)
         self.mask[delta.removed[delta.removed < len(self.mask)]] = False
@@ -73,18 +74,29 @@ class _Column:
 
 
 class MetadataColumns:
-    """Field columns loaded on first use and kept current by deltas."""
+    """Field columns loaded on first use and kept current by deltas.
+
+    Only fields some item has are kept: a name no item has is looked up and forgotten, so a
+    caller naming made-up fields (a service's clients) cannot grow memory or the work every
+    write does to keep the columns current. What is kept is bounded by the catalog's fields."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._columns: dict[str, _Column] = {}
+        self._names: list[str] | None = None  # every item's field names: a full scan, kept till a write
+
+    def field_names(self) -> list[str]:
+        if self._names is None:
+            self._names = self._store.field_names()
+        return self._names
 
     def _column(self, field: str) -> _Column:
         column = self._columns.get(field)
         if column is None:
             column = _Column(np.full(0, -1, np.int32), [], {})
             column.set(self._store.field_values(field))
-            self._columns[field] = column
+            if column.values:
+                self._columns[field] = column
         return column
 
     def codes(self, field: str, size: int) -> tuple[np.ndarray, list[str]]:
@@ -97,6 +109,7 @@ class MetadataColumns:
         return codes, column.values
 
     def apply(self, delta: Delta) -> None:
+        self._names = None
         for field, column in self._columns.items():
             gone = np.concatenate([delta.removed, delta.described])
             column.codes[gone[gone < len(column.codes)]] = -1
@@ -108,29 +121,41 @@ class MetadataColumns:
         """Live labels that pass every condition (a list value means any of its values)."""
         result = live.copy()
         for field, value in wanted.items():
+            if "\x00" in str(field):  # no stored field has one, and SQLite text cannot carry it
+                raise BadArgumentError(
+                    f"a filter field name cannot hold a NUL character; {str(field)[:40]!r} does"
+                )
             column = self._column(str(field))
             if not column.values:
-                known = self._store.field_names()
+                known = self.field_names()
                 raise CatalogError(
                     f"no item has the metadata field {field!r}; the fields are: "
                     f"{', '.join(known) if known else '(none: the catalog has no metadata)'}."
                 )
             texts = [str(v) for v in value] if isinstance(value, _ANY_OF) else [str(value)]
             codes = [column.code_of[t] for t in texts if t in column.code_of]
-            for text in texts:
-                if text not in column.code_of:
-                    close = difflib.get_close_matches(text, column.values, n=3, cutoff=0.5)
-                    close += [v for v in column.values if v.lower() == text.lower() and v not in close]
-                    log.warning(
-                        "no item has %s=%r%s", field, text,
-                        f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "",
-                    )  # fmt: skip
+            unknown = [text for text in texts if text not in column.code_of]
+            if unknown:
+                _warn_unknown(str(field), unknown, column.values)
             matching = np.zeros(len(result), bool)
             if codes:
                 codes_of = column.codes[: len(result)]
                 matching[: len(codes_of)] = np.isin(codes_of, codes)
             result &= matching
         return result
+
+
+def _warn_unknown(field: str, unknown: list[str], values: list[str], shown: int = 3) -> None:
+    """One line per field, however many values no item has: suggestions for the first few only
+    (a long list must cost neither a line nor a fuzzy match per value)."""
+    parts = []
+    for text in unknown[:shown]:
+        close = difflib.get_close_matches(text[:200], values, n=3, cutoff=0.5)
+        close += [v for v in values if v.lower() == text.lower() and v not in close]
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        parts.append(f"{text[:80]!r}{hint}")
+    more = f" and {len(unknown) - shown} more" if len(unknown) > shown else ""
+    log.warning("no item has %s=%s%s", field[:80], ", ".join(parts), more)
 
 
 def callable_mask(predicate: Callable[[Item], bool], store: Store, size: int) -> np.ndarray:

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadArgumentError, CatalogCorruptError, CatalogError, ModelError
-from ..model import ModelInfo
+from ..model import ModelInfo, recorded_fingerprint
 from . import products
 from .columns import Liveness, MetadataColumns
 from .graph import GraphCache
 from .hnsw import HnswParams, ReadWriteLock
 from .pca import PCA
-from .store import Delta, NewItem, Store, disk_full, is_disk_full
+from .store import Delta, NewItem, Store, disk_full, is_disk_full, metadata_text
 from .vectors import VectorFile
 
 log = logging.getLogger(__name__)
@@ -89,14 +89,16 @@ class CatalogCore:
         self.readonly = readonly
         settings = store.settings()
         try:
-            self.info = ModelInfo.from_metadata(
-                {
-                    k[len("model.") :]: v
-                    for k, v in settings.items()
-                    if k.startswith("model.") and k != "model.probe"
-                },
-                str(store.path),
-            )
+            model_settings = {
+                k[len("model.") :]: v
+                for k, v in settings.items()
+                if k.startswith("model.") and k != "model.probe"
+            }
+            self.info = ModelInfo.from_metadata(model_settings, str(store.path))
+            # The fingerprint is computed from the recorded contract, so a catalog written under the
+            # earlier scheme opens with today's models; vectors files written then carry the old one.
+            recorded = recorded_fingerprint(model_settings)
+            self.fingerprints = frozenset({self.info.fingerprint, recorded or self.info.fingerprint})
             self.params = HnswParams(
                 int(settings["hnsw.M"]), int(settings["hnsw.ef_construction"]), int(settings["hnsw.ef"])
             )
@@ -248,6 +250,8 @@ class CatalogCore:
         """One transaction (vector rows synced first), then the graph and masks; returns the
         labels added and removed."""
         _check_text([n.key for n in new] + [n.path for n in new if n.path] + list(remove_keys))
+        for item in new:  # before any byte is written (the store checks again)
+            metadata_text(item.key, item.metadata)
         vectors = (
             checked_vectors(np.stack([n.vector for n in new]), self.dim, [n.key for n in new])
             if new

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..embedder import Embedder
-from ..errors import BadArgumentError, CatalogError, UnknownKeyError
+from ..errors import BadArgumentError, CatalogError, DiskFullError, UnknownKeyError
 from ..images import Box, Source
 from ..model import ModelInfo
 from . import jobs, maintenance, opening, products, removals
@@ -22,6 +22,7 @@ from .columns import Filter
 from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
 from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
+from .location import MilvusLocation, location
 from .maintenance import CheckReport
 from .opening import ModelArg
 from .pca import PCA
@@ -60,6 +61,12 @@ class Catalog:
         return self._core.info
 
     @property
+    def model_fingerprints(self) -> frozenset[str]:
+        """Every name of this catalog's model: ``info.fingerprint``, and the fingerprint recorded
+        at creation when an earlier scheme computed it (vectors files written then carry that)."""
+        return self._core.fingerprints
+
+    @property
     def dim(self) -> int:
         return self._core.dim
 
@@ -70,6 +77,15 @@ class Catalog:
     @property
     def readonly(self) -> bool:
         return self._core.readonly
+
+    def require_writable(self, what: str) -> None:
+        """Refuse ``what`` (a sync, an index...) before any work when this catalog cannot be
+        written, rather than after downloading or embedding everything."""
+        if self._core.readonly:
+            raise CatalogError(
+                f"{self.path} is open read-only (this process cannot write it, or readonly=True), "
+                f"and {what} changes it; nothing was done. Run it as a user who can write the catalog."
+            )
 
     @property
     def generation(self) -> int:
@@ -104,7 +120,7 @@ class Catalog:
     @classmethod
     def create(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | MilvusLocation,
         model: ModelArg,
         *,
         M: int = DEFAULT_M,
@@ -129,8 +145,15 @@ class Catalog:
         create it at once (the second then opens it, and gets `ModelMismatchError` if its model
         differs).
         """
-        root = Path(path).expanduser()
         field = products.checked_field(product_field)
+        where = location(path)
+        if isinstance(where, MilvusLocation):
+            from .remote import create as create_remote
+
+            if vector_dtype != "float32" or reduce_to:
+                raise CatalogError(f"{where}: a Milvus catalog stores float32 vectors, without a PCA graph")
+            return create_remote(where, model, HnswParams(M, ef_construction, ef), exist_ok, field, threads)
+        root = Path(path).expanduser()
         opening.create(
             root, model, HnswParams(M, ef_construction, ef), vector_dtype, reduce_to, exist_ok, field
         )
@@ -139,7 +162,7 @@ class Catalog:
     @classmethod
     def open(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | MilvusLocation,
         model: ModelArg | None = None,
         *,
         readonly: bool = False,
@@ -154,15 +177,29 @@ class Catalog:
         cannot write is opened read-only (searches work, writes say why they cannot).
         ``load_graph=False`` opens for maintenance (`reduce`) without reading graph or PCA files.
         """
+        where = location(path)
+        if isinstance(where, MilvusLocation):
+            from .remote import open_remote
+
+            return open_remote(where, model, readonly, threads)
         core, model_path, embedder = opening.open_core(
             Path(path).expanduser(), model, readonly=readonly, rebuild=rebuild, load_graph=load_graph
         )
         return cls(core, model_path, embedder, threads)
 
     @classmethod
-    def open_or_create(cls, path: str | os.PathLike[str], model: ModelArg | None, **params: Any) -> Catalog:
+    def open_or_create(
+        cls, path: str | os.PathLike[str] | MilvusLocation, model: ModelArg | None, **params: Any
+    ) -> Catalog:
         """What `fashionrec index` does: reuse the catalog if there is one, else make it."""
-        if (Path(path).expanduser() / DB_NAME).exists():
+        where = location(path)
+        if isinstance(where, MilvusLocation):
+            from .remote import exists
+
+            held = exists(where)
+        else:
+            held = (Path(path).expanduser() / DB_NAME).exists()
+        if held:
             catalog = cls.open(path, model, threads=params.get("threads"))
             field = params.get("product_field")
             if field is not None and field != catalog.product_field:
@@ -221,6 +258,18 @@ class Catalog:
         if prefix:
             return [key for key, _ in self._core.store.items_with_key_prefix(prefix)]
         return [item.key for item in self.iter_items()]
+
+    def feed_keys(self, key_prefix: str) -> list[str]:
+        """Keys of the items the feed with this key prefix added: the only ones its sync may
+        remove (items indexed from a folder under the same prefix are not among them)."""
+        return self._core.store.feed_keys(key_prefix) if key_prefix else []
+
+    def claim_for_feed(self, key_prefix: str, keys: Iterable[str]) -> int:
+        """Record the feed with this key prefix as the owner of existing items (a feed's rows
+        that an older version synced); returns how many were not recorded yet."""
+        self.require_writable("recording a feed's items")
+        with self._core.writing():
+            return self._core.store.claim_for_feed(key_prefix, list(keys))
 
     def paths_under(self, folder: str | os.PathLike[str]) -> list[str]:
         """Stored image paths below ``folder`` (a range on the path index, not a scan)."""
@@ -339,11 +388,13 @@ class Catalog:
         metadata: Iterable[Mapping[str, Any] | None] | None = None,
         sizes: Iterable[int | None] | None = None,
         mtimes_ns: Iterable[int | None] | None = None,
+        feed: str | None = None,
     ) -> int:
         """Add ready vectors in one transaction (for vectors computed elsewhere); existing keys
         are replaced. Unit vectors are stored exactly as given, others normalised; a zero, NaN or
         wrong-width vector fails the batch. ``sizes`` and ``mtimes_ns`` (of the image files) let
-        a later `index_folder` of the same files know they are unchanged."""
+        a later `index_folder` of the same files know they are unchanged. ``feed`` (a feed's key
+        prefix, given by `sync`) records that feed as the items' owner: only its sync removes them."""
         keys = list(keys)
         vectors = np.asarray(vectors, np.float32)
         if vectors.shape != (len(keys), self.dim):
@@ -360,7 +411,7 @@ class Catalog:
             for values in (paths, metadata, sizes, mtimes_ns)
         ]
         new = [
-            NewItem(k, v, p, s, t, metadata=dict(m or {}))
+            NewItem(k, v, p, s, t, metadata=dict(m or {}), feed=feed)
             for k, v, p, m, s, t in zip(keys, vectors, *columns)
         ]
         added = len(self._core.write(new)[0])
@@ -400,11 +451,21 @@ class Catalog:
         values = {str(key): dict(fields) for key, fields in metadata.items()}
         return self._core.rewrite(lambda: self._core.store.update_metadata(values))
 
-    def rebuild(self) -> None:
-        """Recreate the HNSW graph from the stored vectors (no re-embedding)."""
+    def rebuild(self) -> list[str]:
+        """Recreate the HNSW graph from the stored vectors (no re-embedding). Returns the keys of
+        items left out because their stored vector is not finite (a damaged vector file; see
+        `left_out_of_graph`)."""
         with self._core.writing():
             self._core.fresh_graph()
         self._core.save()
+        return self.left_out_of_graph()
+
+    def left_out_of_graph(self) -> list[str]:
+        """Keys of items whose stored vector is not finite (bit rot), kept out of the graph since
+        it was built or caught up; searches never return them. Remove and index them again."""
+        labels = self._core.graph.left_out
+        items = self._core.store.items_by_label(labels) if labels else {}
+        return sorted(item.key for item in items.values())
 
     def index_folder(
         self,
@@ -427,6 +488,7 @@ class Catalog:
         ``metadata`` rows are matched to images by `metadata_match.RULE`; the report's
         ``metadata`` says how many matched, and which fit no image or several (given to none).
         """
+        self.require_writable("indexing")
         report: IndexReport = jobs.job("index_folder")(
             self,
             folder,
@@ -442,6 +504,7 @@ class Catalog:
     def import_vectors(self, path: str | os.PathLike[str], *, progress: bool = False) -> ImportReport:
         """Add the vectors of Parquet files written by `fashionrec embed` or `export_vectors`
         (see `vector_transfer.import_vectors`): incremental, one transaction a batch."""
+        self.require_writable("an import")
         report: ImportReport = jobs.job("import_vectors")(self, path, progress=progress)
         return report
 
@@ -597,5 +660,13 @@ class Catalog:
                 if old.name != name:
                     old.unlink(missing_ok=True)
             core.fresh_graph()
-        core.save()
+        try:
+            core.save()
+        except DiskFullError as exc:
+            raise DiskFullError(
+                f"the disk holding {self.path} is full: the new graph could not be saved ({exc.__cause__}). "
+                f"The {'reduction' if pca is not None else 'return to full vectors'} is recorded and the "
+                "stored items are intact, but the graph must be rebuilt: free some space and run "
+                f"`fashionrec rebuild --catalog {self.path}`."
+            ) from exc
         return pca

@@ -85,6 +85,7 @@ class GraphCache:
         self.dim = 0
         self.generation = -1  # the store generation the graph in memory reflects
         self.dirty = False
+        self.left_out: list[int] = []  # labels whose stored vector is not finite (a damaged file)
 
     @property
     def recovery(self) -> str:
@@ -157,6 +158,7 @@ class GraphCache:
         """A new graph holding the ``live`` labels, filled from the vector file."""
         self.dim = dim
         self.index = HnswIndex(dim, self.params, capacity=len(live))
+        self.left_out = []
         self._add(live, transform)
         self.generation = generation
         self.dirty = True
@@ -167,7 +169,18 @@ class GraphCache:
             log.info("adding %d stored vectors to the HNSW graph of %s", len(labels), self.root)
         labels = np.sort(labels)
         for start, rows in self.vectors.gather_blocks(labels, ADD_BLOCK):
-            self.index.add(labels[start : start + len(rows)], transform(rows))
+            block = labels[start : start + len(rows)]
+            finite = np.isfinite(rows).all(axis=1)
+            if not finite.all():  # bit rot in the vector file: never put NaN into the graph
+                self.left_out += block[~finite].tolist()
+                log.warning(
+                    "%s: left %d item(s) whose stored vector is not finite out of the graph; "
+                    "`fashionrec verify` counts them, re-index them to repair",
+                    self.vectors.path, int((~finite).sum()),
+                )  # fmt: skip
+                block, rows = block[finite], rows[finite]
+            if len(block):
+                self.index.add(block, transform(rows))
 
     def apply(self, delta: Delta, transform: Callable[[np.ndarray], np.ndarray], generation: int) -> None:
         """Take in what changed: removed labels hidden, added ones inserted."""

@@ -14,6 +14,7 @@ Job = Callable[..., Any]
 
 PROVIDERS = {
     "index_folder": "fashionrec_onnx.feeds",
+    "index_folder_remote": "fashionrec_onnx.feeds",  # into a `remote.RemoteCatalog`
     "sync": "fashionrec_onnx.feeds",
     "import_vectors": "fashionrec_onnx.interchange",
     "export_vectors": "fashionrec_onnx.interchange",

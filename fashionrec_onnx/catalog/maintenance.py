@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CatalogError
+from ..errors import CatalogError, DiskFullError
 from . import oracle
 from .core import CatalogCore
 from .pca import PCA
 from .search import _pool, rerank
+from .store import is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,17 @@ def fit_reduction(core: CatalogCore, dim: int, whiten: bool, sample: int, seed: 
     pca = PCA.fit(core.vectors.read(sample_labels(core, sample, seed)), dim, whiten)
     # A new name per fit: another open catalog notices the change by the name.
     name = f"pca-{dim}{'-whitened' if whiten else ''}-{core.generation}.npz"
-    pca.save(core.root / name)
+    try:
+        pca.save(core.root / name)
+    except OSError as exc:
+        if is_disk_full(exc, core.root / name):
+            raise DiskFullError(
+                f"the disk holding {core.root} is full: the PCA file {name} could not be written "
+                f"({exc.strerror}). Nothing was changed: the catalog keeps its graph"
+                + (" and its reduction" if core.reduction is not None else "")
+                + ". Free some space and run the same command again."
+            ) from exc
+        raise
     return pca, name
 
 
@@ -137,6 +148,13 @@ def verify(core: CatalogCore) -> list[str]:
         bad += int((~np.isfinite(norms) | (np.abs(norms - 1.0) > 1e-2)).sum())
     if bad:
         problems.append(f"{bad} stored vectors are not finite unit vectors")
+    unreadable, keys = core.store.unreadable_metadata()
+    if unreadable:
+        problems.append(
+            f"{unreadable} item(s) hold metadata SQLite cannot read as JSON (a NaN or Infinity "
+            f"stored by an older version), first {', '.join(map(repr, keys))}: their values read as "
+            "None; rewrite them with Catalog.update_metadata or sync the feed again"
+        )
     graph_problem = core.graph.full_checksum_problem()
     if graph_problem and not core.graph.dirty:
         problems.append(graph_problem)

@@ -1,4 +1,11 @@
-"""Opening a catalog written by 0.1.0 (schema 1: vectors as BLOBs in SQLite) moves it to schema 2.
+"""Opening a catalog written by an older version brings it to the current schema, once.
+
+Schema 2 -> 3 (items record the feed that owns them): one transaction adds the ``feed`` column
+(empty: no item is known to belong to a feed yet, so no sync removes any of them until the feed
+that lists them has synced once) and records schema 3. Opened read-only, a schema-2 catalog is
+read as it is.
+
+Schema 1 (0.1.0: vectors as BLOBs in SQLite) -> current, in the steps below.
 
 Crash-safe in two steps: the vectors are copied into a new vector file (written under a temporary
 name and renamed), then one transaction rebuilds the items table without the BLOBs, creates the
@@ -30,7 +37,42 @@ def needs_migration(database: Path) -> bool:
             row = db.execute("SELECT value FROM settings WHERE name = 'schema_version'").fetchone()
         except sqlite3.DatabaseError:
             return False  # not a catalog: the normal open reports it
-    return row is not None and int(row[0]) == 1
+    return row is not None and int(row[0]) < SCHEMA_VERSION
+
+
+def migrate(root: Path, database: Path) -> None:
+    """Every step from the catalog's schema to the current one; the caller holds the write lock."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        version = int(db.execute("SELECT value FROM settings WHERE name = 'schema_version'").fetchone()[0])
+    if version == 1:
+        migrate_v1(root, database)  # straight to the current schema
+    elif version == 2:
+        migrate_v2(database)
+
+
+def migrate_v2(database: Path) -> None:
+    """Schema 2 -> 3: the ``feed`` column, in one transaction (a crash leaves schema 2)."""
+    log.info("upgrading %s to schema %d (items record the feed that owns them)", database, SCHEMA_VERSION)
+    db = sqlite3.connect(str(database), isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("SELECT value FROM settings WHERE name = 'schema_version'").fetchone()[0]
+            if version == "2":  # else another process upgraded it meanwhile
+                db.execute("ALTER TABLE items ADD COLUMN feed TEXT")
+                db.execute(UPSERT_SETTING, ("schema_version", str(SCHEMA_VERSION)))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    except sqlite3.DatabaseError as exc:
+        if is_disk_full(exc):
+            raise disk_full(database, exc) from exc
+        raise CatalogError(
+            f"upgrading {database} failed ({exc}); the catalog is unchanged, try again."
+        ) from exc
+    finally:
+        db.close()
 
 
 def migrate_v1(root: Path, database: Path) -> None:
@@ -102,7 +144,8 @@ def migrate_v1(root: Path, database: Path) -> None:
 
 _STEPS = [
     f"CREATE TABLE items_v2 {ITEMS_COLUMNS}",
-    "INSERT INTO items_v2 SELECT label, key, path, size, mtime_ns, metadata, added_at FROM items",
+    "INSERT INTO items_v2(label, key, path, size, mtime_ns, metadata, added_at) "
+    "SELECT label, key, path, size, mtime_ns, metadata, added_at FROM items",
     "DROP TABLE items",
     "ALTER TABLE items_v2 RENAME TO items",
     "CREATE INDEX items_path ON items(path)",

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from ..model import ModelInfo, read_model_info
 from . import maintenance, products
 from .core import LOCK_NAME, CatalogCore, locked_open
 from .hnsw import HnswParams
-from .migrate import migrate_v1, needs_migration
+from .migrate import migrate, needs_migration
 from .store import DB_NAME, SCHEMA_VERSION, Store
 from .vectors import VectorFile, file_name
 
@@ -157,19 +158,28 @@ def open_core(
             f"no catalog at {root}; create one with `fashionrec index IMAGES --catalog {root}`."
         )
     writable = os.access(root, os.W_OK) and os.access(database, os.W_OK)
+    if rebuild and (readonly or not writable):
+        raise CatalogError(
+            f"a rebuild writes a new graph file, and {root} "
+            + ("was opened read-only" if readonly else "cannot be written by this process")
+            + "; nothing was changed. Run it as a user who can write the catalog directory."
+        )
     if not readonly and not writable:
         log.warning(
             "%s is not writable by this process: opened read-only (searches work, changes do not)", root
         )
         readonly = True
     if needs_migration(database):
-        if not writable:
+        old = _schema(database)
+        if writable and (old == 1 or not readonly):  # 0.1.0 catalogs cannot be read as they are
+            with exclusive(root):
+                migrate(root, database)
+        elif old == 1:
             raise CatalogError(
                 f"{root} was written by fashionrec-onnx 0.1.0 and must be upgraded once, which needs "
                 f"write access: run `fashionrec info --catalog {root}` as a user who can write it."
             )
-        with exclusive(root):
-            migrate_v1(root, database)
+        # a schema-2 catalog opened read-only is read as it is
     store = Store(database, readonly=readonly)
     try:
         core = CatalogCore(root, store, readonly=readonly)
@@ -193,6 +203,11 @@ def open_core(
         store.close()
         raise
     return core, model_path, embedder
+
+
+def _schema(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT value FROM settings WHERE name = 'schema_version'").fetchone()[0])
 
 
 def _start(core: CatalogCore, rebuild: bool) -> None:

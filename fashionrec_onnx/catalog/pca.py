@@ -77,19 +77,25 @@ class PCA:
     def save(self, path: str | os.PathLike[str]) -> None:
         path = Path(path)
         temporary = path.with_name(path.name + ".tmp")
-        with temporary.open("wb") as handle:
-            np.savez(
-                handle,
-                format=np.int64(FORMAT),
-                mean=self.mean,
-                components=self.components,
-                scales=self.scales,
-                whiten=np.bool_(self.whiten),
-                explained_variance_ratio=np.float64(self.explained_variance_ratio),
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        try:
+            with temporary.open("wb") as handle:
+                np.savez(
+                    handle,
+                    format=np.int64(FORMAT),
+                    mean=self.mean,
+                    components=self.components,
+                    scales=self.scales,
+                    whiten=np.bool_(self.whiten),
+                    explained_variance_ratio=np.float64(self.explained_variance_ratio),
+                )
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            if exc.filename is None:  # np.savez's write errors name no file
+                exc.filename = str(path)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PCA:

@@ -9,6 +9,7 @@ reads one SQLite snapshot after catching up with other processes.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..embedder import Embedder
-from ..errors import BadArgumentError, CatalogError, UnknownKeyError
+from ..errors import BadArgumentError, CatalogCorruptError, CatalogError, UnknownKeyError
 from ..images import Box, Source, check_box
 from . import duplicates as near_duplicates
 from . import oracle
@@ -137,7 +138,14 @@ class Querier:
         if key is not None:
             item = self._core.store.item_by_key(key) if len(key) <= 4096 else None
             if item is not None:
-                return self._core.vectors.read([item.label])[0], item.label
+                stored = self._core.vectors.read([item.label])[0]
+                if not np.isfinite(stored).all():
+                    raise CatalogCorruptError(
+                        f"the stored vector of {shown(key)} in {self._core.vectors.path} is not finite "
+                        "(the file is damaged there); remove the item and index its image again "
+                        f"(`fashionrec verify --catalog {self._core.root}` counts such items)."
+                    )
+                return stored, item.label
             if isinstance(query, KeyQuery):
                 raise UnknownKeyError(f"no item with key {shown(key)} in {self._core.root}.")
         if is_vector(query):
@@ -263,7 +271,7 @@ class Querier:
         hits: list[Hit] = []
         for label, distance in zip(labels.tolist(), distances.tolist()):
             item = items.get(int(label))
-            if item is None:
+            if item is None or not math.isfinite(distance):  # a damaged stored vector ranks nowhere
                 continue
             d = max(float(distance), 0.0)
             shots = tuple(items[x].key for x in photos.get(label, NO_LABELS).tolist() if x in items)

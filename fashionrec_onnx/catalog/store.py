@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CatalogCorruptError, CatalogError, DiskFullError
+from ..errors import BadArgumentError, CatalogCorruptError, CatalogError, DiskFullError
+from ..json_values import bad_field, dumps_metadata, loads_stored
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: items record the feed that owns them (see `migrate`)
 DB_NAME = "catalog.sqlite"
 ADDED, REMOVED, DESCRIBED = 1, 2, 3  # kinds of change
 _CHUNK = 500  # host parameters per IN (...) list
@@ -38,7 +39,8 @@ ITEMS_COLUMNS = """(
     size     INTEGER,
     mtime_ns INTEGER,
     metadata TEXT NOT NULL DEFAULT '{}',
-    added_at REAL NOT NULL
+    added_at REAL NOT NULL,
+    feed     TEXT  -- the key prefix of the feed that added it (only that feed's sync removes it)
 )"""
 CHANGES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (
@@ -89,6 +91,7 @@ class NewItem:
     size: int | None = None
     mtime_ns: int | None = None
     metadata: dict[str, Any] | None = None
+    feed: str | None = None  # the feed (its key prefix) that owns the item; None: no feed
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,19 @@ UPSERT_SETTING = (
 
 
 def _item(row: Sequence[Any]) -> Item:
-    return Item(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+    return Item(row[0], row[1], row[2], row[3], row[4], loads_stored(row[5]))
+
+
+def metadata_text(key: str, metadata: dict[str, Any] | None) -> str:
+    """The stored JSON of an item's metadata; `BadArgumentError` naming the item and the field
+    for a value SQLite's JSON functions could not read (NaN, Infinity, ...)."""
+    bad = bad_field(metadata or {})
+    if bad is not None:
+        raise BadArgumentError(
+            f"item {key!r}: metadata field {bad[0]!r}: {bad[1]}; nothing was written. "
+            "Give numbers as finite values (or as text)."
+        )
+    return dumps_metadata(metadata or {})
 
 
 def is_disk_full(exc: BaseException, path: Path | None = None) -> bool:
@@ -147,6 +162,19 @@ def _corrupt(path: Path, exc: Exception) -> CatalogCorruptError:
         "read: restore the file from a backup, or delete the catalog directory and index the "
         "images again with `fashionrec index`."
     )
+
+
+# SQLite's primary result codes that mean the file itself is damaged or not a database.
+_DAMAGED = {11, 26, 24, 10}  # SQLITE_CORRUPT, SQLITE_NOTADB, SQLITE_FORMAT, SQLITE_IOERR
+
+
+def _damaged(exc: sqlite3.DatabaseError) -> bool:
+    """Whether an error of a query means a damaged file, rather than a query SQLite refused
+    (a JSON path, a malformed JSON value): only then is the corruption message right."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return type(exc) is sqlite3.DatabaseError
+    return code & 0xFF in _DAMAGED
 
 
 class Store:
@@ -249,7 +277,9 @@ class Store:
             return CatalogError(
                 f"{self.path} cannot be written ({exc}); open the catalog read-only to search it."
             )
-        return _corrupt(self.path, exc)
+        if _damaged(exc):
+            return _corrupt(self.path, exc)
+        return CatalogError(f"{self.path}: SQLite could not run the query ({exc}); the catalog is unchanged.")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -359,9 +389,9 @@ class Store:
 
     def update_metadata(self, metadata: dict[str, dict[str, Any]]) -> int:
         """Replace metadata of existing keys without touching vectors; returns rows changed."""
+        texts = {key: metadata_text(key, values) for key, values in metadata.items()}
         with self.writing() as writer:
-            for key, values in metadata.items():
-                text = json.dumps(values, sort_keys=True, ensure_ascii=False)
+            for key, text in texts.items():
                 row = writer.db.execute(
                     "UPDATE items SET metadata = ? WHERE key = ? AND metadata != ? RETURNING label",
                     (text, key, text),
@@ -427,6 +457,28 @@ class Store:
             "SELECT key, path FROM items WHERE key >= ? AND key < ? ORDER BY key", (prefix, end)
         )
 
+    def feed_keys(self, feed: str) -> list[str]:
+        """Keys of the items the feed with key prefix ``feed`` added (a range on the key index)."""
+        end = feed[:-1] + chr(ord(feed[-1]) + 1)
+        rows = self._read(
+            "SELECT key FROM items WHERE key >= ? AND key < ? AND feed = ? ORDER BY key", (feed, end, feed)
+        )
+        return [row[0] for row in rows]
+
+    def claim_for_feed(self, feed: str, keys: Sequence[str]) -> int:
+        """Record that the feed owns these existing items (rows it synced that an older version
+        added). Not a change searches see: no generation, no change log."""
+        claimed = 0
+        with self.transaction() as db:
+            for start in range(0, len(keys), _CHUNK):
+                chunk = list(keys[start : start + _CHUNK])
+                claimed += db.execute(
+                    f"UPDATE items SET feed = ? WHERE key IN ({','.join('?' * len(chunk))}) "
+                    "AND feed IS NOT ?",
+                    [feed, *chunk, feed],
+                ).rowcount
+        return claimed
+
     def labels(self) -> np.ndarray:
         """Labels of every item, ascending."""
         rows = self._read("SELECT label FROM items ORDER BY label")
@@ -434,29 +486,31 @@ class Store:
 
     def field_values(self, field: str) -> list[tuple[int, Any]]:
         """``(label, value)`` of one metadata field, for the items that have it."""
-        rows = self._read(
-            "SELECT label, json_extract(metadata, ?), json_type(metadata, ?) FROM items "
-            "WHERE json_type(metadata, ?) IS NOT NULL",
-            (_json_path(field),) * 3,
-        )
-        return [(label, _python_text(value, kind)) for label, value, kind in rows]
+        name = field if _odd(field) else _json_path(field)
+        return _field_texts(field, self._read(_field_sql(field, "1"), [name]))
 
     def field_values_of(self, field: str, labels: Sequence[int]) -> list[tuple[int, Any]]:
         """The same as `field_values`, for some labels only (catching up after a write)."""
-        path = _json_path(field)
+        name = field if _odd(field) else _json_path(field)
         rows: list[tuple[Any, ...]] = []
         for start in range(0, len(labels), _CHUNK):
             chunk = [int(label) for label in labels[start : start + _CHUNK]]
-            rows += self._read(
-                "SELECT label, json_extract(metadata, ?), json_type(metadata, ?) FROM items "
-                f"WHERE label IN ({','.join('?' * len(chunk))}) AND json_type(metadata, ?) IS NOT NULL",
-                [path, path, *chunk, path],
-            )
-        return [(label, _python_text(value, kind)) for label, value, kind in rows]
+            marks = ",".join(f"?{n}" for n in range(2, len(chunk) + 2))
+            rows += self._read(_field_sql(field, f"items.label IN ({marks})"), [name, *chunk])
+        return _field_texts(field, rows)
 
     def field_names(self) -> list[str]:
-        rows = self._read("SELECT DISTINCT j.key FROM items, json_each(items.metadata) AS j ORDER BY 1")
-        return [r[0] for r in rows]
+        rows = self._read(f"SELECT DISTINCT j.key FROM items, json_each({_VALID_OR_EMPTY}) AS j ORDER BY 1")
+        names = {r[0] for r in rows}
+        for (text,) in self._read("SELECT metadata FROM items WHERE NOT json_valid(metadata)"):
+            names.update(_stored_fields(text))
+        return sorted(names)
+
+    def unreadable_metadata(self, limit: int = 10) -> tuple[int, list[str]]:
+        """How many items hold metadata SQLite's JSON functions refuse (a NaN written before such
+        values were refused), and the first keys."""
+        rows = self._read("SELECT key FROM items WHERE NOT json_valid(metadata) ORDER BY key")
+        return len(rows), [r[0] for r in rows[:limit]]
 
     # -- keys removed by hand --------------------------------------------------------------------
 
@@ -545,11 +599,11 @@ class Writer:
         now = time.time()
         labels = list(range(self.next_label, self.next_label + len(items)))
         self.db.executemany(
-            "INSERT INTO items(label, key, path, size, mtime_ns, metadata, added_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO items(label, key, path, size, mtime_ns, metadata, added_at, feed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (label, item.key, item.path, item.size, item.mtime_ns,
-                 json.dumps(item.metadata or {}, sort_keys=True, ensure_ascii=False), now)
+                 metadata_text(item.key, item.metadata), now, item.feed)
                 for label, item in zip(labels, items)
             ],
         )  # fmt: skip
@@ -573,6 +627,55 @@ class Writer:
         )
         Store._put(self.db, {"vectors.rows": str(self.next_label), "items.count": str(count)})
         assert self.store._bump(self.db) == self.generation
+
+
+_VALID_OR_EMPTY = "CASE WHEN json_valid(items.metadata) THEN items.metadata ELSE '{}' END"
+
+
+def _odd(field: str) -> bool:
+    """A field name SQLite's JSON path syntax cannot spell exactly (quotes, backslashes, control
+    characters): it is matched by ``json_each`` on the key instead."""
+    return any(char in '"\\' or char < " " for char in field)
+
+
+def _field_sql(field: str, where: str) -> str:
+    """``(label, value, type, stored text)`` of one field (``?1``: its path, or its name for
+    `_odd` ones); rows SQLite cannot read as JSON come back with their text, type 'invalid'."""
+    if _odd(field):
+        readable = (
+            "SELECT items.label, j.value, j.type, NULL FROM items, "
+            f"json_each({_VALID_OR_EMPTY}) AS j WHERE {where} AND j.key = ?1"
+        )
+    else:
+        readable = (
+            "SELECT label, json_extract(metadata, ?1), json_type(metadata, ?1), NULL FROM items "
+            f"WHERE {where} AND CASE WHEN json_valid(metadata) THEN json_type(metadata, ?1) IS NOT NULL END"
+        )
+    unreadable = (
+        f"SELECT label, NULL, 'invalid', metadata FROM items WHERE {where} AND NOT json_valid(metadata)"
+    )
+    return f"{readable} UNION ALL {unreadable}"
+
+
+def _field_texts(field: str, rows: list[tuple[Any, ...]]) -> list[tuple[int, str]]:
+    values = []
+    for label, value, kind, stored in rows:
+        if kind != "invalid":
+            values.append((label, _python_text(value, kind)))
+            continue
+        fields = _stored_fields(stored)
+        if field in fields:
+            found = fields[field]
+            values.append((label, "True" if found is True else "False" if found is False else str(found)))
+    return values
+
+
+def _stored_fields(text: str) -> dict[str, Any]:
+    try:
+        values = loads_stored(text)
+    except (ValueError, RecursionError):
+        return {}
+    return values if isinstance(values, dict) else {}
 
 
 def _json_path(field: str) -> str:

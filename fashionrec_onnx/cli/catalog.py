@@ -190,7 +190,15 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     with Catalog.open(args.catalog, rebuild=True) as catalog:
         if args.ef is not None:
             catalog.set_ef(args.ef)
-        print(f"rebuilt the HNSW graph of {args.catalog} from {len(catalog)} stored vectors")
+        left_out = catalog.left_out_of_graph()
+        print(f"rebuilt the HNSW graph of {args.catalog} from {len(catalog) - len(left_out)} stored vectors")
+    if left_out:
+        shown = ", ".join(_shorten(key) for key in left_out[:5])
+        print(
+            f"  left out {len(left_out)} item(s) whose stored vector is not finite (the vector file is "
+            f"damaged there): {shown}{' ...' if len(left_out) > 5 else ''}; remove them and index again"
+        )
+        return 1
     return 0
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..catalog.hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+from ..catalog.location import MilvusLocation, location, looks_like_uri
 from ..errors import BadArgumentError, CatalogError
 from ..feeds.scan import is_utf8, printable
 from ..images import IMAGE_SUFFIXES, parse_box
@@ -93,6 +94,32 @@ def path(value: str) -> Path:
     return Path(text(value))
 
 
+def host(value: str) -> str:
+    """An argparse type for --host: an address or name this machine can listen on, checked before
+    anything is loaded or announced."""
+    import socket
+
+    try:
+        socket.getaddrinfo(value, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise argparse.ArgumentTypeError(
+            f"{printable(value)[:60]!r} is not an address or host name to listen on ({reason})"
+        ) from None
+    return value
+
+
+def catalog_location(value: str) -> Path | MilvusLocation:
+    """An argparse type for --catalog: a directory, or a Milvus URI (never taken for a folder;
+    shown without its password wherever the command prints it)."""
+    if not looks_like_uri(text(value)):
+        return path(value)
+    try:
+        return location(value)
+    except BadArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions and examples as written; every option's default shown unless it has none."""
 
@@ -119,7 +146,14 @@ def subcommand(
 
 
 def _catalog_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--catalog", required=True, type=path, metavar="DIR", help="catalog directory")
+    parser.add_argument(
+        "--catalog",
+        required=True,
+        type=catalog_location,
+        metavar="DIR|URI",
+        help="catalog directory, or milvus://[USER:PASSWORD@]HOST:PORT/COLLECTION "
+        "(password also from FASHIONREC_MILVUS_TOKEN)",
+    )
 
 
 def _threads_arg(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ import argparse
 from ..errors import FashionrecError
 from .common import (
     Handler,
+    host,
     path,
     subcommand,
     whole_number,
@@ -39,7 +40,7 @@ def _demo(sub: argparse._SubParsersAction) -> None:
         help="try the ImageNet weights again after an earlier start found them unavailable",
     )
     demo.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 lets other machines in"
+        "--host", type=host, default="127.0.0.1", help="address to listen on; 0.0.0.0 lets other machines in"
     )
     demo.add_argument(
         "--port", type=whole_number(1, 65535), metavar="N", default=7860, help="port to serve on"

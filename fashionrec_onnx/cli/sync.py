@@ -39,7 +39,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
     column = _product_column(args)
     read_feed(args.feed, product_column=column, image_column=args.image_column)  # before creating
-    settings = DownloadSettings(timeout=args.timeout, max_bytes=args.max_bytes)
+    settings = DownloadSettings(
+        timeout=args.timeout, max_bytes=args.max_bytes, allow_private_network=args.allow_private_network
+    )
     with _open_for_indexing(args) as catalog:
         report = catalog.sync(
             args.feed,
@@ -81,11 +83,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "a path relative to --images-root or the feed's folder, or an http(s) URL) and any other\n"
         "fields as metadata. Each image is stored under --key-prefix + the image as written. New\n"
         "images are added, changed ones re-embedded, changed fields rewritten in place, and items\n"
-        "under the prefix whose image left the feed removed (nothing outside the prefix is ever\n"
-        "touched). URL images are downloaded into CATALOG/feed-images and asked for again only\n"
-        "with If-None-Match / If-Modified-Since. A row that fails (missing file, 404, timeout, too\n"
-        "large, not an image) is listed, its item is left as it was, and the exit code is 1.\n"
-        "Running it again changes nothing; a killed run finishes when run again.",
+        "this feed added whose image left the feed removed (items indexed from folders are never\n"
+        "touched). Local images must lie inside the images root. URL images are downloaded into\n"
+        "CATALOG/feed-images (60 s per image in all) and asked for again only with If-None-Match /\n"
+        "If-Modified-Since; URLs and redirects must lead to public addresses (--allow-private-network\n"
+        "for a feed on a private network). A row that fails (missing file, outside the root, 404,\n"
+        "timeout, too large, not an image) is listed, its item is left as it was, and the exit code\n"
+        "is 1. Running it again changes nothing; a killed run finishes when run again. One sync of a\n"
+        "catalog at a time: a second one is refused.",
         "  fashionrec sync products.csv --catalog ./catalog --model model.onnx\n"
         "  fashionrec sync feed.jsonl --catalog ./catalog --product-column sku --image-column url\n"
         "  fashionrec sync products.csv --catalog ./catalog --images-root /srv/photos --json",
@@ -116,8 +121,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--timeout", type=seconds, default=10.0, metavar="SECONDS", help="how long a server may stay silent"
-    )
+    )  # and 60 s per image in all (DownloadSettings.deadline)
     parser.add_argument(
         "--max-bytes", type=positive, default=32 * 1024 * 1024, metavar="N", help="largest image downloaded"
+    )
+    parser.add_argument(
+        "--allow-private-network",
+        action="store_true",
+        help="let image URLs and their redirects reach loopback and private addresses (a feed on the "
+        "shop's own network); link-local addresses (cloud metadata) stay refused",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..catalog import jobs
 from .folders import IndexReport, index_folder
+from .remote_folders import index_folder as index_folder_remote
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
@@ -27,6 +28,7 @@ def _sync(catalog: Catalog, feed: str | os.PathLike[str], **options: Any) -> Syn
 
 
 jobs.register("index_folder", index_folder)
+jobs.register("index_folder_remote", index_folder_remote)
 jobs.register("sync", _sync)
 
 __all__ = ["IndexReport", "index_folder"]

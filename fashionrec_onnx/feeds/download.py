@@ -6,41 +6,57 @@ a small JSON record keeps the ``ETag`` and ``Last-Modified`` the server sent; th
 with ``If-None-Match`` / ``If-Modified-Since`` and a 304 answer costs no transfer at all.
 
 What a server can do wrong is bounded: ``timeout`` is how long it may stay silent (connecting, or
-between two reads), ``deadline`` how long one image may take in all, ``max_bytes`` is enforced on
-the Content-Length and again while streaming. 5xx, 408, 429, timeouts and dropped connections are
-retried with exponential backoff; other 4xx answers (404...) are not. Only the standard library
-(urllib: redirects, proxies from the environment, HTTPS) is used.
+between two reads), ``deadline`` how long one image may take in all (every attempt, pause and
+redirect: a watchdog closes the connection when it is up), ``max_bytes`` is enforced on the
+Content-Length and again while streaming. 5xx, 408, 429, timeouts and dropped connections are
+retried with exponential backoff; other 4xx answers (404...) are not.
+
+Where a feed may send the sync is bounded too (server-side request forgery): every URL and every
+redirect (at most `MAX_REDIRECTS`, http and https only) must lead to a public address. Loopback,
+private (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) and other non-public ranges are refused
+unless ``allow_private_network`` (a feed on the shop's own network); link-local addresses
+(169.254/16, fe80::/10: cloud metadata services), multicast and unspecified ones always are. The
+address is checked when the host name is resolved and again on the connected socket (a name that
+changes its answer in between gains nothing). Through a proxy from the environment, the proxy
+connects, so only the host names that resolve here are checked. Only the standard library
+(urllib: proxies from the environment, HTTPS) is used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import io
+import ipaddress
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DownloadError
+from ..errors import CatalogError, DiskFullError, DownloadError
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "fashionrec-onnx feed sync"
 RETRIED_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
 RECORDS = "urls"  # subfolder of the cache holding one validator record per URL
 # Pillow's format names to file suffixes (the rest: the format name in lower case).
@@ -57,11 +73,12 @@ class DownloadSettings:
     """Limits of one image download; the defaults suit a shop's CDN."""
 
     timeout: float = 10.0  # seconds the server may stay silent (connect, or between reads)
-    deadline: float = 60.0  # seconds for one attempt at one image, all reads included
+    deadline: float = 60.0  # seconds for one image in all: every attempt, pause and redirect
     max_bytes: int = 32 * 1024 * 1024
     retries: int = 2  # attempts after the first, for 5xx, 408, 429, timeouts, dropped connections
     backoff: float = 0.5  # seconds before the first retry, doubled for each next one
     workers: int = 8  # downloads in flight at once
+    allow_private_network: bool = False  # loopback and private ranges too (never link-local)
 
 
 @dataclass(frozen=True)
@@ -80,13 +97,137 @@ class _Retry(Exception):
     """A failure worth another attempt (server error, timeout, dropped connection)."""
 
 
+class _Refused(OSError):
+    """A connection to an address the settings do not allow (raised inside urllib, which wraps
+    OSErrors in URLError)."""
+
+
+def address_problem(address: str, allow_private: bool) -> str | None:
+    """Why the sync must not connect to ``address`` (an IP literal), or None when it may."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and (inner := _embedded_ipv4(ip)) is not None:
+        return address_problem(str(inner), allow_private)  # ::ffff:127.0.0.1, 64:ff9b::7f00:1...
+    if not ip.is_loopback and (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved):
+        return f"{ip} is a link-local, multicast, unspecified or reserved address, never fetched"
+    if not ip.is_global and not allow_private:
+        return (
+            f"{ip} is a loopback or private address; a feed on a private network needs "
+            "--allow-private-network (DownloadSettings(allow_private_network=True))"
+        )
+    return None
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (mapped, 6to4, NAT64, IPv4-compatible), which is
+    where a connection to it may end up."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if (ip in _NAT64 or ip in _IPV4_COMPATIBLE) and int(ip) > 1:  # not :: and ::1 themselves
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+class _Guard:
+    """Checks every host a fetch connects to, and holds the sockets of the fetch under way on
+    each thread, for the watchdog that enforces the deadline."""
+
+    def __init__(self, allow_private: bool) -> None:
+        self.allow_private = allow_private
+        self.local = threading.local()
+
+    def check_host(self, host: str, port: int, proxied: bool) -> None:
+        """Every address the name resolves to must be allowed (an IP literal is its own)."""
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            if proxied:
+                return  # the proxy resolves it
+            raise DownloadError("", f"cannot resolve the host {host!r}") from None
+        for info in infos:
+            problem = address_problem(str(info[4][0]), self.allow_private)
+            if problem:
+                raise _Refused(problem)
+
+    def connector(self, check_peer: bool) -> Callable[..., socket.socket]:
+        """The ``create_connection`` of one HTTP(S) connection: the peer checked (unless a proxy
+        is the peer), the socket handed to the watchdog."""
+
+        def create(address: tuple[str, int], timeout: Any = None, source: Any = None) -> socket.socket:
+            sock = socket.create_connection(address, timeout, source)
+            if check_peer:
+                problem = address_problem(str(sock.getpeername()[0]), self.allow_private)
+                if problem:
+                    sock.close()
+                    raise _Refused(problem)
+            sockets = getattr(self.local, "sockets", None)
+            if sockets is not None:
+                sockets.append(sock)
+            return sock
+
+        return create
+
+    def connection(
+        self, kind: type[http.client.HTTPConnection], request: urllib.request.Request
+    ) -> Callable[..., http.client.HTTPConnection]:
+        """What urllib's ``do_open`` builds connections with, for this request."""
+        connector = self.connector(check_peer=not _proxied(request))
+
+        def build(host: str, **options: Any) -> http.client.HTTPConnection:
+            made = kind(host, **options)
+            setattr(made, "_create_connection", connector)  # noqa: B010 - http.client's hook
+            return made
+
+        return build
+
+
+def _proxied(request: urllib.request.Request) -> bool:
+    return request.has_proxy() or bool(getattr(request, "_tunnel_host", None))
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, guard: _Guard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.guard.connection(http.client.HTTPConnection, req), req)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, guard: _Guard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.guard.connection(http.client.HTTPSConnection, req), req)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects come back as answers; `ImageCache` checks each target before following it."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class ImageCache:
     """The cache folder (e.g. ``<catalog>/feed-images``) and the downloads that fill it."""
 
     def __init__(self, folder: str | os.PathLike[str], settings: DownloadSettings | None = None) -> None:
         self.folder = Path(folder)
         self.settings = settings or DownloadSettings()
-        self._opener = urllib.request.build_opener()  # proxies and redirects as urllib does them
+        self._guard = _Guard(self.settings.allow_private_network)
+        self._opener = urllib.request.build_opener(  # proxies from the environment; redirects by hand
+            _GuardedHTTPHandler(self._guard), _GuardedHTTPSHandler(self._guard), _NoRedirect()
+        )
         self._made = False
         self._made_lock = threading.Lock()
 
@@ -96,20 +237,45 @@ class ImageCache:
         """The cached image for ``url``, asking the server whether it changed; `DownloadError`
         says why it could not be had."""
         settings = self.settings
+        ends = time.monotonic() + settings.deadline  # for the image, not for one attempt
         attempt = 0
         while True:
             try:
-                return self._attempt(url)
+                return self._attempt(url, ends)
             except _Retry as exc:
-                if attempt >= settings.retries:
-                    tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                    raise DownloadError(url, f"{exc}{tries}") from None
                 pause = settings.backoff * 2**attempt
+                tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                if attempt >= settings.retries:
+                    raise DownloadError(url, f"{exc}{tries}") from None
+                if time.monotonic() + pause >= ends:
+                    raise DownloadError(url, f"{exc}{tries}; {self._too_long()}") from None
                 log.debug("%s: %s; retrying in %.2fs", url, exc, pause)
                 time.sleep(pause)
                 attempt += 1
 
-    def _attempt(self, url: str) -> Fetched:
+    def _too_long(self) -> str:
+        return f"not done within {self.settings.deadline:g}s in all"
+
+    def _attempt(self, url: str, ends: float) -> Fetched:
+        """One attempt, redirects included, under a watchdog that closes its connections when
+        the image's deadline is up (a server trickling headers or bytes cannot hold on)."""
+        sockets: list[socket.socket] = []
+        self._guard.local.sockets = sockets
+        watchdog = threading.Timer(max(0.0, ends - time.monotonic()), _shut, [sockets])
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return self._follow(url, ends)
+        except (_Retry, DownloadError):
+            if time.monotonic() >= ends:
+                raise DownloadError(url, self._too_long()) from None
+            raise
+        finally:
+            watchdog.cancel()
+            self._guard.local.sockets = None
+
+    def _follow(self, url: str, ends: float) -> Fetched:
+        """The image at ``url``, following at most `MAX_REDIRECTS` redirects, each checked."""
         record = self._record(url)
         headers = {"User-Agent": USER_AGENT, "Accept": "image/*"}
         if record:
@@ -117,10 +283,32 @@ class ImageCache:
                 headers["If-None-Match"] = record["etag"]
             if record.get("last_modified"):
                 headers["If-Modified-Since"] = record["last_modified"]
+        target = url
+        for _ in range(MAX_REDIRECTS + 1):
+            location = self._get(url, target, headers, record, ends)
+            if isinstance(location, Fetched):
+                return location
+            target = location
+        raise DownloadError(url, f"more than {MAX_REDIRECTS} redirects")
+
+    def _get(
+        self, url: str, target: str, headers: dict[str, str], record: dict | None, ends: float
+    ) -> Fetched | str:
+        """One request: the image, or the URL a redirect points to (checked before it is asked)."""
+        remaining = ends - time.monotonic()
+        if remaining <= 0:
+            raise DownloadError(url, self._too_long())
         try:
-            request = urllib.request.Request(_quoted(url), headers=headers)
-            with self._opener.open(request, timeout=self.settings.timeout) as response:
-                data = self._read(url, response)
+            request = urllib.request.Request(_quoted(target), headers=headers)
+            if request.type not in ("http", "https"):
+                raise DownloadError(url, f"redirected to a {request.type}: URL; only http(s) is fetched")
+            parts = urllib.parse.urlsplit(request.full_url)
+            port = parts.port or (443 if request.type == "https" else 80)
+            proxy = urllib.request.getproxies().get(request.type)
+            proxied = bool(proxy) and not urllib.request.proxy_bypass(request.host)
+            self._guard.check_host(parts.hostname or "", port, proxied)
+            with self._opener.open(request, timeout=min(self.settings.timeout, remaining)) as response:
+                data = self._read(url, response, ends)
                 validators = {
                     "etag": response.headers.get("ETag"),
                     "last_modified": _http_date(response.headers.get("Last-Modified")),
@@ -130,37 +318,48 @@ class ImageCache:
             exc.close()
             if exc.code == 304 and record:
                 return Fetched(url, self.folder / record["file"], record["sha256"], record["size"], False)
+            if exc.code in REDIRECTS and exc.headers.get("Location"):
+                return urllib.parse.urljoin(target, exc.headers["Location"])
             if exc.code in RETRIED_STATUS:
                 raise _Retry(f"HTTP {exc.code} {exc.reason}") from None
             raise DownloadError(url, f"HTTP {exc.code} {exc.reason}") from None
+        except _Refused as exc:
+            raise DownloadError(url, f"refused: {exc}") from None
         except TimeoutError:
             raise _Retry(f"no answer within {self.settings.timeout:g}s") from None
         except (ConnectionError, http.client.IncompleteRead, http.client.BadStatusLine) as exc:
             raise _Retry(f"connection lost ({type(exc).__name__})") from None
         except urllib.error.URLError as exc:
+            if isinstance(exc.reason, _Refused):
+                raise DownloadError(url, f"refused: {exc.reason}") from None
             if isinstance(exc.reason, TimeoutError):
                 raise _Retry(f"no answer within {self.settings.timeout:g}s") from None
             if isinstance(exc.reason, ConnectionError):
                 raise _Retry(f"cannot connect ({exc.reason})") from None
             raise DownloadError(url, f"cannot connect ({exc.reason})") from None
-        except ValueError as exc:  # a URL urllib cannot even parse
+        except DownloadError as exc:
+            raise DownloadError(url, exc.reason) from None
+        except (ValueError, UnicodeError) as exc:  # a URL urllib cannot even parse
             raise DownloadError(url, f"not a valid URL ({exc})") from None
+        except OSError as exc:  # the watchdog closed the socket under a read
+            raise _Retry(f"connection lost ({exc.strerror or type(exc).__name__})") from None
+        if time.monotonic() >= ends:  # the watchdog may have cut the body short
+            raise DownloadError(url, self._too_long())
         return self._store(url, data, content_type, validators)
 
-    def _read(self, url: str, response: http.client.HTTPResponse) -> bytes:
+    def _read(self, url: str, response: http.client.HTTPResponse, ends: float) -> bytes:
         """The body, refused as soon as it is known to be too large or too slow."""
         limit = self.settings.max_bytes
         length = response.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > limit:
             raise DownloadError(url, f"too large: {int(length):,} bytes announced, the limit is {limit:,}")
-        ends = time.monotonic() + self.settings.deadline
         body = io.BytesIO()
         while chunk := response.read1(CHUNK):
             if body.tell() + len(chunk) > limit:
                 raise DownloadError(url, f"too large: more than the limit of {limit:,} bytes")
             body.write(chunk)
             if time.monotonic() > ends:
-                raise _Retry(f"not done within {self.settings.deadline:g}s")
+                raise DownloadError(url, self._too_long())
         return body.getvalue()
 
     def _store(self, url: str, data: bytes, content_type: str, validators: dict[str, str | None]) -> Fetched:
@@ -172,12 +371,20 @@ class ImageCache:
             raise DownloadError(url, f"not an image ({content_type}, {len(data):,} bytes)") from None
         digest = hashlib.sha256(data).hexdigest()
         name = digest + SUFFIXES.get(image_format, "." + image_format.lower())
-        self._make_folders()
         target = self.folder / name
-        if not (target.is_file() and target.stat().st_size == len(data)):
-            _write_atomically(target, data)
-        record = {"url": url, "file": name, "sha256": digest, "size": len(data), **validators}
-        _write_atomically(self._record_path(url), json.dumps(record).encode(), sync=False)
+        try:
+            self._make_folders()
+            if not (target.is_file() and target.stat().st_size == len(data)):
+                _write_atomically(target, data)
+            record = {"url": url, "file": name, "sha256": digest, "size": len(data), **validators}
+            _write_atomically(self._record_path(url), json.dumps(record).encode(), sync=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(
+                    f"the disk holding {self.folder} is full; the sync stopped there and what it "
+                    "committed before is kept. Free some space and run it again."
+                ) from exc
+            raise
         return Fetched(url, target, digest, len(data), True)
 
     # -- the cache --------------------------------------------------------------------------------
@@ -194,6 +401,18 @@ class ImageCache:
         except (OSError, ValueError, KeyError, TypeError):
             pass  # none yet, or damaged: fetch the whole image again
         return None
+
+    def check_writable(self) -> None:
+        """`DownloadError`-free refusal before any download when the cache cannot be written."""
+        try:
+            self._make_folders()
+            probe = self.folder / f".probe-{os.getpid()}.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise CatalogError(
+                f"cannot write the image cache {self.folder} ({exc.strerror}); nothing was downloaded."
+            ) from exc
 
     def _make_folders(self) -> None:
         with self._made_lock:
@@ -237,11 +456,20 @@ class ImageCache:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _shut(sockets: list[socket.socket]) -> None:
+    """The watchdog's work: end the reads of a fetch whose deadline is up."""
+    for sock in list(sockets):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def _outcome(url: str, future: Future[Fetched]) -> tuple[str, Fetched | DownloadError]:
     try:
         return url, future.result()
     except DownloadError as exc:
         return url, exc
+    except (OSError, CatalogError):  # the cache cannot be written (a full disk): stop the sync
+        raise
     except Exception as exc:  # an unexpected error costs one image, not the sync
         log.exception("unexpected error downloading %s", url)
         return url, DownloadError(url, f"unexpected error: {exc!r}")

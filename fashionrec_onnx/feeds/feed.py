@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CatalogError
+from ..json_values import bad_field
 from .scan import _read_csv, _read_json_lines
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -58,6 +59,15 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+def _control(text: str) -> str | None:
+    """The first control character of ``text`` as an escape (NUL: ``\\x00``), or None: no file
+    name, URL or key in a feed needs one, and a NUL cannot even reach the file system."""
+    for char in text:
+        if char < " " or char == "\x7f":
+            return repr(char)[1:-1]
+    return None
+
+
 def read_feed(
     path: str | os.PathLike[str], *, product_column: str = "product_id", image_column: str = "image"
 ) -> Feed:
@@ -95,11 +105,20 @@ def read_feed(
         if not product:
             feed.bad.append(BadRow(line, image, f"no {product_column!r} value"))
             continue
+        control = _control(image) or _control(product)
+        if control:
+            reason = f"a control character ({control}) in the image or product id"
+            feed.bad.append(BadRow(line, image, reason))
+            continue
         fields = {
             name: value
             for name, value in row.items()
             if name is not None and name != image_column and value is not None
         }
         fields[product_column] = product
+        bad = bad_field(fields)
+        if bad is not None:
+            feed.bad.append(BadRow(line, image, f"field {bad[0]!r}: {bad[1]}"))
+            continue
         feed.rows.append(FeedRow(line, image, product, fields))
     return feed

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from ..errors import CatalogError
 from ..images import IMAGE_SUFFIXES
+from ..json_values import bad_field, check_depth
 from .metadata_match import MetadataTable
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,9 @@ def read_metadata(path: str | os.PathLike[str]) -> MetadataTable:
         if str(key) in table:
             repeated.append(str(key))
         table[str(key)] = {k: v for k, v in row.items() if k != key_column and k is not None}
+        bad = bad_field(table[str(key)])
+        if bad is not None:  # refused before a catalog is created or an image embedded
+            raise CatalogError(f"{source}, line {line}: field {bad[0]!r}: {bad[1]}; fix the file.")
         lines[str(key)] = line
     if repeated:
         _warn_duplicates(source, rows, key_column, repeated)
@@ -202,7 +206,8 @@ def _read_json_lines(source: Path) -> list[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            check_depth(line)
+            row = json.loads(line, strict=False)  # a control character in a value is the row's problem
         except RecursionError:
             raise CatalogError(
                 f"{source}, line {number}: the JSON is nested too deeply to read; flatten the metadata."

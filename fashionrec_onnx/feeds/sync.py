@@ -5,9 +5,16 @@ The rules, which docs/feed-sync.md states for users:
 - **Keys.** A row's item is stored under ``key_prefix`` (default ``feed/``) + its image as
   written in the feed (``feed/dress/red-1.jpg``, ``feed/https://cdn.shop/p/1042-front.jpg``).
   The image identifies the photo; which product it belongs to is a field that may change.
-- **Ownership.** The feed owns exactly the keys under its prefix. An owned item whose image is no
-  longer in the feed is removed; nothing else ever is (folders indexed without that prefix are
-  safe). Two feeds in one catalog need two prefixes.
+- **Ownership.** Each item a sync writes records its feed (the key prefix). An item of the feed
+  whose image is no longer in the feed is removed; nothing else ever is: items indexed from a
+  folder are never removed by a sync, even under the same prefix (a feed row naming such a key
+  takes it over). Two feeds in one catalog need two prefixes.
+- **Confinement.** A local image must resolve inside the images root (the feed's folder by
+  default): ``../``, absolute paths and symlinks leading out are refused with the same answer
+  whether or not the file exists. Control characters in an image or product id, and metadata
+  values SQLite cannot store (NaN, Infinity), make that row fail, not the sync.
+- **One at a time.** A sync holds ``<catalog>/.sync.lock``; a second sync of the same catalog is
+  refused at once (two would remove each other's fresh downloads).
 - **Changes.** A local image is re-embedded when its path, size or mtime changed (as `index`
   does); a URL image when its bytes changed: it is cached in ``<catalog>/feed-images/`` under
   the digest of its bytes, and the item's path is that file. Changed fields are rewritten in
@@ -23,6 +30,8 @@ The rules, which docs/feed-sync.md states for users:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import time
@@ -44,6 +53,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEY_PREFIX = "feed/"
 CACHE_FOLDER = "feed-images"
+SYNC_LOCK = ".sync.lock"
 REMOVE_BATCH = 500
 T = TypeVar("T")
 
@@ -112,6 +122,60 @@ def sync_feed(
             "a feed needs a key prefix (default 'feed/'): it owns the keys under it, and with none it "
             "would own, and could remove, every item of the catalog."
         )
+    catalog.require_writable("a sync")
+    with _one_sync(_home(catalog)):
+        return _sync(
+            catalog, feed, images_root, product_column, image_column, key_prefix, batch_size, download,
+            progress, started,
+        )  # fmt: skip
+
+
+def _home(catalog: Catalog) -> Path:
+    """The local folder of a catalog's sync: its directory, or for a catalog on a server a folder
+    of this machine's cache (one sync at a time is then held per machine)."""
+    if isinstance(catalog.path, Path):
+        return catalog.path.resolve()
+    home = catalog.path.local_folder()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@contextlib.contextmanager
+def _one_sync(root: Path) -> Iterator[None]:
+    """The catalog's sync lock, taken without waiting: a second sync is refused, not queued."""
+    path = root / SYNC_LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise CatalogError(f"cannot create the sync lock {path} ({exc.strerror}); nothing was done.") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise CatalogError(
+                f"another sync of {root} is running (process {holder}); one sync at a time: two "
+                "would remove each other's images. Nothing was done; run it again when that one ends."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _sync(
+    catalog: Catalog,
+    feed: str | os.PathLike[str],
+    images_root: str | os.PathLike[str] | None,
+    product_column: str,
+    image_column: str,
+    key_prefix: str,
+    batch_size: int,
+    download: DownloadSettings | None,
+    progress: bool,
+    started: float,
+) -> SyncReport:
     parsed = read_feed(feed, product_column=product_column, image_column=image_column)
     _claim_product_field(catalog, product_column)
     report = SyncReport(rows=len(parsed.rows) + len(parsed.bad))
@@ -120,13 +184,16 @@ def sync_feed(
         for bad in parsed.bad
     )
     root = Path(images_root).expanduser() if images_root is not None else parsed.path.parent
-    cache = ImageCache(Path(catalog.path).resolve() / CACHE_FOLDER, download)
+    cache = ImageCache(_home(catalog) / CACHE_FOLDER, download)
+    if any(is_url(row.image) for row in parsed.rows):
+        cache.check_writable()  # before the first download, not after every one
     fetched: list[Fetched] = []
+    owned_before = set(_owned(catalog, key_prefix))
     with tqdm(total=len(parsed.rows), unit="row", desc="syncing", disable=not progress) as bar:
         for chunk in _chunks(
             _images(parsed, root.resolve(), key_prefix, cache, report, fetched), batch_size * 4
         ):
-            _apply(catalog, chunk, report, batch_size)
+            _apply(catalog, chunk, report, batch_size, key_prefix, owned_before)
             done = report.unchanged + report.added + report.reembedded + report.updated + len(report.failed)
             bar.update(done - len(parsed.bad) - bar.n)  # rows that failed before the model count too
     owned = _owned(catalog, key_prefix)
@@ -172,7 +239,11 @@ def _images(
             reason = "only http:// and https:// URLs are downloaded; give other images as paths"
             report.failed.append(FailedRow(row.line, prefix + row.image, row.image, reason))
             continue
-        path = Path(os.path.normpath(root / Path(row.image).expanduser()))
+        path = Path(os.path.realpath(root / row.image))  # symlinks and ../ resolved
+        if not path.is_relative_to(root):  # the same answer whether or not the file exists
+            reason = f"outside the images root {root}: a feed's images must lie inside it"
+            report.failed.append(FailedRow(row.line, prefix + row.image, row.image, reason))
+            continue
         try:
             info = path.stat()
         except OSError as exc:
@@ -195,11 +266,15 @@ def _images(
             report.failed.append(FailedRow(row.line, prefix + row.image, row.image, result.reason))
 
 
-def _apply(catalog: Catalog, images: list[_Image], report: SyncReport, batch_size: int) -> None:
-    """Compare a chunk of rows with their items; rewrite changed fields, embed changed images."""
+def _apply(
+    catalog: Catalog, images: list[_Image], report: SyncReport, batch_size: int, feed: str, owned: set[str]
+) -> None:
+    """Compare a chunk of rows with their items; rewrite changed fields, embed changed images.
+    Items kept as they are become the feed's (those an older version synced)."""
     known = catalog.get_many(image.key for image in images)
     fields: dict[str, dict[str, Any]] = {}
     todo: list[_Image] = []
+    kept = [image.key for image in images if image.key in known and image.key not in owned]
     for image in images:
         item = known.get(image.key)
         if item is None or (item.path, item.size, item.mtime_ns) != (
@@ -214,6 +289,9 @@ def _apply(catalog: Catalog, images: list[_Image], report: SyncReport, batch_siz
             report.unchanged += 1
     if fields:
         report.updated += catalog.update_metadata(fields)
+    waiting = {image.key for image in todo}
+    if kept := [key for key in kept if key not in waiting]:
+        catalog.claim_for_feed(feed, kept)
     if not todo:
         return
     for result in catalog.embedder.iter_batches([image.path for image in todo], batch_size=batch_size):
@@ -226,6 +304,7 @@ def _apply(catalog: Catalog, images: list[_Image], report: SyncReport, batch_siz
                 metadata=[image.row.fields for image in done],
                 sizes=[image.size for image in done],
                 mtimes_ns=[image.mtime_ns for image in done],
+                feed=feed,
             )
         for image in done:
             if image.key in known:
@@ -238,8 +317,8 @@ def _apply(catalog: Catalog, images: list[_Image], report: SyncReport, batch_siz
 
 
 def _owned(catalog: Catalog, prefix: str) -> list[str]:
-    """Keys of the items under the feed's prefix (through the store's key index)."""
-    return catalog.keys(prefix)
+    """Keys of the items this feed added (under its prefix, recorded as its own)."""
+    return catalog.feed_keys(prefix)
 
 
 def _forget(catalog: Catalog, keys: list[str]) -> int:

@@ -32,13 +32,14 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import CatalogError, FashionrecError, ModelMismatchError
+from ..json_values import bad_field, check_depth
 
 try:
     import pyarrow as pa
@@ -309,9 +310,12 @@ def file_info(fs: pafs.FileSystem, path: str, parquet: pq.ParquetFile | None = N
     return FileInfo(name, meta[META_FINGERPRINT].decode(), dim, parquet.metadata.num_rows)
 
 
-def check_model(info: FileInfo, fingerprint: str, dim: int, target: str) -> None:
-    """Refuse vectors of another model: they are not comparable with ``target``'s."""
-    if info.fingerprint != fingerprint or info.dim != dim:
+def check_model(
+    info: FileInfo, fingerprint: str, dim: int, target: str, also: Collection[str] = ()
+) -> None:
+    """Refuse vectors of another model: they are not comparable with ``target``'s. ``also``: other
+    names of the same model (the fingerprint a catalog recorded under an earlier scheme)."""
+    if (info.fingerprint != fingerprint and info.fingerprint not in also) or info.dim != dim:
         raise ModelMismatchError(
             f"{info.path} holds {info.dim}-d vectors of model {info.fingerprint}, but {target} uses "
             f"{dim}-d vectors of model {fingerprint}. Embed the images again with {target}'s model "
@@ -335,6 +339,7 @@ def read_batches(
     dim: int | None = None,
     batch_size: int = ROW_GROUP_ROWS,
     target: str = "the first file",
+    also: Collection[str] = (),
 ) -> Iterator[VectorBatch]:
     """Stream the rows of a folder (or one file) batch by batch, in bounded memory.
 
@@ -348,7 +353,7 @@ def read_batches(
         info = file_info(fs, path, parquet)
         if fingerprint is None or dim is None:
             fingerprint, dim = info.fingerprint, info.dim
-        check_model(info, fingerprint, dim, target)
+        check_model(info, fingerprint, dim, target, also)
         for record in parquet.iter_batches(batch_size=batch_size, columns=list(COLUMNS)):
             yield _to_batch(info, record)
 
@@ -362,17 +367,20 @@ def _to_batch(info: FileInfo, record: pa.RecordBatch) -> VectorBatch:
     vectors = np.zeros((len(keys), info.dim), np.float32)
     vectors[has_vector] = np.asarray(flat, np.float32).reshape(-1, info.dim)
     finite = np.isfinite(vectors).all(axis=1)
+    texts = record.column("metadata").to_pylist()
+    unstorable = [_metadata_problem(text) for text in texts]  # NaN, Infinity: that row's error
     good = has_vector & finite & np.asarray([e is None for e in errors_column], dtype=bool)
+    good &= np.asarray([problem is None for problem in unstorable], dtype=bool)
     errors = []
     for row in np.flatnonzero(~good):
-        reason = errors_column[row] or ("vector not finite" if has_vector[row] else "no vector")
+        missing = "vector not finite" if has_vector[row] else "no vector"
+        reason = errors_column[row] or unstorable[row] or missing
         errors.append((keys[row], reason))
     rows = np.flatnonzero(good)
     pick = rows.tolist()
     paths = record.column("path").to_pylist()
     sizes = record.column("size").to_pylist()
     mtimes = record.column("mtime_ns").to_pylist()
-    texts = record.column("metadata").to_pylist()
     return VectorBatch(
         file=info.path,
         keys=[keys[i] for i in pick],
@@ -385,12 +393,26 @@ def _to_batch(info: FileInfo, record: pa.RecordBatch) -> VectorBatch:
     )
 
 
+def _metadata_problem(text: str | None) -> str | None:
+    """Why a row's metadata cannot be stored (a non-finite number...), or None; text that is not
+    a JSON object at all is the whole file's problem (`_metadata`)."""
+    if not text:
+        return None
+    try:
+        values = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    bad = bad_field(values) if isinstance(values, dict) else None
+    return f"metadata field {bad[0]!r}: {bad[1]}" if bad else None
+
+
 def _metadata(text: str | None, source: str) -> dict[str, Any]:
     if not text:
         return {}
     try:
+        check_depth(text)
         values = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:
         raise CatalogError(f"{source}: a metadata value is not JSON ({exc}); write the file again.") from exc
     if not isinstance(values, dict):
         raise CatalogError(f"{source}: metadata must be a JSON object, got {type(values).__name__}.")

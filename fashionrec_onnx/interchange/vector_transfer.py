@@ -122,7 +122,12 @@ def import_vectors(
     total = sum(info.rows for info in infos)
     with tqdm(total=total, unit="vec", desc="importing", disable=not progress or not total) as bar:
         for batch in read_batches(
-            path, fingerprint=catalog.info.fingerprint, dim=catalog.dim, batch_size=batch_size, target=target
+            path,
+            fingerprint=catalog.info.fingerprint,
+            dim=catalog.dim,
+            batch_size=batch_size,
+            target=target,
+            also=catalog.model_fingerprints,
         ):
             report.rows += len(batch) + len(batch.errors)
             report.skipped.extend(batch.errors)

@@ -14,6 +14,7 @@ from ..errors import (
     FashionrecError,
     ImageLoadError,
     ModelError,
+    StorageUnavailableError,
     UnknownKeyError,
 )
 
@@ -44,7 +45,7 @@ def from_library(exc: FashionrecError, hidden: Mapping[str, str]) -> ServiceErro
     message = masked(str(exc), hidden)
     if isinstance(exc, UnknownKeyError):
         return ServiceError(404, "unknown_key", message)
-    if isinstance(exc, (CatalogCorruptError, DiskFullError, ModelError)):
+    if isinstance(exc, (CatalogCorruptError, DiskFullError, ModelError, StorageUnavailableError)):
         log.error("the catalog or model failed: %s", exc)
         return ServiceError(503, "unavailable", message)
     if isinstance(exc, (BadArgumentError, CatalogError)):  # what the caller asked cannot be done

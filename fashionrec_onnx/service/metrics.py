@@ -1,20 +1,31 @@
-"""Prometheus metrics of one worker process, written as text by hand (no client library needed):
-requests by route and status, a latency histogram by route, and the catalog's item count.
+"""Prometheus metrics through `prometheus_client`, added up over every worker process: requests
+by route, method and status, a latency histogram by route, and the catalog's item count.
 
-Route labels are the route templates, never the requested path, so a caller cannot grow the
-label set. With several workers each keeps its own counts (a scrape reaches one of them).
+`fashionrec serve` points ``PROMETHEUS_MULTIPROC_DIR`` at a directory emptied at each start (see
+`run.metrics_dir`) before any worker imports `prometheus_client`; each worker then writes its
+counts to files there and a scrape reads them all, so whichever worker answers, the figures are
+the service's. Every label comes from a closed set: the route template (never the requested
+path), the method (those HTTP defines; any other token is "other") and the status the service
+answered, so no caller can grow the number of series.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from .config import MULTIPROC_ENV
 from .upload_guard import ASGIApp, Message, Receive, Scope, Send
 
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROUTES = ("/search", "/health", "/metrics", "/docs", "/openapi.json")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"})
 
 
 def route_of(path: str) -> str:
@@ -23,50 +34,62 @@ def route_of(path: str) -> str:
     return "/items/{key}" if path.startswith("/items/") else "other"
 
 
+def method_of(method: str) -> str:
+    """A method HTTP defines, or "other": a made-up token must not become a label."""
+    return method if method in METHODS else "other"
+
+
+def status_of(status: int) -> str:
+    return str(status) if 100 <= status <= 599 else "other"
+
+
+class _Gauges:
+    """Values read at scrape time (the catalog's item count: every worker sees the same)."""
+
+    def __init__(self, gauges: Mapping[str, tuple[str, float]]) -> None:
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, (text, value) in self.gauges.items():
+            yield GaugeMetricFamily(name, text, value=value)
+
+
 class Metrics:
-    """Counts kept in the event loop's thread (the middleware runs there), so no lock."""
+    """The service's metrics. In multiprocess mode (the environment variable set before
+    `prometheus_client` was imported) the values live in files shared by the workers; without it
+    (an app built in-process, as a library user may), in this object's own registry."""
 
     def __init__(self) -> None:
-        self.requests: Counter[tuple[str, str, int]] = Counter()
-        self.buckets: dict[str, list[int]] = {}
-        self.sums: defaultdict[str, float] = defaultdict(float)
-        self.counts: Counter[str] = Counter()
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self._own = None if self.multiprocess else CollectorRegistry()
+        self.requests = Counter(
+            "fashionrec_requests",
+            "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"],
+            registry=self._own,
+        )
+        self.latency = Histogram(
+            "fashionrec_request_duration_seconds",
+            "Time from request to the end of the answer.",
+            ["route"],
+            buckets=BUCKETS,
+            registry=self._own,
+        )
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests[route, method, status] += 1
-        counts = self.buckets.setdefault(route, [0] * len(BUCKETS))
-        for i, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                counts[i] += 1
-        self.sums[route] += seconds
-        self.counts[route] += 1
+        self.requests.labels(route, method_of(method), status_of(status)).inc()
+        self.latency.labels(route).observe(seconds)
 
-    def render(self, gauges: Mapping[str, tuple[str, float]]) -> str:
-        """The text exposition format; ``gauges`` maps a name to (help, value)."""
-        lines = [
-            "# HELP fashionrec_requests_total HTTP requests answered, by route, method and status.",
-            "# TYPE fashionrec_requests_total counter",
-        ]
-        for (route, method, status), n in sorted(self.requests.items()):
-            lines.append(
-                f'fashionrec_requests_total{{route="{route}",method="{method}",status="{status}"}} {n}'
-            )
-        lines += [
-            "# HELP fashionrec_request_duration_seconds Time from request to the end of the answer.",
-            "# TYPE fashionrec_request_duration_seconds histogram",
-        ]
-        for route in sorted(self.buckets):
-            for bound, n in zip(BUCKETS, self.buckets[route]):
-                lines.append(
-                    f'fashionrec_request_duration_seconds_bucket{{route="{route}",le="{bound}"}} {n}'
-                )
-            total = self.counts[route]
-            lines.append(f'fashionrec_request_duration_seconds_bucket{{route="{route}",le="+Inf"}} {total}')
-            lines.append(f'fashionrec_request_duration_seconds_sum{{route="{route}"}} {self.sums[route]:.6f}')
-            lines.append(f'fashionrec_request_duration_seconds_count{{route="{route}"}} {total}')
-        for name, (text, value) in gauges.items():
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
-        return "\n".join(lines) + "\n"
+    def render(self, gauges: Mapping[str, tuple[str, float]]) -> bytes:
+        """The text exposition of every worker's counts; ``gauges`` maps a name to (help, value)."""
+        registry = CollectorRegistry()
+        if self.multiprocess:
+            MultiProcessCollector(registry)
+        else:
+            registry.register(self.requests)
+            registry.register(self.latency)
+        registry.register(_Gauges(gauges))
+        return generate_latest(registry)
 
 
 class MetricsMiddleware:

@@ -3,14 +3,19 @@ set, the extra is installed), then uvicorn with one or several worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import ipaddress
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ..catalog import Catalog
 from ..errors import FashionrecError
-from .config import ENV_NAME, ServiceConfig
+from .config import ENV_NAME, MULTIPROC_ENV, ServiceConfig, untuned
 
 FACTORY = "fashionrec_onnx.service.app:app_from_env"
 
@@ -58,6 +63,28 @@ def check(config: ServiceConfig) -> int:
         return len(catalog)
 
 
+@contextlib.contextmanager
+def metrics_dir() -> Iterator[Path]:
+    """Where the workers write their metrics, so a scrape adds them all up: the directory the
+    environment names, emptied of earlier runs' files (counts start at zero with each start), or
+    a fresh one removed at the end. Set before uvicorn imports the app, hence any worker."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):  # prometheus_client's files, nothing else
+            stale.unlink()
+        yield folder
+        return
+    folder = Path(tempfile.mkdtemp(prefix="fashionrec-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def serve(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Run until interrupted. Workers are separate processes (uvicorn's supervisor), each with its
     own read-only view of the catalog, all built from the config in the environment."""
@@ -68,14 +95,17 @@ def serve(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8000, work
 
     os.environ[ENV_NAME] = config.to_env()
     options: dict[str, Any] = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": 5}
+    if untuned():  # the benchmark's baseline; otherwise uvicorn picks httptools and uvloop (serve extra)
+        options.update(http="h11", loop="asyncio")
     server_config = TcpConfig(FACTORY, factory=True, host=host, port=port, workers=workers, **options)
     server = uvicorn.Server(server_config)
-    try:
-        if workers == 1:
-            server.run()
-            return
-        sockets = [server_config.bind_socket()]
-        target = {"target": server.run} if "target" in inspect.signature(Multiprocess).parameters else {}
-        Multiprocess(server_config, sockets=sockets, **target).run()  # as uvicorn.run does
-    except KeyboardInterrupt:
-        pass
+    with metrics_dir():
+        try:
+            if workers == 1:
+                server.run()
+                return
+            sockets = [server_config.bind_socket()]
+            target = {"target": server.run} if "target" in inspect.signature(Multiprocess).parameters else {}
+            Multiprocess(server_config, sockets=sockets, **target).run()  # as uvicorn.run does
+        except KeyboardInterrupt:
+            pass

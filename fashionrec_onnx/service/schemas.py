@@ -2,11 +2,51 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Annotated, Any
 
-Scalar = str | int | float | bool
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    model_validator,
+)
+
+from .config import MAX_FILTER_FIELDS, MAX_FILTER_VALUES, MAX_KEYS, MAX_TEXT, MAX_VECTOR
+
+# Every list and text a caller sends is bounded here, so an oversized query is a 422 before any
+# work; JSON is parsed by pydantic's parser, whose nesting limit makes a deep structure a 422 too.
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
+Number = Annotated[float, Field(allow_inf_nan=False)]  # JSON's NaN and 1e999 are not values
+Scalar = Text | int | Number | bool
 FilterValue = Scalar | list[Scalar]
-FILTER_DOC = 'metadata values to match, {"category": "Dress"}; a list means any of its values'
+
+
+def _filter_bounds(value: Any) -> Any:
+    """The counts first, in words (the union of value types would otherwise report one error per
+    type it tried)."""
+    if isinstance(value, dict):
+        if len(value) > MAX_FILTER_FIELDS:
+            raise ValueError(f"at most {MAX_FILTER_FIELDS} fields, got {len(value)}")
+        for name, values in value.items():
+            if isinstance(values, list) and len(values) > MAX_FILTER_VALUES:
+                raise ValueError(
+                    f"at most {MAX_FILTER_VALUES} values for one field, got {len(values)} for {name[:40]!r}"
+                )
+    return value
+
+
+Filter = Annotated[dict[Text, FilterValue], BeforeValidator(_filter_bounds)]
+Keys = Annotated[list[Text], Field(max_length=MAX_KEYS)]
+FILTER_DOC = (
+    'metadata values to match, {"category": "Dress"}; a list means any of its values '
+    f"(at most {MAX_FILTER_FIELDS} fields, {MAX_FILTER_VALUES} values each)"
+)
+# The multipart form's JSON fields, validated as the JSON body's are.
+FILTER_FIELD: TypeAdapter[dict] = TypeAdapter(Filter)
+KEYS_FIELD: TypeAdapter[list] = TypeAdapter(Keys)
 
 
 class JsonQuery(BaseModel):
@@ -14,13 +54,15 @@ class JsonQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    key: str | None = Field(None, description="more like this stored item (itself left out)")
-    keys: list[str] | None = Field(None, description="several positives: items like all of these")
-    vector: list[float] | None = Field(None, description="an embedding of the catalog's model")
-    negative: list[str] | None = Field(None, description="keys of items the results should be unlike")
+    key: Text | None = Field(None, description="more like this stored item (itself left out)")
+    keys: Keys | None = Field(None, description=f"several positives (at most {MAX_KEYS}): items like all")
+    vector: Annotated[list[Number], Field(max_length=MAX_VECTOR)] | None = Field(
+        None, description="an embedding of the catalog's model"
+    )
+    negative: Keys | None = Field(None, description=f"keys the results should be unlike (at most {MAX_KEYS})")
     k: int = Field(5, description="how many hits (or products, with group_by)")
-    filter: dict[str, FilterValue] | None = Field(None, description=FILTER_DOC)
-    group_by: str | None = Field(None, description='"product": the k best distinct products')
+    filter: Filter | None = Field(None, description=FILTER_DOC)
+    group_by: Text | None = Field(None, description='"product": the k best distinct products')
     collapse_duplicates: bool = Field(False, description="one image per group of near-duplicates")
 
     @model_validator(mode="after")

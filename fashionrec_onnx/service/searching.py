@@ -9,19 +9,26 @@ library). A server path leaves only with ``expose_paths``.
 
 from __future__ import annotations
 
-import json
+import io
+import re
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from pydantic import TypeAdapter, ValidationError
 
 from ..catalog import Catalog, Hit, Item, KeyQuery
 from ..errors import FashionrecError
+from ..json_values import MAX_DEPTH, check_depth
 from .config import ServiceConfig
 from .errors import ServiceError, bad_parameter, from_library
+from .schemas import FILTER_FIELD, KEYS_FIELD
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -53,17 +60,30 @@ def parse_k(value: object, max_k: int) -> int:
     return k
 
 
-def parse_json_field(name: str, text: str, kind: type) -> Any:
-    """A form field holding JSON (``filter``: an object, ``negative``: a list)."""
+def problems(exc: ValidationError, prefix: str = "") -> str:
+    """pydantic's errors as one short line: a few of them, each location part cut short (a
+    location may hold a caller's megabyte-long field name)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    shown = []
+    for error in errors[:3]:
+        where = ".".join(str(part)[:40] for part in (prefix, *error["loc"]) if part != "") or "body"
+        message = re.sub(r"at line 1 column (\d+)", r"at character \1", error["msg"])  # one-line text
+        shown.append(f"{where}: {message}")
+    more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
+    return "; ".join(shown) + more
+
+
+def parse_json_field(name: str, text: str, kind: type | TypeAdapter[Any]) -> Any:
+    """A form field holding JSON (``filter``: an object, ``negative``: a list of keys), held to
+    the bounds of the JSON body's field of that name (nesting included) before it is used."""
+    adapter = kind if isinstance(kind, TypeAdapter) else FILTER_FIELD if kind is dict else KEYS_FIELD
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise bad_parameter(f"{name} must be JSON ({exc.msg} at character {exc.pos})") from exc
-    except ValueError as exc:  # valid JSON that Python refuses, such as an integer of 5,000 digits
-        raise bad_parameter(f"{name} must be JSON that fits: {exc}") from exc
-    if not isinstance(value, kind):
-        raise bad_parameter(f"{name} must be a JSON {'object' if kind is dict else 'list'}")
-    return value
+        check_depth(text)  # before any parser meets a hostile depth
+        return adapter.validate_json(text)
+    except ValidationError as exc:
+        raise bad_parameter(problems(exc, name)) from None
+    except ValueError as exc:  # deeper than MAX_DEPTH
+        raise bad_parameter(f"{name} must be JSON that fits ({MAX_DEPTH} levels at most): {exc}") from None
 
 
 def parse_flag(name: str, text: str) -> bool:
@@ -76,10 +96,31 @@ def check_filter(wanted: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if wanted is None:
         return None
     for name, value in wanted.items():
+        if "\x00" in name:
+            raise bad_parameter(f"a filter field name cannot hold a NUL character; {name[:40]!r} does")
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, (str, int, float, bool)) for v in values):
             raise bad_parameter(f"filter values are text, numbers or lists of them; {name!r} is not")
     return dict(wanted)
+
+
+def check_upload_pixels(data: bytes, max_pixels: int) -> None:
+    """Refuse (413) a photo whose header declares more pixels than the service decodes: a small
+    file can declare a huge image, and this is read before any pixel is."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        width = height = max_pixels + 1  # Pillow refuses to open it: far above any limit
+    except Exception:  # not an image: the decode that follows says why, in the usual words
+        return
+    if width * height > max_pixels:
+        raise ServiceError(
+            413,
+            "image_too_large",
+            f"the photo is {width}x{height} = {width * height:,} pixels; this service decodes at most "
+            f"{max_pixels:,} (send a smaller photo)",
+        )
 
 
 class Searcher:
@@ -89,7 +130,14 @@ class Searcher:
         self.catalog = catalog
         self.config = config
         self.model_slot = threading.Lock()  # one model run at a time: it uses every core already
-        paths = {str(catalog.path): "<catalog>", str(catalog.path.resolve()): "<catalog>"}
+        # Uploads decode in a pool of their own, as many at a time as the worker has cores: memory
+        # then has a ceiling (slots x the largest decode) whatever the concurrency, and only these
+        # threads ever hold a large image (each thread's malloc arena keeps what it once held).
+        self.decode_slots = max(1, config.threads or 1)
+        self.decoder = ThreadPoolExecutor(self.decode_slots, thread_name_prefix="fashionrec-upload")
+        paths = {str(catalog.path): "<catalog>"}
+        if isinstance(catalog.path, Path):  # (a Milvus catalog's path is its URI)
+            paths[str(catalog.path.resolve())] = "<catalog>"
         paths.update({str(catalog.model_path): "<model>", str(catalog.model_path.parent): "<model folder>"})
         self.hidden = {} if config.expose_paths else paths
 
@@ -128,8 +176,11 @@ class Searcher:
             options["negative"] = [KeyQuery(key) for key in query.negative]
         if query.image is not None:
             begin = time.perf_counter()
+            check_upload_pixels(query.image, self.config.max_upload_pixels)
+            embedder = catalog.embedder
+            pixels = self.decoder.submit(embedder.prepare, query.image, query.box).result()
             with self.model_slot:
-                vector = catalog.embedder.embed_one(query.image, box=query.box)
+                vector = embedder.embed_pixels(pixels[None])[0]
             query.timings["embed"] = (time.perf_counter() - begin) * 1000
         else:
             vector = np.asarray(query.vector, np.float32)

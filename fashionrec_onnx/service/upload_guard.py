@@ -6,11 +6,20 @@ make a server store many large files with one POST. This ASGI middleware refuses
 request whose body is larger than the limit: from its Content-Length when it has one, and by
 counting the body as it streams otherwise (chunked), before the app has stored it all.
 Plain ASGI: importing it imports no web framework.
+
+A client that sends its whole body before reading the answer (Python's urllib and requests do)
+would get a connection reset instead of the 413 if the server closed with the body unread: so
+the refusal's headers go first, then up to ``LINGER_BYTES`` of the body are read and thrown away
+(for at most ``LINGER_SECONDS``, and ``LINGER_PAUSE`` without a byte), and only then does the
+answer end and the connection close, as nginx's lingering close does. A client that asked
+``Expect: 100-continue`` (curl) has sent nothing, so nothing is read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -21,6 +30,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around one file
+LINGER_BYTES = 64 * 1024 * 1024  # read and thrown away after a refusal, at most
+LINGER_SECONDS = 10.0  # in all
+LINGER_PAUSE = 2.0  # the longest wait for the next piece (a client that sends nothing more)
 
 
 class _TooLarge(Exception):
@@ -55,9 +67,11 @@ class UploadGuard:
         if scope["type"] != "http" or scope["method"] != "POST" or not self.guarded(scope["path"]):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        drain = receive if headers.get(b"expect", b"").lower() != b"100-continue" else None
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(send, drain)
             return
         seen = 0
         started = False
@@ -80,9 +94,11 @@ class UploadGuard:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, receive)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, drain: Receive | None) -> None:
+        """The 413, closing the connection; ``drain`` (the body still to come) is read and thrown
+        away, within bounds, between the headers and the end of the answer."""
         message = f"upload refused: one request may send at most {self.max_bytes // 1_000_000} MB"
         if self.as_json:
             refusal = {"status": 413, "error": "upload_too_large", "detail": message}
@@ -96,4 +112,26 @@ class UploadGuard:
                 "headers": [(b"content-type", kind), (b"connection", b"close")],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": body, "more_body": drain is not None})
+        if drain is not None:
+            await _discard(drain)
+            await send({"type": "http.response.body", "body": b""})
+
+
+async def _discard(receive: Receive) -> None:
+    """Read what the client is still sending, within LINGER_BYTES, LINGER_SECONDS, LINGER_PAUSE."""
+    deadline = time.monotonic() + LINGER_SECONDS
+    seen = 0
+    while seen <= LINGER_BYTES:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), min(left, LINGER_PAUSE))
+        except (asyncio.TimeoutError, _TooLarge):
+            return
+        if message["type"] != "http.request":
+            return  # the client went away
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return

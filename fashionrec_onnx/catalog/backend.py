@@ -1,0 +1,84 @@
+"""The storage seam: what a catalog needs from where its items and vectors live.
+
+A backend stores items (key, unit vector, path, file size and mtime, metadata), answers top-k
+with a metadata filter, fetches by key, iterates, counts, and keeps the catalog's settings
+(model fingerprint, dimension, product field...). `remote.RemoteCatalog` is the `Catalog` API
+written once over this interface; `milvus_backend.MilvusBackend` implements it on a Milvus
+collection. The local directory catalog (SQLite + vector file + HNSW graph, `core`) predates the
+seam and keeps its own planner, tuned for one machine.
+
+Keys are the identity (no integer labels cross the seam). Filters are the `Catalog` mapping form
+(field -> value or list of values); a callable filter is applied above the seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .store import NewItem
+
+NO_LABEL = -1  # a remote item has a key, not a label
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    key: str
+    distance: float  # squared L2
+
+
+class Backend(Protocol):
+    """A catalog's storage. Writes are upserts by key; every read sees this process's writes."""
+
+    def describe(self) -> str:
+        """Where the catalog lives, fit for a message (never a password)."""
+
+    def settings(self) -> dict[str, str]:
+        """Every recorded setting."""
+
+    def set_settings(self, values: Mapping[str, str]) -> None:
+        """Record settings (other processes see them at their next read)."""
+
+    def write(self, items: Sequence[NewItem]) -> None:
+        """Add or replace items by key; all of them or (on failure) an error."""
+
+    def remove(self, keys: Sequence[str]) -> list[str]:
+        """Remove items; returns the keys that were there."""
+
+    def top_k(
+        self, vector: np.ndarray, k: int, wanted: Mapping[str, Any] | None, exclude: Sequence[str], ef: int
+    ) -> list[Neighbour]:
+        """The k nearest items (approximate), nearest first, passing the filter, not excluded."""
+
+    def fetch(self, keys: Sequence[str], vectors: bool = False) -> dict[str, tuple[dict[str, Any], Any]]:
+        """``key -> (row, vector or None)`` for the keys held; a row has path, size, mtime_ns,
+        metadata."""
+
+    def iterate(
+        self, wanted: Mapping[str, Any] | None = None, vectors: bool = False, batch: int = 1000
+    ) -> Iterator[list[tuple[str, dict[str, Any], Any]]]:
+        """Every item passing the filter, in batches of ``(key, row, vector or None)``."""
+
+    def count(self) -> int:
+        """How many items are held."""
+
+    def keys_with_field(self, field: str, values: Sequence[str]) -> list[str]:
+        """Keys of the items whose metadata ``field`` is one of ``values``."""
+
+    def remember_removed(self, keys: Sequence[str]) -> None:
+        """Keys removed by hand, kept out of later folder indexing (see `removals`)."""
+
+    def forget_removed(self, keys: Sequence[str]) -> None:
+        """Keys added again: no longer removed."""
+
+    def removed_keys(self, among: Sequence[str] | None = None) -> list[str]:
+        """Keys removed by hand (those of ``among`` only, when given)."""
+
+    def drop(self) -> None:
+        """Delete the whole catalog (tests and tools)."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,375 @@
+"""A catalog on a Milvus collection (`backend.Backend` over `pymilvus`).
+
+The collection: ``key`` (VARCHAR primary key), ``vector`` (FLOAT_VECTOR, HNSW index, L2, so
+distances are squared L2 as on a local catalog), ``path`` (VARCHAR, '' for none), ``size`` and
+``mtime_ns`` (INT64, -1 for none) and ``metadata`` (JSON). Settings live in the collection's
+properties (``fashionrec.*``), so any machine that opens the URI gets the same catalog. Keys
+removed by hand live in a small second collection, ``<collection>__removed``.
+
+Consistency, chosen per call: reads within `STRONG_AFTER_WRITE` seconds of this process's own
+last write are "Strong" (the Milvus 2.3 server does not always show a client its own deletes at
+"Session" level: a removed item came back in the very next search), every other read is
+"Session", which is "eventually" for what other processes wrote: their writes show as soon as
+the server has applied them (well under a second on a healthy server). That is what service
+replicas need: read-your-writes for the process that changes the catalog, and no "Strong" wait
+on every search of the processes that only serve.
+
+Every pymilvus error becomes a one-line `CatalogError` naming the URI (never the password);
+a server that cannot be reached is a `StorageUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+from uuid import uuid4
+
+import numpy as np
+
+from ..errors import CatalogError, StorageUnavailableError
+from . import expressions as expr
+from .backend import Neighbour
+from .location import MilvusLocation
+from .store import NewItem
+
+log = logging.getLogger(__name__)
+
+PREFIX = "fashionrec."
+REMOVED_SUFFIX = "__removed"
+CONSISTENCY = "Session"
+STRONG_AFTER_WRITE = 10.0
+CONNECT_SECONDS = 5.0  # connecting; each call then has CALL_SECONDS
+CALL_SECONDS = 60.0
+TEXT_MAX = 65_535  # Milvus' longest VARCHAR (bytes)
+WRITE_BATCH = 256  # rows per upsert: 2048-d rows are ~20 kB each on the wire
+GET_BATCH = 1_000
+TOP_K_MAX = 16_384  # Milvus' limit on limit
+FIELDS = ["key", "path", "size", "mtime_ns", "metadata"]
+
+T = TypeVar("T")
+_READS = frozenset({"get", "count", "query", "search"})
+_WRITES = frozenset({"upsert", "delete"})
+
+
+def _quiet_pymilvus() -> None:
+    """pymilvus logs every failed call at ERROR on its own handler; our errors carry the cause,
+    and the CLI promises one line, so its logger only speaks for what would crash."""
+    for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer"):  # its own levels
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+class MilvusBackend:
+    """One catalog collection on a Milvus server."""
+
+    def __init__(self, location: MilvusLocation, client: Any) -> None:
+        self.location = location
+        self.collection = location.collection
+        self.removed_collection = location.collection + REMOVED_SUFFIX
+        self._client = client
+        self._last_write = -float("inf")
+        self._removed_exists = False
+
+    # -- connecting, creating ------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, location: MilvusLocation) -> MilvusBackend:
+        try:
+            from pymilvus import MilvusClient
+        except ImportError as exc:
+            raise CatalogError(
+                f"{location} is a Milvus catalog: install pymilvus (pip install 'fashionrec-onnx[milvus]')"
+            ) from exc
+        _quiet_pymilvus()
+        try:
+            client = MilvusClient(  # an alias of its own: closing one catalog closes no other
+                uri=location.address,
+                token=location.token,
+                timeout=CONNECT_SECONDS,
+                alias=f"fashionrec-{uuid4().hex}",
+            )
+        except Exception as exc:  # pymilvus raises MilvusException, grpc errors or ValueError
+            raise StorageUnavailableError(f"cannot reach Milvus at {location}: {_cause(exc)}") from exc
+        return cls(location, client)
+
+    def describe(self) -> str:
+        return str(self.location)
+
+    def _wrote(self) -> None:
+        self._last_write = time.monotonic()
+
+    def _level(self) -> str:
+        recent = time.monotonic() - self._last_write < STRONG_AFTER_WRITE
+        return "Strong" if recent else CONSISTENCY
+
+    def _call(self, what: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if kwargs.setdefault("timeout", CALL_SECONDS) is None:
+            del kwargs["timeout"]  # an iterator's next() takes none
+        if what in _READS:
+            kwargs.setdefault("consistency_level", self._level())
+        try:
+            result = function(*args, **kwargs)
+            if what in _WRITES:
+                self._wrote()
+            return result
+        except (CatalogError, TypeError, AttributeError, KeyError):
+            raise  # ours, or a bug: not the server's doing
+        except Exception as exc:
+            cause = _cause(exc)
+            unavailable = any(
+                word in cause.lower() for word in ("unavailable", "connect", "deadline", "timeout", "refused")
+            )
+            kind = StorageUnavailableError if unavailable else CatalogError
+            raise kind(f"Milvus at {self.location}: {what} failed: {cause}") from exc
+
+    def exists(self) -> bool:
+        return bool(self._call("has_collection", self._client.has_collection, self.collection))
+
+    def create(self, dim: int, M: int, ef_construction: int, settings: Mapping[str, str]) -> None:
+        """The collection, its index and settings, then the removed-keys collection; loaded."""
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=TEXT_MAX)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("path", DataType.VARCHAR, max_length=TEXT_MAX)
+        schema.add_field("size", DataType.INT64)
+        schema.add_field("mtime_ns", DataType.INT64)
+        schema.add_field("metadata", DataType.JSON)
+        index = self._client.prepare_index_params()
+        index.add_index(
+            "vector", index_type="HNSW", metric_type="L2", params={"M": M, "efConstruction": ef_construction}
+        )
+        self._call(
+            "create_collection",
+            self._client.create_collection,
+            self.collection,
+            schema=schema,
+            index_params=index,
+            consistency_level=CONSISTENCY,
+        )
+        self.set_settings(settings)
+
+    def _create_removed(self) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        if self._call("has_collection", self._client.has_collection, self.removed_collection):
+            return
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=TEXT_MAX)
+        schema.add_field("flag", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field
+        index = self._client.prepare_index_params()
+        index.add_index("flag", index_type="FLAT", metric_type="L2")
+        self._call(
+            "create_collection",
+            self._client.create_collection,
+            self.removed_collection,
+            schema=schema,
+            index_params=index,
+            consistency_level=CONSISTENCY,
+        )
+
+    def load(self) -> None:
+        """Make sure the collections are loaded (a no-op when they are: loads are never undone)."""
+        for name in (self.collection, self.removed_collection):
+            if name == self.removed_collection and not self._has_removed():
+                continue
+            state = self._call("get_load_state", self._client.get_load_state, name)
+            if "Loaded" not in str(state.get("state")):
+                self._call("load_collection", self._client.load_collection, name)
+
+    def drop(self) -> None:
+        for name in (self.collection, self.removed_collection):
+            if self._call("has_collection", self._client.has_collection, name):
+                self._call("drop_collection", self._client.drop_collection, name)
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # closing a broken channel: nothing left to release
+            log.debug("closing the Milvus client of %s failed", self.location, exc_info=True)
+
+    # -- settings ---------------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, str]:
+        described = self._call("describe_collection", self._client.describe_collection, self.collection)
+        properties = described.get("properties") or {}
+        return {k[len(PREFIX) :]: str(v) for k, v in properties.items() if k.startswith(PREFIX)}
+
+    def dim(self) -> int:
+        described = self._call("describe_collection", self._client.describe_collection, self.collection)
+        for field in described["fields"]:
+            if field["name"] == "vector":
+                return int(field["params"]["dim"])
+        raise CatalogError(f"{self.location} has no vector field: it is not a fashionrec catalog")
+
+    def set_settings(self, values: Mapping[str, str]) -> None:
+        properties = {PREFIX + name: str(value) for name, value in values.items()}
+        self._call(
+            "alter_collection_properties",
+            self._client.alter_collection_properties,
+            self.collection,
+            properties=properties,
+        )
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def write(self, items: Sequence[NewItem]) -> None:
+        for start in range(0, len(items), WRITE_BATCH):
+            rows = [_row(item) for item in items[start : start + WRITE_BATCH]]
+            self._call("upsert", self._client.upsert, self.collection, rows)
+
+    def remove(self, keys: Sequence[str]) -> list[str]:
+        present = list(self.fetch(list(dict.fromkeys(keys))))
+        for start in range(0, len(present), GET_BATCH):
+            self._call("delete", self._client.delete, self.collection, ids=present[start : start + GET_BATCH])
+        return present
+
+    def _has_removed(self) -> bool:
+        """Whether the removed-keys collection exists (made on the first removal: creating and
+        loading a collection takes seconds on the 2.3 server, and most catalogs never need it)."""
+        if not self._removed_exists:
+            self._removed_exists = bool(
+                self._call("has_collection", self._client.has_collection, self.removed_collection)
+            )
+        return self._removed_exists
+
+    def remember_removed(self, keys: Sequence[str]) -> None:
+        if not self._has_removed():
+            self._create_removed()
+            self._removed_exists = True
+        rows = [{"key": key, "flag": [0.0, 0.0]} for key in keys]
+        for start in range(0, len(rows), GET_BATCH):
+            self._call(
+                "upsert", self._client.upsert, self.removed_collection, rows[start : start + GET_BATCH]
+            )
+
+    def forget_removed(self, keys: Sequence[str]) -> None:
+        keys = list(keys) if self._has_removed() else []
+        for start in range(0, len(keys), GET_BATCH):
+            chunk = keys[start : start + GET_BATCH]
+            self._call("delete", self._client.delete, self.removed_collection, ids=chunk)
+
+    def removed_keys(self, among: Sequence[str] | None = None) -> list[str]:
+        if among is None:
+            if not self._has_removed():
+                return []
+            return [row["key"] for rows in self._scan(self.removed_collection, "", ["key"]) for row in rows]
+        found: list[str] = []
+        among = list(among) if self._has_removed() else []
+        for start in range(0, len(among), GET_BATCH):
+            chunk = among[start : start + GET_BATCH]
+            rows = self._call(
+                "get", self._client.get, self.removed_collection, ids=chunk, output_fields=["key"]
+            )
+            found += [row["key"] for row in rows]
+        return found
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        rows = self._call("count", self._client.query, self.collection, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def fetch(self, keys: Sequence[str], vectors: bool = False) -> dict[str, tuple[dict[str, Any], Any]]:
+        out: dict[str, tuple[dict[str, Any], Any]] = {}
+        fields = FIELDS + (["vector"] if vectors else [])
+        keys = [key for key in keys if isinstance(key, str) and len(key.encode()) <= TEXT_MAX]
+        for start in range(0, len(keys), GET_BATCH):
+            chunk = keys[start : start + GET_BATCH]
+            rows = self._call("get", self._client.get, self.collection, ids=chunk, output_fields=fields)
+            for row in rows:
+                out[row["key"]] = (_described(row), _vector(row) if vectors else None)
+        return out
+
+    def iterate(
+        self, wanted: Mapping[str, Any] | None = None, vectors: bool = False, batch: int = 1000
+    ) -> Iterator[list[tuple[str, dict[str, Any], Any]]]:
+        fields = FIELDS + (["vector"] if vectors else [])
+        condition = expr.metadata_filter(wanted) if wanted else ""
+        for rows in self._scan(self.collection, condition, fields, batch):
+            yield [(row["key"], _described(row), _vector(row) if vectors else None) for row in rows]
+
+    def keys_with_field(self, field: str, values: Sequence[str]) -> list[str]:
+        if not values:
+            return []
+        condition = expr.condition(field, list(values))
+        return [row["key"] for rows in self._scan(self.collection, condition, ["key"]) for row in rows]
+
+    def _scan(
+        self, collection: str, condition: str, fields: list[str], batch: int = GET_BATCH
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every row passing ``condition``, in key order, a page at a time (``key > last``).
+
+        pymilvus' query_iterator does the same but spends over a second per page on the 2.3
+        server (it asks for a fresh timestamp each time); a page here costs milliseconds."""
+        batch = max(1, min(int(batch), TOP_K_MAX))
+        last: str | None = None
+        while True:
+            after = f"key > {expr.literal(last)}" if last is not None else 'key != ""'
+            rows = self._call(
+                "query",
+                self._client.query,
+                collection,
+                filter=expr.both(condition, after),
+                output_fields=fields,
+                limit=batch,
+            )
+            rows.sort(key=lambda row: row["key"])
+            if rows:
+                yield rows
+            if len(rows) < batch:
+                return
+            last = rows[-1]["key"]
+
+    def top_k(
+        self, vector: np.ndarray, k: int, wanted: Mapping[str, Any] | None, exclude: Sequence[str], ef: int
+    ) -> list[Neighbour]:
+        condition = expr.both(expr.metadata_filter(wanted) if wanted else "", expr.keys_not_in(exclude))
+        limit = min(int(k), TOP_K_MAX)
+        results = self._call(
+            "search",
+            self._client.search,
+            self.collection,
+            data=[np.asarray(vector, np.float32).tolist()],
+            filter=condition,
+            limit=limit,
+            output_fields=["key"],
+            search_params={"metric_type": "L2", "params": {"ef": max(int(ef), limit)}},
+        )
+        return [Neighbour(str(hit["id"]), float(hit["distance"])) for hit in results[0]]
+
+
+def _row(item: NewItem) -> dict[str, Any]:
+    path = item.path or ""
+    if len(path.encode()) > TEXT_MAX or len(item.key.encode()) > TEXT_MAX:
+        raise CatalogError(f"a key or path longer than {TEXT_MAX} bytes cannot be stored in Milvus")
+    return {
+        "key": item.key,
+        "vector": np.asarray(item.vector, np.float32).tolist(),
+        "path": path,
+        "size": -1 if item.size is None else int(item.size),
+        "mtime_ns": -1 if item.mtime_ns is None else int(item.mtime_ns),
+        "metadata": dict(item.metadata or {}),
+    }
+
+
+def _described(row: Mapping[str, Any]) -> dict[str, Any]:
+    size, mtime = int(row.get("size", -1)), int(row.get("mtime_ns", -1))
+    return {
+        "path": row.get("path") or None,
+        "size": None if size < 0 else size,
+        "mtime_ns": None if mtime < 0 else mtime,
+        "metadata": dict(row.get("metadata") or {}),
+    }
+
+
+def _vector(row: Mapping[str, Any]) -> np.ndarray:
+    return np.asarray(row["vector"], np.float32)
+
+
+def _cause(exc: BaseException) -> str:
+    """pymilvus' message on one line, without its ``<MilvusException: (code=...)>`` wrapping."""
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return " ".join(str(message).split())[:500]
