@@ -148,11 +148,12 @@ class Catalog:
         field = products.checked_field(product_field)
         where = location(path)
         if isinstance(where, MilvusLocation):
-            from .remote import create as create_remote
-
             if vector_dtype != "float32" or reduce_to:
                 raise CatalogError(f"{where}: a Milvus catalog stores float32 vectors, without a PCA graph")
-            return create_remote(where, model, HnswParams(M, ef_construction, ef), exist_ok, field, threads)
+            remote: Catalog = jobs.job("create_remote")(
+                where, model, HnswParams(M, ef_construction, ef), exist_ok, field, threads
+            )
+            return remote
         root = Path(path).expanduser()
         opening.create(
             root, model, HnswParams(M, ef_construction, ef), vector_dtype, reduce_to, exist_ok, field
@@ -179,9 +180,8 @@ class Catalog:
         """
         where = location(path)
         if isinstance(where, MilvusLocation):
-            from .remote import open_remote
-
-            return open_remote(where, model, readonly, threads)
+            opened: Catalog = jobs.job("open_remote")(where, model, readonly, threads)
+            return opened
         core, model_path, embedder = opening.open_core(
             Path(path).expanduser(), model, readonly=readonly, rebuild=rebuild, load_graph=load_graph
         )
@@ -194,9 +194,7 @@ class Catalog:
         """What `fashionrec index` does: reuse the catalog if there is one, else make it."""
         where = location(path)
         if isinstance(where, MilvusLocation):
-            from .remote import exists
-
-            held = exists(where)
+            held = bool(jobs.job("remote_exists")(where))
         else:
             held = (Path(path).expanduser() / DB_NAME).exists()
         if held:

@@ -1,7 +1,9 @@
-"""The jobs built on top of the catalog (indexing a folder, syncing a feed, importing and
-exporting vectors) register here, so that `Catalog` offers them as methods without importing
-the packages above it: `feeds` and `interchange` register theirs when they are imported, and
-``import fashionrec_onnx`` imports both."""
+"""What `Catalog` offers without importing it registers here. The jobs built on top of the
+catalog (indexing a folder, syncing a feed, importing and exporting vectors): `feeds` and
+`interchange` register theirs when they are imported, and ``import fashionrec_onnx`` imports
+both. And the catalogs of ``milvus://`` locations: `remote.RemoteCatalog` subclasses `Catalog`,
+so the facade cannot import it; `remote` registers how to create and open them, and the catalog
+package imports it."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ PROVIDERS = {
     "sync": "fashionrec_onnx.feeds",
     "import_vectors": "fashionrec_onnx.interchange",
     "export_vectors": "fashionrec_onnx.interchange",
+    "create_remote": "fashionrec_onnx.catalog.remote",
+    "open_remote": "fashionrec_onnx.catalog.remote",
+    "remote_exists": "fashionrec_onnx.catalog.remote",
 }
 
 _registered: dict[str, Job] = {}

@@ -836,3 +836,8 @@ def _check_metadata(new: Sequence[NewItem]) -> None:
                 f"item {item.key!r}: metadata field {field[:60]!r} cannot be stored ({reason}); "
                 "nothing of the batch was written"
             )
+
+
+jobs.register("create_remote", create)  # Catalog.create/open/open_or_create of milvus:// locations
+jobs.register("open_remote", open_remote)
+jobs.register("remote_exists", exists)
