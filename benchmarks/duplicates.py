@@ -1,19 +1,21 @@
 """Near-duplicates planted in a Fashion-MNIST catalog: are they found, and how fast?
 
-Some train images get one copy each, cycling through four kinds: resized (2x, bicubic),
-JPEG-recompressed (quality 75), re-saved as PNG (same pixels), and slightly cropped (one pixel off
-the left and top of the 28 px image, about 7% of the area). Copies and the corpus go into one
-catalog; `Catalog.duplicates` then groups it, at the calibrated threshold and at fixed ones.
-Measured like imagededup evaluates its methods: precision and recall of duplicate pairs (every
-pair inside a found group counts as found), against the planted pairs plus the pixel-identical
-images Fashion-MNIST already holds. Run alone: ``python -m benchmarks.duplicates --items 44000``.
+Some train images get one copy each, cycling through five kinds of re-upload: resized (2x,
+bicubic), downscaled (half size, 14 px, bicubic), JPEG-recompressed (quality 70), re-saved as PNG
+(same pixels), and cropped (the image at 4x, 112 px, with 1-3 pixels, 0.9-2.7%, cut off each side
+independently: a 28 px image has no 1-3% crop). Copies and the corpus go into one catalog;
+`Catalog.duplicates` then groups it, at the calibrated threshold and at fixed ones. Measured like
+imagededup evaluates its methods: precision and recall of duplicate pairs (every pair inside a found
+group counts as found), against the planted pairs plus the pixel-identical images Fashion-MNIST
+already holds; and by kind: the recall of that kind's planted pairs, and the precision of the found
+pairs that hold a copy of that kind (blank where nothing was planted or found). Run alone:
+``python -m benchmarks.duplicates --items 44000`` (writes duplicates.json and duplicates.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import tempfile
 import time
@@ -23,27 +25,32 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import RESULTS, bench_model, embed_corpus, timed
+from benchmarks.common import RESULTS, bench_model, embed_corpus, machine_info, timed, write_report
 from fashionrec_onnx import Catalog, Embedder, read_model_info
 from fashionrec_onnx.images import prepare_image
 from fashionrec_onnx.quality.evaluation import group_precision_recall, pairs_of_groups
 
 log = logging.getLogger("benchmarks")
 
-KINDS = ("resized", "jpeg", "png", "cropped")
+KINDS = ("resized", "downscaled", "jpeg", "png", "cropped")
 PLANTED_SHARE = 0.02  # of the corpus that gets a copy
 THRESHOLDS = (0.9995, 0.999, 0.998)  # fixed thresholds beside the calibrated one
 
 
-def copy_of(image: np.ndarray, kind: str) -> Image.Image:
+def copy_of(image: np.ndarray, kind: str, seed: int = 0) -> Image.Image:
     """One near-duplicate of a 28 px grey Fashion-MNIST image, as a shop's re-upload would be."""
     original = Image.fromarray(image).convert("RGB")
     if kind == "resized":
         return original.resize((56, 56), Image.Resampling.BICUBIC)
+    if kind == "downscaled":
+        return original.resize((14, 14), Image.Resampling.BICUBIC)
     if kind == "cropped":
-        return original.crop((1, 1, 28, 28))
+        left, top, right, bottom = (int(v) for v in np.random.default_rng(seed).integers(1, 4, 4))
+        return original.resize((112, 112), Image.Resampling.BICUBIC).crop(
+            (left, top, 112 - right, 112 - bottom)
+        )
     buffer = io.BytesIO()
-    original.save(buffer, "JPEG" if kind == "jpeg" else "PNG", quality=75)
+    original.save(buffer, "JPEG" if kind == "jpeg" else "PNG", quality=70)
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
@@ -52,7 +59,8 @@ def plant(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[Image.Ima
     count = max(len(KINDS), round(len(images) * PLANTED_SHARE))
     chosen = np.sort(np.random.default_rng(seed).choice(len(images), count, replace=False))
     kinds = [KINDS[i % len(KINDS)] for i in range(count)]
-    return chosen, [copy_of(images[i], kind) for i, kind in zip(chosen, kinds)], kinds
+    copies = [copy_of(images[i], kind, seed + n) for n, (i, kind) in enumerate(zip(chosen, kinds))]
+    return chosen, copies, kinds
 
 
 def identical_groups(images: np.ndarray) -> list[list[int]]:
@@ -93,18 +101,38 @@ def by_kind(chosen: np.ndarray, kinds: list[str]) -> dict[str, set[tuple[str, st
     return pairs
 
 
-def measure(report, expected: set[tuple[str, str]], planted: dict[str, set[tuple[str, str]]]) -> dict:
-    """imagededup's measures for one report, and the recall of each kind of copy."""
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None  # blank, not 1.0, where there is nothing to count
+
+
+def measure(
+    report, expected: set[tuple[str, str]], planted: dict[str, set[tuple[str, str]]], kind_of: dict[str, str]
+) -> dict:
+    """imagededup's measures for one report, and recall and precision by kind of copy."""
     groups = [group.keys for group in report]
     precision, recall = group_precision_recall(groups, expected)
+    found = pairs_of_groups(groups)
+    by_kind: dict[str, dict[str, object]] = {}
+    for kind, pairs in planted.items():
+        touching = {pair for pair in found if kind_of.get(pair[0]) == kind or kind_of.get(pair[1]) == kind}
+        by_kind[kind] = {
+            "planted": len(pairs),
+            "found": len(touching),
+            "recall": _share(len(pairs & found), len(pairs)),
+            "precision": _share(len(touching & expected), len(touching)),
+        }
+    between_originals = {pair for pair in found if pair[0] not in kind_of and pair[1] not in kind_of}
     return {
         "threshold": report.threshold,
         "calibrated": report.calibrated,
         "groups": len(report),
-        "pairs_found": sum(len(keys) * (len(keys) - 1) // 2 for keys in groups),
+        "pairs_found": len(found),
         "precision": precision,
         "recall": recall,
-        "recall_by_kind": {kind: group_precision_recall(groups, pairs)[1] for kind, pairs in planted.items()},
+        "recall_by_kind": {kind: row["recall"] for kind, row in by_kind.items()},
+        "by_kind": by_kind,
+        "pairs_between_originals": len(between_originals),
+        "true_pairs_between_originals": len(between_originals & expected),
         "seconds": report.seconds,
     }
 
@@ -115,6 +143,7 @@ def run(model: Path, corpus: np.ndarray, images: np.ndarray) -> dict[str, object
     identical = identical_groups(images)
     expected = truth(chosen, identical)
     planted = by_kind(chosen, kinds)
+    kind_of = {f"copy-{copy}": kind for copy, kind in enumerate(kinds)}
     vectors = np.concatenate([corpus, embed_copies(model, copies)])
     keys = [str(i) for i in range(len(corpus))] + [f"copy-{i}" for i in range(len(copies))]
     thresholds: list[dict[str, object]] = []
@@ -131,7 +160,7 @@ def run(model: Path, corpus: np.ndarray, images: np.ndarray) -> dict[str, object
         for threshold in (None, *THRESHOLDS):
             report = catalog.duplicates(threshold)
             results["neighbours"] = report.neighbours
-            thresholds.append(measure(report, expected, planted))
+            thresholds.append(measure(report, expected, planted, kind_of))
             log.info("duplicates at %.4f: %s", report.threshold, thresholds[-1])
     return results
 
@@ -153,10 +182,57 @@ def main(argv: list[str] | None = None) -> int:
     images = load_split("train")[0][: args.items]
     results = {"model": f"{args.size} px, random:seed=0", **run(model, corpus, images)}
     results["seconds"] = time.perf_counter() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    log.info("wrote %s", args.out)
+    results["machine"] = machine_info()
+    write_report(args.out, results, markdown(results))
     return 0
+
+
+def cell(value: float | None) -> str:
+    """A share for a table: blank where there was nothing to count."""
+    return "" if value is None else f"{value:.3f}"
+
+
+def by_kind_table(results: dict) -> list[str]:
+    """Recall and precision of each kind of copy, one row per threshold."""
+    kinds = list(results["kinds"])
+    lines = [
+        "| threshold | pairs found | precision | recall | "
+        + " | ".join(f"{k} R / P" for k in kinds) + " | pairs between originals | seconds |",
+        "| --- " * (len(kinds) + 6) + "|",
+    ]  # fmt: skip
+    for t in results["thresholds"]:
+        rows = t.get("by_kind", {})
+        per_kind = [
+            f"{cell(rows[k]['recall'])} / {cell(rows[k]['precision'])}" if k in rows else "" for k in kinds
+        ]
+        lines.append(
+            f"| {t['threshold']:.4f}{' (calibrated)' if t['calibrated'] else ''} | {t['pairs_found']:,} | "
+            f"{t['precision']:.3f} | {t['recall']:.3f} | " + " | ".join(per_kind)
+            + f" | {t.get('pairs_between_originals', '')} | {t['seconds']:.1f} |"
+        )  # fmt: skip
+    return lines
+
+
+def markdown(results: dict) -> str:
+    machine = results["machine"]
+    copies = ", ".join(f"{n} {kind}" for kind, n in results["kinds"].items())
+    corpus = results["items"] - results["planted"]
+    return "\n".join(
+        [
+            f"# Near-duplicates (`python -m benchmarks.duplicates --items {corpus}`)",
+            "",
+            f"{results['items']:,} items ({results['planted']} planted copies: {copies}), "
+            f"model {results['model']}; graph built in {results['build_s']:.0f} s. R / P: recall of the "
+            "kind's planted pairs / precision of the found pairs holding a copy of that kind (blank: "
+            "nothing planted or found).",
+            "",
+            *by_kind_table(results),
+            "",
+            f"Machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_average']}, "
+            f"{machine['date']}.",
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

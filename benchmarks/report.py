@@ -124,6 +124,10 @@ def products_section(found: dict[str, Any] | None) -> list[str]:
     return [title, "", *table(found)]
 
 
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"  # blank where nothing was planted
+
+
 def duplicates_section(found: dict[str, Any] | None) -> list[str]:
     if not found:
         return []
@@ -155,7 +159,7 @@ def duplicates_section(found: dict[str, Any] | None) -> list[str]:
                     f"{t['pairs_found']:,}",
                     f"{t['precision']:.3f}",
                     f"{t['recall']:.3f}",
-                    *(f"{t['recall_by_kind'][k]:.2f}" for k in kinds),
+                    *(_share(t["recall_by_kind"][k]) for k in kinds),
                     f"{t['seconds']:.1f}",
                 ]
                 for t in found["thresholds"]

@@ -33,6 +33,7 @@ from fashionrec_export.export_resnet50 import (
 from fashionrec_onnx.errors import ExportError, ImageLoadError
 from fashionrec_onnx.images import IMAGE_SUFFIXES, load_image, prepare_image
 from fashionrec_onnx.model import INPUT_NAME, ModelInfo, read_model_info
+from fashionrec_onnx.projection import REFINE_PREFIX
 
 QUANTIZED_OPS = ["Conv", "MaxPool"]
 DEFAULT_CALIBRATION_IMAGES = 64
@@ -108,6 +109,10 @@ def quantize_int8(
     fields.pop("fingerprint")
     fields.update(precision="int8", calibration=label)
     new_info = attach_metadata(model, fields)
+    source_props = onnx.load(str(source), load_external_data=False).metadata_props
+    for prop in source_props:  # what a refined model records of its making (`fashionrec refine`)
+        if prop.key.startswith(REFINE_PREFIX):
+            model.metadata_props.add(key=prop.key, value=prop.value)
     write_atomically(model.SerializeToString(), out)
     return new_info
 

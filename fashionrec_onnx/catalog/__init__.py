@@ -14,19 +14,13 @@ metadata filters as masks), `search` (query planning), `oracle` (exact search in
 product), `duplicates` (near-duplicate groups through the graph), `removals` (removals that
 stick), `maintenance` (check, verify, PCA), `opening` (creating, opening, upgrading), `portable`
 (a model moved with its catalog), `migrate` (0.1.0 catalogs), `jobs` (where `feeds` and
-`interchange` plug in folder indexing, feed sync and vectors import/export, and `remote` the
-opening of milvus:// catalogs).
-
-A catalog can also live on a Milvus server: `location` (a directory or a ``milvus://`` URI),
-`backend` (the storage seam), `milvus_backend` (it, over pymilvus, imported only when used),
-`expressions` (filters as escaped Milvus expressions), `remote` (`RemoteCatalog`, the
-`Catalog` over a backend).
+`interchange` plug in folder indexing, feed sync and vectors import/export).
 
 Nothing here imports the packages built on the catalog (`feeds`, `interchange`, `quality`, `cli`,
 `service`).
 """
 
-from . import remote as remote  # registers milvus:// catalogs with Catalog (catalog.jobs)
+from . import remote as remote  # registers milvus:// catalogs with the facade (no pymilvus import)
 from .columns import Filter
 from .duplicates import DuplicateGroup, DuplicateReport
 from .facade import Catalog

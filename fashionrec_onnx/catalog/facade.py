@@ -150,10 +150,9 @@ class Catalog:
         if isinstance(where, MilvusLocation):
             if vector_dtype != "float32" or reduce_to:
                 raise CatalogError(f"{where}: a Milvus catalog stores float32 vectors, without a PCA graph")
-            remote: Catalog = jobs.job("create_remote")(
-                where, model, HnswParams(M, ef_construction, ef), exist_ok, field, threads
-            )
-            return remote
+            params = HnswParams(M, ef_construction, ef)
+            created: Catalog = jobs.job("create_remote")(where, model, params, exist_ok, field, threads)
+            return created
         root = Path(path).expanduser()
         opening.create(
             root, model, HnswParams(M, ef_construction, ef), vector_dtype, reduce_to, exist_ok, field
@@ -194,7 +193,7 @@ class Catalog:
         """What `fashionrec index` does: reuse the catalog if there is one, else make it."""
         where = location(path)
         if isinstance(where, MilvusLocation):
-            held = bool(jobs.job("remote_exists")(where))
+            held = jobs.job("remote_exists")(where)
         else:
             held = (Path(path).expanduser() / DB_NAME).exists()
         if held:

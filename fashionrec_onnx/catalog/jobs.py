@@ -1,9 +1,7 @@
-"""What `Catalog` offers without importing it registers here. The jobs built on top of the
-catalog (indexing a folder, syncing a feed, importing and exporting vectors): `feeds` and
-`interchange` register theirs when they are imported, and ``import fashionrec_onnx`` imports
-both. And the catalogs of ``milvus://`` locations: `remote.RemoteCatalog` subclasses `Catalog`,
-so the facade cannot import it; `remote` registers how to create and open them, and the catalog
-package imports it."""
+"""The jobs built on top of the catalog (indexing a folder, syncing a feed, importing and
+exporting vectors) register here, so that `Catalog` offers them as methods without importing
+the packages above it: `feeds` and `interchange` register theirs when they are imported, and
+``import fashionrec_onnx`` imports both."""
 
 from __future__ import annotations
 
@@ -20,6 +18,7 @@ PROVIDERS = {
     "sync": "fashionrec_onnx.feeds",
     "import_vectors": "fashionrec_onnx.interchange",
     "export_vectors": "fashionrec_onnx.interchange",
+    # catalogs on a server: `remote` subclasses `Catalog`, so the facade reaches it through here
     "create_remote": "fashionrec_onnx.catalog.remote",
     "open_remote": "fashionrec_onnx.catalog.remote",
     "remote_exists": "fashionrec_onnx.catalog.remote",

@@ -13,12 +13,13 @@ import sys
 
 from .._version import __version__
 from ..errors import FashionrecError
-from . import catalog, demo, export, quality, search, serve, sync, vectors
+from . import catalog, demo, export, quality, refine, search, serve, sync, vectors
 from .common import Handler, _err, _os_error
 
 log = logging.getLogger("fashionrec")
 
-GROUPS = (export, catalog, search, quality, vectors, sync, demo, serve)  # in `fashionrec --help` order
+# in `fashionrec --help` order
+GROUPS = (export, catalog, search, quality, refine, vectors, sync, demo, serve)
 HANDLERS: dict[str, Handler] = {name: handler for group in GROUPS for name, handler in group.HANDLERS.items()}
 
 

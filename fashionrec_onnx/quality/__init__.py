@@ -1,2 +1,2 @@
-"""Measuring search quality: retrieval metrics on plain data, `fashionrec evaluate` and its
-report, and the labelled datasets (Fashion-MNIST, the bundled sample) they run on."""
+"""Measuring and improving search quality: retrieval metrics, `fashionrec evaluate` and its report,
+the labelled datasets they run on, and `refine` (a projection learned from the shop's labels)."""
