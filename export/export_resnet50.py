@@ -359,7 +359,7 @@ examples:
 
 exit codes: 0 written; 1 ONNX and Keras disagree (nothing written); 2 bad arguments, weights that
 cannot be had, or an output that cannot be written.
-An export peaks at about 7 GB of memory (8 GB with --quantize); see the README."""
+An export peaks at about 7 GB of memory (8 GB with --quantize); see docs/getting-started.md."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -220,3 +220,14 @@ def test_every_moved_path_still_imports():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             assert importlib.import_module(f"{PACKAGE}.{old}").__name__ == f"{PACKAGE}.{MOVED[old]}"
+
+
+def test_the_catalog_s_job_methods_are_registered_from_above():
+    """`Catalog.index_folder` and friends run what `feeds` and `interchange` registered."""
+    import fashionrec_onnx.feeds
+    from fashionrec_onnx.catalog import jobs
+
+    assert jobs.job("index_folder") is fashionrec_onnx.feeds.index_folder
+    assert {"sync", "import_vectors", "export_vectors"} <= set(jobs._registered)
+    with pytest.raises(ValueError, match="no Catalog method 'reindex'"):
+        jobs.register("reindex", print)

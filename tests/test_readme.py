@@ -246,3 +246,12 @@ def test_the_block_parser_finds_lines_skips_and_continued_commands() -> None:
     assert one.title == "One" and [b.line for b in one.blocks] == [4, 8]
     assert one.blocks[0].skip == "needs internet" and one.runnable == [one.blocks[1]]
     assert commands(one.blocks[1]) == [(9, "fashionrec index images --catalog c   # exit 1", 1)]
+
+
+def test_the_readme_fits_a_few_screens_and_its_links_lead_somewhere() -> None:
+    """The reference lives in docs/ (checked by `mkdocs build --strict`); the README stays short."""
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert local and [t for t in local if not (ROOT / t).exists()] == []

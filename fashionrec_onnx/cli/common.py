@@ -202,7 +202,7 @@ def _build_args(parser: argparse.ArgumentParser) -> None:
         type=whole_number(1, 2048),
         metavar="DIM",
         help="for a new catalog: a PCA graph of DIM dimensions, fitted once 20,000 items are in "
-        "(256 suits a million images; see README 'A million images')",
+        "(256 suits a million images; see docs/scale.md)",
     )
     parser.add_argument(
         "--product-field",

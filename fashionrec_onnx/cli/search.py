@@ -70,7 +70,7 @@ def _search(sub: argparse._SubParsersAction) -> None:
         default=[],
         type=text,
         metavar="PATH_OR_KEY",
-        help="results unlike this image or item (repeat it for several); see README 'Several queries'",
+        help="results unlike this image or item (repeat it for several); see docs/products.md",
     )
     search.add_argument(
         "--group-by",

@@ -1,6 +1,6 @@
 """Keeping a catalog in step with a product feed (`Catalog.sync`, `fashionrec sync`).
 
-The rules, which the README's "Feed sync" section states for users:
+The rules, which docs/feed-sync.md states for users:
 
 - **Keys.** A row's item is stored under ``key_prefix`` (default ``feed/``) + its image as
   written in the feed (``feed/dress/red-1.jpg``, ``feed/https://cdn.shop/p/1042-front.jpg``).
