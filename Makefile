@@ -13,7 +13,7 @@ SORT_PINS := 'import sys; from packaging.utils import canonicalize_name as c; \
 	pins = sorted((c(n), v) for n, v in (line.strip().split("==") for line in sys.stdin)); \
 	print(*(f"{n}=={v}" for n, v in pins), sep="\n")'
 
-.PHONY: install test demo bench lint docs clean constraints
+.PHONY: install test demo bench lint docs clean constraints figures
 
 install: $(STAMP)
 
@@ -40,6 +40,25 @@ lint: install
 # The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link fails the build.
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The pictures of the docs from seed-0 random-weights models exported now (what the demo serves
+# offline): docs/demo-desktop.png, docs/demo-phone.png, docs/demo-screenshots.json (the model's
+# fingerprint and the captions shown; a test checks the fingerprint) and docs/evaluation-sample.png.
+FIGURES := .cache/figures
+SAMPLE := fashionrec_onnx/data/fashion-mnist-sample
+figures: install
+	rm -rf $(FIGURES)
+	mkdir -p $(FIGURES)
+	$(BIN)/fashionrec export --weights random --seed 0 --out $(FIGURES)/model-224.onnx
+	$(BIN)/fashionrec export --weights random --seed 0 --size 64 --out $(FIGURES)/model-64.onnx
+	$(BIN)/python -m fashionrec_demo.screenshot --model $(FIGURES)/model-224.onnx --home $(FIGURES)/demo --out docs
+	$(BIN)/fashionrec index $(SAMPLE) --catalog $(FIGURES)/catalog --model $(FIGURES)/model-224.onnx \
+		--metadata $(SAMPLE)/labels.csv --quiet
+	$(BIN)/fashionrec index $(SAMPLE) --catalog $(FIGURES)/catalog-64px --model $(FIGURES)/model-64.onnx \
+		--metadata $(SAMPLE)/labels.csv --quiet
+	$(BIN)/fashionrec evaluate --catalog $(FIGURES)/catalog --label-field category \
+		--compare $(FIGURES)/catalog-64px --out $(FIGURES)/report
+	cp $(FIGURES)/report/summary.png docs/evaluation-sample.png
 
 # The newest versions the ranges of pyproject.toml allow, in a venv of their own: constraints.txt
 # is rewritten from them (header kept), what moved is printed, then ruff and the suite run there.

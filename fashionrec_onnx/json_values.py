@@ -23,6 +23,10 @@ class NotFiniteError(ValueError):
     """A JSON number that is not finite (or an integer out of SQLite's range)."""
 
 
+class TooDeepError(ValueError):
+    """JSON nested deeper than `MAX_DEPTH`."""
+
+
 def _refuse_constant(name: str) -> float:
     raise NotFiniteError(f"{name} is not a finite number")
 
@@ -74,7 +78,7 @@ def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
         elif char in "[{":
             depth += 1
             if depth > limit:
-                raise ValueError(f"nested deeper than {limit} levels")
+                raise TooDeepError(f"nested deeper than {limit} levels")
         elif char in "]}":
             depth -= 1
 

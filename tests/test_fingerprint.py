@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fashionrec_onnx.datasets import SAMPLE_DIR
+from oracle import assert_same_ranking
 
 from fashionrec_onnx import Catalog, ModelMismatchError, read_model_info
-from fashionrec_onnx import vector_files as vf
 from fashionrec_onnx.catalog.portable import copy_model_into
+from fashionrec_onnx.interchange import vector_files as vf
 from fashionrec_onnx.model import IDENTITY_FIELDS, METADATA_PREFIX
+from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
 DATA = Path(__file__).parent / "data"
 EARLIER = "d5f4d15a1462cf5a"  # what the checked-in v1/v2 catalogs recorded (graph + tool versions)
@@ -150,3 +151,40 @@ def test_vectors_files_written_under_the_earlier_fingerprint_still_import(
         pytest.raises(ModelMismatchError, match="0123456789abcdef"),
     ):
         catalog.import_vectors(tmp_path / "other.parquet")
+
+
+def with_first_convolution(source: Path, target: Path, change) -> Path:
+    """The same file and metadata, the first convolution's weights changed by ``change``: what a
+    converter that computes a little (or a lot) differently would write."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    for initializer in model.graph.initializer:
+        weights = numpy_helper.to_array(initializer)
+        if weights.ndim == 4 and weights.dtype == np.float32:
+            changed = change(weights).astype(np.float32)
+            initializer.CopyFrom(numpy_helper.from_array(changed, initializer.name))
+            break
+    onnx.save(model, str(target))
+    return target
+
+
+def test_numerics_that_moved_within_the_probe_tolerance_are_the_same_model_and_past_it_are_refused(
+    tmp_path: Path, small_model: Path
+) -> None:
+    query = sorted((SAMPLE_DIR / "dress").glob("*.png"))[0]
+    with Catalog.create(tmp_path / "catalog", small_model) as catalog:
+        catalog.index_folder(SAMPLE_DIR / "dress", progress=False)  # records the probe embedding
+        before = catalog.search(query, k=3)
+    nudged = with_first_convolution(small_model, tmp_path / "nudged.onnx", lambda w: w * (1 + 1e-4))
+    assert read_model_info(nudged).fingerprint == read_model_info(small_model).fingerprint
+    with Catalog.open(tmp_path / "catalog", nudged) as catalog:
+        assert_same_ranking(catalog.search(query, k=3), before, tie=1e-4)
+    moved = with_first_convolution(small_model, tmp_path / "moved.onnx", lambda w: w[::-1].copy())
+    assert read_model_info(moved).fingerprint == read_model_info(small_model).fingerprint
+    with (
+        Catalog.open(tmp_path / "catalog", moved) as catalog,
+        pytest.raises(ModelMismatchError, match="probe similarity"),
+    ):
+        catalog.search(query, k=3)

@@ -4,6 +4,7 @@ rebuilds under readers, lost PCA files, writers racing searches, read-only media
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -322,6 +323,19 @@ def test_more_like_this_sees_one_consistent_state_while_another_process_re_adds_
     assert not errors, errors[:3]
 
 
+def remount_read_only(disk: Path) -> None:
+    """Remount a test tmpfs read-only. The kernel refuses (EBUSY) while a file on it is open for
+    writing; a closed catalog's SQLite connections of other threads close when collected, so
+    collect first, and give a loaded machine a few tries."""
+    for attempt in range(5):
+        gc.collect()
+        done = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError(f"could not remount {disk} read-only: {done.stderr.strip()}")
+
+
 # -- a read-only medium ---------------------------------------------------------------------------------
 
 
@@ -331,7 +345,7 @@ def test_a_catalog_on_a_read_only_medium_serves_searches_and_says_it_is_read_onl
     with tmpfs(tmp_path / "disk", 64) as disk:
         with Catalog.create(disk / "catalog", small_model) as catalog:
             catalog.add_many([f"a-{i}" for i in range(300)], unit_vectors(300, 7))
-        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        remount_read_only(disk)
         with Catalog.open(disk / "catalog") as catalog:
             assert catalog.readonly and "read-only" in caplog.text
             assert len(catalog.search("a-3", k=5)) == 5 and catalog.verify() == []
@@ -355,7 +369,7 @@ def test_rebuild_and_sync_on_a_read_only_medium_fail_at_once_in_one_line(
         with tmpfs(tmp_path / "disk", 64) as disk:
             with Catalog.create(disk / "catalog", small_model) as catalog:
                 catalog.add_many([f"a-{i}" for i in range(50)], unit_vectors(50, 7))
-            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+            remount_read_only(disk)
             capsys.readouterr()
             assert main(["rebuild", "--catalog", str(disk / "catalog")]) == 2
             sync = ["sync", str(feed), "--catalog", str(disk / "catalog"), "--allow-private-network"]

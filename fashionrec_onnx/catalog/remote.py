@@ -34,7 +34,7 @@ from ..embedder import Embedder
 from ..errors import BadArgumentError, CatalogError, ModelError, ModelMismatchError, UnknownKeyError
 from ..images import Box, check_box
 from ..json_values import bad_field
-from ..model import ModelInfo
+from ..model import ModelInfo, recorded_fingerprint
 from . import jobs, products
 from .backend import NO_LABEL, Backend, Neighbour
 from .facade import Catalog
@@ -218,6 +218,14 @@ class RemoteCatalog(Catalog):
         return self._info
 
     @property
+    def model_fingerprints(self) -> frozenset[str]:
+        """``info.fingerprint``, and the one recorded at creation if an earlier scheme computed it."""
+        recorded = recorded_fingerprint(
+            {k[len("model.") :]: v for k, v in self._settings.items() if k.startswith("model.")}
+        )
+        return frozenset({self._info.fingerprint, recorded or self._info.fingerprint})
+
+    @property
     def dim(self) -> int:
         return self._info.dim
 
@@ -257,11 +265,6 @@ class RemoteCatalog(Catalog):
     @property
     def reduction(self) -> None:
         return None
-
-    @property
-    def model_fingerprints(self) -> frozenset[str]:
-        """The model's fingerprint (a Milvus catalog has been written under one scheme only)."""
-        return frozenset({self._info.fingerprint})
 
     def left_out_of_graph(self) -> list[str]:
         """Nothing: every vector the engine holds passed the finite unit-vector gate."""

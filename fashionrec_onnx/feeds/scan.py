@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from ..errors import CatalogError
 from ..images import IMAGE_SUFFIXES
-from ..json_values import bad_field, check_depth
+from ..json_values import MAX_DEPTH, TooDeepError, bad_field, check_depth
 from .metadata_match import MetadataTable
 
 log = logging.getLogger(__name__)
@@ -206,11 +206,12 @@ def _read_json_lines(source: Path) -> list[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            check_depth(line)
+            check_depth(line)  # before Python's recursive parser meets a hostile depth
             row = json.loads(line, strict=False)  # a control character in a value is the row's problem
-        except RecursionError:
+        except (RecursionError, TooDeepError):
             raise CatalogError(
-                f"{source}, line {number}: the JSON is nested too deeply to read; flatten the metadata."
+                f"{source}, line {number}: the JSON is nested too deeply to read (more than {MAX_DEPTH} "
+                "levels); flatten the metadata."
             ) from None
         except ValueError as exc:  # JSONDecodeError, and numbers too long to convert
             raise CatalogError(f"{source}, line {number}: not valid JSON ({exc}).") from exc

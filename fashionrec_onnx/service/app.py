@@ -108,7 +108,10 @@ async def _form_query(request: Request, config: ServiceConfig) -> Query:
     try:
         form = await request.form(max_files=1, max_fields=len(FORM_FIELDS), max_part_size=MAX_FORM_FIELD)
     except HTTPException as exc:  # the parser's bounds: too many fields, a field too long
-        raise bad_parameter(f"the form: {exc.detail}") from None
+        raise bad_parameter(
+            f"the form: {exc.detail} (fields other than the image hold at most {MAX_FORM_FIELD // 1024} kB, "
+            f"{len(FORM_FIELDS)} of them: {', '.join(FORM_FIELDS)})"
+        ) from None
     try:
         unknown = sorted(set(form) - {"image", *FORM_FIELDS})
         if unknown:
