@@ -27,6 +27,7 @@ from .model import METADATA_PREFIX, OUTPUT_NAME, ModelInfo
 REFINE_PREFIX = METADATA_PREFIX + "refine."
 NORM_EPS = 1e-12  # as the exporter's: an all-zero row stays zero, never NaN
 _BASE_OUTPUT = "fashionrec_base_embedding"
+_NAME = "fashionrec_refine_"  # prefix of the appended nodes and arrays
 
 
 def _onnx():  # noqa: ANN202 - the onnx module
@@ -46,6 +47,20 @@ def refinement_of(path: str | os.PathLike[str]) -> dict[str, str]:
         for prop in model.metadata_props
         if prop.key.startswith(REFINE_PREFIX)
     }
+
+
+def read_projection(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, str]:
+    """The mean, matrix and base fingerprint a refined model carries (to derive other catalogs of
+    the base model under it without re-embedding)."""
+    onnx = _onnx()
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith(_NAME)}
+    base = {p.key: p.value for p in model.metadata_props}.get(REFINE_PREFIX + "base_fingerprint")
+    if base is None or _NAME + "mean" not in arrays or _NAME + "matrix" not in arrays:
+        raise ModelError(f"{path} is not a refined model (made by `fashionrec refine`).")
+    return arrays[_NAME + "mean"].astype(np.float32), arrays[_NAME + "matrix"].astype(np.float32), base
 
 
 def refined_weights_digest(base: ModelInfo, mean: np.ndarray, matrix: np.ndarray) -> str:
@@ -95,7 +110,7 @@ def append_projection(
             if name == OUTPUT_NAME:
                 other.input[i] = _BASE_OUTPUT
     dim = int(matrix.shape[1])
-    name = "fashionrec_refine_"
+    name = _NAME
     graph.initializer.extend(
         [
             numpy_helper.from_array(mean, name + "mean"),

@@ -222,3 +222,29 @@ def test_int8_quantisation_of_a_refined_model_works(refined: tuple[Path, Path], 
         a, b = fp32.embed_pixels(pixels, 4), int8.embed_pixels(pixels, 4)
     assert b.shape == (4, DIM) and np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
     assert np.median(np.sum(a * b, axis=1)) > 0.8
+
+
+def test_a_refined_model_derives_another_catalog_of_its_base_model(
+    refined: tuple[Path, Path], labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, derived = refined
+    target = tmp_path / "applied"
+    code, out, err = run(capsys, "refine", "--catalog", labelled, "--model", model, "--catalog-out", target)
+    assert code == 0, err
+    with Catalog.open(derived, readonly=True) as a, Catalog.open(target, readonly=True) as b:
+        keys = a.keys()[:50]
+        assert np.array_equal(a.vectors(keys), b.vectors(keys))
+    code, out, err = run(capsys, "evaluate", "--catalog", labelled, "--compare", target, "--queries", "50")
+    assert code == 0, err
+    assert "applied: random:seed=0" in out and "P@5" in out
+
+
+def test_a_refined_model_refuses_a_catalog_of_another_model(
+    refined: tuple[Path, Path], tmp_path: Path, test_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, _ = refined
+    catalog = _catalog_with(tmp_path, test_model, ["a"] * 5 + ["b"] * 5)
+    target = tmp_path / "x"
+    code, _, err = run(capsys, "refine", "--catalog", catalog, "--model", model, "--catalog-out", target)
+    assert code == 2 and "derive only catalogs of the model it was learned on" in err
+    assert not (tmp_path / "x").exists()

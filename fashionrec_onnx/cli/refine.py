@@ -6,13 +6,30 @@ import argparse
 import json
 from collections.abc import Callable
 
+from ..errors import BadArgumentError
 from .common import _catalog_arg, path, subcommand, text, whole_number
 
 
 def _cmd_refine(args: argparse.Namespace) -> int:
     from ..catalog import Catalog
-    from ..quality.refine import refine
+    from ..quality.refine import apply_refined, refine
 
+    if args.model is not None:
+        if args.catalog_out is None or args.label_field is not None:
+            raise BadArgumentError(
+                "with --model (a refined model), give --catalog-out and no --label-field: it derives a "
+                "catalog, it learns nothing"
+            )
+        with Catalog.open(args.catalog, readonly=True) as catalog:
+            written = apply_refined(catalog, args.model, args.catalog_out)
+        print(
+            f"wrote catalog {args.catalog_out}: {written} items under {args.model} (stored vectors projected)"
+        )
+        return 0
+    if args.label_field is None or args.out is None:
+        raise BadArgumentError(
+            "give --label-field and --out (or --model and --catalog-out to apply a refined model)"
+        )
     with Catalog.open(args.catalog, readonly=True) as catalog:
         report = refine(
             catalog,
@@ -67,14 +84,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "model with the projection and the L2 normalisation appended, usable by every command\n"
         "(index, search, serve; int8 with fashionrec_export.quantize.quantize_int8).\n"
         "--catalog-out writes a copy of the catalog under the refined model from the stored\n"
-        "vectors, so it searches as a catalog indexed with the refined model would.",
+        "vectors, so it searches as a catalog indexed with the refined model would. With --model\n"
+        "REFINED instead of --label-field/--out, another catalog of the base model (held-out\n"
+        "photos) is derived under an existing refined model, for `fashionrec evaluate --compare`.",
         "  fashionrec refine --catalog ./catalog --label-field category --out refined.onnx\n"
         "  fashionrec refine --catalog ./catalog --label-field category --product-field product_id \\\n"
-        "      --dim 128 --out refined.onnx --catalog-out ./catalog-refined",
+        "      --dim 128 --out refined.onnx --catalog-out ./catalog-refined\n"
+        "  fashionrec refine --catalog ./test --model refined.onnx --catalog-out ./test-refined\n"
+        "  fashionrec evaluate --catalog ./test --compare ./test-refined",
     )
     _catalog_arg(parser)
     parser.add_argument(
-        "--label-field", required=True, type=text, metavar="FIELD", help="metadata field to learn from"
+        "--label-field", type=text, metavar="FIELD", help="metadata field to learn from (with --out)"
     )
     parser.add_argument(
         "--product-field",
@@ -89,8 +110,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="D",
         help="dimension of the refined embeddings",
     )
+    parser.add_argument("--out", type=path, metavar="FILE", help="the refined ONNX model to write")
     parser.add_argument(
-        "--out", required=True, type=path, metavar="FILE", help="the refined ONNX model to write"
+        "--model",
+        type=path,
+        metavar="FILE",
+        help="instead of learning: a refined model made from this catalog's model; with --catalog-out, "
+        "derives this catalog under it (held-out photos, for `evaluate --compare`)",
     )
     parser.add_argument(
         "--catalog-out",

@@ -17,9 +17,9 @@ import numpy as np
 
 from ..catalog import Catalog
 from ..catalog.store import DB_NAME
-from ..errors import BadArgumentError, CatalogError
+from ..errors import BadArgumentError, CatalogError, ModelMismatchError
 from ..model import ModelInfo
-from ..projection import append_projection
+from ..projection import append_projection, read_projection
 from .refine_learning import Projection, TrainingReport, learn_projection
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,23 @@ def refine(
         out, info, catalog.info.fingerprint, label_field, product_field, training, target,
         time.perf_counter() - started,
     )  # fmt: skip
+
+
+def apply_refined(
+    catalog: Catalog, model: str | os.PathLike[str], catalog_out: str | os.PathLike[str]
+) -> int:
+    """Another catalog of the base model (held-out photos, a new season) under an existing refined
+    model, without re-embedding: what `evaluate --compare` needs to set base against refined on
+    the same keys. Returns the items written."""
+    model, target = Path(model).expanduser(), Path(catalog_out).expanduser()
+    mean, matrix, base = read_projection(model)
+    if base != catalog.info.fingerprint:
+        raise ModelMismatchError(
+            f"{model} refines the model {base}, but {catalog.path} was built with "
+            f"{catalog.info.fingerprint}; derive only catalogs of the model it was learned on."
+        )
+    check_outputs(model, target)
+    return write_refined_catalog(catalog, Projection(mean, matrix), model, target)
 
 
 def _score(scores: dict[str, float]) -> tuple[float, ...]:
