@@ -14,6 +14,9 @@ from typing import Any
 
 MAX_DEPTH = 32  # nesting of objects and lists in one metadata value or query field
 INT_RANGE = 2**63  # SQLite stores integers as 64-bit; a larger one would become an inexact real
+INT_DIGITS = 19  # digits of the largest 64-bit integer: a JSON integer with more is out of range
+READ_DEPTH = 100  # nesting a row reader parses (well within Python's recursion limit) to name the
+# field that is too deep; deeper, the row cannot be read at all
 
 
 _KEYS = (str,)  # field names are text (json.dumps would turn others into text, or fail sorting a mix)
@@ -43,6 +46,34 @@ def loads_finite(text: str) -> Any:
     nesting deeper than `MAX_DEPTH` (``ValueError``), before Python's parser could recurse."""
     check_depth(text)
     return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+class Refused:
+    """A value read from a row that cannot be stored (an integer too long to convert: Python
+    refuses over 4,300 digits), kept in place so the row's error names its field instead of the
+    whole file failing to parse."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<refused: {self.reason}>"
+
+
+def _bounded_int(text: str) -> int | Refused:
+    digits = len(text.lstrip("-"))
+    if digits > INT_DIGITS:  # JSON has no leading zeros: more digits than 2**63 has is out of range
+        return Refused(f"an integer of {digits:,} digits is outside the 64-bit integer range")
+    return int(text)
+
+
+def loads_row(text: str) -> Any:
+    """One row of a feed, metadata file or Parquet metadata column: ``json.loads`` that cannot be
+    made to fail by a value (a NaN, ``1e999``, an integer of 5,000 digits, nesting deeper than
+    `MAX_DEPTH`), so that value fails its row, named by `problem`, and the other rows go through.
+    ``ValueError`` only for text that is not JSON, or nested deeper than `READ_DEPTH`."""
+    check_depth(text, READ_DEPTH)
+    return json.loads(text, strict=False, parse_int=_bounded_int)
 
 
 def _tolerant_constant(name: str) -> None:
@@ -107,7 +138,11 @@ def problem(value: Any, depth: int = 0) -> str | None:
         return None if -INT_RANGE <= value < INT_RANGE else f"{value} is outside the 64-bit integer range"
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{value} is not a finite number"
+    if isinstance(value, Refused):
+        return value.reason
     if isinstance(value, Mapping):
+        if not isinstance(value, dict):
+            return f"a {type(value).__name__} is not a JSON object (give a dict)"
         for name, inner in value.items():
             if not isinstance(name, _KEYS):
                 return f"the field name {name!r} is not text"

@@ -3,8 +3,9 @@
 Each row names its product (the product column, default ``product_id``) and its image (the image
 column, default ``image``: a path, relative to the images root or the feed's folder, or an http(s)
 URL); every other column is metadata. The product id is kept as text in the metadata field named
-like its column. A row without image or product id, or repeating an image given on an earlier
-row, is a `BadRow`; reading goes on.
+like its column. A row without image or product id (or with one that is not text or a finite
+number: NaN, a list), a value that cannot be stored, a JSON line that cannot be read, or a row
+repeating an image given on an earlier row, is a `BadRow`; reading goes on.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from ..errors import CatalogError
 from ..json_values import bad_field
-from .scan import _read_csv, _read_json_lines
+from .scan import _read_csv, _read_json_lines, cell_text
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
@@ -34,11 +35,13 @@ class FeedRow:
 
 @dataclass(frozen=True)
 class BadRow:
-    """A row that cannot be synced, and why; ``image`` when the row named one."""
+    """A row that cannot be synced, and why; ``image`` when the row named one. ``unreadable``: the
+    line, or its image value, could not be read, so which image it names is unknown."""
 
     line: int
     image: str | None
     reason: str
+    unreadable: bool = False
 
 
 @dataclass
@@ -48,15 +51,6 @@ class Feed:
     image_column: str
     rows: list[FeedRow] = field(default_factory=list)
     bad: list[BadRow] = field(default_factory=list)
-
-
-def _text(value: Any) -> str:
-    """A cell as text: JSON numbers (a product id of 1042) read like CSV's ``"1042"``."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
 
 
 def _control(text: str) -> str | None:
@@ -75,7 +69,14 @@ def read_feed(
     source = Path(path).expanduser()
     if not source.is_file():
         raise CatalogError(f"feed {source} does not exist.")
-    rows = _read_json_lines(source) if source.suffix.lower() in JSON_SUFFIXES else _read_csv(source)
+    unreadable: list[tuple[int, str]] = []
+    if source.suffix.lower() in JSON_SUFFIXES:
+        rows = _read_json_lines(source, unreadable)
+    else:
+        rows = _read_csv(source)
+    if not rows and unreadable:
+        line, reason = unreadable[0]
+        raise CatalogError(f"feed {source}: no line can be read (line {line}: {reason}); nothing was done.")
     if not rows:
         raise CatalogError(
             f"feed {source} has no rows; a sync would remove every item it added before. "
@@ -89,10 +90,19 @@ def read_feed(
                 f"name the right one with {option}."
             )
     feed = Feed(source, product_column, image_column)
+    feed.bad.extend(BadRow(line, None, reason, unreadable=True) for line, reason in unreadable)
     first_line: dict[str, int] = {}
     for line, row in rows:
-        image = _text(row.get(image_column))
-        product = _text(row.get(product_column))
+        try:
+            image = cell_text(row.get(image_column))
+        except ValueError as exc:
+            feed.bad.append(BadRow(line, None, f"the {image_column!r} value: {exc}", unreadable=True))
+            continue
+        try:
+            product = cell_text(row.get(product_column))
+        except ValueError as exc:
+            feed.bad.append(BadRow(line, image, f"the {product_column!r} value: {exc}"))
+            continue
         if not image:
             feed.bad.append(BadRow(line, None, f"no {image_column!r} value"))
             continue

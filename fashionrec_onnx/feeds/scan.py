@@ -13,6 +13,7 @@ import csv
 import errno
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 
 from ..errors import CatalogError
 from ..images import IMAGE_SUFFIXES
-from ..json_values import MAX_DEPTH, DepthError, bad_field, check_depth
+from ..json_values import MAX_DEPTH, DepthError, bad_field, loads_row, problem
 from .metadata_match import MetadataTable
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,22 @@ def _identity(stat: os.stat_result) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
+def cell_text(value: Any) -> str:
+    """A cell as text: JSON numbers (a product id of 1042) read like CSV's ``"1042"``. Anything
+    else (NaN or Infinity, which would read as ``"nan"``; a list, an object, true) is a
+    ``ValueError`` saying why: an image or a product id is text or a finite number."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else str(value)
+    reason = problem(value) or f"{json.dumps(value)[:40]} is not text or a number"
+    raise ValueError(reason)
+
+
 # -- metadata -----------------------------------------------------------------------------
 
 
@@ -183,6 +200,12 @@ def read_metadata(path: str | os.PathLike[str]) -> MetadataTable:
         key = row.get(key_column)
         if key in (None, ""):
             raise CatalogError(f"{source}, line {line}: no {key_column!r} value.")
+        try:
+            cell_text(key)  # NaN would be the key "nan"
+        except ValueError as exc:
+            raise CatalogError(
+                f"{source}, line {line}: the {key_column!r} value: {exc}; fix the file."
+            ) from None
         if str(key) in table:
             repeated.append(str(key))
         table[str(key)] = {k: v for k, v in row.items() if k != key_column and k is not None}
@@ -195,10 +218,15 @@ def read_metadata(path: str | os.PathLike[str]) -> MetadataTable:
     return MetadataTable(table, lines=lines, key_column=key_column, source=str(source))
 
 
-def _read_json_lines(source: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line."""
+def _read_json_lines(
+    source: Path, unreadable: list[tuple[int, str]] | None = None
+) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line (a leading UTF-8 BOM is skipped). A value
+    that cannot be stored (NaN, an integer of 5,000 digits, nesting over the bound) is left in its
+    row for `bad_field` to name. A line that cannot be read at all (not JSON, not an object, nested
+    beyond `READ_DEPTH`) is refused with the file, or, given ``unreadable``, listed there."""
     try:
-        text = source.read_text(encoding="utf-8")
+        text = source.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(f"cannot read metadata file {source}: {exc}") from exc
     rows = []
@@ -206,37 +234,54 @@ def _read_json_lines(source: Path) -> list[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            check_depth(line)  # before Python's recursive parser
-            row = json.loads(line, strict=False)  # a control character in a value is the row's problem
+            row = loads_row(line)  # a control character in a value is the row's problem
         except (RecursionError, DepthError):
-            raise CatalogError(
-                f"{source}, line {number}: the JSON is nested too deeply to read (more than {MAX_DEPTH} "
-                "levels); flatten the metadata."
-            ) from None
-        except ValueError as exc:  # JSONDecodeError, and numbers too long to convert
-            raise CatalogError(f"{source}, line {number}: not valid JSON ({exc}).") from exc
-        if not isinstance(row, dict):
-            raise CatalogError(f"{source}, line {number}: every JSON line must be an object.")
-        rows.append((number, row))
+            reason = (
+                f"the JSON is nested too deeply to read (more than {MAX_DEPTH} levels); flatten the metadata"
+            )
+        except ValueError as exc:  # JSONDecodeError
+            reason = f"not valid JSON ({exc})"
+        else:
+            if isinstance(row, dict):
+                rows.append((number, row))
+                continue
+            reason = "every JSON line must be an object"
+        if unreadable is None:
+            raise CatalogError(f"{source}, line {number}: {reason}.")
+        unreadable.append((number, reason))
     return rows
 
 
 def _read_csv(source: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(first line, row) for every CSV row; a row swallowing later ones is warned about."""
+    """(first line, row) for every CSV row, as `csv.DictReader` gives them (extra values under
+    ``None``, missing ones ``None``); blank lines are skipped and not counted as a row's start;
+    a row swallowing later ones is warned about."""
     rows = []
     with _opened(source) as handle:
-        reader = csv.DictReader(handle)
+        reader = csv.reader(handle)
+        end = 0  # the last line of the last row read (blank lines included)
         try:
-            columns = reader.fieldnames or []  # reads the header
+            columns = next(reader, [])
             end = reader.line_num
-            for row in reader:
+            for values in reader:
                 start, end = end + 1, reader.line_num
+                if not values:
+                    continue
+                row: dict[Any, Any] = dict(zip(columns, values))
+                if len(values) > len(columns):
+                    row[None] = values[len(columns) :]
+                for name in columns[len(values) :]:
+                    row[name] = None
                 if end > start:
                     _warn_swallowed_rows(source, start, end, row, columns)
                 rows.append((start, row))
         except csv.Error as exc:
-            hint = " (a quote that is never closed?)" if "field larger than" in str(exc) else ""
-            raise CatalogError(f"{source}, line {reader.line_num}: {exc}{hint}.") from exc
+            hint = (
+                " (a value over 128 kB, or a quote that is never closed?)"
+                if "larger than" in str(exc)
+                else ""
+            )
+            raise CatalogError(f"{source}, line {end + 1}: {exc}{hint}.") from exc
     return rows
 
 

@@ -21,7 +21,8 @@ The rules, which docs/feed-sync.md states for users:
   place, without re-embedding.
 - **Failures.** A row that cannot be synced (no product id, a missing file, 404, a timeout, too
   large, not an image) is reported, and its item, if it had one, is left exactly as it was:
-  neither removed nor changed. The next sync tries again.
+  neither removed nor changed. The next sync tries again. While a line of the feed cannot be read
+  at all (not JSON), nothing is removed: the image it names is unknown.
 - **Idempotence and crashes.** What a run writes depends only on the feed and the catalog, each
   batch is one transaction, and removals come last: a second run writes nothing (the catalog's
   generation stays), and a run killed at any moment then run again ends where an uninterrupted
@@ -199,6 +200,13 @@ def _sync(
     owned = _owned(catalog, key_prefix)
     present = {key_prefix + row.image for row in parsed.rows} | {f.key for f in report.failed if f.key}
     gone = [key for key in owned if key not in present]
+    if gone and (unreadable := [bad.line for bad in parsed.bad if bad.unreadable]):
+        log.warning(
+            "%s: %d line(s) could not be read (line %d first), so the images they name are unknown: "
+            "the %d item(s) whose images are not in the feed are kept until every line reads",
+            parsed.path, len(unreadable), unreadable[0], len(gone),
+        )  # fmt: skip
+        gone = []
     for batch in _chunks(gone, REMOVE_BATCH):
         report.removed += _forget(catalog, batch)
     catalog.save()

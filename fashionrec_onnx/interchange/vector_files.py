@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CatalogError, FashionrecError, ModelMismatchError
-from ..json_values import bad_field, check_depth
+from ..json_values import bad_field, loads_row
 
 try:
     import pyarrow as pa
@@ -310,9 +310,7 @@ def file_info(fs: pafs.FileSystem, path: str, parquet: pq.ParquetFile | None = N
     return FileInfo(name, meta[META_FINGERPRINT].decode(), dim, parquet.metadata.num_rows)
 
 
-def check_model(
-    info: FileInfo, fingerprint: str, dim: int, target: str, also: Collection[str] = ()
-) -> None:
+def check_model(info: FileInfo, fingerprint: str, dim: int, target: str, also: Collection[str] = ()) -> None:
     """Refuse vectors of another model: they are not comparable with ``target``'s. ``also``: other
     names of the same model (the fingerprint a catalog recorded under an earlier scheme)."""
     if (info.fingerprint != fingerprint and info.fingerprint not in also) or info.dim != dim:
@@ -368,7 +366,7 @@ def _to_batch(info: FileInfo, record: pa.RecordBatch) -> VectorBatch:
     vectors[has_vector] = np.asarray(flat, np.float32).reshape(-1, info.dim)
     finite = np.isfinite(vectors).all(axis=1)
     texts = record.column("metadata").to_pylist()
-    unstorable = [_metadata_problem(text) for text in texts]  # NaN, Infinity: that row's error
+    metadata, unstorable = zip(*map(_metadata, texts)) if texts else ((), ())  # NaN...: the row's error
     good = has_vector & finite & np.asarray([e is None for e in errors_column], dtype=bool)
     good &= np.asarray([problem is None for problem in unstorable], dtype=bool)
     errors = []
@@ -388,32 +386,21 @@ def _to_batch(info: FileInfo, record: pa.RecordBatch) -> VectorBatch:
         paths=[paths[i] for i in pick],
         sizes=[sizes[i] for i in pick],
         mtimes_ns=[mtimes[i] for i in pick],
-        metadata=[_metadata(texts[i], info.path) for i in pick],
+        metadata=[metadata[i] for i in pick],
         errors=errors,
     )
 
 
-def _metadata_problem(text: str | None) -> str | None:
-    """Why a row's metadata cannot be stored (a non-finite number...), or None; text that is not
-    a JSON object at all is the whole file's problem (`_metadata`)."""
+def _metadata(text: str | None) -> tuple[dict[str, Any], str | None]:
+    """A row's metadata, and why it cannot be stored (not a JSON object, a non-finite number, an
+    integer of 5,000 digits, nesting over the bound...) or None: that row's error, not the file's."""
     if not text:
-        return None
+        return {}, None
     try:
-        values = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    bad = bad_field(values) if isinstance(values, dict) else None
-    return f"metadata field {bad[0]!r}: {bad[1]}" if bad else None
-
-
-def _metadata(text: str | None, source: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        check_depth(text)
-        values = json.loads(text)
-    except ValueError as exc:
-        raise CatalogError(f"{source}: a metadata value is not JSON ({exc}); write the file again.") from exc
+        values = loads_row(text)
+    except (ValueError, RecursionError) as exc:
+        return {}, f"metadata is not JSON that can be read ({str(exc)[:200]})"
     if not isinstance(values, dict):
-        raise CatalogError(f"{source}: metadata must be a JSON object, got {type(values).__name__}.")
-    return values
+        return {}, f"metadata must be a JSON object, not {type(values).__name__}"
+    bad = bad_field(values)
+    return values, f"metadata field {bad[0]!r}: {bad[1]}" if bad else None

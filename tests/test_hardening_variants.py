@@ -1,0 +1,155 @@
+"""Variants of issue 25's attacks that the first fixes left open: each class closed by one rule
+(a value fails its row, never the file; ids are text or finite numbers; client input has the
+documented bounds; writes to a read-only catalog say what to do; one remover at a time)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from feed_server import png
+
+from fashionrec_onnx import Catalog, CatalogError
+from fashionrec_onnx.feeds.feed import read_feed
+from fashionrec_onnx.feeds.scan import read_metadata
+from fashionrec_onnx.interchange import vector_files as vf
+from fashionrec_onnx.interchange.vector_transfer import import_vectors
+
+DIM = 2048
+
+
+def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture()
+def catalog(tmp_path: Path, small_model: Path) -> Iterator[Catalog]:
+    with Catalog.create(tmp_path / "catalog", small_model) as opened:
+        yield opened
+
+
+def photos(folder: Path, *names: str) -> None:
+    for n, name in enumerate(names):
+        (folder / name).write_bytes(png(10 + n))
+
+
+# -- feeds: ids are text or finite numbers; one value fails its row, not the file ----------------------
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", "[1, 2]", '{"a": 1}', "true"])
+def test_a_product_id_that_is_not_text_or_a_finite_number_fails_its_row(
+    tmp_path: Path, catalog: Catalog, value: str
+) -> None:
+    photos(tmp_path, "a.png", "b.png")
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(f'{{"product_id": {value}, "image": "a.png"}}\n{{"product_id": "B", "image": "b.png"}}\n')
+    report = catalog.sync(feed)
+    assert catalog.keys() == ["feed/b.png"] and [f.line for f in report.failed] == [1]
+    assert "'product_id' value" in report.failed[0].reason
+    assert [item.metadata for item in catalog.items()] == [{"product_id": "B"}]
+
+
+def test_an_image_value_that_is_not_text_fails_its_row_and_nothing_is_removed_for_it(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    photos(tmp_path, "a.png", "b.png")
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text('{"product_id": "A", "image": "a.png"}\n{"product_id": "B", "image": "b.png"}\n')
+    catalog.sync(feed)
+    feed.write_text('{"product_id": "A", "image": NaN}\n{"product_id": "B", "image": "b.png"}\n')
+    report = catalog.sync(feed)
+    assert [f.line for f in report.failed] == [1] and "'image' value: nan is not a finite" in report.failed[
+        0
+    ].reason
+    assert catalog.keys() == ["feed/a.png", "feed/b.png"] and report.removed == 0  # its image is unknown
+
+
+def test_a_metadata_file_whose_key_is_nan_is_refused_naming_the_line(tmp_path: Path) -> None:
+    source = tmp_path / "labels.jsonl"
+    source.write_text('{"key": "a.png", "colour": "red"}\n{"key": NaN, "colour": "blue"}\n')
+    with pytest.raises(CatalogError, match=rf"{source}, line 2: the 'key' value: nan is not a finite number"):
+        read_metadata(source)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["9" * 5000, "-" + "1" * 4400, "[" * 40 + "]" * 40, '{"a": ' * 50 + "1" + "}" * 50],
+    ids=["5000-digits", "negative-4400-digits", "40-levels-of-lists", "50-levels-of-objects"],
+)
+def test_a_value_too_long_or_too_deep_fails_its_feed_row_naming_the_field(
+    tmp_path: Path, catalog: Catalog, value: str
+) -> None:
+    photos(tmp_path, "a.png", "b.png")
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(
+        f'{{"product_id": "A", "image": "a.png", "size": {value}}}\n{{"product_id": "B", "image": "b.png"}}\n'
+    )
+    report = catalog.sync(feed)
+    assert catalog.keys() == ["feed/b.png"] and [(f.line, f.key) for f in report.failed] == [
+        (1, "feed/a.png")
+    ]
+    assert report.failed[0].reason.startswith("field 'size': ")
+
+
+def test_a_feed_line_that_cannot_be_read_fails_alone_and_holds_back_removals(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    photos(tmp_path, "a.png", "b.png")
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text('{"product_id": "A", "image": "a.png"}\n{"product_id": "B", "image": "b.png"}\n')
+    catalog.sync(feed)
+    deep = "[" * 5000 + "]" * 5000
+    feed.write_text(
+        f'{{"product_id": "A", "image": "a.png", "x": {deep}}}\n{{"product_id": "B", "image": "b.png"}}\n'
+    )
+    report = catalog.sync(feed)
+    assert [f.line for f in report.failed] == [1] and "nested too deeply" in report.failed[0].reason
+    assert report.removed == 0 and catalog.keys() == ["feed/a.png", "feed/b.png"]  # a.png may still be in it
+    feed.write_text('{"product_id": "B", "image": "b.png"}\n')
+    assert catalog.sync(feed).removed == 1  # once every line reads, what left the feed goes
+
+
+def test_a_jsonl_feed_starting_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes('\ufeff{"product_id": "A", "image": "a.png"}\n'.encode())
+    assert [(row.line, row.product) for row in read_feed(feed).rows] == [(1, "A")]
+
+
+def test_a_csv_value_over_the_field_limit_is_reported_on_its_own_line(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.csv"
+    feed.write_text(
+        'product_id,image,text\nA,a.png,x\n\nB,b.png,"two\nlines"\nC,c.png,' + "y" * 200_000 + "\nD,d.png,z\n"
+    )
+    with pytest.raises(CatalogError, match=rf"{feed}, line 6: field larger than field limit"):
+        read_feed(feed)
+
+
+def test_csv_rows_after_blank_lines_are_numbered_by_their_own_line(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.csv"
+    feed.write_text("product_id,image\n\nA,a.png\n\n\nB,b.png,extra\n")
+    feed_rows = read_feed(feed)
+    assert [row.line for row in feed_rows.rows] == [3, 6]
+
+
+# -- Parquet: one row's metadata fails that row -------------------------------------------------------
+
+
+def test_parquet_rows_with_unreadable_metadata_are_skipped_and_the_others_imported(
+    tmp_path: Path, small_model: Path, catalog: Catalog
+) -> None:
+    texts = [
+        '{"price": 1}', '{"n": ' + "9" * 5000 + "}", '{"x": ' + "[" * 40 + "]" * 40 + "}",
+        "[" * 5000 + "]" * 5000, "not json", "[1, 2]",
+    ]  # fmt: skip
+    keys = ["ok", "digits", "deep", "deeper", "garbage", "list"]
+    folder = tmp_path / "vectors"
+    table = vf.build_table(DIM, catalog.info.fingerprint, keys=keys, vectors=unit_vectors(6), metadata=texts)
+    vf.write_file(folder / "a.parquet", table)
+    report = import_vectors(catalog, folder)
+    assert catalog.keys() == ["ok"] and [key for key, _ in report.skipped] == keys[1:]
+    reasons = dict(report.skipped)
+    assert "5,000 digits" in reasons["digits"] and "nested deeper than 32" in reasons["deep"]
+    assert catalog.verify() == []
