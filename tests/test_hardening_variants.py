@@ -4,14 +4,18 @@ documented bounds; writes to a read-only catalog say what to do; one remover at 
 
 from __future__ import annotations
 
+from collections import UserDict
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pytest
 from feed_server import png
 
 from fashionrec_onnx import Catalog, CatalogError
+from fashionrec_onnx.cli import main
+from fashionrec_onnx.errors import BadArgumentError
 from fashionrec_onnx.feeds.feed import read_feed
 from fashionrec_onnx.feeds.scan import read_metadata
 from fashionrec_onnx.interchange import vector_files as vf
@@ -153,3 +157,63 @@ def test_parquet_rows_with_unreadable_metadata_are_skipped_and_the_others_import
     reasons = dict(report.skipped)
     assert "5,000 digits" in reasons["digits"] and "nested deeper than 32" in reasons["deep"]
     assert catalog.verify() == []
+
+
+# -- a read-only catalog: every write says why and what to do, in the words of its user ----------------
+
+
+def test_remove_and_reduce_on_a_read_only_medium_say_what_to_do_in_one_line(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_integrity import remount_read_only, tmpfs
+
+    with tmpfs(tmp_path / "disk", 64) as disk:
+        with Catalog.create(disk / "catalog", small_model) as created:
+            created.add_many([f"a-{i}" for i in range(20)], unit_vectors(20))
+        del created
+        remount_read_only(disk)
+        capsys.readouterr()
+        where = ["--catalog", str(disk / "catalog")]
+        assert main(["remove", *where, "a-1"]) == 2
+        assert main(["reduce", *where, "--dim", "8"]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 2
+        assert "a removal changes it" in errors[0] and "a reduction changes it" in errors[1]
+        for error in errors:
+            assert "cannot write it" in error and "as a user who can write" in error
+            assert "readonly=True" not in error
+
+
+def test_writes_to_a_catalog_opened_with_readonly_say_so(catalog: Catalog) -> None:
+    catalog.add_many(["a"], unit_vectors(1))
+    with Catalog.open(catalog.path, readonly=True) as reader:
+        for write, what in [
+            (lambda: reader.remove("a"), "a removal"),
+            (lambda: reader.reduce(1), "a reduction"),
+            (lambda: reader.update_metadata({"a": {"x": 1}}), "a metadata update"),
+            (lambda: reader.add_many(["b"], unit_vectors(1)), "this change"),
+        ]:
+            refused = f"{what} changes it; nothing was done: it was opened read-only"
+            with pytest.raises(CatalogError, match=refused):
+                write()
+    assert catalog.keys() == ["a"] and catalog.get("a").metadata == {}
+
+
+# -- the Python API: metadata that is not JSON is refused in words, never a TypeError -------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [MappingProxyType({"b": 1}), UserDict({"b": 1}), [MappingProxyType({"b": 1})], {"c": UserDict()}],
+    ids=["mappingproxy", "UserDict", "in-a-list", "two-levels-down"],
+)
+def test_a_nested_mapping_that_is_not_a_dict_is_refused_naming_the_item_and_field(
+    catalog: Catalog, value: object
+) -> None:
+    catalog.add_many(["a"], unit_vectors(1), metadata=[{"x": 1}])
+    refused = pytest.raises(BadArgumentError, match=r"item 'a': metadata field 'f': .* is not a JSON object")
+    with refused:
+        catalog.add_many(["a"], unit_vectors(1), metadata=[{"f": value}])
+    with refused:
+        catalog.update_metadata({"a": {"f": value}})
+    assert catalog.get("a").metadata == {"x": 1}

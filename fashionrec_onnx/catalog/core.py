@@ -30,6 +30,20 @@ from .vectors import VectorFile
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+
+
+def read_only_refusal(root: Path, what: str) -> CatalogError:
+    """The one answer to a write on a catalog open read-only: why, and what to do. A catalog this
+    process could write was opened with ``readonly=True`` (the library's or the service's choice);
+    otherwise the medium or the permissions are read-only (a command's user meets this one)."""
+    if os.access(root, os.W_OK) and os.access(root / "catalog.sqlite", os.W_OK):
+        how = "it was opened read-only (readonly=True): open it without readonly=True to change it"
+    else:
+        how = (
+            "this process cannot write it (a read-only disk, or its permissions): run the command "
+            "as a user who can write the catalog directory, or copy the catalog to a writable disk"
+        )
+    return CatalogError(f"{root} is read-only, and {what} changes it; nothing was done: {how}.")
 PRUNE_CHANGES_ABOVE = 50_000  # change-log rows kept before a graph save forgets the older ones
 UNIT_TOLERANCE = 1e-3
 
@@ -235,7 +249,7 @@ class CatalogCore:
     def writing(self) -> Iterator[None]:
         """Exclusive across threads (write lock) and processes (flock on the catalog's .lock)."""
         if self.readonly:
-            raise CatalogError(f"{self.root} is open read-only; open it without readonly=True to change it.")
+            raise read_only_refusal(self.root, "this change")
         if self._lock_fd is None:
             self._lock_fd = locked_open(self.root / LOCK_NAME)
         with self.rw.write():

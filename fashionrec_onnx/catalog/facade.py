@@ -19,7 +19,7 @@ from ..model import ModelInfo
 from . import jobs, maintenance, opening, products, removals
 from . import search as planner
 from .columns import Filter
-from .core import CatalogCore
+from .core import CatalogCore, read_only_refusal
 from .duplicates import NEIGHBOURS, DuplicateReport
 from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from .location import MilvusLocation, location
@@ -82,10 +82,7 @@ class Catalog:
         """Refuse ``what`` (a sync, an index...) before any work when this catalog cannot be
         written, rather than after downloading or embedding everything."""
         if self._core.readonly:
-            raise CatalogError(
-                f"{self.path} is open read-only (this process cannot write it, or readonly=True), "
-                f"and {what} changes it; nothing was done. Run it as a user who can write the catalog."
-            )
+            raise read_only_refusal(self._core.root, what)
 
     @property
     def generation(self) -> int:
@@ -439,6 +436,7 @@ class Catalog:
         (``readd_removed=True``); `add` or `add_many` of the key does (see `removals`).
         ``remember=False`` removes the way ``prune`` does (the file is gone; if it comes back,
         it is indexed again)."""
+        self.require_writable("a removal")
         if not remember:
             return removals.forget(self._core, keys)
         return removals.remove(self._core, keys)
@@ -450,6 +448,7 @@ class Catalog:
     def update_metadata(self, metadata: Mapping[str, Mapping[str, Any]]) -> int:
         """Replace the metadata of existing items in place (no re-embedding); unknown keys are
         ignored. Returns how many items changed."""
+        self.require_writable("a metadata update")
         values = {str(key): dict(fields) for key, fields in metadata.items()}
         return self._core.rewrite(lambda: self._core.store.update_metadata(values))
 
@@ -650,6 +649,7 @@ class Catalog:
         are projected automatically and hits re-ranked with the full vectors.
         """
         core = self._core
+        self.require_writable("a reduction" if dim is not None else "a return to full vectors")
         with core.writing():
             if dim is None:
                 name, pca = "", None
