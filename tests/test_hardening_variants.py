@@ -4,11 +4,14 @@ documented bounds; writes to a read-only catalog say what to do; one remover at 
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections import UserDict
 from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 
+import httpx
 import numpy as np
 import pytest
 from feed_server import png
@@ -20,6 +23,7 @@ from fashionrec_onnx.feeds.feed import read_feed
 from fashionrec_onnx.feeds.scan import read_metadata
 from fashionrec_onnx.interchange import vector_files as vf
 from fashionrec_onnx.interchange.vector_transfer import import_vectors
+from fashionrec_onnx.service.config import MAX_TEXT
 
 DIM = 2048
 
@@ -217,3 +221,47 @@ def test_a_nested_mapping_that_is_not_a_dict_is_refused_naming_the_item_and_fiel
     with refused:
         catalog.update_metadata({"a": {"f": value}})
     assert catalog.get("a").metadata == {"x": 1}
+
+
+# -- the service: every key has the documented bound; a pixel bomb's 413 tells the truth ---------------
+
+
+def declared_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width x height`` (no pixel data follows it)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, small_model: Path) -> Iterator[httpx.Client]:
+    from test_service import make_catalog, served
+
+    catalog_dir = make_catalog(tmp_path_factory.mktemp("variants"), small_model)
+    with served(catalog_dir) as address, httpx.Client(base_url=address, timeout=120) as client:
+        yield client
+
+
+@pytest.mark.parametrize("width, height", [(20_000, 20_000), (60_000, 50_000)])
+def test_a_pixel_bomb_upload_is_413_with_its_real_size(
+    service: httpx.Client, width: int, height: int
+) -> None:
+    answer = service.post("/search", files={"image": ("bomb.png", declared_png(width, height), "image/png")})
+    assert answer.status_code == 413 and answer.json()["error"] == "image_too_large"
+    detail = answer.json()["detail"]
+    assert f"{width * height:,} pixels" in detail and "50,000,001" not in detail
+
+
+def test_an_items_key_over_the_bound_is_422_naming_it(service: httpx.Client) -> None:
+    answer = service.get("/items/" + "k" * (MAX_TEXT + 1))
+    assert answer.status_code == 422 and answer.json()["error"] == "bad_parameter"
+    assert f"at most {MAX_TEXT} characters" in answer.json()["detail"]
+    assert service.get("/items/" + "k" * MAX_TEXT).status_code == 404  # at the bound: looked up

@@ -230,6 +230,8 @@ def create_app(config: ServiceConfig, catalog: Catalog | None = None) -> FastAPI
     @app.get("/items/{key:path}", response_model=ItemOut, responses=ERRORS, dependencies=[guarded])
     def item(key: str) -> JSONResponse:
         """One stored item: its metadata (and product)."""
+        if len(key) > MAX_TEXT:  # the bound of every key a query names
+            raise bad_parameter(f"key: at most {MAX_TEXT} characters, got {len(key):,}")
         return JSONResponse(state["searcher"].item(key))
 
     @app.get("/health", response_model=Health)

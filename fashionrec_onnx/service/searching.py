@@ -110,16 +110,18 @@ def check_upload_pixels(data: bytes, max_pixels: int) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-    except Image.DecompressionBombError:
-        width = height = max_pixels + 1  # Pillow refuses to open it: far above any limit
+        size = f"{width}x{height} = {width * height:,} pixels"
+        too_large = width * height > max_pixels
+    except Image.DecompressionBombError as exc:  # Pillow refuses to open it: far above any limit
+        counted = re.search(r"\((\d+) pixels\)", str(exc))  # the header's count, in Pillow's words
+        size, too_large = (f"{int(counted[1]):,} pixels" if counted else "larger than Pillow opens"), True
     except Exception:  # not an image: the decode that follows says why, in the usual words
         return
-    if width * height > max_pixels:
+    if too_large:
         raise ServiceError(
             413,
             "image_too_large",
-            f"the photo is {width}x{height} = {width * height:,} pixels; this service decodes at most "
-            f"{max_pixels:,} (send a smaller photo)",
+            f"the photo is {size}; this service decodes at most {max_pixels:,} (send a smaller photo)",
         )
 
 
