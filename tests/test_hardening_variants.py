@@ -5,6 +5,8 @@ documented bounds; writes to a read-only catalog say what to do; one remover at 
 from __future__ import annotations
 
 import struct
+import threading
+import time
 import zlib
 from collections import UserDict
 from collections.abc import Iterator
@@ -14,13 +16,15 @@ from types import MappingProxyType
 import httpx
 import numpy as np
 import pytest
-from feed_server import png
+from feed_server import FeedServer, png
 
 from fashionrec_onnx import Catalog, CatalogError
 from fashionrec_onnx.cli import main
 from fashionrec_onnx.errors import BadArgumentError
+from fashionrec_onnx.feeds.download import DownloadSettings
 from fashionrec_onnx.feeds.feed import read_feed
 from fashionrec_onnx.feeds.scan import read_metadata
+from fashionrec_onnx.feeds.sync import one_remover
 from fashionrec_onnx.interchange import vector_files as vf
 from fashionrec_onnx.interchange.vector_transfer import import_vectors
 from fashionrec_onnx.service.config import MAX_TEXT
@@ -265,3 +269,57 @@ def test_an_items_key_over_the_bound_is_422_naming_it(service: httpx.Client) -> 
     assert answer.status_code == 422 and answer.json()["error"] == "bad_parameter"
     assert f"at most {MAX_TEXT} characters" in answer.json()["detail"]
     assert service.get("/items/" + "k" * MAX_TEXT).status_code == 404  # at the bound: looked up
+
+
+# -- one remover at a time: a sync and `index --prune` of one catalog --------------------------------------
+
+
+def test_an_index_prune_during_a_sync_is_refused_and_a_sync_during_a_prune_too(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    server = FeedServer()
+    try:
+        for n in range(4):
+            server.images[f"{n}.png"] = png(200 + n)
+        feed = tmp_path / "feed.csv"
+        feed.write_text(
+            "product_id,image\n" + "".join(f"P{n},{server.url(f'/img/{n}.png')}\n" for n in range(4))
+        )
+        (tmp_path / "photos").mkdir()
+        photos(tmp_path / "photos", "a.png")
+        server.delay = 0.3
+        patient = DownloadSettings(timeout=10, allow_private_network=True)
+        results: list = []
+        running = threading.Thread(target=lambda: results.append(catalog.sync(feed, download=patient)))
+        running.start()
+        while not server.requests and running.is_alive():
+            time.sleep(0.01)
+        with (
+            Catalog.open(catalog.path) as other,
+            pytest.raises(CatalogError, match="another sync of .* is running"),
+        ):
+            other.index_folder(tmp_path / "photos", prune=True, progress=False)
+        running.join()
+        assert results[0].added == 4 and catalog.keys(prefix="feed/") == [
+            f"feed/{server.url(f'/img/{n}.png')}" for n in range(4)
+        ]
+    finally:
+        server.stop()
+    running_prune = pytest.raises(CatalogError, match=r"an `index --prune` of .* is running \(process \d+\)")
+    with one_remover(catalog.path.resolve(), "index --prune"), running_prune:
+        catalog.sync(feed, download=patient)
+    assert catalog.index_folder(tmp_path / "photos", prune=True, progress=False).added == 1  # the lock went
+
+
+def test_index_prune_never_removes_a_feeds_items_even_with_their_files_gone(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    (tmp_path / "photos").mkdir()
+    photos(tmp_path / "photos", "p0.png", "p1.png")
+    feed = tmp_path / "feed.csv"
+    feed.write_text("product_id,image\nA,photos/p1.png\n")
+    catalog.sync(feed)
+    (tmp_path / "photos" / "p1.png").unlink()
+    report = catalog.index_folder(tmp_path / "photos", prune=True, key_prefix="x/", progress=False)
+    assert report.added == 1 and report.removed == 0
+    assert catalog.keys() == ["feed/photos/p1.png", "x/p0.png"]

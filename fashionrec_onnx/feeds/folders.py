@@ -6,6 +6,7 @@ folder into a million-item catalog never holds every item in memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from ..embedder import Failure
 from ..errors import CatalogError
 from .metadata_match import MetadataMatch, match_metadata
 from .scan import ImageFile, Skipped, read_metadata, scan_folder
+from .sync import catalog_home, one_remover
 
 if TYPE_CHECKING:
     from ..catalog.facade import Catalog
@@ -120,6 +122,26 @@ def index_folder(
     key_prefix: str,
     readd_removed: bool = False,
 ) -> IndexReport:
+    """A prune removes what it did not see: it holds the sync lock, so a sync (or another prune)
+    cannot write items under the folder while it decides."""
+    with one_remover(catalog_home(catalog), "index --prune") if prune else contextlib.nullcontext():
+        return _index_folder(
+            catalog, folder, metadata=metadata, prune=prune, progress=progress, batch_size=batch_size,
+            key_prefix=key_prefix, readd_removed=readd_removed,
+        )  # fmt: skip
+
+
+def _index_folder(
+    catalog: Catalog,
+    folder: str | os.PathLike[str],
+    *,
+    metadata: str | os.PathLike[str] | Mapping[str, Mapping[str, Any]] | None,
+    prune: bool,
+    progress: bool,
+    batch_size: int,
+    key_prefix: str,
+    readd_removed: bool = False,
+) -> IndexReport:
     started = time.perf_counter()
     report = IndexReport()
     rows = read_metadata(metadata) if isinstance(metadata, (str, os.PathLike)) else metadata
@@ -159,6 +181,8 @@ def index_folder(
             for key, path in core.store.items_under(str(root))
             if key not in present and not any(path.startswith(folder) for folder in hidden)
         ]
+        owners = catalog.feed_owners(gone) if gone else {}
+        gone = [key for key in gone if owners.get(key) is None]  # a feed's items are the feed's to remove
         if gone:
             report.removed = removals.forget(core, gone)
     catalog.save()

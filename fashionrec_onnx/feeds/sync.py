@@ -13,8 +13,8 @@ The rules, which docs/feed-sync.md states for users:
   default): ``../``, absolute paths and symlinks leading out are refused with the same answer
   whether or not the file exists. Control characters in an image or product id, and metadata
   values SQLite cannot store (NaN, Infinity), make that row fail, not the sync.
-- **One at a time.** A sync holds ``<catalog>/.sync.lock``; a second sync of the same catalog is
-  refused at once (two would remove each other's fresh downloads).
+- **One at a time.** A sync holds ``<catalog>/.sync.lock``; a second sync of the same catalog, or
+  an `index --prune`, is refused at once (two would remove each other's fresh items).
 - **Changes.** A local image is re-embedded when its path, size or mtime changed (as `index`
   does); a URL image when its bytes changed: it is cached in ``<catalog>/feed-images/`` under
   the digest of its bytes, and the item's path is that file. Changed fields are rewritten in
@@ -124,14 +124,14 @@ def sync_feed(
             "would own, and could remove, every item of the catalog."
         )
     catalog.require_writable("a sync")
-    with _one_sync(_home(catalog)):
+    with one_remover(catalog_home(catalog)):
         return _sync(
             catalog, feed, images_root, product_column, image_column, key_prefix, batch_size, download,
             progress, started,
         )  # fmt: skip
 
 
-def _home(catalog: Catalog) -> Path:
+def catalog_home(catalog: Catalog) -> Path:
     """The local folder of a catalog's sync: its directory, or for a catalog on a server a folder
     of this machine's cache (one sync at a time is then held per machine)."""
     if isinstance(catalog.path, Path):
@@ -142,8 +142,9 @@ def _home(catalog: Catalog) -> Path:
 
 
 @contextlib.contextmanager
-def _one_sync(root: Path) -> Iterator[None]:
-    """The catalog's sync lock, taken without waiting: a second sync is refused, not queued."""
+def one_remover(root: Path, job: str = "sync") -> Iterator[None]:
+    """The catalog's sync lock, taken without waiting by the jobs that remove items they did not
+    see written (a sync's prune, `index --prune`): a second one is refused, not queued."""
     path = root / SYNC_LOCK
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -153,13 +154,15 @@ def _one_sync(root: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            pid, _, other = os.pread(fd, 64, 0).decode(errors="replace").strip().partition(" ")
+            running = "another sync" if (other or "sync") == "sync" else f"an `{other}`"
             raise CatalogError(
-                f"another sync of {root} is running (process {holder}); one sync at a time: two "
-                "would remove each other's images. Nothing was done; run it again when that one ends."
+                f"{running} of {root} is running (process {pid or 'unknown'}); one at a time: each "
+                "would remove what the other is writing. Nothing was done; run it again when that "
+                "one ends."
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {job}".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -185,7 +188,7 @@ def _sync(
         for bad in parsed.bad
     )
     root = Path(images_root).expanduser() if images_root is not None else parsed.path.parent
-    cache = ImageCache(_home(catalog) / CACHE_FOLDER, download)
+    cache = ImageCache(catalog_home(catalog) / CACHE_FOLDER, download)
     if any(is_url(row.image) for row in parsed.rows):
         cache.check_writable()  # before the first download, not after every one
     fetched: list[Fetched] = []
@@ -290,7 +293,7 @@ def _not_taken(
     if not strangers:
         return images
     owners = catalog.feed_owners(image.key for image in strangers)
-    cache = str(_home(catalog) / CACHE_FOLDER) + os.sep
+    cache = str(catalog_home(catalog) / CACHE_FOLDER) + os.sep
     refused = set()
     for image in strangers:
         owner, stored = owners.get(image.key), known[image.key].path or ""
