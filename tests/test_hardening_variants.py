@@ -4,6 +4,8 @@ documented bounds; writes to a read-only catalog say what to do; one remover at 
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import struct
 import threading
 import time
@@ -323,3 +325,55 @@ def test_index_prune_never_removes_a_feeds_items_even_with_their_files_gone(
     report = catalog.index_folder(tmp_path / "photos", prune=True, key_prefix="x/", progress=False)
     assert report.added == 1 and report.removed == 0
     assert catalog.keys() == ["feed/photos/p1.png", "x/p0.png"]
+
+
+# -- an image server answering what is not HTTP costs its row, without a traceback ------------------------
+
+
+class RawServer:
+    """Answers every connection with the bytes its path names (a hostile server's own HTTP)."""
+
+    def __init__(self, answers: dict[str, bytes]) -> None:
+        self.answers = answers
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with connection:
+                request = connection.recv(65536).decode(errors="replace")
+                path = request.split(" ")[1] if " " in request else ""
+                with contextlib.suppress(OSError):
+                    connection.sendall(self.answers.get(path, b"HTTP/1.1 404 Not Found\r\n\r\n"))
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: a\r\n" % n for n in range(200)) + b"\r\n",
+        b"HTTP/1.1 200 " + b"O" * 70_000 + b"\r\n\r\n",
+        b"HTTP/9.9 200 OK\r\n\r\n",
+    ],
+    ids=["header-over-64kB", "200-headers", "status-line-over-64kB", "unknown-version"],
+)
+def test_an_image_server_answering_what_is_not_http_fails_that_row_without_a_traceback(
+    tmp_path: Path, catalog: Catalog, answer: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RawServer({"/bad.png": answer})
+    feed = tmp_path / "feed.csv"
+    feed.write_text(f"product_id,image\nA,{server.url('/bad.png')}\n")
+    report = catalog.sync(feed, download=DownloadSettings(timeout=2, retries=0, allow_private_network=True))
+    assert (
+        report.added == 0 and "the server's answer is not HTTP this client reads" in report.failed[0].reason
+    )
+    assert not [record for record in caplog.records if record.exc_info]
+    server.listener.close()

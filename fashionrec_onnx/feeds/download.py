@@ -329,6 +329,8 @@ class ImageCache:
             raise _Retry(f"no answer within {self.settings.timeout:g}s") from None
         except (ConnectionError, http.client.IncompleteRead, http.client.BadStatusLine) as exc:
             raise _Retry(f"connection lost ({type(exc).__name__})") from None
+        except http.client.HTTPException as exc:  # a header line over 64 kB, 100+ headers, HTTP/9.9
+            raise DownloadError(url, f"the server's answer is not HTTP this client reads ({exc})") from None
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, _Refused):
                 raise DownloadError(url, f"refused: {exc.reason}") from None
