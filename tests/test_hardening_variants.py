@@ -172,11 +172,13 @@ def test_parquet_rows_with_unreadable_metadata_are_skipped_and_the_others_import
 # -- a read-only catalog: every write says why and what to do, in the words of its user ----------------
 
 
-def test_remove_and_reduce_on_a_read_only_medium_say_what_to_do_in_one_line(
+def test_writes_on_a_read_only_medium_say_what_to_do_in_one_line_and_claim_nothing(
     tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from test_integrity import remount_read_only, tmpfs
 
+    (tmp_path / "images").mkdir()
+    photos(tmp_path / "images", "a.png")
     with tmpfs(tmp_path / "disk", 64) as disk:
         with Catalog.create(disk / "catalog", small_model) as created:
             created.add_many([f"a-{i}" for i in range(20)], unit_vectors(20))
@@ -186,9 +188,12 @@ def test_remove_and_reduce_on_a_read_only_medium_say_what_to_do_in_one_line(
         where = ["--catalog", str(disk / "catalog")]
         assert main(["remove", *where, "a-1"]) == 2
         assert main(["reduce", *where, "--dim", "8"]) == 2
-        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-        assert len(errors) == 2
-        assert "a removal changes it" in errors[0] and "a reduction changes it" in errors[1]
+        assert main(["index", str(tmp_path / "images"), *where, "--product-field", "sku"]) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 3 and "the product field is now" not in err
+        assert "a removal was refused" in errors[0] and "a reduction was refused" in errors[1]
+        assert "a change of the product field was refused" in errors[2]
         for error in errors:
             assert "cannot write it" in error and "as a user who can write" in error
             assert "readonly=True" not in error
@@ -201,9 +206,10 @@ def test_writes_to_a_catalog_opened_with_readonly_say_so(catalog: Catalog) -> No
             (lambda: reader.remove("a"), "a removal"),
             (lambda: reader.reduce(1), "a reduction"),
             (lambda: reader.update_metadata({"a": {"x": 1}}), "a metadata update"),
-            (lambda: reader.add_many(["b"], unit_vectors(1)), "this change"),
+            (lambda: reader.add_many(["b"], unit_vectors(1)), "this write"),
+            (lambda: reader.set_product_field("x"), "a change of the product field"),
         ]:
-            refused = f"{what} changes it; nothing was done: it was opened read-only"
+            refused = f"{what} was refused and nothing changed: it was opened read-only"
             with pytest.raises(CatalogError, match=refused):
                 write()
     assert catalog.keys() == ["a"] and catalog.get("a").metadata == {}

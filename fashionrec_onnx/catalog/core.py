@@ -43,7 +43,7 @@ def read_only_refusal(root: Path, what: str) -> CatalogError:
             "this process cannot write it (a read-only disk, or its permissions): run the command "
             "as a user who can write the catalog directory, or copy the catalog to a writable disk"
         )
-    return CatalogError(f"{root} is read-only, and {what} changes it; nothing was done: {how}.")
+    return CatalogError(f"{root} is read-only, so {what} was refused and nothing changed: {how}.")
 PRUNE_CHANGES_ABOVE = 50_000  # change-log rows kept before a graph save forgets the older ones
 UNIT_TOLERANCE = 1e-3
 
@@ -249,7 +249,7 @@ class CatalogCore:
     def writing(self) -> Iterator[None]:
         """Exclusive across threads (write lock) and processes (flock on the catalog's .lock)."""
         if self.readonly:
-            raise read_only_refusal(self.root, "this change")
+            raise read_only_refusal(self.root, "this write")
         if self._lock_fd is None:
             self._lock_fd = locked_open(self.root / LOCK_NAME)
         with self.rw.write():

@@ -104,6 +104,7 @@ class Catalog:
         """Name the metadata field that identifies the product (``None``: no products). Recorded
         in the catalog; every process that has it open takes it in at its next search."""
         field = products.checked_field(field)
+        self.require_writable("a change of the product field")
         self._core.set_settings({products.SETTING: field or ""})
         if field is not None and len(self) and field not in self._core.store.field_names():
             log.warning(
@@ -196,9 +197,14 @@ class Catalog:
         if held:
             catalog = cls.open(path, model, threads=params.get("threads"))
             field = params.get("product_field")
-            if field is not None and field != catalog.product_field:
-                log.info("%s: the product field is now %r (was %r)", path, field, catalog.product_field)
-                catalog.set_product_field(field)
+            was = catalog.product_field
+            if field is not None and field != was:
+                try:
+                    catalog.set_product_field(field)
+                except BaseException:
+                    catalog.close()
+                    raise
+                log.info("%s: the product field is now %r (was %r)", path, field, was)
             return catalog
         if model is None:
             raise CatalogError(f"no catalog at {path} yet: pass the model to create it (--model).")
