@@ -161,6 +161,8 @@ def problem(value: Any, depth: int = 0) -> str | None:
 
 def bad_field(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
     """``(field, reason)`` of the first field of ``metadata`` that cannot be stored."""
+    if not isinstance(metadata, Mapping):
+        return "", f"metadata is a mapping of field names to values, not a {type(metadata).__name__}"
     for name, value in metadata.items():
         if not isinstance(name, _KEYS):
             return str(name), "the field name is not text"

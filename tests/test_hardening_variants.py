@@ -383,3 +383,39 @@ def test_an_image_server_answering_what_is_not_http_fails_that_row_without_a_tra
     )
     assert not [record for record in caplog.records if record.exc_info]
     server.listener.close()
+
+
+# -- the Python API: a setting or argument that is not a whole number is refused, never stored ------------
+
+
+@pytest.mark.parametrize("ef", [float("nan"), 1.5, True, "64"], ids=["nan", "1.5", "True", "text"])
+def test_set_ef_refuses_what_is_not_a_whole_number_and_the_catalog_still_opens(
+    catalog: Catalog, ef: object
+) -> None:
+    catalog.add_many(["a", "b"], unit_vectors(2))
+    with pytest.raises(BadArgumentError, match="ef must be a whole number"):
+        catalog.set_ef(ef)  # type: ignore[arg-type]
+    catalog.close()
+    with Catalog.open(catalog.path) as reopened:
+        assert reopened.params.ef == 128 and [hit.key for hit in reopened.search("a", k=2)] == ["b"]
+
+
+@pytest.mark.parametrize("param", ["M", "ef_construction", "ef"])
+def test_a_catalog_is_not_created_with_graph_parameters_that_are_not_whole_numbers(
+    tmp_path: Path, small_model: Path, param: str
+) -> None:
+    with pytest.raises(BadArgumentError, match=f"{param} must be a whole number, got nan"):
+        Catalog.create(tmp_path / "c", small_model, **{param: float("nan")})
+
+
+def test_metadata_or_keys_of_the_wrong_type_are_refused_in_words_through_the_api(catalog: Catalog) -> None:
+    catalog.add_many(["a"], unit_vectors(1), metadata=[{"x": 1}])
+    with pytest.raises(BadArgumentError, match=r"item 'a': metadata is a mapping .* not a list"):
+        catalog.update_metadata({"a": [1, 2]})  # type: ignore[dict-item]
+    with pytest.raises(BadArgumentError, match=r"item 'b': .* not a list"):
+        catalog.add_many(["b"], unit_vectors(1), metadata=[[1, 2]])  # type: ignore[list-item]
+    with pytest.raises(BadArgumentError, match="keys are text; got nan"):
+        catalog.remove(float("nan"))  # type: ignore[arg-type]
+    with pytest.raises(BadArgumentError, match="check needs k >= 1"):
+        catalog.check(k=float("nan"))  # type: ignore[arg-type]
+    assert catalog.keys() == ["a"] and catalog.get("a").metadata == {"x": 1}

@@ -416,7 +416,7 @@ class Catalog:
             for values in (paths, metadata, sizes, mtimes_ns)
         ]
         new = [
-            NewItem(k, v, p, s, t, metadata=dict(m or {}), feed=feed)
+            NewItem(k, v, p, s, t, metadata=dict(m) if isinstance(m, Mapping) else m or {}, feed=feed)
             for k, v, p, m, s, t in zip(keys, vectors, *columns)
         ]
         added = len(self._core.write(new)[0])
@@ -443,6 +443,8 @@ class Catalog:
         ``remember=False`` removes the way ``prune`` does (the file is gone; if it comes back,
         it is indexed again)."""
         self.require_writable("a removal")
+        if (odd := next((key for key in keys if not isinstance(key, str)), None)) is not None:
+            raise BadArgumentError(f"keys are text; got {odd!r}, nothing was removed")
         if not remember:
             return removals.forget(self._core, keys)
         return removals.remove(self._core, keys)
@@ -455,6 +457,12 @@ class Catalog:
         """Replace the metadata of existing items in place (no re-embedding); unknown keys are
         ignored. Returns how many items changed."""
         self.require_writable("a metadata update")
+        for key, fields in metadata.items():
+            if not isinstance(fields, Mapping):
+                raise BadArgumentError(
+                    f"item {key!r}: metadata is a mapping of field names to values, not a "
+                    f"{type(fields).__name__}; nothing was written"
+                )
         values = {str(key): dict(fields) for key, fields in metadata.items()}
         return self._core.rewrite(lambda: self._core.store.update_metadata(values))
 
@@ -634,7 +642,7 @@ class Catalog:
     def check(self, k: int = 5, sample: int = 1000, seed: int = 0) -> CheckReport:
         """recall@k of searches (HNSW, plus the rerank of a reduced catalog) against exact KNN
         over the full stored vectors, queried with the catalog's own items."""
-        if sample < 1 or k < 1:
+        if not (isinstance(k, int) and isinstance(sample, int) and k >= 1 and sample >= 1):
             raise BadArgumentError(f"check needs k >= 1 and sample >= 1, got k={k}, sample={sample}")
         self._core.sync()
         with self._core.rw.read():

@@ -18,6 +18,8 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from ..errors import BadArgumentError
+
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 200
 DEFAULT_EF = 128
@@ -34,10 +36,14 @@ class HnswParams:
     ef: int = DEFAULT_EF
 
     def __post_init__(self) -> None:
+        for name in ("M", "ef_construction", "ef"):  # stored as settings: 1.5 or NaN would be unreadable
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise BadArgumentError(f"{name} must be a whole number, got {value!r}")
         if not 2 <= self.M <= 256:
-            raise ValueError(f"M must be between 2 and 256, got {self.M}")
+            raise BadArgumentError(f"M must be between 2 and 256, got {self.M}")
         if self.ef_construction < 1 or self.ef < 1:
-            raise ValueError("ef_construction and ef must be >= 1")
+            raise BadArgumentError("ef_construction and ef must be >= 1")
 
 
 class ReadWriteLock:
