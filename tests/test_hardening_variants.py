@@ -419,3 +419,32 @@ def test_metadata_or_keys_of_the_wrong_type_are_refused_in_words_through_the_api
     with pytest.raises(BadArgumentError, match="check needs k >= 1"):
         catalog.check(k=float("nan"))  # type: ignore[arg-type]
     assert catalog.keys() == ["a"] and catalog.get("a").metadata == {"x": 1}
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"reduce_to": float("nan")}, "reduce_to is a whole number"),
+        ({"reduce_to": 1.5}, "reduce_to is a whole number"),
+        ({"ef": 10**30}, "ef_construction and ef must be from 1 to"),
+        ({"ef_construction": 2**40}, "ef_construction and ef must be from 1 to"),
+        ({"product_field": "sku\x00"}, "a product field is a metadata field name"),
+    ],
+    ids=["reduce_to-nan", "reduce_to-1.5", "ef-10**30", "ef_construction-2**40", "product-field-nul"],
+)
+def test_create_refuses_settings_it_could_not_read_back_or_use(
+    tmp_path: Path, small_model: Path, options: dict, message: str
+) -> None:
+    with pytest.raises(BadArgumentError, match=message):
+        Catalog.create(tmp_path / "c", small_model, **options)
+    assert not (tmp_path / "c" / "catalog.sqlite").exists()
+
+
+def test_reduce_and_the_product_field_refuse_what_they_could_not_use(catalog: Catalog) -> None:
+    catalog.add_many([f"k{i}" for i in range(8)], unit_vectors(8), metadata=[{"sku\x00": "same"}] * 8)
+    for dim in (2.5, True, float("nan")):
+        with pytest.raises(BadArgumentError, match="a whole number of dimensions"):
+            catalog.reduce(dim)  # type: ignore[arg-type]
+    with pytest.raises(BadArgumentError, match="a product field is a metadata field name"):
+        catalog.set_product_field("sku\x00")  # SQLite's JSON paths end at a NUL: it would group by 'sku'
+    assert catalog.reduction is None and catalog.product_field is None

@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 REDUCE_AFTER = 20_000  # a planned PCA is fitted once the catalog holds this many items
 
 
+def _whole(value: object, least: int) -> bool:
+    """An int (numpy's too, never a bool) of at least ``least``: what a stored count may be."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= least)
+
+
 class Catalog:
     """Create with `Catalog.create`, open with `Catalog.open`; use as a context manager."""
 
@@ -144,6 +149,8 @@ class Catalog:
         differs).
         """
         field = products.checked_field(product_field)
+        if reduce_to is not None and not _whole(reduce_to, 0):  # stored; read as a whole number later
+            raise BadArgumentError(f"reduce_to is a whole number of dimensions, got {reduce_to!r}")
         where = location(path)
         if isinstance(where, MilvusLocation):
             if vector_dtype != "float32" or reduce_to:
@@ -663,6 +670,8 @@ class Catalog:
         are projected automatically and hits re-ranked with the full vectors.
         """
         core = self._core
+        if dim is not None and not _whole(dim, 1):
+            raise BadArgumentError(f"a reduction is to a whole number of dimensions, got {dim!r}")
         self.require_writable("a reduction" if dim is not None else "a return to full vectors")
         with core.writing():
             if dim is None:

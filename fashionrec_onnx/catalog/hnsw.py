@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import BadArgumentError
 
 DEFAULT_M = 16
+MAX_EF = 2**31 - 1  # what hnswlib takes (a larger one is its TypeError)
 DEFAULT_EF_CONSTRUCTION = 200
 DEFAULT_EF = 128
 _GROWTH = 1.5
@@ -42,8 +43,8 @@ class HnswParams:
                 raise BadArgumentError(f"{name} must be a whole number, got {value!r}")
         if not 2 <= self.M <= 256:
             raise BadArgumentError(f"M must be between 2 and 256, got {self.M}")
-        if self.ef_construction < 1 or self.ef < 1:
-            raise BadArgumentError("ef_construction and ef must be >= 1")
+        if not (1 <= self.ef_construction <= MAX_EF and 1 <= self.ef <= MAX_EF):
+            raise BadArgumentError(f"ef_construction and ef must be from 1 to {MAX_EF:,}")
 
 
 class ReadWriteLock:

@@ -25,7 +25,7 @@ def checked_field(name: object) -> str | None:
     """A product field name as the catalog records it (None: no products)."""
     if name is None or name == "":
         return None
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\x00" in name:
         raise BadArgumentError(f"a product field is a metadata field name, got {name!r}")
     return name
 
