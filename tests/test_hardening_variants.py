@@ -448,3 +448,22 @@ def test_reduce_and_the_product_field_refuse_what_they_could_not_use(catalog: Ca
     with pytest.raises(BadArgumentError, match="a product field is a metadata field name"):
         catalog.set_product_field("sku\x00")  # SQLite's JSON paths end at a NUL: it would group by 'sku'
     assert catalog.reduction is None and catalog.product_field is None
+
+
+def test_a_jsonl_value_holding_a_unicode_line_separator_stays_in_its_row(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.jsonl"
+    text = (
+        '{"product_id": "A", "image": "a.png", "text": "one\u2028two\x85three\x1cfour"}\n'
+        '{"product_id": "B", "image": "b.png"}\n'
+    )
+    feed.write_text(text, encoding="utf-8")
+    read = read_feed(feed)
+    assert read.bad == [] and [(row.line, row.product) for row in read.rows] == [(1, "A"), (2, "B")]
+    assert read.rows[0].fields["text"] == "one\u2028two\x85three\x1cfour"
+
+
+def test_a_feed_that_is_not_utf8_is_refused_saying_so(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.csv"
+    feed.write_bytes("product_id,image\nA,a.png\n".encode("utf-16"))
+    with pytest.raises(CatalogError, match=rf"cannot read {feed} \(give UTF-8 text\)"):
+        read_feed(feed)

@@ -228,9 +228,10 @@ def _read_json_lines(
     try:
         text = source.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"cannot read metadata file {source}: {exc}") from exc
+        raise CatalogError(f"cannot read {source} (give UTF-8 text): {exc}") from exc
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at \n only: str.splitlines would also split inside a value at U+2028, U+0085...
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -292,7 +293,7 @@ def _opened(source: Path) -> Iterator[TextIO]:
         with source.open(newline="", encoding="utf-8-sig") as handle:
             yield handle
     except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"cannot read metadata file {source}: {exc}") from exc
+        raise CatalogError(f"cannot read {source} (give UTF-8 text): {exc}") from exc
 
 
 def _warn_swallowed_rows(
