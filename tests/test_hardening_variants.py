@@ -467,3 +467,17 @@ def test_a_feed_that_is_not_utf8_is_refused_saying_so(tmp_path: Path) -> None:
     feed.write_bytes("product_id,image\nA,a.png\n".encode("utf-16"))
     with pytest.raises(CatalogError, match=rf"cannot read {feed} \(give UTF-8 text\)"):
         read_feed(feed)
+
+
+def test_a_sync_lock_that_is_a_link_is_refused_and_its_target_left_alone(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    photos(tmp_path, "a.png")
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (catalog.path / ".sync.lock").symlink_to(target)
+    feed = tmp_path / "feed.csv"
+    feed.write_text("product_id,image\nA,a.png\n")
+    with pytest.raises(CatalogError, match="cannot create the sync lock"):
+        catalog.sync(feed)
+    assert target.read_text() == "keep me" and len(catalog) == 0

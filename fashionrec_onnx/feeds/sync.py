@@ -147,7 +147,7 @@ def one_remover(root: Path, job: str = "sync") -> Iterator[None]:
     see written (a sync's prune, `index --prune`): a second one is refused, not queued."""
     path = root / SYNC_LOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never truncate a link's target
     except OSError as exc:
         raise CatalogError(f"cannot create the sync lock {path} ({exc.strerror}); nothing was done.") from exc
     try:
