@@ -481,3 +481,19 @@ def test_a_sync_lock_that_is_a_link_is_refused_and_its_target_left_alone(
     with pytest.raises(CatalogError, match="cannot create the sync lock"):
         catalog.sync(feed)
     assert target.read_text() == "keep me" and len(catalog) == 0
+
+
+def test_an_image_url_whose_header_declares_a_pixel_bomb_fails_its_row_without_a_traceback(
+    tmp_path: Path, catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    bomb = declared_png(30_000, 30_000)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n" % len(bomb) + bomb
+    server = RawServer({"/bomb.png": answer})
+    feed = tmp_path / "feed.csv"
+    feed.write_text(f"product_id,image\nA,{server.url('/bomb.png')}\n")
+    report = catalog.sync(feed, download=DownloadSettings(timeout=2, retries=0, allow_private_network=True))
+    assert (
+        report.added == 0 and "too large an image (Image size (900000000 pixels)" in report.failed[0].reason
+    )
+    assert not [record for record in caplog.records if record.exc_info]
+    server.listener.close()

@@ -371,6 +371,8 @@ class ImageCache:
                 image_format = image.format or ""
         except (UnidentifiedImageError, OSError, ValueError):
             raise DownloadError(url, f"not an image ({content_type}, {len(data):,} bytes)") from None
+        except Image.DecompressionBombError as exc:  # a header declaring far more pixels than a photo
+            raise DownloadError(url, f"too large an image ({exc})") from None
         digest = hashlib.sha256(data).hexdigest()
         name = digest + SUFFIXES.get(image_format, "." + image_format.lower())
         target = self.folder / name
