@@ -497,3 +497,16 @@ def test_an_image_url_whose_header_declares_a_pixel_bomb_fails_its_row_without_a
     )
     assert not [record for record in caplog.records if record.exc_info]
     server.listener.close()
+
+
+def test_reduce_of_a_catalog_holding_a_rotten_vector_fits_on_the_others_and_never_answers_it(
+    catalog: Catalog,
+) -> None:
+    from test_poisoning import rot
+
+    catalog.add_many([f"item-{n:02d}" for n in range(40)], unit_vectors(40))
+    rot(catalog, "item-07")
+    assert catalog.reduce(8) is not None and catalog.reduction is not None  # was numpy's LinAlgError
+    hits = catalog.search("item-08", k=39)
+    assert "item-07" not in [hit.key for hit in hits] and all(np.isfinite(hit.similarity) for hit in hits)
+    assert catalog.left_out_of_graph() == ["item-07"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CatalogError, DiskFullError
+from ..errors import CatalogCorruptError, CatalogError, DiskFullError
 from . import oracle
 from .core import CatalogCore
 from .pca import PCA
@@ -111,7 +111,14 @@ def fit_reduction(core: CatalogCore, dim: int, whiten: bool, sample: int, seed: 
     """A PCA fitted on (a sample of) the stored vectors, saved beside the catalog."""
     if core.count == 0:
         raise CatalogError(f"{core.root} is empty: index images before reducing.")
-    pca = PCA.fit(core.vectors.read(sample_labels(core, sample, seed)), dim, whiten)
+    vectors = core.vectors.read(sample_labels(core, sample, seed))
+    vectors = vectors[np.isfinite(vectors).all(axis=1)]  # a rotten row (bit rot) would fail the SVD
+    if len(vectors) == 0:
+        raise CatalogCorruptError(
+            f"no stored vector of {core.root} is finite: the vector file is damaged; restore it or "
+            "index again."
+        )
+    pca = PCA.fit(vectors, dim, whiten)
     # A new name per fit: another open catalog notices the change by the name.
     name = f"pca-{dim}{'-whitened' if whiten else ''}-{core.generation}.npz"
     try:
