@@ -25,8 +25,8 @@ from fashionrec_onnx.cli import main
 from fashionrec_onnx.errors import BadArgumentError
 from fashionrec_onnx.feeds.download import DownloadSettings
 from fashionrec_onnx.feeds.feed import read_feed
+from fashionrec_onnx.feeds.lock import one_remover
 from fashionrec_onnx.feeds.scan import read_metadata
-from fashionrec_onnx.feeds.sync import one_remover
 from fashionrec_onnx.interchange import vector_files as vf
 from fashionrec_onnx.interchange.vector_transfer import import_vectors
 from fashionrec_onnx.service.config import MAX_TEXT

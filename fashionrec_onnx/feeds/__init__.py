@@ -3,8 +3,9 @@ their images, keeping a catalog in step with a feed. Built on `catalog`, which n
 
 Modules: `scan` (walking a folder, reading metadata files), `metadata_match` (metadata rows to
 images), `folders` (`Catalog.index_folder`), `feed` (reading a feed), `download` (fetching and
-caching images), `sync` (`Catalog.sync`). Importing this package registers those two jobs with
-the catalog (`catalog.jobs`); `sync` and `download` are imported when a sync runs.
+caching images), `sync` (`Catalog.sync`), `lock` (one remover at a time: a sync, `index --prune`).
+Importing this package registers those jobs with the catalog (`catalog.jobs`); `sync` and
+`download` are imported when a sync runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..catalog import jobs
 from .folders import IndexReport, index_folder
-from .remote_folders import index_folder as index_folder_remote
+from .lock import catalog_home, one_remover
+from .remote_folders import index_folder as _index_remote_folder
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
@@ -25,6 +27,14 @@ def _sync(catalog: Catalog, feed: str | os.PathLike[str], **options: Any) -> Syn
     from .sync import sync_feed  # urllib and the download machinery load only when a sync runs
 
     return sync_feed(catalog, feed, **options)
+
+
+def index_folder_remote(catalog: Any, folder: str | os.PathLike[str], **options: Any) -> IndexReport:
+    """`remote_folders.index_folder`; with ``prune``, under the lock a sync holds (see `lock`)."""
+    if not options.get("prune"):
+        return _index_remote_folder(catalog, folder, **options)
+    with one_remover(catalog_home(catalog), "index --prune"):
+        return _index_remote_folder(catalog, folder, **options)
 
 
 jobs.register("index_folder", index_folder)

@@ -21,9 +21,9 @@ from ..catalog import removals
 from ..catalog.store import Item, NewItem
 from ..embedder import Failure
 from ..errors import CatalogError
+from .lock import catalog_home, one_remover
 from .metadata_match import MetadataMatch, match_metadata
 from .scan import ImageFile, Skipped, read_metadata, scan_folder
-from .sync import catalog_home, one_remover
 
 if TYPE_CHECKING:
     from ..catalog.facade import Catalog
