@@ -510,3 +510,15 @@ def test_reduce_of_a_catalog_holding_a_rotten_vector_fits_on_the_others_and_neve
     hits = catalog.search("item-08", k=39)
     assert "item-07" not in [hit.key for hit in hits] and all(np.isfinite(hit.similarity) for hit in hits)
     assert catalog.left_out_of_graph() == ["item-07"]
+
+
+def test_a_sync_with_an_images_root_that_is_not_a_folder_is_refused_before_any_change(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    photos(tmp_path, "a.png")
+    feed = tmp_path / "feed.csv"
+    feed.write_text("product_id,image\nA,a.png\n")
+    for root in (tmp_path / "missing", tmp_path / "a.png"):
+        with pytest.raises(CatalogError, match=f"the images root {root} is not a folder; nothing was done"):
+            catalog.sync(feed, images_root=root)
+    assert catalog.product_field is None and len(catalog) == 0

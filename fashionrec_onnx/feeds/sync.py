@@ -142,13 +142,15 @@ def _sync(
     started: float,
 ) -> SyncReport:
     parsed = read_feed(feed, product_column=product_column, image_column=image_column)
+    root = Path(images_root).expanduser() if images_root is not None else parsed.path.parent
+    if not root.is_dir() and not all(is_url(row.image) for row in parsed.rows):
+        raise CatalogError(f"the images root {root} is not a folder; nothing was done. Check --images-root.")
     _claim_product_field(catalog, product_column)
     report = SyncReport(rows=len(parsed.rows) + len(parsed.bad))
     report.failed.extend(
         FailedRow(bad.line, key_prefix + bad.image if bad.image else None, bad.image, bad.reason)
         for bad in parsed.bad
     )
-    root = Path(images_root).expanduser() if images_root is not None else parsed.path.parent
     cache = ImageCache(catalog_home(catalog) / CACHE_FOLDER, download)
     if any(is_url(row.image) for row in parsed.rows):
         cache.check_writable()  # before the first download, not after every one
