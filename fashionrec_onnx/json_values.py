@@ -53,8 +53,9 @@ class Refused:
     refuses over 4,300 digits), kept in place so the row's error names its field instead of the
     whole file failing to parse."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, text: str = "") -> None:
         self.reason = reason
+        self.text = text  # as written (an id may be any integer: it is kept as text)
 
     def __repr__(self) -> str:
         return f"<refused: {self.reason}>"
@@ -63,7 +64,7 @@ class Refused:
 def _bounded_int(text: str) -> int | Refused:
     digits = len(text.lstrip("-"))
     if digits > INT_DIGITS:  # JSON has no leading zeros: more digits than 2**63 has is out of range
-        return Refused(f"an integer of {digits:,} digits is outside the 64-bit integer range")
+        return Refused(f"an integer of {digits:,} digits is outside the 64-bit integer range", text)
     return int(text)
 
 

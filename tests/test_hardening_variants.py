@@ -522,3 +522,20 @@ def test_a_sync_with_an_images_root_that_is_not_a_folder_is_refused_before_any_c
         with pytest.raises(CatalogError, match=f"the images root {root} is not a folder; nothing was done"):
             catalog.sync(feed, images_root=root)
     assert catalog.product_field is None and len(catalog) == 0
+
+
+def test_an_integer_id_of_any_length_is_kept_as_text_while_such_a_value_fails_its_row(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    photos(tmp_path, "a.png", "b.png")
+    sku = "1" * 25
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(
+        f'{{"product_id": {sku}, "image": "a.png"}}\n{{"product_id": "B", "image": "b.png", "n": {sku}}}\n'
+    )
+    report = catalog.sync(feed)
+    assert catalog.keys() == ["feed/a.png"] and catalog.get("feed/a.png").metadata == {"product_id": sku}
+    assert [f.line for f in report.failed] == [2] and "25 digits" in report.failed[0].reason
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(f'{{"key": {sku}, "colour": "red"}}\n')
+    assert read_metadata(labels)[sku] == {"colour": "red"}

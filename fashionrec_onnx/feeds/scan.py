@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from ..errors import CatalogError
 from ..images import IMAGE_SUFFIXES
-from ..json_values import MAX_DEPTH, DepthError, bad_field, loads_row, problem
+from ..json_values import MAX_DEPTH, DepthError, Refused, bad_field, loads_row, problem
 from .metadata_match import MetadataTable
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,8 @@ def cell_text(value: Any) -> str:
         return value.strip()
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, Refused) and value.text:  # an integer too long to store as a number
+        return value.text
     if isinstance(value, float) and math.isfinite(value):
         return str(int(value)) if value.is_integer() else str(value)
     reason = problem(value) or f"{json.dumps(value)[:40]} is not text or a number"
@@ -201,11 +203,13 @@ def read_metadata(path: str | os.PathLike[str]) -> MetadataTable:
         if key in (None, ""):
             raise CatalogError(f"{source}, line {line}: no {key_column!r} value.")
         try:
-            cell_text(key)  # NaN would be the key "nan"
+            text = cell_text(key)  # NaN would be the key "nan"
         except ValueError as exc:
             raise CatalogError(
                 f"{source}, line {line}: the {key_column!r} value: {exc}; fix the file."
             ) from None
+        if isinstance(key, Refused):
+            key = text  # an integer id too long for a number, as written
         if str(key) in table:
             repeated.append(str(key))
         table[str(key)] = {k: v for k, v in row.items() if k != key_column and k is not None}
