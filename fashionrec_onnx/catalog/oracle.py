@@ -16,6 +16,7 @@ import numpy as np
 
 from . import kernels
 from .pca import FEW
+from .tier import Tier
 from .vectors import VectorFile
 
 FEW_ROWS = 64  # a re-rank's candidates: a loop on this thread beats any BLAS call
@@ -91,5 +92,96 @@ def exact_among(
         for start, block in vectors.gather_blocks(labels, raw=True):
             found = labels[start : start + len(block)]
             best_d, best_l = _merge(best_d, best_l, squared_distances(query, block), found, k)
+    found, distances = _sorted(best_d, best_l)
+    return found[0], distances[0]
+
+
+# -- bounded exact search over a reduced catalog (see `tier`) --------------------------------------
+
+# A row is read in full when its lower bound is within this of the k-th best distance: float32
+# rounding in the bound and in the oracle's own distances is far below it, so no row that could
+# rank (or tie) is ever skipped.
+SLACK = 1e-4
+FIRST = 64  # full rows read first, those with the smallest bounds, to find a k-th best distance
+BOUNDS_HELD = 32 << 20  # lower bounds held at once (queries x rows): 128 MB of float32
+
+
+def bounded_topk(
+    vectors: VectorFile,
+    rows: int,
+    tier: Tier,
+    covered: int,
+    allowed: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What `exact_topk` returns, reading the compact tier's ``covered`` rows in full and the
+    vector file only where a row's lower bound can still beat the k-th best."""
+    queries = np.atleast_2d(np.asarray(queries, np.float32))
+    allowed = allowed[:rows]
+    labels = np.flatnonzero(allowed)
+    k = min(k, len(labels))
+    if k <= 0:
+        return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+    found_l = np.empty((len(queries), k), np.int64)
+    found_d = np.empty((len(queries), k), np.float32)
+    chunk = max(1, BOUNDS_HELD // len(labels))
+    with kernels.one_blas_thread() if len(queries) <= FEW else contextlib.nullcontext():
+        for first in range(0, len(queries), chunk):
+            batch = queries[first : first + chunk]
+            bounds = np.zeros((len(batch), len(labels)), np.float32)  # uncovered rows: 0, always read
+            position = 0
+            prepared = tier.prepare(batch)
+            for start, block in tier.rows.blocks(min(covered, rows), raw=True):
+                keep = allowed[start : start + len(block)]
+                count = int(keep.sum())
+                if count:
+                    picked = block if count == len(block) else block[keep]
+                    bounds[:, position : position + count] = tier.bounds(picked, prepared)
+                    position += count
+            for row, (query, bound) in enumerate(zip(batch, bounds)):
+                found_l[first + row], found_d[first + row] = _refine(vectors, labels, bound, query, k)
+    return found_l, found_d
+
+
+def bounded_among(
+    vectors: VectorFile, tier: Tier, covered: int, labels: np.ndarray, query: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`exact_among` through the tier: the matches' tier rows are gathered, few full rows read."""
+    query = np.asarray(query, np.float32).reshape(-1)
+    k = min(k, len(labels))
+    if k <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    bounds = np.zeros(len(labels), np.float32)
+    inside = int(np.searchsorted(labels, covered))
+    with kernels.one_blas_thread():
+        prepared = tier.prepare(query[None, :])
+        for start, block in tier.rows.gather_blocks(labels[:inside], 8192, raw=True):
+            bounds[start : start + len(block)] = tier.bounds(block, prepared)[0]
+        return _refine(vectors, labels, bounds, query, k)
+
+
+def _refine(
+    vectors: VectorFile, labels: np.ndarray, bounds: np.ndarray, query: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top k of ``labels``: full rows read in order of their bounds, a growing batch at
+    a time, until no unread row's bound is within `SLACK` of the k-th best distance."""
+    query = query[None, :]
+    best_d = np.zeros((1, 0), np.float32)
+    best_l = np.zeros((1, 0), np.int64)
+    unread = np.ones(len(labels), bool)
+    step = max(FIRST, 2 * k)
+    candidates = np.arange(len(labels))
+    while len(candidates):
+        if len(candidates) > step:
+            candidates = candidates[np.argpartition(bounds[candidates], step - 1)[:step]]
+        candidates = np.sort(candidates)  # label order: the file is read front to back
+        unread[candidates] = False
+        picked = labels[candidates]
+        rows = vectors.read(picked, raw=True)
+        best_d, best_l = _merge(best_d, best_l, squared_distances(query, rows), picked, k)
+        kth = float(best_d.max()) if best_d.shape[1] >= k else np.inf
+        candidates = np.flatnonzero(unread & (bounds <= kth + SLACK))
+        step *= 2
     found, distances = _sorted(best_d, best_l)
     return found[0], distances[0]

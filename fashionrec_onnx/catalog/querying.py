@@ -119,7 +119,12 @@ def exact(
     if allowed is None and len(exclude):
         mask = mask.copy()
         mask[exclude] = False
-    labels, distances = oracle.exact_topk(core.vectors, core.rows, mask, vector, k)
+    if core.tier is not None:
+        labels, distances = oracle.bounded_topk(
+            core.vectors, core.rows, core.tier, core.tier_rows, mask, vector, k
+        )
+    else:
+        labels, distances = oracle.exact_topk(core.vectors, core.rows, mask, vector, k)
     return labels[0], distances[0]
 
 

@@ -40,8 +40,11 @@ def file_name(dtype: np.dtype | str, serial: int = 0) -> str:
 class VectorFile:
     """Append-only rows of one dtype and dimension; readable by many threads at once."""
 
-    def __init__(self, path: Path, dim: int, dtype: np.dtype | str, *, writable: bool) -> None:
+    def __init__(
+        self, path: Path, dim: int, dtype: np.dtype | str, *, writable: bool, recovery: str | None = None
+    ) -> None:
         self.path = path
+        self.header: dict[str, object] = {}  # the header's fields (other files of rows add their own)
         self.dim = dim
         self.dtype = np.dtype(dtype)
         self.row_bytes = dim * self.dtype.itemsize
@@ -50,7 +53,7 @@ class VectorFile:
         self._map: mmap.mmap | None = None
         self._mapped_rows = 0
         self._fd: int | None = None
-        self._recovery = (
+        self._recovery = recovery or (
             f"the vector file {path} is damaged; the catalog's vectors cannot be read without it: "
             "restore it from a backup, or delete the catalog directory and index again."
         )
@@ -59,9 +62,20 @@ class VectorFile:
     # -- creating and checking --------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: Path, dim: int, dtype: np.dtype | str) -> VectorFile:
-        """A new, empty file written under a temporary name and renamed into place."""
-        header = MAGIC + json.dumps({"format": FORMAT, "dtype": np.dtype(dtype).name, "dim": dim}).encode()
+    def create(
+        cls,
+        path: Path,
+        dim: int,
+        dtype: np.dtype | str,
+        extra: dict[str, object] | None = None,
+        recovery: str | None = None,
+    ) -> VectorFile:
+        """A new, empty file written under a temporary name and renamed into place. ``extra``
+        header fields describe what another file of rows (the compact tier) holds."""
+        fields = {"format": FORMAT, "dtype": np.dtype(dtype).name, "dim": dim, **(extra or {})}
+        header = MAGIC + json.dumps(fields).encode()
+        if len(header) > HEADER_BYTES:
+            raise ValueError(f"a header of {len(header)} bytes does not fit in {HEADER_BYTES}")
         temporary = path.with_name(path.name + ".tmp")
         try:
             with temporary.open("wb") as handle:
@@ -74,22 +88,14 @@ class VectorFile:
             if is_disk_full(exc):
                 raise disk_full(path, exc) from exc
             raise
-        return cls(path, dim, dtype, writable=True)
+        return cls(path, dim, dtype, writable=True, recovery=recovery)
 
     def _check_header(self) -> None:
-        try:
-            with self.path.open("rb") as handle:
-                header = handle.read(HEADER_BYTES)
-        except FileNotFoundError:
-            raise CatalogCorruptError(f"the vector file {self.path} is missing; {self._recovery}") from None
-        if len(header) < HEADER_BYTES or not header.startswith(MAGIC):
-            raise CatalogCorruptError(f"{self._recovery} (no vector file header)")
-        try:
-            fields = json.loads(header[len(MAGIC) :].decode().strip())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CatalogCorruptError(f"{self._recovery} ({exc})") from exc
-        if fields != {"format": FORMAT, "dtype": self.dtype.name, "dim": self.dim}:
-            raise CatalogCorruptError(f"{self._recovery} (header {fields} does not match the catalog)")
+        fields = read_header(self.path, self._recovery)
+        own = {name: fields.get(name) for name in ("format", "dtype", "dim")}
+        if own != {"format": FORMAT, "dtype": self.dtype.name, "dim": self.dim}:
+            raise CatalogCorruptError(f"{self._recovery} (header {own} does not match the catalog)")
+        self.header = fields
 
     @property
     def rows_on_disk(self) -> int:
@@ -148,8 +154,9 @@ class VectorFile:
         matrix = np.frombuffer(mapping, self.dtype, mapped * self.dim, HEADER_BYTES).reshape(mapped, self.dim)
         return mapping, matrix
 
-    def read(self, labels: np.ndarray | list[int]) -> np.ndarray:
-        """Rows of some labels as float32 (a handful at a time: re-ranking, "more like this").
+    def read(self, labels: np.ndarray | list[int], *, raw: bool = False) -> np.ndarray:
+        """Rows of some labels as float32, or as stored when ``raw`` (a handful at a time:
+        re-ranking, "more like this", the candidates a bounded scan could not rule out).
 
         Read with pread, not through the map: a page fault on a map also maps the pages around
         it, so a few hundred searches would leave most of the file resident in the process."""
@@ -162,7 +169,7 @@ class VectorFile:
                 != self.row_bytes
             ):
                 raise CatalogCorruptError(f"{self._recovery} (row {label} is past its end)")
-        return to_float32(rows)
+        return rows if raw else to_float32(rows)
 
     def _reader_fd(self) -> int:
         with self._lock:
@@ -212,6 +219,25 @@ class VectorFile:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def read_header(path: Path, recovery: str) -> dict[str, object]:
+    """The JSON fields of a file of rows; `CatalogCorruptError` (ending in ``recovery``) when
+    it is missing or has no readable header."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(HEADER_BYTES)
+    except FileNotFoundError:
+        raise CatalogCorruptError(f"the vector file {path} is missing; {recovery}") from None
+    if len(header) < HEADER_BYTES or not header.startswith(MAGIC):
+        raise CatalogCorruptError(f"{recovery} (no vector file header)")
+    try:
+        fields = json.loads(header[len(MAGIC) :].decode().strip())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CatalogCorruptError(f"{recovery} ({exc})") from exc
+    if not isinstance(fields, dict):
+        raise CatalogCorruptError(f"{recovery} (header {fields!r} is not a record)")
+    return fields
 
 
 def sound_rows(rows: np.ndarray, tolerance: float = 1e-3) -> np.ndarray:
