@@ -121,6 +121,23 @@ def test_the_bounded_scan_returns_what_the_full_scan_returns(reduced: Catalog) -
     assert (np.sort(full, axis=1) == np.sort(bounded, axis=1)).mean() > 0.99  # the rest: ties
 
 
+def test_the_bounded_scan_of_many_queries_with_known_answers_returns_the_full_scan(reduced: Catalog) -> None:
+    core = reduced._core
+    _, matrix = stored(reduced)
+    batch = queries(matrix, 60, seed=10)
+    mask = core.live_mask()
+    assert core.tier is not None
+    full, full_d = oracle.exact_topk(core.vectors, core.rows, mask, batch, 5)
+    rng = np.random.default_rng(0)
+    known = rng.choice(ITEMS, size=(60, 8))  # any live items bound the k-th distance from above
+    known[:5] = -1  # none known: those queries are scanned as by bounded_topk
+    found, found_d = oracle.bounded_within(
+        core.vectors, core.rows, core.tier, core.tier_rows, mask, batch, 5, known
+    )
+    np.testing.assert_allclose(found_d, full_d, atol=1e-5)
+    assert (np.sort(full, axis=1) == np.sort(found, axis=1)).mean() > 0.99  # the rest: ties
+
+
 def test_the_tier_bound_never_exceeds_the_true_distance(vectors: np.ndarray, tmp_path: Path) -> None:
     pca = PCA.fit(vectors[:1000], 32)
     for codes in ("int8", "float16"):

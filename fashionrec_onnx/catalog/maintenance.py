@@ -86,13 +86,10 @@ def check(core: CatalogCore, k: int, sample: int, seed: int) -> CheckReport:
     queries = core.vectors.read(picks)
     kk = min(k, core.count)
     live = core.live_mask()
-    if core.tier is not None:
-        exact, _ = oracle.bounded_topk(core.vectors, core.rows, core.tier, core.tier_rows, live, queries, kk)
-    else:
-        exact, _ = oracle.exact_topk(core.vectors, core.rows, live, queries, kk)
     assert core.graph.index is not None
     params = (core.params.ef, core.params.M, core.params.ef_construction)
     if core.reduction is None:
+        exact, _ = oracle.exact_topk(core.vectors, core.rows, live, queries, kk)
         approx, _ = core.graph.index.search(queries, kk, core.count)
         return CheckReport(kk, len(picks), recall_at_k(approx, exact, kk), core.count, *params)
     reduced = core.reduction.transform(queries)
@@ -102,6 +99,12 @@ def check(core: CatalogCore, k: int, sample: int, seed: int) -> CheckReport:
     for row, (query, found) in enumerate(zip(queries, candidates)):
         ranked = rerank(core, query, found[found >= 0])[0][:kk]
         approx[row, : len(ranked)] = ranked
+    if core.tier is not None:  # the search's own answers bound the exact k-th distance from above
+        exact, _ = oracle.bounded_within(
+            core.vectors, core.rows, core.tier, core.tier_rows, live, queries, kk, approx
+        )
+    else:
+        exact, _ = oracle.exact_topk(core.vectors, core.rows, live, queries, kk)
     exact_reduced, _ = oracle.exact_topk(
         core.vectors, core.rows, live, reduced, kk, transform=core.reduction.transform
     )

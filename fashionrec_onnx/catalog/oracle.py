@@ -185,3 +185,68 @@ def _refine(
         step *= 2
     found, distances = _sorted(best_d, best_l)
     return found[0], distances[0]
+
+
+def bounded_within(
+    vectors: VectorFile,
+    rows: int,
+    tier: Tier,
+    covered: int,
+    allowed: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    known: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`bounded_topk` for many queries with ``known`` allowed labels each (a search's answer,
+    -1 padded): the k-th best distance among them bounds the exact one from above, so one pass
+    over the tier collects every row whose bound is within it, and only those rows are read."""
+    queries = np.atleast_2d(np.asarray(queries, np.float32))
+    allowed = allowed[:rows]
+    k = min(k, int(allowed.sum()))
+    found_l = np.zeros((len(queries), max(k, 0)), np.int64)
+    found_d = np.zeros((len(queries), max(k, 0)), np.float32)
+    if k <= 0:
+        return found_l, found_d
+    upper = np.full(len(queries), np.inf, np.float32)
+    for row, (query, labels) in enumerate(zip(queries, known)):
+        labels = labels[(labels >= 0) & (labels < rows)]
+        labels = labels[allowed[labels]]
+        if len(labels) >= k:
+            distances = squared_distances(query[None, :], vectors.read(np.sort(labels), raw=True))[0]
+            upper[row] = np.partition(distances, k - 1)[k - 1]
+    unbounded = np.flatnonzero(~np.isfinite(upper))
+    if len(unbounded):
+        found_l[unbounded], found_d[unbounded] = bounded_topk(
+            vectors, rows, tier, covered, allowed, queries[unbounded], k
+        )
+    bounded = np.flatnonzero(np.isfinite(upper))
+    if not len(bounded):
+        return found_l, found_d
+    prepared = tier.prepare(queries[bounded])
+    limit = (upper[bounded] + SLACK)[:, None]
+    which, where = [], []
+    for start, block in tier.rows.blocks(min(covered, rows), raw=True):
+        keep = allowed[start : start + len(block)]
+        if not keep.any():
+            continue
+        labels = np.arange(start, start + len(block))
+        if not keep.all():
+            block, labels = block[keep], labels[keep]
+        query_rows, columns = np.nonzero(tier.bounds(block, prepared) <= limit)
+        which.append(query_rows)
+        where.append(labels[columns])
+    order = np.argsort(np.concatenate(which or [np.zeros(0, np.int64)]), kind="stable")
+    candidates = np.concatenate(where or [np.zeros(0, np.int64)])[order]
+    counts = np.bincount(np.concatenate(which or [np.zeros(0, np.int64)]), minlength=len(bounded))
+    uncovered = np.flatnonzero(allowed[covered:]) + covered if covered < rows else np.zeros(0, np.int64)
+    for position, (query, picked) in enumerate(
+        zip(queries[bounded], np.split(candidates, np.cumsum(counts)[:-1]))
+    ):
+        labels = np.union1d(picked, uncovered)
+        distances = squared_distances(query[None, :], vectors.read(labels, raw=True))
+        best_d, best_l = _merge(
+            np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64), distances, labels, k
+        )
+        labels, distances = _sorted(best_d, best_l)
+        found_l[bounded[position]], found_d[bounded[position]] = labels[0], distances[0]
+    return found_l, found_d

@@ -30,7 +30,8 @@ from .store import disk_full, is_disk_full
 MAGIC = b"FRVECTS\n"
 HEADER_BYTES = 4096
 FORMAT = 1
-BLOCK_BYTES = 16 << 20  # rows scanned at a time: big enough for BLAS, small enough for the cache
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14; not named by Python 3.11
+BLOCK_BYTES = 4 << 20  # rows scanned at a time: big enough for BLAS; a float16 block converted stays in cache
 
 
 def file_name(dtype: np.dtype | str, serial: int = 0) -> str:
@@ -189,6 +190,7 @@ class VectorFile:
         for start in range(0, rows, block_rows):
             stop = min(rows, start + block_rows)
             block = matrix[start:stop]
+            self._populate(mapping, start, stop)
             yield start, block if raw else to_float32(block)
             self._release(mapping, start, stop)
 
@@ -204,6 +206,14 @@ class VectorFile:
             chunk = labels[start : start + block_rows]
             yield start, matrix[chunk] if raw else to_float32(matrix[chunk])
             self._release(mapping, int(chunk[0]), int(chunk[-1]) + 1)
+
+    def _populate(self, mapping: mmap.mmap, start: int, stop: int) -> None:
+        """Map the pages of rows start..stop in one call: a scan that faults them in one by one
+        spends a fifth of its time in the kernel's fault handler (measured on a 1.6 GB file)."""
+        first = (HEADER_BYTES + start * self.row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        last = min(HEADER_BYTES + stop * self.row_bytes, len(mapping))
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # before Linux 5.14: faults
+            mapping.madvise(MADV_POPULATE_READ, first, last - first)
 
     def _release(self, mapping: mmap.mmap, start: int, stop: int) -> None:
         """Drop the pages of rows start..stop from this process (the page cache keeps them)."""
