@@ -138,6 +138,22 @@ def test_the_bounded_scan_of_many_queries_with_known_answers_returns_the_full_sc
     assert (np.sort(full, axis=1) == np.sort(found, axis=1)).mean() > 0.99  # the rest: ties
 
 
+def test_the_bounded_scan_in_the_graph_space_returns_the_projected_full_scan(reduced: Catalog) -> None:
+    core = reduced._core
+    assert core.tier is not None and core.reduction is not None and core.graph.index is not None
+    batch = core.reduction.transform(queries(stored(reduced)[1], 60, seed=11))
+    mask = core.live_mask()
+    full, full_d = oracle.exact_topk(
+        core.vectors, core.rows, mask, batch, 5, transform=core.reduction.transform
+    )
+    graph, _ = core.graph.index.search(batch, 5, core.count)
+    found, found_d = oracle.bounded_within(
+        core.vectors, core.rows, core.tier, core.tier_rows, mask, batch, 5, graph, graph_space=True
+    )
+    np.testing.assert_allclose(found_d, full_d, atol=1e-5)
+    assert (np.sort(full, axis=1) == np.sort(found, axis=1)).mean() > 0.99  # the rest: ties
+
+
 def test_the_tier_bound_never_exceeds_the_true_distance(vectors: np.ndarray, tmp_path: Path) -> None:
     pca = PCA.fit(vectors[:1000], 32)
     for codes in ("int8", "float16"):

@@ -105,9 +105,22 @@ def check(core: CatalogCore, k: int, sample: int, seed: int) -> CheckReport:
         )
     else:
         exact, _ = oracle.exact_topk(core.vectors, core.rows, live, queries, kk)
-    exact_reduced, _ = oracle.exact_topk(
-        core.vectors, core.rows, live, reduced, kk, transform=core.reduction.transform
-    )
+    if core.tier is not None and not core.reduction.whiten:
+        exact_reduced, _ = oracle.bounded_within(
+            core.vectors,
+            core.rows,
+            core.tier,
+            core.tier_rows,
+            live,
+            reduced,
+            kk,
+            graph_only,
+            graph_space=True,
+        )
+    else:
+        exact_reduced, _ = oracle.exact_topk(
+            core.vectors, core.rows, live, reduced, kk, transform=core.reduction.transform
+        )
     return CheckReport(
         kk, len(picks), recall_at_k(approx, exact, kk), core.count, *params,
         core.reduction.dim, recall_at_k(graph_only, exact_reduced, kk),

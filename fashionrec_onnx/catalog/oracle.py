@@ -195,11 +195,14 @@ def bounded_within(
     allowed: np.ndarray,
     queries: np.ndarray,
     k: int,
-    known: np.ndarray,
+    known: np.ndarray | list[np.ndarray],
+    graph_space: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`bounded_topk` for many queries with ``known`` allowed labels each (a search's answer,
     -1 padded): the k-th best distance among them bounds the exact one from above, so one pass
-    over the tier collects every row whose bound is within it, and only those rows are read."""
+    over the tier collects every row whose bound is within it, and only those rows are read.
+    ``graph_space``: the queries and distances are in the graph's space (unit PCA projections,
+    as `exact_topk` with the PCA's transform computes them)."""
     queries = np.atleast_2d(np.asarray(queries, np.float32))
     allowed = allowed[:rows]
     k = min(k, int(allowed.sum()))
@@ -207,23 +210,43 @@ def bounded_within(
     found_d = np.zeros((len(queries), max(k, 0)), np.float32)
     if k <= 0:
         return found_l, found_d
+
+    projected: dict[int, np.ndarray] = {}  # graph space: rows projected in bulk (BLAS), not one by one
+
+    def project(labels: np.ndarray) -> None:
+        wanted = np.asarray([x for x in labels.tolist() if x not in projected], np.int64)
+        for start in range(0, len(wanted), 4096):
+            chunk = wanted[start : start + 4096]
+            projected.update(zip(chunk.tolist(), tier.pca.transform(vectors.read(chunk, raw=True))))
+
+    def distances(query: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        if graph_space:
+            project(labels)  # a no-op: every row asked for was projected in bulk before
+            return squared_distances(query[None, :], np.stack([projected[x] for x in labels.tolist()]))
+        return squared_distances(query[None, :], vectors.read(labels, raw=True))
+
     upper = np.full(len(queries), np.inf, np.float32)
+    known = [labels[(labels >= 0) & (labels < rows)] for labels in known]
+    known = [np.sort(labels[allowed[labels]]) for labels in known]
+    if graph_space:
+        project(np.unique(np.concatenate(known)))
     for row, (query, labels) in enumerate(zip(queries, known)):
-        labels = labels[(labels >= 0) & (labels < rows)]
-        labels = labels[allowed[labels]]
         if len(labels) >= k:
-            distances = squared_distances(query[None, :], vectors.read(np.sort(labels), raw=True))[0]
-            upper[row] = np.partition(distances, k - 1)[k - 1]
+            upper[row] = np.partition(distances(query, labels)[0], k - 1)[k - 1]
     unbounded = np.flatnonzero(~np.isfinite(upper))
-    if len(unbounded):
+    if len(unbounded) and graph_space:
+        found_l[unbounded], found_d[unbounded] = exact_topk(
+            vectors, rows, allowed, queries[unbounded], k, transform=tier.pca.transform
+        )
+    elif len(unbounded):
         found_l[unbounded], found_d[unbounded] = bounded_topk(
             vectors, rows, tier, covered, allowed, queries[unbounded], k
         )
     bounded = np.flatnonzero(np.isfinite(upper))
     if not len(bounded):
         return found_l, found_d
-    prepared = tier.prepare(queries[bounded])
-    limit = (upper[bounded] + SLACK)[:, None]
+    prepared = None if graph_space else tier.prepare(queries[bounded])
+    limit = upper[bounded] + SLACK
     which, where = [], []
     for start, block in tier.rows.blocks(min(covered, rows), raw=True):
         keep = allowed[start : start + len(block)]
@@ -232,21 +255,26 @@ def bounded_within(
         labels = np.arange(start, start + len(block))
         if not keep.all():
             block, labels = block[keep], labels[keep]
-        query_rows, columns = np.nonzero(tier.bounds(block, prepared) <= limit)
+        if graph_space:
+            query_rows, columns = tier.within_graph_space(block, queries[bounded], limit)
+        else:
+            assert prepared is not None
+            query_rows, columns = tier.within(block, prepared, limit)
         which.append(query_rows)
         where.append(labels[columns])
-    order = np.argsort(np.concatenate(which or [np.zeros(0, np.int64)]), kind="stable")
-    candidates = np.concatenate(where or [np.zeros(0, np.int64)])[order]
-    counts = np.bincount(np.concatenate(which or [np.zeros(0, np.int64)]), minlength=len(bounded))
-    uncovered = np.flatnonzero(allowed[covered:]) + covered if covered < rows else np.zeros(0, np.int64)
-    for position, (query, picked) in enumerate(
-        zip(queries[bounded], np.split(candidates, np.cumsum(counts)[:-1]))
-    ):
+    none = np.zeros(0, np.int64)
+    order = np.argsort(np.concatenate(which or [none]), kind="stable")
+    candidates = np.concatenate(where or [none])[order]
+    counts = np.bincount(np.concatenate(which or [none]), minlength=len(bounded))
+    uncovered = np.flatnonzero(allowed[covered:]) + covered if covered < rows else none
+    if graph_space:
+        project(np.union1d(candidates, uncovered))
+    for position, picked in enumerate(np.split(candidates, np.cumsum(counts)[:-1])):
+        query = queries[bounded[position]]
         labels = np.union1d(picked, uncovered)
-        distances = squared_distances(query[None, :], vectors.read(labels, raw=True))
         best_d, best_l = _merge(
-            np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64), distances, labels, k
+            np.zeros((1, 0), np.float32), none[None, :], distances(query, labels), labels, k
         )
-        labels, distances = _sorted(best_d, best_l)
-        found_l[bounded[position]], found_d[bounded[position]] = labels[0], distances[0]
+        labels, best = _sorted(best_d, best_l)
+        found_l[bounded[position]], found_d[bounded[position]] = labels[0], best[0]
     return found_l, found_d

@@ -284,9 +284,7 @@ class Querier:
             shots = tuple(items[x].key for x in photos.get(label, NO_LABELS).tolist() if x in items)
             product = products.name(label) if products is not None else None
             hits.append(
-                Hit(
-                    len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata), product, shots
-                )
+                Hit(len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata), product, shots)
             )
         return hits
 

@@ -197,6 +197,46 @@ class Tier:
         outside = prepared.residual[:, None] - stats[:, 0][None, :]
         return projected * projected + outside * outside
 
+    def within(
+        self, rows: np.ndarray, prepared: Prepared, limit: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(query, row)`` index pairs whose bound is at most the query's ``limit``: many
+        queries against a block, with no bound matrix. A test on the product alone (the bound
+        without the residual term and with the block's largest coding error, which can only
+        lower it) leaves few pairs, whose bounds are then computed one by one."""
+        codes = self._codes(rows)
+        stats = rows[:, self.code_bytes :].view("<f4")
+        reach = np.sqrt(limit) + float(stats[:, 1].max())
+        dots = prepared.scaled @ codes.T
+        dots -= 0.5 * stats[:, 2][None, :]
+        which, where = np.nonzero(dots >= (0.5 * (prepared.squared - reach * reach))[:, None])
+        projected = prepared.squared[which] - 2.0 * dots[which, where]  # + b - b: the norms cancel
+        np.maximum(projected, 0.0, out=projected)
+        np.sqrt(projected, out=projected)
+        projected -= stats[where, 1]
+        np.maximum(projected, 0.0, out=projected)
+        outside = prepared.residual[which] - stats[where, 0]
+        keep = projected * projected + outside * outside <= limit[which]
+        return which[keep], where[keep]
+
+    def within_graph_space(
+        self, rows: np.ndarray, reduced: np.ndarray, limit: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The same in the graph's space (unit projections, no whitening) for ``reduced``
+        queries there: ``||n(P(x)) - n(decoded)|| <= 2 e_x / ||decoded||`` keeps it a bound."""
+        codes = self._codes(rows)
+        stats = rows[:, self.code_bytes :].view("<f4")
+        inverse = 1.0 / np.maximum(np.sqrt(stats[:, 2]), 1e-12)
+        slack = 2.0 * stats[:, 1] * inverse
+        reach = np.sqrt(limit) + float(slack.max())
+        cosines = (reduced * self.scales) @ codes.T
+        cosines *= inverse[None, :]
+        which, where = np.nonzero(cosines >= (1.0 - 0.5 * reach * reach)[:, None])
+        apart = np.sqrt(np.maximum(2.0 - 2.0 * cosines[which, where], 0.0)) - slack[where]
+        np.maximum(apart, 0.0, out=apart)
+        keep = apart * apart <= limit[which]
+        return which[keep], where[keep]
+
 
 class Prepared:
     """A query's side of the bound: its projection (times the scales), squared norm, residual norm."""
