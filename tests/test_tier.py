@@ -278,3 +278,37 @@ def test_a_reduced_catalog_written_before_the_tier_gains_it_and_answers_as_befor
         )
         assert catalog.verify() == []
     assert len(list(root.glob("tier-*"))) == 1
+
+
+WRITER = """
+import sys
+import numpy as np
+from fashionrec_onnx import Catalog
+rng = np.random.default_rng(0)
+with Catalog.open(sys.argv[1]) as catalog:
+    for start in range(0, 100_000, 50):
+        vectors = rng.normal(size=(50, 2048)).astype(np.float32)
+        catalog.add_many([f"killed-{start + i}" for i in range(50)], vectors)
+"""
+
+
+def test_sigkill_while_writing_a_reduced_catalog_leaves_the_tier_in_step(reduced: Catalog) -> None:
+    import subprocess
+    import sys
+
+    from killing import kill_when
+
+    root = reduced.path
+    assert reduced._core.tier is not None
+    tier, row = reduced._core.tier.path, reduced._core.tier.rows.row_bytes
+    reduced.close()
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(root)])
+    size = tier.stat().st_size
+    kill_when(process, lambda: tier.stat().st_size >= size + 7 * 50 * row)  # some batches in
+    with Catalog.open(root) as catalog:
+        core = catalog._core
+        assert core.tier_rows == core.rows and len(catalog) >= ITEMS + 300
+        assert catalog.verify() == []
+        keys, matrix = stored(catalog)
+        for query in queries(matrix, 3, seed=12):
+            assert_true_top_k(catalog.exact_search(query, k=5), brute_force(keys, matrix, query), 5)
