@@ -23,8 +23,11 @@ from . import products
 from .columns import Liveness, MetadataColumns
 from .graph import GraphCache
 from .hnsw import HnswParams, ReadWriteLock
+from .kernels import to_float32
 from .pca import PCA
 from .store import Delta, NewItem, Store, disk_full, is_disk_full, metadata_text
+from .tier import Tier
+from .tier import file_name as tier_name
 from .vectors import VectorFile
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ def read_only_refusal(root: Path, what: str) -> CatalogError:
     return CatalogError(f"{root} is read-only, so {what} was refused and nothing changed: {how}.")
 PRUNE_CHANGES_ABOVE = 50_000  # change-log rows kept before a graph save forgets the older ones
 UNIT_TOLERANCE = 1e-3
+TIER_SAMPLE = 20_000  # stored vectors the int8 scales of a new compact tier are fitted on
 
 
 def checked_vectors(vectors: np.ndarray, dim: int, keys: Sequence[str]) -> np.ndarray:
@@ -131,6 +135,8 @@ class CatalogCore:
         self.graph = GraphCache(root, store, self.vectors, self.params)
         self.reduction: PCA | None = None
         self.reduction_file: str | None = settings.get("reduction.file") or None
+        self.tier: Tier | None = None  # the compact tier of a reduced catalog (see `tier`)
+        self.tier_rows = 0  # rows of the tier known good: the rest are read in full
         self.product_field: str | None = settings.get(products.SETTING) or None
         self.rw = ReadWriteLock()
         self._lock_fd: int | None = None
@@ -150,6 +156,7 @@ class CatalogCore:
     def load_reduction(self) -> None:
         """The recorded PCA; a missing or damaged file names itself and both ways out."""
         self.reduction = None
+        self._drop_tier()
         if self.reduction_file is None:
             return
         try:
@@ -160,17 +167,80 @@ class CatalogCore:
                 f"`fashionrec rebuild --catalog {self.root}`, or go back to the full-vector graph with "
                 f"`fashionrec reduce --catalog {self.root} --dim 0`."
             ) from exc
+        self.open_tier(self.store.settings())
+
+    # -- the compact tier ------------------------------------------------------------------------------
+
+    def _drop_tier(self) -> None:
+        if self.tier is not None:
+            self.tier.close()
+        self.tier, self.tier_rows = None, 0
+
+    def open_tier(self, settings: dict[str, str]) -> None:
+        """The recorded tier, when it was made from the current PCA and vector file."""
+        name = settings.get("tier.file") or ""
+        if self.reduction is None or self.reduction_file is None or not name:
+            self._drop_tier()
+            return
+        if self.tier is None or self.tier.path.name != name:
+            self._drop_tier()
+            self.tier = Tier.open(
+                self.root / name, self.reduction, self.reduction_file, self.vectors.path.name,
+                writable=not self.readonly,
+            )  # fmt: skip
+        if self.tier is not None:
+            recorded = int(settings.get("tier.rows", "0") or 0)
+            self.tier_rows = min(recorded, self.rows, self.tier.rows.rows_on_disk)
+
+    def ensure_tier(self) -> None:
+        """Under the write lock: a reduced catalog's tier made (a catalog written before the
+        tier existed, or whose tier file was lost) or caught up with rows written without it."""
+        if self.reduction is None or self.reduction_file is None:
+            if self.store.get_setting("tier.file"):
+                self.store.set_settings({"tier.file": "", "tier.rows": "0"})
+            self._drop_tier()
+            self._remove_tiers(keep=None)
+            return
+        self.open_tier(self.store.settings())
+        if self.tier is not None and self.tier_rows >= self.rows:
+            return
+        try:
+            if self.tier is None:
+                name = tier_name(self.reduction_file)
+                log.info("%s: building the compact tier %s from the stored vectors", self.root, name)
+                live = self.liveness.labels()
+                picks = np.random.default_rng(0).choice(live, min(TIER_SAMPLE, len(live)), replace=False)
+                sample = (
+                    self.vectors.read(np.sort(picks)) if len(picks) else np.zeros((0, self.dim), np.float32)
+                )
+                self.tier = Tier.create(
+                    self.root / name, self.reduction, self.reduction_file, self.vectors.path.name, sample
+                )
+                self.tier_rows = 0
+            self.tier.fill(self.vectors, self.tier_rows, self.rows)
+            self.store.set_settings({"tier.file": self.tier.path.name, "tier.rows": str(self.rows)})
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(self.root, exc) from exc
+            raise
+        self.tier_rows = self.rows
+        self._remove_tiers(keep=self.tier.path.name)
+
+    def _remove_tiers(self, keep: str | None) -> None:
+        for old in self.root.glob("tier-*"):
+            if old.name != keep:
+                old.unlink(missing_ok=True)
 
     def start_graph(self, rebuild: bool) -> bool:
         """The saved graph brought up to date, or a fresh one when there is none, when it indexes
         another space, or when asked. Returns whether the graph differs from its saved file."""
         if not rebuild and self.graph.load(self.graph_dim):
-            self._graph_catch_up()
+            self.graph_catch_up()
         else:
             self.fresh_graph()
         return self.graph.dirty
 
-    def _graph_catch_up(self) -> None:
+    def graph_catch_up(self) -> None:
         if self.graph.generation == self.generation:
             return
         delta = self.store.delta_since(self.graph.generation)
@@ -233,6 +303,8 @@ class CatalogCore:
             if self.graph.index is not None:
                 self.graph.index.set_ef(ef)
         reduction_file = settings.get("reduction.file") or None
+        if reduction_file == self.reduction_file:
+            self.open_tier(settings)  # how far the tier is good, or a rebuilt one
         if reduction_file != self.reduction_file:
             self.reduction_file = reduction_file
             self.load_reduction()
@@ -260,9 +332,12 @@ class CatalogCore:
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def write(self, new: Sequence[NewItem], remove_keys: Sequence[str] = ()) -> tuple[list[int], list[int]]:
+    def write(
+        self, new: Sequence[NewItem], remove_keys: Sequence[str] = (), *, graph: bool = True
+    ) -> tuple[list[int], list[int]]:
         """One transaction (vector rows synced first), then the graph and masks; returns the
-        labels added and removed."""
+        labels added and removed. ``graph=False`` leaves the new items out of the graph, which
+        stays at the generation before (a graph about to be replaced: `graph_catch_up` adds them)."""
         _check_text([n.key for n in new] + [n.path for n in new if n.path] + list(remove_keys))
         for item in new:  # before any byte is written (the store checks again)
             metadata_text(item.key, item.metadata)
@@ -272,20 +347,32 @@ class CatalogCore:
             else None
         )
         with self.writing():
+            if (
+                vectors is not None
+                and self.reduction is not None
+                and (self.tier is None or self.tier_rows < self.rows)
+            ):
+                self.ensure_tier()
             with self.store.writing() as writer:
                 removed = [label for key in remove_keys if (label := writer.remove(key)) is not None]
                 removed += [label for item in new if (label := writer.remove(item.key)) is not None]
                 if vectors is not None:
                     self.vectors.write_rows(writer.next_label, vectors)
+                    if self.tier is not None and self.tier_rows == writer.next_label:
+                        stored = to_float32(vectors.astype(self.vectors.dtype))  # as the file holds them
+                        self.tier.write_rows(writer.next_label, stored)
+                        writer.note({"tier.rows": str(writer.next_label + len(vectors))})
                 added = writer.insert(new)
             if not (added or removed):
                 return added, removed
             delta = Delta(np.asarray(added, np.int64), np.asarray(removed, np.int64), np.zeros(0, np.int64))
+            if self.tier is not None and vectors is not None and self.tier_rows == added[0]:
+                self.tier_rows = added[-1] + 1
             self.generation, self.count, self.rows = self.store.state()
             if self._liveness is not None:
                 self._liveness.apply(delta)
             self.columns.apply(delta)
-            if self.graph.index is not None:
+            if self.graph.index is not None and graph:
                 if len(delta.removed):
                     self.graph.index.delete(delta.removed.tolist())
                 if vectors is not None:
@@ -329,4 +416,5 @@ class CatalogCore:
                 os.close(self._lock_fd)
                 self._lock_fd = None
             self.vectors.close()
+            self._drop_tier()
             self.store.close()

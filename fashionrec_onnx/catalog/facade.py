@@ -426,21 +426,36 @@ class Catalog:
             NewItem(k, v, p, s, t, metadata=dict(m) if isinstance(m, Mapping) else m or {}, feed=feed)
             for k, v, p, m, s, t in zip(keys, vectors, *columns)
         ]
-        added = len(self._core.write(new)[0])
+        # A batch that brings a planned catalog to its PCA goes into no full-dimension graph:
+        # the reduction replaces that graph at once.
+        deferred = self._planned() is not None and self._core.count + len(new) >= REDUCE_AFTER
+        added = len(self._core.write(new, graph=not deferred)[0])
         self._reduce_when_planned()
         return added
 
+    def _planned(self) -> int | None:
+        """The planned PCA's dimension while it is not fitted yet (see `create`'s ``reduce_to``)."""
+        planned = self._core.store.get_setting("reduction.planned") or ""
+        return int(planned) if planned and self._core.reduction is None else None
+
     def _reduce_when_planned(self) -> None:
         """Fit the planned PCA once enough items are in (see `create`'s ``reduce_to``)."""
-        planned = self._core.store.get_setting("reduction.planned") or ""
-        if planned and self._core.reduction is None and self._core.count >= REDUCE_AFTER:
-            log.info(
-                "%s holds %d items: fitting the planned PCA to %s dimensions",
-                self.path,
-                self._core.count,
-                planned,
-            )
-            self.reduce(int(planned))
+        planned = self._planned()
+        core = self._core
+        if planned is None or core.count < REDUCE_AFTER:
+            if core.graph.index is not None and core.graph.generation != core.generation:
+                with core.writing():  # a deferred batch that did not reach the reduction after all
+                    core.graph_catch_up()
+            return
+        log.info(
+            "%s holds %d items: fitting the planned PCA to %s dimensions", self.path, core.count, planned
+        )
+        try:
+            self.reduce(planned)
+        finally:
+            if core.graph.index is not None and core.graph.generation != core.generation:
+                with core.writing():  # the reduction failed: the full graph takes the batch in
+                    core.graph_catch_up()
 
     def remove(self, *keys: str, remember: bool = True) -> int:
         """Remove items by key; unknown or already removed keys are ignored. Returns how many went.
@@ -684,6 +699,7 @@ class Catalog:
             for old in self.path.glob("pca-*.npz"):
                 if old.name != name:
                     old.unlink(missing_ok=True)
+            core.ensure_tier()
             core.fresh_graph()
         try:
             core.save()

@@ -17,6 +17,7 @@ from .core import CatalogCore
 from .pca import PCA
 from .search import _pool, rerank
 from .store import is_disk_full
+from .vectors import sound_rows
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,10 @@ def check(core: CatalogCore, k: int, sample: int, seed: int) -> CheckReport:
     queries = core.vectors.read(picks)
     kk = min(k, core.count)
     live = core.live_mask()
-    exact, _ = oracle.exact_topk(core.vectors, core.rows, live, queries, kk)
     assert core.graph.index is not None
     params = (core.params.ef, core.params.M, core.params.ef_construction)
     if core.reduction is None:
+        exact, _ = oracle.exact_topk(core.vectors, core.rows, live, queries, kk)
         approx, _ = core.graph.index.search(queries, kk, core.count)
         return CheckReport(kk, len(picks), recall_at_k(approx, exact, kk), core.count, *params)
     reduced = core.reduction.transform(queries)
@@ -98,9 +99,28 @@ def check(core: CatalogCore, k: int, sample: int, seed: int) -> CheckReport:
     for row, (query, found) in enumerate(zip(queries, candidates)):
         ranked = rerank(core, query, found[found >= 0])[0][:kk]
         approx[row, : len(ranked)] = ranked
-    exact_reduced, _ = oracle.exact_topk(
-        core.vectors, core.rows, live, reduced, kk, transform=core.reduction.transform
-    )
+    if core.tier is not None:  # the search's own answers bound the exact k-th distance from above
+        exact, _ = oracle.bounded_within(
+            core.vectors, core.rows, core.tier, core.tier_rows, live, queries, kk, approx
+        )
+    else:
+        exact, _ = oracle.exact_topk(core.vectors, core.rows, live, queries, kk)
+    if core.tier is not None and not core.reduction.whiten:
+        exact_reduced, _ = oracle.bounded_within(
+            core.vectors,
+            core.rows,
+            core.tier,
+            core.tier_rows,
+            live,
+            reduced,
+            kk,
+            graph_only,
+            graph_space=True,
+        )
+    else:
+        exact_reduced, _ = oracle.exact_topk(
+            core.vectors, core.rows, live, reduced, kk, transform=core.reduction.transform
+        )
     return CheckReport(
         kk, len(picks), recall_at_k(approx, exact, kk), core.count, *params,
         core.reduction.dim, recall_at_k(graph_only, exact_reduced, kk),
@@ -162,7 +182,34 @@ def verify(core: CatalogCore) -> list[str]:
             f"stored by an older version), first {', '.join(map(repr, keys))}: their values read as "
             "None; rewrite them with Catalog.update_metadata or sync the feed again"
         )
+    problems += tier_problems(core, live)
     graph_problem = core.graph.full_checksum_problem()
     if graph_problem and not core.graph.dirty:
         problems.append(graph_problem)
     return problems
+
+
+def tier_problems(core: CatalogCore, live: np.ndarray) -> list[str]:
+    """The compact tier of a reduced catalog: there, made from this PCA, and every row it claims
+    to cover holding its vector's bound (recomputed from the vector file, a block at a time)."""
+    if core.reduction is None:
+        return []
+    tier = core.tier
+    if tier is None:
+        return [
+            f"the compact tier of {core.root} is missing or stale: exact and filtered searches read "
+            "every full row; opening the catalog for writing rebuilds it"
+        ]
+    wrong = 0
+    blocks = zip(
+        core.vectors.blocks(core.tier_rows, 16_384), tier.rows.blocks(core.tier_rows, 16_384, raw=True)
+    )
+    for (start, block), (_, coded) in blocks:
+        checked = sound_rows(block) & live[start : start + len(block)]
+        wrong += int((tier.mismatched(coded, block) & checked).sum())
+    if wrong:
+        return [
+            f"{wrong} row(s) of the compact tier {tier.path} differ from their stored vectors: delete "
+            "the file and open the catalog for writing to rebuild it"
+        ]
+    return []

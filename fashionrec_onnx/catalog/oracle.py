@@ -16,6 +16,7 @@ import numpy as np
 
 from . import kernels
 from .pca import FEW
+from .tier import Tier
 from .vectors import VectorFile
 
 FEW_ROWS = 64  # a re-rank's candidates: a loop on this thread beats any BLAS call
@@ -93,3 +94,187 @@ def exact_among(
             best_d, best_l = _merge(best_d, best_l, squared_distances(query, block), found, k)
     found, distances = _sorted(best_d, best_l)
     return found[0], distances[0]
+
+
+# -- bounded exact search over a reduced catalog (see `tier`) --------------------------------------
+
+# A row is read in full when its lower bound is within this of the k-th best distance: float32
+# rounding in the bound and in the oracle's own distances is far below it, so no row that could
+# rank (or tie) is ever skipped.
+SLACK = 1e-4
+FIRST = 64  # full rows read first, those with the smallest bounds, to find a k-th best distance
+BOUNDS_HELD = 32 << 20  # lower bounds held at once (queries x rows): 128 MB of float32
+
+
+def bounded_topk(
+    vectors: VectorFile,
+    rows: int,
+    tier: Tier,
+    covered: int,
+    allowed: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What `exact_topk` returns, reading the compact tier's ``covered`` rows in full and the
+    vector file only where a row's lower bound can still beat the k-th best."""
+    queries = np.atleast_2d(np.asarray(queries, np.float32))
+    allowed = allowed[:rows]
+    labels = np.flatnonzero(allowed)
+    k = min(k, len(labels))
+    if k <= 0:
+        return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+    found_l = np.empty((len(queries), k), np.int64)
+    found_d = np.empty((len(queries), k), np.float32)
+    chunk = max(1, BOUNDS_HELD // len(labels))
+    with kernels.one_blas_thread() if len(queries) <= FEW else contextlib.nullcontext():
+        for first in range(0, len(queries), chunk):
+            batch = queries[first : first + chunk]
+            bounds = np.zeros((len(batch), len(labels)), np.float32)  # uncovered rows: 0, always read
+            position = 0
+            prepared = tier.prepare(batch)
+            for start, block in tier.rows.blocks(min(covered, rows), raw=True):
+                keep = allowed[start : start + len(block)]
+                count = int(keep.sum())
+                if count:
+                    picked = block if count == len(block) else block[keep]
+                    bounds[:, position : position + count] = tier.bounds(picked, prepared)
+                    position += count
+            for row, (query, bound) in enumerate(zip(batch, bounds)):
+                found_l[first + row], found_d[first + row] = _refine(vectors, labels, bound, query, k)
+    return found_l, found_d
+
+
+def bounded_among(
+    vectors: VectorFile, tier: Tier, covered: int, labels: np.ndarray, query: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`exact_among` through the tier: the matches' tier rows are gathered, few full rows read."""
+    query = np.asarray(query, np.float32).reshape(-1)
+    k = min(k, len(labels))
+    if k <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    bounds = np.zeros(len(labels), np.float32)
+    inside = int(np.searchsorted(labels, covered))
+    with kernels.one_blas_thread():
+        prepared = tier.prepare(query[None, :])
+        for start, block in tier.rows.gather_blocks(labels[:inside], 8192, raw=True):
+            bounds[start : start + len(block)] = tier.bounds(block, prepared)[0]
+        return _refine(vectors, labels, bounds, query, k)
+
+
+def _refine(
+    vectors: VectorFile, labels: np.ndarray, bounds: np.ndarray, query: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top k of ``labels``: full rows read in order of their bounds, a growing batch at
+    a time, until no unread row's bound is within `SLACK` of the k-th best distance."""
+    query = query[None, :]
+    best_d = np.zeros((1, 0), np.float32)
+    best_l = np.zeros((1, 0), np.int64)
+    unread = np.ones(len(labels), bool)
+    step = max(FIRST, 2 * k)
+    candidates = np.arange(len(labels))
+    while len(candidates):
+        if len(candidates) > step:
+            candidates = candidates[np.argpartition(bounds[candidates], step - 1)[:step]]
+        candidates = np.sort(candidates)  # label order: the file is read front to back
+        unread[candidates] = False
+        picked = labels[candidates]
+        rows = vectors.read(picked, raw=True)
+        best_d, best_l = _merge(best_d, best_l, squared_distances(query, rows), picked, k)
+        kth = float(best_d.max()) if best_d.shape[1] >= k else np.inf
+        candidates = np.flatnonzero(unread & (bounds <= kth + SLACK))
+        step *= 2
+    found, distances = _sorted(best_d, best_l)
+    return found[0], distances[0]
+
+
+def bounded_within(
+    vectors: VectorFile,
+    rows: int,
+    tier: Tier,
+    covered: int,
+    allowed: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    known: np.ndarray | list[np.ndarray],
+    graph_space: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`bounded_topk` for many queries with ``known`` allowed labels each (a search's answer,
+    -1 padded): the k-th best distance among them bounds the exact one from above, so one pass
+    over the tier collects every row whose bound is within it, and only those rows are read.
+    ``graph_space``: the queries and distances are in the graph's space (unit PCA projections,
+    as `exact_topk` with the PCA's transform computes them)."""
+    queries = np.atleast_2d(np.asarray(queries, np.float32))
+    allowed = allowed[:rows]
+    k = min(k, int(allowed.sum()))
+    found_l = np.zeros((len(queries), max(k, 0)), np.int64)
+    found_d = np.zeros((len(queries), max(k, 0)), np.float32)
+    if k <= 0:
+        return found_l, found_d
+
+    projected: dict[int, np.ndarray] = {}  # graph space: rows projected in bulk (BLAS), not one by one
+
+    def project(labels: np.ndarray) -> None:
+        wanted = np.asarray([x for x in labels.tolist() if x not in projected], np.int64)
+        for start in range(0, len(wanted), 4096):
+            chunk = wanted[start : start + 4096]
+            projected.update(zip(chunk.tolist(), tier.pca.transform(vectors.read(chunk, raw=True))))
+
+    def distances(query: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        if graph_space:
+            project(labels)  # a no-op: every row asked for was projected in bulk before
+            return squared_distances(query[None, :], np.stack([projected[x] for x in labels.tolist()]))
+        return squared_distances(query[None, :], vectors.read(labels, raw=True))
+
+    upper = np.full(len(queries), np.inf, np.float32)
+    known = [labels[(labels >= 0) & (labels < rows)] for labels in known]
+    known = [np.sort(labels[allowed[labels]]) for labels in known]
+    if graph_space:
+        project(np.unique(np.concatenate(known)))
+    for row, (query, labels) in enumerate(zip(queries, known)):
+        if len(labels) >= k:
+            upper[row] = np.partition(distances(query, labels)[0], k - 1)[k - 1]
+    unbounded = np.flatnonzero(~np.isfinite(upper))
+    if len(unbounded) and graph_space:
+        found_l[unbounded], found_d[unbounded] = exact_topk(
+            vectors, rows, allowed, queries[unbounded], k, transform=tier.pca.transform
+        )
+    elif len(unbounded):
+        found_l[unbounded], found_d[unbounded] = bounded_topk(
+            vectors, rows, tier, covered, allowed, queries[unbounded], k
+        )
+    bounded = np.flatnonzero(np.isfinite(upper))
+    if not len(bounded):
+        return found_l, found_d
+    prepared = None if graph_space else tier.prepare(queries[bounded])
+    limit = upper[bounded] + SLACK
+    which, where = [], []
+    for start, block in tier.rows.blocks(min(covered, rows), raw=True):
+        keep = allowed[start : start + len(block)]
+        if not keep.any():
+            continue
+        labels = np.arange(start, start + len(block))
+        if not keep.all():
+            block, labels = block[keep], labels[keep]
+        if graph_space:
+            query_rows, columns = tier.within_graph_space(block, queries[bounded], limit)
+        else:
+            assert prepared is not None
+            query_rows, columns = tier.within(block, prepared, limit)
+        which.append(query_rows)
+        where.append(labels[columns])
+    none = np.zeros(0, np.int64)
+    order = np.argsort(np.concatenate(which or [none]), kind="stable")
+    candidates = np.concatenate(where or [none])[order]
+    counts = np.bincount(np.concatenate(which or [none]), minlength=len(bounded))
+    uncovered = np.flatnonzero(allowed[covered:]) + covered if covered < rows else none
+    if graph_space:
+        project(np.union1d(candidates, uncovered))
+    for position, picked in enumerate(np.split(candidates, np.cumsum(counts)[:-1])):
+        query = queries[bounded[position]]
+        labels = np.union1d(picked, uncovered)
+        best_d, best_l = _merge(
+            np.zeros((1, 0), np.float32), none[None, :], distances(query, labels), labels, k
+        )
+        labels, best = _sorted(best_d, best_l)
+        found_l[bounded[position]], found_d[bounded[position]] = labels[0], best[0]
+    return found_l, found_d

@@ -119,7 +119,12 @@ def exact(
     if allowed is None and len(exclude):
         mask = mask.copy()
         mask[exclude] = False
-    labels, distances = oracle.exact_topk(core.vectors, core.rows, mask, vector, k)
+    if core.tier is not None:
+        labels, distances = oracle.bounded_topk(
+            core.vectors, core.rows, core.tier, core.tier_rows, mask, vector, k
+        )
+    else:
+        labels, distances = oracle.exact_topk(core.vectors, core.rows, mask, vector, k)
     return labels[0], distances[0]
 
 
@@ -279,9 +284,7 @@ class Querier:
             shots = tuple(items[x].key for x in photos.get(label, NO_LABELS).tolist() if x in items)
             product = products.name(label) if products is not None else None
             hits.append(
-                Hit(
-                    len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata), product, shots
-                )
+                Hit(len(hits) + 1, item.key, item.path, d, 1.0 - d / 2.0, dict(item.metadata), product, shots)
             )
         return hits
 

@@ -636,6 +636,10 @@ class Writer:
         self._count_delta += len(items)
         return labels
 
+    def note(self, values: dict[str, str]) -> None:
+        """Settings committed in this write's transaction (how far a derived file is good)."""
+        Store._put(self.db, values)
+
     def finish(self) -> None:
         if not self.changed:
             return
