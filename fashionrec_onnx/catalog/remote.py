@@ -14,7 +14,11 @@ directory does with its own files are done here through the backend:
 - settings (model fingerprint and probe, model path, dimension, HNSW parameters, product field,
   format) in the backend, so any machine that opens the URI gets the same catalog.
 
-Not available on a remote catalog (a clear error): near-duplicate collapsing and reports, PCA
+- near-duplicate reports: each item's neighbours from the engine's index (`remote_duplicates`).
+- feed ownership: which feed added an item is recorded beside it (`set_feed`), so a sync keeps
+  its hands off items indexed from folders or added by other feeds, as on a local catalog.
+
+Not available on a remote catalog (a clear error): collapsing near-duplicates in searches, PCA
 reduction, graph rebuilds, float16 vectors.
 """
 
@@ -37,6 +41,7 @@ from ..json_values import bad_field
 from ..model import ModelInfo, recorded_fingerprint
 from . import jobs, products
 from .backend import NO_LABEL, Backend, Neighbour
+from .duplicates import NEIGHBOURS
 from .facade import Catalog
 from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from .location import MilvusLocation
@@ -277,17 +282,27 @@ class RemoteCatalog(Catalog):
             raise CatalogError(f"{self.path} was opened read-only, and {what} changes it; nothing was done.")
 
     def feed_keys(self, key_prefix: str) -> list[str]:
-        """Keys under the feed's prefix. A Milvus catalog records no owner per item yet: every item
-        under the prefix counts as the feed's (index folders under another prefix)."""
-        return self.keys(key_prefix) if key_prefix else []
+        """Keys of the items the feed with this key prefix added (its owner records, for items
+        still held): the only ones its sync may remove."""
+        if not key_prefix:
+            return []
+        recorded = [key for key in self._backend.keys_of_feed(key_prefix) if key.startswith(key_prefix)]
+        return sorted(self._backend.fetch(recorded))
 
     def feed_owners(self, keys: Iterable[str]) -> dict[str, str | None]:
-        """No owners are recorded on a Milvus catalog (see `feed_keys`)."""
-        return dict.fromkeys(self._backend.fetch(list(keys)))
+        """For the keys held: the key prefix of the feed that owns each item, or None."""
+        held = list(self._backend.fetch(list(keys)))
+        owners = self._backend.feed_owners(held)
+        return {key: owners.get(key) for key in held}
 
     def claim_for_feed(self, key_prefix: str, keys: Iterable[str]) -> int:
-        """Nothing to record on a Milvus catalog (see `feed_keys`)."""
-        return 0
+        """Record the feed as the owner of existing items (written before owners were recorded);
+        returns how many were not recorded yet."""
+        self.require_writable("recording a feed's items")
+        owners = self.feed_owners(keys)
+        unclaimed = [key for key, owner in owners.items() if owner != key_prefix]
+        self._backend.set_feed(unclaimed, key_prefix)
+        return len(unclaimed)
 
     def _writable(self) -> None:
         if self._readonly:
@@ -454,11 +469,16 @@ class RemoteCatalog(Catalog):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _write(self, new: list[NewItem]) -> None:
+    def _write(self, new: list[NewItem], feed: str | None = None) -> None:
+        """Items, then their owner (``feed``, or none: an item written again by a folder or by
+        hand is no feed's, as on a local catalog). A crash in between leaves an item without its
+        owner, which the feed's next sync claims back by its path."""
         self._writable()
         _check_metadata(new)
         self._backend.write(new)
-        self._backend.forget_removed([item.key for item in new])
+        keys = [item.key for item in new]
+        self._backend.set_feed(keys, feed)
+        self._backend.forget_removed(keys)
 
     def add(
         self,
@@ -487,7 +507,6 @@ class RemoteCatalog(Catalog):
         mtimes_ns: Iterable[int | None] | None = None,
         feed: str | None = None,
     ) -> int:
-        del feed  # no per-item owner on a Milvus catalog yet (see `feed_keys`)
         keys = list(keys)
         vectors = np.asarray(vectors, np.float32)
         if vectors.shape != (len(keys), self.dim):
@@ -512,7 +531,7 @@ class RemoteCatalog(Catalog):
             for k, v, p, m, s, t in zip(keys, vectors, *columns)
         ]
         known = self._backend.fetch(keys)
-        self._write(new)
+        self._write(new, feed)
         return len(keys) - len(known)
 
     def remove(self, *keys: str, remember: bool = True) -> int:
@@ -521,7 +540,9 @@ class RemoteCatalog(Catalog):
         present = list(self._backend.fetch(list(keys)))
         if remember and present:  # remembered first: a crash in between leaves the item present
             self._backend.remember_removed(present)
-        return len(self._backend.remove(present))
+        removed = self._backend.remove(present)
+        self._backend.set_feed(removed, None)  # after: a stale owner of an absent key is ignored
+        return len(removed)
 
     def removed_keys(self) -> list[str]:
         return self._backend.removed_keys()
@@ -593,8 +614,12 @@ class RemoteCatalog(Catalog):
             self._approximate, queries, k, filter, None, collapse_duplicates, group_by, unlike or None
         )
 
-    def duplicates(self, threshold: float | None = None, *, neighbours: int = 10) -> DuplicateReport:
-        raise CatalogError(f"near-duplicate reports are not available on a Milvus catalog ({self.path}) yet")
+    def duplicates(self, threshold: float | None = None, *, neighbours: int = NEIGHBOURS) -> DuplicateReport:
+        """See `Catalog.duplicates`; each item's neighbours come from the engine's index, in
+        batched searches (`remote_duplicates`)."""
+        from .remote_duplicates import find
+
+        return find(self._backend, self.params.ef, threshold, neighbours)
 
     def _query_vector(self, query: Query, box: Box | None) -> tuple[np.ndarray, str | None]:
         """The vector of one query, and the key to leave out ("more like this")."""
