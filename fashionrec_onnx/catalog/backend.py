@@ -90,6 +90,9 @@ class Backend(Protocol):
     def keys_of_feed(self, feed: str) -> list[str]:
         """Keys recorded as owned by ``feed``."""
 
+    def flush(self) -> None:
+        """Make what was written searchable through the engine's index (seal it)."""
+
     def drop(self) -> None:
         """Delete the whole catalog (tests and tools)."""
 

@@ -387,7 +387,10 @@ class RemoteCatalog(Catalog):
             )
 
     def save(self) -> None:
-        """Nothing to save: every write is in the engine when it returns."""
+        """Every write is in the engine when it returns; this seals it, so the engine indexes it
+        now rather than when the server next seals on its own (call it after a bulk load)."""
+        if not self._readonly:
+            self._backend.flush()
 
     def close(self) -> None:
         if self._closed:
