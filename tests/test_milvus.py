@@ -649,3 +649,15 @@ def test_filtered_search_finds_the_true_neighbours_once_the_engine_has_indexed(
                 assert all(str(h.metadata[next(iter(wanted))]) == next(iter(wanted.values())) for h in got)
                 found, total = found + len({h.key for h in got} & want), total + len(want)
             assert found / total >= 0.98, (wanted, found / total)
+
+
+def test_a_filter_nothing_passed_finds_the_items_written_since_on_both_backends(
+    new_location: str, small_model: Path
+) -> None:
+    rows = unit_rows(30, seed=5)
+    with Catalog.create(new_location, small_model) as catalog:
+        catalog.add_many([f"k{i}" for i in range(20)], rows[:20], metadata=[{"colour": "red"}] * 20)
+        assert catalog.search(rows[25], k=3, filter={"colour": "teal"}) == []
+        catalog.add_many([f"k{i}" for i in range(20, 30)], rows[20:], metadata=[{"colour": "teal"}] * 10)
+        hits = catalog.search(rows[25], k=3, filter={"colour": "teal"})
+        assert [h.key for h in hits][:1] == ["k25"] and len(hits) == 3

@@ -115,6 +115,7 @@ class MilvusBackend:
 
     def _wrote(self) -> None:
         self._last_write = time.monotonic()
+        self._shares.clear()  # this process's own writes re-plan its next filtered searches
 
     def _level(self) -> str:
         recent = time.monotonic() - self._last_write < STRONG_AFTER_WRITE
@@ -438,8 +439,6 @@ class MilvusBackend:
             return self._search(vector, limit, unwanted, ef)
         condition = expr.metadata_filter(wanted)
         matching, total = self._matching(condition)
-        if matching == 0:
-            return []
         share = matching / max(total, 1)
         if share > BRUTE_SHARE:
             found = self._overfetched(vector, limit, condition, unwanted, len(exclude), share, ef)
@@ -463,7 +462,8 @@ class MilvusBackend:
     def _matching(self, condition: str) -> tuple[int, int]:
         """How many items pass ``condition``, and how many there are: counted by the engine,
         remembered for `SHARE_SECONDS` (a service asks for the same few filters again and again;
-        a share that moved since only changes how the next search is planned, not its answer)."""
+        a share that moved since only changes how the next search is planned, never which items
+        pass; this process's own writes forget every count)."""
         now = time.monotonic()
         known = self._shares.get(condition)
         if known is not None and now - known[0] < SHARE_SECONDS:
