@@ -472,9 +472,16 @@ def test_cli_duplicates_on_milvus_finds_the_groups_a_local_catalog_finds(pair) -
     assert [[p["similarity"] for p in g["pairs"]] for g in report["groups"]] == pytest.approx(
         [[s for _, _, s in g.pairs] for g in want], abs=1e-5
     )
+    key = local.keys()[4]
+    collapsed = fashionrec("search", key, "--catalog", remote.path, "-k", "5", "--collapse-duplicates")
+    assert collapsed.returncode == 0, collapsed.stderr
+    got = [line.split()[2] for line in collapsed.stdout.strip().splitlines()]
+    assert got == [h.key for h in local.exact_search(KeyQuery(key), k=5, collapse_duplicates=True)]
 
 
-def test_duplicates_on_milvus_finds_a_copy(milvus_uri: str, small_model: Path) -> None:
+def test_duplicates_on_milvus_finds_a_copy_and_searches_collapse_it(
+    milvus_uri: str, small_model: Path
+) -> None:
     rows = unit_rows(40, seed=4)
     with Catalog.create(milvus_uri, small_model) as catalog:
         catalog.add_many([f"k{i:02d}" for i in range(40)], rows)
@@ -482,6 +489,13 @@ def test_duplicates_on_milvus_finds_a_copy(milvus_uri: str, small_model: Path) -
         report = catalog.duplicates(threshold=0.999)
         assert sorted(group.keys for group in report) == [("copy-of-k07", "k07"), ("copy-of-k30", "k30")]
         assert report.items == 42 and not report.calibrated
+        hits = catalog.search(rows[7], k=3, collapse_duplicates=True)
+        assert [h.key for h in hits][:1] in (["k07"], ["copy-of-k07"]) and len(hits) == 3
+        assert not {"k07", "copy-of-k07"} <= {h.key for h in hits}
+        assert {"k07", "copy-of-k07"} <= {h.key for h in catalog.search(rows[7], k=3)}
+        assert "copy-of-k30" not in {
+            h.key for h in catalog.more_like_this("k30", k=41, collapse_duplicates=True)
+        }
 
 
 def test_cli_evaluate_on_milvus_scores_as_the_local_catalog(pair) -> None:

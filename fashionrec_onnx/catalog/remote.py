@@ -18,8 +18,10 @@ directory does with its own files are done here through the backend:
 - feed ownership: which feed added an item is recorded beside it (`set_feed`), so a sync keeps
   its hands off items indexed from folders or added by other feeds, as on a local catalog.
 
-Not available on a remote catalog (a clear error): collapsing near-duplicates in searches, PCA
-reduction, graph rebuilds, float16 vectors.
+- collapsing near-duplicates in searches: the groups of a `duplicates` pass, kept a while.
+
+Not available on a remote catalog (a clear error): PCA reduction, graph rebuilds, float16
+vectors.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import base64
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +73,7 @@ log = logging.getLogger(__name__)
 FORMAT = "milvus-1"
 PROBE_SIMILARITY = 0.999
 EXACT_BATCH = 2_000
+GROUPS_SECONDS = 600.0  # how long near-duplicate groups found for collapsed searches are kept
 
 Method = Callable[[np.ndarray, int, "Mapping[str, Any] | None", list[str]], list[Neighbour]]
 
@@ -211,6 +215,7 @@ class RemoteCatalog(Catalog):
         self._readonly = readonly
         self._closed = False
         self._probed = False
+        self._groups: tuple[float, int, dict[str, int]] | None = None  # see `_duplicate_groups`
 
     # -- what the catalog is -------------------------------------------------------------------
 
@@ -478,6 +483,7 @@ class RemoteCatalog(Catalog):
         owner, which the feed's next sync claims back by its path."""
         self._writable()
         _check_metadata(new)
+        self._groups = None
         self._backend.write(new)
         keys = [item.key for item in new]
         self._backend.set_feed(keys, feed)
@@ -622,7 +628,29 @@ class RemoteCatalog(Catalog):
         batched searches (`remote_duplicates`)."""
         from .remote_duplicates import find
 
-        return find(self._backend, self.params.ef, threshold, neighbours)
+        report = find(self._backend, self.params.ef, threshold, neighbours)
+        if threshold is None and neighbours == NEIGHBOURS:
+            self._remember_groups(report)
+        return report
+
+    def _duplicate_groups(self) -> dict[str, int]:
+        """Key -> near-duplicate group at the default threshold, for collapsed searches. Found
+        once (a pass over the catalog) and kept while the item count stays the same and this
+        handle writes nothing, for at most `GROUPS_SECONDS` (other processes' edits that keep
+        the count show after that)."""
+        with self._embedder_lock:
+            known = self._groups
+        if known is not None:
+            when, count, groups = known
+            if time.monotonic() - when < GROUPS_SECONDS and count == len(self):
+                return groups
+        return self._remember_groups(self.duplicates())
+
+    def _remember_groups(self, report: DuplicateReport) -> dict[str, int]:
+        groups = {key: number for number, group in enumerate(report) for key in group.keys}
+        with self._embedder_lock:
+            self._groups = (time.monotonic(), report.items, groups)
+        return groups
 
     def _query_vector(self, query: Query, box: Box | None) -> tuple[np.ndarray, str | None]:
         """The vector of one query, and the key to leave out ("more like this")."""
@@ -661,10 +689,6 @@ class RemoteCatalog(Catalog):
     ) -> list[Hit]:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise BadArgumentError(f"k must be a whole number >= 1, got {k!r}")
-        if collapse_duplicates:
-            raise CatalogError(
-                f"collapsing near-duplicates is not available on a Milvus catalog ({self.path}) yet"
-            )
         field = self.product_field
         grouped = products.checked_group_by(group_by, field)
         positives, negatives = several(query), several(negative) if negative is not None else []
@@ -685,9 +709,11 @@ class RemoteCatalog(Catalog):
             method, condition = self._among(filter), None
         elif filter is not None:
             condition = dict(filter)
-        if grouped:
-            assert field is not None
-            found = self._distinct(method, vector, int(k), condition, exclude, field)
+        copies = self._duplicate_groups() if collapse_duplicates else None
+        if grouped or copies is not None:
+            found = self._distinct(
+                method, vector, int(k), condition, exclude, field if grouped else None, copies
+            )
         else:
             found = method(vector, int(k), condition, exclude)
         return self._hits(found, vector if grouped else None, field)
@@ -762,21 +788,31 @@ class RemoteCatalog(Catalog):
         k: int,
         condition: Mapping[str, Any] | None,
         exclude: list[str],
-        field: str,
+        field: str | None,
+        copies: Mapping[str, int] | None = None,
     ) -> list[Neighbour]:
-        """k hits of distinct products: more asked for until enough products are in hand."""
+        """k hits, one per group: of near-duplicates (``copies``, key -> group), then of products
+        (``field``); more asked for until enough are in hand. As on a local catalog, the groups
+        of the excluded items (a "more like this" query) count as shown."""
         wanted = 2 * k + COLLAPSE_EXTRA
         while True:
             found = method(vector, wanted, condition, exclude)
-            rows = self._backend.fetch([n.key for n in found])
+            rows = self._backend.fetch([n.key for n in found]) if field is not None else {}
+            shown_copies = {copies[key] for key in exclude if key in copies} if copies else set()
             seen: set[str] = set()
             kept: list[Neighbour] = []
             for neighbour in found:
-                metadata = rows[neighbour.key][0]["metadata"] if neighbour.key in rows else {}
-                product = str(metadata[field]) if field in metadata else "\x00" + neighbour.key
-                if product not in seen:
+                if copies is not None and neighbour.key in copies:
+                    if copies[neighbour.key] in shown_copies:
+                        continue
+                    shown_copies.add(copies[neighbour.key])
+                if field is not None:
+                    metadata = rows[neighbour.key][0]["metadata"] if neighbour.key in rows else {}
+                    product = str(metadata[field]) if field in metadata else "\x00" + neighbour.key
+                    if product in seen:
+                        continue
                     seen.add(product)
-                    kept.append(neighbour)
+                kept.append(neighbour)
             if len(kept) >= k or len(found) < wanted or wanted >= 16_384:
                 return kept[:k]
             wanted = min(wanted * 4, 16_384)
