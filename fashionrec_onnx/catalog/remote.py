@@ -866,7 +866,7 @@ class RemoteCatalog(Catalog):
         queries = self.vectors(chosen)
         kk = min(k, len(keys))
         exact_keys, _ = self._exact_many(queries, kk, None, set())
-        approx_keys = [[n.key for n in self._backend.top_k(q, kk, None, [], self.params.ef)] for q in queries]
+        approx_keys = [[n.key for n in row] for row in self._backend.top_k_many(queries, kk, self.params.ef)]
         number = {key: i for i, key in enumerate(keys)}
 
         def labels(rows: Sequence[Sequence[str | None]]) -> np.ndarray:
