@@ -7,7 +7,11 @@ to ``--items`` with structured vectors near them (`benchmarks.search.structured_
 scale probe does), with the scale probe's metadata (category, product, and fields matching 1%,
 10% and 50% of the items). Queries: Fashion-MNIST test images. For each backend: ingest rate
 (`add_many` in batches of 5,000), search p50/p95, filtered searches at 1/10/50%, and recall@5
-of `search` against the local catalog's exact search. Without ``--uri`` a Milvus 2.3 standalone
+of `search` against the local catalog's exact search; then `fashionrec serve` key queries per
+second, on the local catalog and on Milvus with one and with two replicas (separate serve
+processes on the same collection, the requests shared between them as a load balancer would).
+The Milvus collection is measured once the engine serves every item through its HNSW index
+(`save()` seals the writes; the wait for the index is reported). Without ``--uri`` a Milvus 2.3 standalone
 server from PyPI (`tests/milvus_server.py`) is started in a temporary folder for the run.
 Writes ``results/milvus.json`` and ``results/milvus.md``.
 """
@@ -15,7 +19,9 @@ Writes ``results/milvus.json`` and ``results/milvus.md``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -35,6 +41,9 @@ BATCH = 5_000
 QUERIES = 200
 FILTER_QUERIES = 50
 K = 5
+SERVICE_REQUESTS = 600
+SERVICE_CONCURRENCY = 8
+INDEX_WAIT = 3_600  # seconds the engine may take to index a bulk load
 
 
 def corpus(items: int, base: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -58,6 +67,56 @@ def build(location: str, vectors: np.ndarray, labels: np.ndarray) -> tuple[Any, 
         catalog.add_many(keys, vectors[start : start + count], metadata=metadata(start, count, labels))
         log.info("%s: %d / %d items", location, start + count, len(vectors))
     return catalog, time.perf_counter() - started
+
+
+def indexed(catalog: Any) -> float:
+    """Seconds from sealing a Milvus catalog's writes until its engine serves every item
+    through its HNSW index (a local catalog's graph is built by `add_many` itself)."""
+    started = time.perf_counter()
+    catalog.save()
+    while (done := catalog.backend.indexed())[0] < done[1]:
+        if time.perf_counter() - started > INDEX_WAIT:
+            raise RuntimeError(f"the engine indexed {done[0]} of {done[1]} items in {INDEX_WAIT} s")
+        log.info("engine index: %d / %d items", *done)
+        time.sleep(5)
+    return time.perf_counter() - started
+
+
+def service(location: str, replicas: int, keys: list[str]) -> dict[str, Any]:
+    """Key queries per second through ``replicas`` `fashionrec serve` processes (one worker
+    each), the requests dealt among them, `SERVICE_CONCURRENCY` in flight in all."""
+    from benchmarks.service_load import lean_load, start_server
+
+    servers = []
+    try:
+        for _ in range(replicas):
+            servers.append(start_server(location, 1))  # type: ignore[arg-type]
+        requests = [{"json": {"key": key, "k": K}} for key in keys]
+        per = max(1, SERVICE_CONCURRENCY // replicas)
+
+        async def dealt(batch: list[dict]) -> list[dict[str, float]]:
+            return list(
+                await asyncio.gather(
+                    *(lean_load(url, batch[i::replicas], per) for i, (_, url) in enumerate(servers))
+                )
+            )
+
+        asyncio.run(dealt(requests[: 20 * replicas]))  # warm: connections, first reads
+        started = time.perf_counter()
+        parts = asyncio.run(dealt(requests))
+        wall = time.perf_counter() - started
+        return {
+            "replicas": replicas,
+            "requests": len(requests),
+            "concurrency": per * replicas,
+            "per_second": len(requests) / wall,
+            "p50_ms": float(np.median([part["p50_ms"] for part in parts])),
+            "errors": int(sum(part["errors"] for part in parts)),
+        }
+    finally:
+        for process, _ in servers:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 def measure(catalog: Any, queries: np.ndarray, exact: list[list[str]], exact_filtered: dict) -> dict:
@@ -100,6 +159,18 @@ def markdown(results: dict[str, Any]) -> str:
             f"| filter {name}: p50 ms, recall@5 | {a['median_ms']:.1f}, {a['recall_at_5']:.3f} "
             f"| {b['median_ms']:.1f}, {b['recall_at_5']:.3f} |"
         )
+    rows.append(f"| engine index wait after ingest (s) | - | {remote.get('index_wait_s', 0):.0f} |")
+    served = results.get("service", {})
+    if served:
+        rows.append(
+            f"| serve key queries/s, 1 process (p50 ms) | {served['local']['per_second']:.0f} "
+            f"({served['local']['p50_ms']:.1f}) | {served['milvus_1']['per_second']:.0f} "
+            f"({served['milvus_1']['p50_ms']:.1f}) |"
+        )
+        rows.append(
+            f"| serve key queries/s, 2 replicas (p50 ms) | - | {served['milvus_2']['per_second']:.0f} "
+            f"({served['milvus_2']['p50_ms']:.1f}) |"
+        )
     rows += ["", f"Milvus: {results['server']}. Machine: {results['machine']['cpu']}, "
              f"{results['machine']['cores']} cores, load {results['machine']['load_average']}."]  # fmt: skip
     return "\n".join(rows) + "\n"
@@ -113,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=int, default=2_000, help="real embeddings the corpus grows from")
     parser.add_argument("--uri", help="an existing Milvus (default: start the PyPI test server)")
     parser.add_argument("--out", type=Path, default=RESULTS / "milvus")
+    parser.add_argument("--no-service", action="store_true", help="skip the serve requests/s")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     vectors, labels, queries = corpus(args.items, args.base)
@@ -130,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         local, local_build = build(str(work / "local"), vectors, labels)
         remote, remote_build = build(uri, vectors, labels)
-        time.sleep(15)  # past the read-your-writes window (Strong reads) and the engine's index build
+        index_wait = indexed(remote)
+        time.sleep(11)  # past the read-your-writes window (Strong reads)
         exact = [[h.key for h in local.exact_search(q, k=K)] for q in queries]
         filtered = {
             name: [[h.key for h in local.exact_search(q, k=K, filter={field: "True"})] for q in few]
@@ -146,9 +219,19 @@ def main(argv: list[str] | None = None) -> int:
             "local": {"ingest_per_s": args.items / local_build, **measure(local, queries, exact, filtered)},
             "milvus": {
                 "ingest_per_s": args.items / remote_build,
+                "index_wait_s": index_wait,
                 **measure(remote, queries, exact, filtered),
             },
         }
+        if not args.no_service:
+            rng = np.random.default_rng(0)
+            keys = [f"item-{i:07d}" for i in rng.integers(0, args.items, SERVICE_REQUESTS)]
+            local.close()
+            results["service"] = {
+                "local": service(str(work / "local"), 1, keys),
+                "milvus_1": service(uri, 1, keys),
+                "milvus_2": service(uri, 2, keys),
+            }
         if server is not None:
             remote.backend.drop()
         local.close()
@@ -156,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+        shutil.rmtree(work, ignore_errors=True)
     write_report(args.out, results, markdown(results))
     print(markdown(results))
     return 0

@@ -1,7 +1,8 @@
 """The storage seam: what a catalog needs from where its items and vectors live.
 
 A backend stores items (key, unit vector, path, file size and mtime, metadata), answers top-k
-with a metadata filter, fetches by key, iterates, counts, and keeps the catalog's settings
+with a metadata filter, fetches by key, iterates, counts, records which feed owns an item, and
+keeps the catalog's settings
 (model fingerprint, dimension, product field...). `remote.RemoteCatalog` is the `Catalog` API
 written once over this interface; `milvus_backend.MilvusBackend` implements it on a Milvus
 collection. The local directory catalog (SQLite + vector file + HNSW graph, `core`) predates the
@@ -53,6 +54,9 @@ class Backend(Protocol):
     ) -> list[Neighbour]:
         """The k nearest items (approximate), nearest first, passing the filter, not excluded."""
 
+    def top_k_many(self, vectors: np.ndarray, k: int, ef: int) -> list[list[Neighbour]]:
+        """`top_k` of each of several vectors, unfiltered (checks, near-duplicates)."""
+
     def fetch(self, keys: Sequence[str], vectors: bool = False) -> dict[str, tuple[dict[str, Any], Any]]:
         """``key -> (row, vector or None)`` for the keys held; a row has path, size, mtime_ns,
         metadata."""
@@ -76,6 +80,18 @@ class Backend(Protocol):
 
     def removed_keys(self, among: Sequence[str] | None = None) -> list[str]:
         """Keys removed by hand (those of ``among`` only, when given)."""
+
+    def set_feed(self, keys: Sequence[str], feed: str | None) -> None:
+        """Record the feed (its key prefix) that owns these items, or (None) that none does."""
+
+    def feed_owners(self, keys: Sequence[str]) -> dict[str, str]:
+        """``key -> feed`` for the keys with an owner recorded."""
+
+    def keys_of_feed(self, feed: str) -> list[str]:
+        """Keys recorded as owned by ``feed``."""
+
+    def flush(self) -> None:
+        """Make what was written searchable through the engine's index (seal it)."""
 
     def drop(self) -> None:
         """Delete the whole catalog (tests and tools)."""

@@ -48,6 +48,12 @@ class MilvusLocation:
         return base / "fashionrec" / "milvus" / f"{host}_{self.port}_{self.collection}"
 
     @property
+    def name(self) -> str:
+        """The collection's name: what a directory's name is to a local catalog (short labels
+        in reports)."""
+        return self.collection
+
+    @property
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"

@@ -14,8 +14,14 @@ directory does with its own files are done here through the backend:
 - settings (model fingerprint and probe, model path, dimension, HNSW parameters, product field,
   format) in the backend, so any machine that opens the URI gets the same catalog.
 
-Not available on a remote catalog (a clear error): near-duplicate collapsing and reports, PCA
-reduction, graph rebuilds, float16 vectors.
+- near-duplicate reports: each item's neighbours from the engine's index (`remote_duplicates`).
+- feed ownership: which feed added an item is recorded beside it (`set_feed`), so a sync keeps
+  its hands off items indexed from folders or added by other feeds, as on a local catalog.
+
+- collapsing near-duplicates in searches: the groups of a `duplicates` pass, kept a while.
+
+Not available on a remote catalog (a clear error): PCA reduction, graph rebuilds, float16
+vectors.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import base64
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +44,7 @@ from ..json_values import bad_field
 from ..model import ModelInfo, recorded_fingerprint
 from . import jobs, products
 from .backend import NO_LABEL, Backend, Neighbour
+from .duplicates import NEIGHBOURS
 from .facade import Catalog
 from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from .location import MilvusLocation
@@ -65,6 +73,7 @@ log = logging.getLogger(__name__)
 FORMAT = "milvus-1"
 PROBE_SIMILARITY = 0.999
 EXACT_BATCH = 2_000
+GROUPS_SECONDS = 600.0  # how long near-duplicate groups found for collapsed searches are kept
 
 Method = Callable[[np.ndarray, int, "Mapping[str, Any] | None", list[str]], list[Neighbour]]
 
@@ -206,6 +215,7 @@ class RemoteCatalog(Catalog):
         self._readonly = readonly
         self._closed = False
         self._probed = False
+        self._groups: tuple[float, int, dict[str, int]] | None = None  # see `_duplicate_groups`
 
     # -- what the catalog is -------------------------------------------------------------------
 
@@ -277,17 +287,27 @@ class RemoteCatalog(Catalog):
             raise CatalogError(f"{self.path} was opened read-only, and {what} changes it; nothing was done.")
 
     def feed_keys(self, key_prefix: str) -> list[str]:
-        """Keys under the feed's prefix. A Milvus catalog records no owner per item yet: every item
-        under the prefix counts as the feed's (index folders under another prefix)."""
-        return self.keys(key_prefix) if key_prefix else []
+        """Keys of the items the feed with this key prefix added (its owner records, for items
+        still held): the only ones its sync may remove."""
+        if not key_prefix:
+            return []
+        recorded = [key for key in self._backend.keys_of_feed(key_prefix) if key.startswith(key_prefix)]
+        return sorted(self._backend.fetch(recorded))
 
     def feed_owners(self, keys: Iterable[str]) -> dict[str, str | None]:
-        """No owners are recorded on a Milvus catalog (see `feed_keys`)."""
-        return dict.fromkeys(self._backend.fetch(list(keys)))
+        """For the keys held: the key prefix of the feed that owns each item, or None."""
+        held = list(self._backend.fetch(list(keys)))
+        owners = self._backend.feed_owners(held)
+        return {key: owners.get(key) for key in held}
 
     def claim_for_feed(self, key_prefix: str, keys: Iterable[str]) -> int:
-        """Nothing to record on a Milvus catalog (see `feed_keys`)."""
-        return 0
+        """Record the feed as the owner of existing items (written before owners were recorded);
+        returns how many were not recorded yet."""
+        self.require_writable("recording a feed's items")
+        owners = self.feed_owners(keys)
+        unclaimed = [key for key, owner in owners.items() if owner != key_prefix]
+        self._backend.set_feed(unclaimed, key_prefix)
+        return len(unclaimed)
 
     def _writable(self) -> None:
         if self._readonly:
@@ -372,7 +392,10 @@ class RemoteCatalog(Catalog):
             )
 
     def save(self) -> None:
-        """Nothing to save: every write is in the engine when it returns."""
+        """Every write is in the engine when it returns; this seals it, so the engine indexes it
+        now rather than when the server next seals on its own (call it after a bulk load)."""
+        if not self._readonly:
+            self._backend.flush()
 
     def close(self) -> None:
         if self._closed:
@@ -454,11 +477,17 @@ class RemoteCatalog(Catalog):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _write(self, new: list[NewItem]) -> None:
+    def _write(self, new: list[NewItem], feed: str | None = None) -> None:
+        """Items, then their owner (``feed``, or none: an item written again by a folder or by
+        hand is no feed's, as on a local catalog). A crash in between leaves an item without its
+        owner, which the feed's next sync claims back by its path."""
         self._writable()
         _check_metadata(new)
+        self._groups = None
         self._backend.write(new)
-        self._backend.forget_removed([item.key for item in new])
+        keys = [item.key for item in new]
+        self._backend.set_feed(keys, feed)
+        self._backend.forget_removed(keys)
 
     def add(
         self,
@@ -487,7 +516,6 @@ class RemoteCatalog(Catalog):
         mtimes_ns: Iterable[int | None] | None = None,
         feed: str | None = None,
     ) -> int:
-        del feed  # no per-item owner on a Milvus catalog yet (see `feed_keys`)
         keys = list(keys)
         vectors = np.asarray(vectors, np.float32)
         if vectors.shape != (len(keys), self.dim):
@@ -512,7 +540,7 @@ class RemoteCatalog(Catalog):
             for k, v, p, m, s, t in zip(keys, vectors, *columns)
         ]
         known = self._backend.fetch(keys)
-        self._write(new)
+        self._write(new, feed)
         return len(keys) - len(known)
 
     def remove(self, *keys: str, remember: bool = True) -> int:
@@ -521,7 +549,9 @@ class RemoteCatalog(Catalog):
         present = list(self._backend.fetch(list(keys)))
         if remember and present:  # remembered first: a crash in between leaves the item present
             self._backend.remember_removed(present)
-        return len(self._backend.remove(present))
+        removed = self._backend.remove(present)
+        self._backend.set_feed(removed, None)  # after: a stale owner of an absent key is ignored
+        return len(removed)
 
     def removed_keys(self) -> list[str]:
         return self._backend.removed_keys()
@@ -593,8 +623,34 @@ class RemoteCatalog(Catalog):
             self._approximate, queries, k, filter, None, collapse_duplicates, group_by, unlike or None
         )
 
-    def duplicates(self, threshold: float | None = None, *, neighbours: int = 10) -> DuplicateReport:
-        raise CatalogError(f"near-duplicate reports are not available on a Milvus catalog ({self.path}) yet")
+    def duplicates(self, threshold: float | None = None, *, neighbours: int = NEIGHBOURS) -> DuplicateReport:
+        """See `Catalog.duplicates`; each item's neighbours come from the engine's index, in
+        batched searches (`remote_duplicates`)."""
+        from .remote_duplicates import find
+
+        report = find(self._backend, self.params.ef, threshold, neighbours)
+        if threshold is None and neighbours == NEIGHBOURS:
+            self._remember_groups(report)
+        return report
+
+    def _duplicate_groups(self) -> dict[str, int]:
+        """Key -> near-duplicate group at the default threshold, for collapsed searches. Found
+        once (a pass over the catalog) and kept while the item count stays the same and this
+        handle writes nothing, for at most `GROUPS_SECONDS` (other processes' edits that keep
+        the count show after that)."""
+        with self._embedder_lock:
+            known = self._groups
+        if known is not None:
+            when, count, groups = known
+            if time.monotonic() - when < GROUPS_SECONDS and count == len(self):
+                return groups
+        return self._remember_groups(self.duplicates())
+
+    def _remember_groups(self, report: DuplicateReport) -> dict[str, int]:
+        groups = {key: number for number, group in enumerate(report) for key in group.keys}
+        with self._embedder_lock:
+            self._groups = (time.monotonic(), report.items, groups)
+        return groups
 
     def _query_vector(self, query: Query, box: Box | None) -> tuple[np.ndarray, str | None]:
         """The vector of one query, and the key to leave out ("more like this")."""
@@ -633,10 +689,6 @@ class RemoteCatalog(Catalog):
     ) -> list[Hit]:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise BadArgumentError(f"k must be a whole number >= 1, got {k!r}")
-        if collapse_duplicates:
-            raise CatalogError(
-                f"collapsing near-duplicates is not available on a Milvus catalog ({self.path}) yet"
-            )
         field = self.product_field
         grouped = products.checked_group_by(group_by, field)
         positives, negatives = several(query), several(negative) if negative is not None else []
@@ -657,9 +709,11 @@ class RemoteCatalog(Catalog):
             method, condition = self._among(filter), None
         elif filter is not None:
             condition = dict(filter)
-        if grouped:
-            assert field is not None
-            found = self._distinct(method, vector, int(k), condition, exclude, field)
+        copies = self._duplicate_groups() if collapse_duplicates else None
+        if grouped or copies is not None:
+            found = self._distinct(
+                method, vector, int(k), condition, exclude, field if grouped else None, copies
+            )
         else:
             found = method(vector, int(k), condition, exclude)
         return self._hits(found, vector if grouped else None, field)
@@ -734,21 +788,31 @@ class RemoteCatalog(Catalog):
         k: int,
         condition: Mapping[str, Any] | None,
         exclude: list[str],
-        field: str,
+        field: str | None,
+        copies: Mapping[str, int] | None = None,
     ) -> list[Neighbour]:
-        """k hits of distinct products: more asked for until enough products are in hand."""
+        """k hits, one per group: of near-duplicates (``copies``, key -> group), then of products
+        (``field``); more asked for until enough are in hand. As on a local catalog, the groups
+        of the excluded items (a "more like this" query) count as shown."""
         wanted = 2 * k + COLLAPSE_EXTRA
         while True:
             found = method(vector, wanted, condition, exclude)
-            rows = self._backend.fetch([n.key for n in found])
+            rows = self._backend.fetch([n.key for n in found]) if field is not None else {}
+            shown_copies = {copies[key] for key in exclude if key in copies} if copies else set()
             seen: set[str] = set()
             kept: list[Neighbour] = []
             for neighbour in found:
-                metadata = rows[neighbour.key][0]["metadata"] if neighbour.key in rows else {}
-                product = str(metadata[field]) if field in metadata else "\x00" + neighbour.key
-                if product not in seen:
+                if copies is not None and neighbour.key in copies:
+                    if copies[neighbour.key] in shown_copies:
+                        continue
+                    shown_copies.add(copies[neighbour.key])
+                if field is not None:
+                    metadata = rows[neighbour.key][0]["metadata"] if neighbour.key in rows else {}
+                    product = str(metadata[field]) if field in metadata else "\x00" + neighbour.key
+                    if product in seen:
+                        continue
                     seen.add(product)
-                    kept.append(neighbour)
+                kept.append(neighbour)
             if len(kept) >= k or len(found) < wanted or wanted >= 16_384:
                 return kept[:k]
             wanted = min(wanted * 4, 16_384)
@@ -802,7 +866,7 @@ class RemoteCatalog(Catalog):
         queries = self.vectors(chosen)
         kk = min(k, len(keys))
         exact_keys, _ = self._exact_many(queries, kk, None, set())
-        approx_keys = [[n.key for n in self._backend.top_k(q, kk, None, [], self.params.ef)] for q in queries]
+        approx_keys = [[n.key for n in row] for row in self._backend.top_k_many(queries, kk, self.params.ef)]
         number = {key: i for i, key in enumerate(keys)}
 
         def labels(rows: Sequence[Sequence[str | None]]) -> np.ndarray:

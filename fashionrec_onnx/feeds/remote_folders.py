@@ -101,6 +101,8 @@ def index_folder(
         ]
         if gone:
             report.removed = catalog.remove(*gone, remember=False)
+    if todo or moved or report.removed:
+        catalog.save()  # sealed: the engine indexes the new items now
     report.seconds = time.perf_counter() - started
     return report
 
