@@ -196,31 +196,42 @@ def _judged_by_pixels(
     Returns them and how many items had a thumbnail."""
     live = core.liveness.labels()
     items = core.store.items_by_label(live.tolist())
-    thumbs = pixels.Thumbnails(core.root, readonly=core.readonly).get(list(items.values()))
-    has = np.zeros(core.rows, bool)
-    has[np.fromiter(thumbs, np.int64, len(thumbs))] = True
-    either = ~(has[found.first] & has[found.second])
-    fallback = either & (found.similarity >= threshold)
-    first, second = [found.first[fallback]], [found.second[fallback]]
-    if len(thumbs) >= 2:
-        labels = np.fromiter(thumbs, np.int64, len(thumbs))
-        descriptors = np.stack([pixels.canonical(thumbs[int(label)]) for label in labels])
-        near_a, near_b = _descriptor_pairs(labels, descriptors, neighbours)
-        a = np.concatenate([found.first[~either], near_a])
-        b = np.concatenate([found.second[~either], near_b])
-        a, b = np.minimum(a, b), np.maximum(a, b)
-        pairs = np.unique(np.stack([a, b], axis=1), axis=0) if len(a) else np.zeros((0, 2), np.int64)
-        row = np.full(core.rows, -1, np.int64)
-        row[labels] = np.arange(len(labels))
-        canon = np.einsum("ij,ij->i", descriptors[row[pairs[:, 0]]], descriptors[row[pairs[:, 1]]])
-        sizes = np.array([thumbs[int(label)].size for label in labels], np.int64)
-        keep = pixels.worth_comparing(canon, sizes[row[pairs[:, 0]]], sizes[row[pairs[:, 1]]])
-        for n in np.flatnonzero(keep).tolist():
-            keep[n] = pixels.same_photo(thumbs[int(pairs[n, 0])], thumbs[int(pairs[n, 1])])
-        first.append(pairs[keep, 0])
-        second.append(pairs[keep, 1])
+    with pixels.Thumbnails(core.root, readonly=core.readonly).signals(list(items.values())) as signals:
+        has = np.zeros(core.rows, bool)
+        has[signals.labels] = True
+        either = ~(has[found.first] & has[found.second])
+        fallback = either & (found.similarity >= threshold)
+        first, second = [found.first[fallback]], [found.second[fallback]]
+        if len(signals.labels) >= 2:
+            pairs = _candidates(core, found.first[~either], found.second[~either], signals, neighbours)
+            first.append(pairs[:, 0])
+            second.append(pairs[:, 1])
     a, b = np.concatenate(first), np.concatenate(second)
-    return (a, b, _similarities(core, np.stack([a, b], axis=1))), len(thumbs)
+    return (a, b, _similarities(core, np.stack([a, b], axis=1))), len(signals.labels)
+
+
+def _candidates(
+    core: CatalogCore, graph_a: np.ndarray, graph_b: np.ndarray, signals: pixels.Signals, neighbours: int
+) -> np.ndarray:
+    """The candidate pairs (graph neighbours, and descriptor neighbours) that are one photo."""
+    near_a, near_b = _descriptor_pairs(signals.labels, signals.descriptors, neighbours)
+    a, b = np.concatenate([graph_a, near_a]), np.concatenate([graph_b, near_b])
+    pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)
+    row = np.full(core.rows, -1, np.int64)
+    row[signals.labels] = np.arange(len(signals.labels))
+    x, y = row[pairs[:, 0]], row[pairs[:, 1]]
+    canonical = np.einsum("ij,ij->i", signals.descriptors[x], signals.descriptors[y])
+    pairs = pairs[pixels.worth_comparing(canonical, signals.sizes[x], signals.sizes[y])]
+    keep = np.zeros(len(pairs), bool)
+    for start in range(0, len(pairs), _BLOCK):
+        block = pairs[start : start + _BLOCK]
+        thumbs = signals.pixels(np.unique(block).tolist())
+        keep[start : start + len(block)] = [
+            pixels.same_photo(thumbs[int(p)], thumbs[int(q)]) for p, q in block.tolist()
+        ]
+    log.debug("%d candidate pairs compared by pixels, %d are one photo", len(pairs), int(keep.sum()))
+    selected: np.ndarray = pairs[keep]
+    return selected
 
 
 def _descriptor_pairs(

@@ -21,11 +21,12 @@ file (vectors added with `add_many` and no path) fall back to the embedding thre
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from PIL import Image
 
 from ..errors import ImageLoadError
 from ..images import load_image
+from ..model import default_threads
 from .store import Item
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ _COMPARE_BLUR = 0.043  # of the compared side (1.2 pixels of a 28 px image)
 _WINDOW = 2.0  # the canonical window spans the centroid +- _WINDOW standard deviations
 _SUPERSAMPLE = 4
 _BLUR = 0.75  # canonical samples (Gaussian sigma): a half-size copy keeps this much detail
+_READ_BATCH = 2048  # images read (and stored) at a time
 _BACKGROUND_TOLERANCE = 8.0  # grey levels around the border colour that do not count as object
 
 _SCHEMA = """
@@ -60,7 +63,8 @@ CREATE TABLE IF NOT EXISTS thumbnails (
     mtime_ns INTEGER,
     width INTEGER NOT NULL,
     height INTEGER NOT NULL,
-    pixels BLOB NOT NULL
+    pixels BLOB NOT NULL,
+    descriptor BLOB NOT NULL
 )
 """
 
@@ -176,9 +180,48 @@ def _cut(outer: np.ndarray, inner: np.ndarray) -> tuple[float, float]:
     return float(_CUTS[i]), float(_CUTS[j])
 
 
+@dataclass
+class Signals:
+    """What `duplicates` compares: the canonical descriptors of the items that have a thumbnail
+    (held in memory), and their thumbnails, fetched for the pairs being compared (`pixels`)."""
+
+    labels: np.ndarray  # items with a thumbnail
+    descriptors: np.ndarray  # (len(labels), CANONICAL_SIDE**2) float32, unit length
+    sizes: np.ndarray  # each thumbnail's pixel count
+    _db: sqlite3.Connection | None
+    _held: dict[int, np.ndarray]  # thumbnails not in the side file (read-only, or it failed)
+
+    def pixels(self, labels: Sequence[int]) -> dict[int, np.ndarray]:
+        """The thumbnails of ``labels`` (all of them hold one)."""
+        found = {label: self._held[label] for label in labels if label in self._held}
+        wanted = [label for label in labels if label not in found]
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            assert self._db is not None
+            rows = self._db.execute(
+                "SELECT label, width, height, pixels FROM thumbnails "
+                f"WHERE label IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            for label, width, height, data in rows:
+                found[label] = np.frombuffer(data, np.uint8).reshape(height, width)
+        return found
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> Signals:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Thumbnails:
-    """The side file of one catalog: label -> thumbnail, with the image file's size and time it
-    was made from (a changed file is read again)."""
+    """The side file of one catalog: label -> thumbnail and descriptor, with the image file's
+    path, size and time they were made from (a changed file is read again)."""
 
     def __init__(self, root: Path, *, readonly: bool) -> None:
         self.path = root / FILE_NAME
@@ -190,7 +233,7 @@ class Thumbnails:
         if self.readonly:
             if not self.path.exists():
                 return None
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
             try:
                 db.execute("SELECT count(*) FROM thumbnails LIMIT 1").fetchall()
             except sqlite3.DatabaseError as exc:
@@ -199,7 +242,7 @@ class Thumbnails:
                 return None
             return db
         for attempt in range(2):
-            db = sqlite3.connect(self.path, timeout=30.0)
+            db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
             try:
                 db.execute(_SCHEMA)
                 db.execute("SELECT count(*) FROM thumbnails LIMIT 1").fetchall()
@@ -213,9 +256,10 @@ class Thumbnails:
                     stale.unlink(missing_ok=True)
         return None
 
-    def get(self, items: Sequence[Item]) -> dict[int, np.ndarray]:
-        """Thumbnails of the items that have an image file: stored ones when the file is
-        unchanged, the others read now (and stored, unless the catalog is read-only)."""
+    def signals(self, items: Sequence[Item]) -> Signals:
+        """The descriptors of the items that have an image file: stored ones when the file is
+        unchanged, the others read now (in a thread pool) and stored unless read-only. Close
+        the result (or use it in ``with``) when done comparing."""
         files: dict[int, tuple[str, int, int]] = {}
         for item in items:
             if item.path:
@@ -224,63 +268,88 @@ class Thumbnails:
                 except OSError:
                     continue  # the file is gone: no pixels to compare
                 files[item.label] = (item.path, status.st_size, status.st_mtime_ns)
-        with_path = [item for item in items if item.label in files]
-        found: dict[int, np.ndarray] = {}
-        if not files:
-            return found  # no image file: nothing to compare, nor to keep
-        try:
-            db = self._connect()
-        except (sqlite3.Error, OSError) as exc:  # a cache: without it the images are read again
-            log.warning("thumbnails in %s unusable (%s): reading the images again", self.path, exc)
-            db = None
-        with contextlib.closing(db) if db is not None else contextlib.nullcontext():
-            stored: dict[int, np.ndarray] = {}
-            if db is not None:
-                try:
-                    stored = self._stored(db, files)
-                except sqlite3.DatabaseError as exc:
-                    log.warning("thumbnails in %s unreadable (%s): reading the images again", self.path, exc)
-            fresh: list[tuple[Item, np.ndarray]] = []
-            for item in with_path:
-                if item.label in stored:
-                    found[item.label] = stored[item.label]
-                    continue
-                try:
-                    thumb = thumbnail(load_image(Path(item.path)))  # type: ignore[arg-type]
-                except (ImageLoadError, OSError) as exc:
-                    log.debug("no thumbnail for %s: %s", item.key, exc)
-                    continue
-                found[item.label] = thumb
-                fresh.append((item, thumb))
-            if fresh and db is not None and not self.readonly:
+        db: sqlite3.Connection | None = None
+        if files:
+            try:
+                db = self._connect()
+            except (sqlite3.Error, OSError) as exc:  # a cache: without it the images are read again
+                log.warning("thumbnails in %s unusable (%s): reading the images again", self.path, exc)
+        stored: dict[int, tuple[np.ndarray, int]] = {}
+        if db is not None:
+            try:
+                stored = self._stored(db, files)
+            except sqlite3.DatabaseError as exc:
+                log.warning("thumbnails in %s unreadable (%s): reading the images again", self.path, exc)
+        held: dict[int, np.ndarray] = {}
+        missing = [label for label in files if label not in stored]
+        if missing:
+            log.info("reading %d images for their thumbnails", len(missing))
+        for start in range(0, len(missing), _READ_BATCH):
+            fresh = self._read([(label, files[label][0]) for label in missing[start : start + _READ_BATCH]])
+            for label, (thumb, descriptor) in fresh.items():
+                stored[label] = (descriptor.astype("<f2").astype(np.float32), thumb.size)  # as stored
+                held[label] = thumb
+            if db is not None and not self.readonly and fresh:
                 try:
                     with db:
                         db.executemany(
-                            "INSERT OR REPLACE INTO thumbnails VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            "INSERT OR REPLACE INTO thumbnails VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             [
-                                (i.label, *files[i.label], t.shape[1], t.shape[0], t.tobytes())
-                                for i, t in fresh
+                                (label, *files[label], t.shape[1], t.shape[0], t.tobytes(), _packed(d))
+                                for label, (t, d) in fresh.items()
                             ],
                         )
+                    for label in fresh:
+                        del held[label]  # kept in the file: fetched again when compared
                 except sqlite3.Error as exc:  # a cache: failing to keep it costs time, not results
                     log.warning("could not store thumbnails in %s: %s", self.path, exc)
-        return found
+        labels = np.asarray(sorted(stored), np.int64)
+        side = CANONICAL_SIDE * CANONICAL_SIDE
+        descriptors = np.zeros((0, side), np.float32)
+        if len(labels):
+            descriptors = np.stack([stored[int(label)][0] for label in labels])
+        sizes = np.asarray([stored[int(label)][1] for label in labels], np.int64)
+        return Signals(labels, descriptors.astype(np.float32), sizes, db, held)
 
     @staticmethod
-    def _stored(db: sqlite3.Connection, files: dict[int, tuple[str, int, int]]) -> dict[int, np.ndarray]:
-        stored: dict[int, np.ndarray] = {}
+    def _read(paths: list[tuple[int, str]]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Thumbnail and descriptor of each readable image (decoding runs on every core)."""
+
+        def one(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+            try:
+                thumb = thumbnail(load_image(Path(path), draft_size=SIDE))
+            except (ImageLoadError, OSError) as exc:
+                log.debug("no thumbnail for %s: %s", path, exc)
+                return None
+            return thumb, canonical(thumb)
+
+        with ThreadPoolExecutor(default_threads(), thread_name_prefix="fashionrec-thumbnails") as pool:
+            results = list(pool.map(one, [path for _, path in paths]))
+        return {label: result for (label, _), result in zip(paths, results) if result is not None}
+
+    @staticmethod
+    def _stored(
+        db: sqlite3.Connection, files: dict[int, tuple[str, int, int]]
+    ) -> dict[int, tuple[np.ndarray, int]]:
+        stored: dict[int, tuple[np.ndarray, int]] = {}
         labels = list(files)
+        side = CANONICAL_SIDE * CANONICAL_SIDE
         for start in range(0, len(labels), 900):
             chunk = labels[start : start + 900]
             rows = db.execute(
-                f"SELECT label, path, size, mtime_ns, width, height, pixels FROM thumbnails "
+                f"SELECT label, path, size, mtime_ns, width, height, descriptor FROM thumbnails "
                 f"WHERE label IN ({','.join('?' * len(chunk))})",
                 chunk,
             ).fetchall()
-            for label, path, size, mtime_ns, width, height, pixels in rows:
+            for label, path, size, mtime_ns, width, height, descriptor in rows:
                 if (path, size, mtime_ns) != files[label]:
                     continue  # another file now, or the same file changed
-                if len(pixels) != width * height:
+                values = np.frombuffer(descriptor, "<f2")
+                if len(values) != side or not np.isfinite(values).all():
                     continue
-                stored[label] = np.frombuffer(pixels, np.uint8).reshape(height, width)
+                stored[label] = (values.astype(np.float32), width * height)
         return stored
+
+
+def _packed(descriptor: np.ndarray) -> bytes:
+    return descriptor.astype("<f2").tobytes()
