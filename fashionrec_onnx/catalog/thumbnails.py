@@ -4,13 +4,14 @@ embeddings (see `duplicates`).
 Random or ImageNet embeddings find a photo's look-alikes as readily as its copies, and a copy at
 half size no longer sits among its original's nearest neighbours. Pixels settle it. A thumbnail
 (grey, at most ``SIDE`` pixels a side, never enlarged) is kept per item, and each gives a
-*canonical* descriptor: the object centred and scaled by its intensity moments, blurred, so that
+*canonical* descriptor: the object centred and scaled by its intensity moments (one scale for
+both axes, so a trouser 5 pixels wide in a half-size copy is not stretched), blurred, so that
 rescaling, recompression and cutting a few percent off a side move it little. The descriptors
-find candidate pairs (nearest neighbours), and `compare` decides: it finds the cut (0-5% a side,
-either image inside the other) that best lines up the two thumbnails' row and column profiles,
-brings both to the coarser one's pixels (an antialiased resize, as the copy was made), and calls
-them the same photo when they correlate at least ``SHARP`` as they are, or ``BLURRED`` after a
-slight blur (recompression noise). Look-alike products of one template (plain trousers, plain
+find candidate pairs (nearest neighbours), and `compare` decides: it lines the two thumbnails
+up (whole frames, or the cut of 0-5% a side, either image inside the other, that best matches
+their row and column profiles), brings both to the coarser one's pixels (an antialiased resize,
+as the copy was made), and calls them the same photo when they correlate at least ``SHARP`` as
+they are, or ``BLURRED`` after a slight blur (recompression noise). Look-alike products of one template (plain trousers, plain
 T-shirts) differ in details a resized copy keeps.
 
 The thumbnails live in a side file, ``thumbnails.sqlite``, owned by this module: a cache filled
@@ -42,10 +43,10 @@ log = logging.getLogger(__name__)
 FILE_NAME = "thumbnails.sqlite"
 SIDE = 64  # largest thumbnail side (pixels): 4 KB a square item
 CANONICAL_SIDE = 16  # canonical descriptor: CANONICAL_SIDE x CANONICAL_SIDE samples
-SHARP = 0.995  # correlation of two lined-up thumbnails from which they are one photo ...
+SHARP = 0.998  # correlation of two lined-up thumbnails from which they are one photo ...
 BLURRED = 0.999  # ... or after a blur of _COMPARE_BLUR of their side (recompression noise)
 GATE = 0.99  # canonical correlation below which two thumbnails of one scale are not compared
-GATE_RESCALED = 0.9  # the same for thumbnails whose sizes differ by RESCALED or more
+GATE_RESCALED = 0.97  # the same for thumbnails whose sizes differ by RESCALED or more
 RESCALED = 1.5
 _CUTS = np.arange(0.0, 0.0501, 0.0025)  # fractions cut off each side, tried when lining up
 _COMPARE_BLUR = 0.043  # of the compared side (1.2 pixels of a 28 px image)
@@ -94,6 +95,7 @@ def canonical(thumb: np.ndarray) -> np.ndarray:
     cy, cx = float(rows @ ys) / total, float(cols @ xs) / total
     sy = max(float(np.sqrt(rows @ (ys - cy) ** 2 / total)), 0.5)
     sx = max(float(np.sqrt(cols @ (xs - cx) ** 2 / total)), 0.5)
+    sx = sy = max(sx, sy)  # one scale: a thin object is not stretched past its few pixels
     side = CANONICAL_SIDE * _SUPERSAMPLE
     width, height = 2 * _WINDOW * sx, 2 * _WINDOW * sy
     affine = (width / side, 0.0, cx - _WINDOW * sx, 0.0, height / side, cy - _WINDOW * sy)
@@ -123,23 +125,25 @@ def worth_comparing(canonical_similarity: np.ndarray, sizes_a: np.ndarray, sizes
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(sharp, blurred) correlation of two thumbnails lined up (`_lined_up`), the better of
-    either one taken as inside the other."""
-    best: tuple[float, np.ndarray, np.ndarray] | None = None
-    for outer, inner in ((a, b), (b, a)):
-        x, y = _lined_up(outer, inner)
-        sharp = float(_standardised(x.reshape(-1)) @ _standardised(y.reshape(-1)))
-        if best is None or sharp > best[0]:
-            best = (sharp, x, y)
-    assert best is not None
+    """(sharp, blurred): the best correlation of the two thumbnails lined up, as they are and
+    after a slight blur. Tried: either one inside the other at the cut its profiles suggest
+    (`_lined_up`), and the whole frames (a resized copy: no cut at all)."""
     from scipy.ndimage import gaussian_filter
 
-    sharp, x, y = best
-    sigma = _COMPARE_BLUR * min(x.shape)
-    blurred = _standardised(gaussian_filter(x, sigma).reshape(-1)) @ _standardised(
-        gaussian_filter(y, sigma).reshape(-1)
-    )
-    return sharp, float(blurred)
+    sharp = blurred = -1.0
+    whole = (0.0, 0.0, 0.0, 0.0)  # the same either way round
+    for outer, inner, cuts in ((a, b, None), (b, a, None), (a, b, whole)):
+        x, y = _lined_up(outer, inner, cuts)
+        sigma = _COMPARE_BLUR * min(x.shape)
+        sharp = max(sharp, float(_standardised(x.reshape(-1)) @ _standardised(y.reshape(-1))))
+        blurred = max(
+            blurred,
+            float(
+                _standardised(gaussian_filter(x, sigma).reshape(-1))
+                @ _standardised(gaussian_filter(y, sigma).reshape(-1))
+            ),
+        )
+    return sharp, blurred
 
 
 def same_photo(a: np.ndarray, b: np.ndarray) -> bool:
@@ -148,12 +152,18 @@ def same_photo(a: np.ndarray, b: np.ndarray) -> bool:
     return sharp >= SHARP or blurred >= BLURRED
 
 
-def _lined_up(outer: np.ndarray, inner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``inner`` taken as ``outer`` with a little cut off each side: the cut whose row and column
-    profiles match best, then both at the coarser one's pixels (antialiased, like a downscale)."""
+def _lined_up(
+    outer: np.ndarray, inner: np.ndarray, cuts: tuple[float, float, float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``inner`` taken as ``outer`` with ``cuts`` (left, top, right, bottom fractions) cut off,
+    by default the cut whose row and column profiles match best; then both at the coarser one's
+    pixels (antialiased, the way a downscaled copy is made)."""
     fo, fi = outer.astype(np.float32), inner.astype(np.float32)
-    left, right = _cut(fo.mean(axis=0), fi.mean(axis=0))
-    top, bottom = _cut(fo.mean(axis=1), fi.mean(axis=1))
+    if cuts is None:
+        left, right = _cut(fo.mean(axis=0), fi.mean(axis=0))
+        top, bottom = _cut(fo.mean(axis=1), fi.mean(axis=1))
+    else:
+        left, top, right, bottom = cuts
     (ho, wo), (hi, wi) = outer.shape, inner.shape
     box = (left * wo, top * ho, (1 - right) * wo, (1 - bottom) * ho)
     width = max(2, min(wi, round((1 - left - right) * wo)))
