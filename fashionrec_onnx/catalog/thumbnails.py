@@ -11,8 +11,8 @@ find candidate pairs (nearest neighbours), and `compare` decides: it lines the t
 up (whole frames, or the cut of 0-5% a side, either image inside the other, that best matches
 their row and column profiles), brings both to the coarser one's pixels (an antialiased resize,
 as the copy was made), and calls them the same photo when they correlate at least ``SHARP`` as
-they are, or ``BLURRED`` after a slight blur (recompression noise). Look-alike products of one template (plain trousers, plain
-T-shirts) differ in details a resized copy keeps.
+they are, or ``BLURRED`` after a slight blur (recompression noise). Look-alike products of one
+template (plain trousers, plain T-shirts) differ in details a resized copy keeps.
 
 The thumbnails live in a side file, ``thumbnails.sqlite``, owned by this module: a cache filled
 from the items' image paths the first time `duplicates` runs (and refreshed when a file's size or
