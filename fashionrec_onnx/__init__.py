@@ -9,6 +9,7 @@ import logging
 
 from . import _moved
 from . import interchange as interchange  # registers Catalog.import_vectors/export_vectors
+from . import quality as quality  # registers Catalog.refine
 from ._version import __version__
 from .catalog import Catalog, CheckReport, DuplicateGroup, DuplicateReport, Hit, Item
 from .embedder import Embedder, EmbedResult, Failure

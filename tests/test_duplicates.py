@@ -193,11 +193,13 @@ def test_cli_duplicates_prints_the_groups_as_text_json_and_csv(
     code, out, err = run(capsys, "duplicates", "--catalog", catalog.path)
     assert code == 0, err
     assert out.startswith(f"{len(expected)} groups of near-duplicates")
-    assert "(calibrated on this catalog)" in out and "group 1: 3 images\n" in out and trio[0] in out
+    assert f"among {len(catalog)} items; {len(catalog)} judged by their pixels\n" in out
+    assert "group 1: 3 images\n" in out and trio[0] in out
 
     code, out, _ = run(capsys, "duplicates", "--catalog", catalog.path, "--json")
     report = json.loads(out)
     assert report["threshold"] == pytest.approx(expected.threshold) and report["calibrated"]
+    assert report["judged_by_pixels"] == len(catalog)
     assert [tuple(group["keys"]) for group in report["groups"]] == [group.keys for group in expected]
 
     code, out, _ = run(capsys, "duplicates", "--catalog", catalog.path, "--csv", "--threshold", "0.9995")

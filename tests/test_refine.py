@@ -248,3 +248,15 @@ def test_a_refined_model_refuses_a_catalog_of_another_model(
     code, _, err = run(capsys, "refine", "--catalog", catalog, "--model", model, "--catalog-out", target)
     assert code == 2 and "derive only catalogs of the model it was learned on" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_catalog_refine_is_the_command_as_a_method(
+    labelled: Path, refined: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`Catalog.refine` (registered by `quality`, which the catalog does not import) learns what
+    `fashionrec refine` learns: same seed, same model fingerprint."""
+    out = tmp_path / "method.onnx"
+    with Catalog.open(labelled, readonly=True) as catalog:
+        report = catalog.refine("category", out, dim=DIM, epochs=5)
+    assert report.model == out and out.is_file()
+    assert read_model_info(out).fingerprint == read_model_info(refined[0]).fingerprint

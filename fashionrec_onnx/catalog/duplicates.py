@@ -4,10 +4,15 @@ pairs at or above a similarity threshold. Never every pair: the cost is one grap
 item, like a `check` of the whole catalog.
 
 How similar "the same photo" is depends on the model (untrained weights make every pair of
-images look alike), so by default the threshold is calibrated on the catalog itself: a pair is a
-near-duplicate when its distance is under ``CALIBRATION_RATIO`` times the median distance from an
-item to its nearest neighbour. Collapsing search results uses the same groups, so a collapsed
-search never shows two images of one group.
+images look alike), so embeddings alone cannot tell a copy from a look-alike. By default (no
+threshold given) items whose image file can be read are judged by their pixels (`thumbnails`):
+the candidate pairs are each item's graph neighbours plus its nearest by canonical thumbnail
+descriptor, and a pair is a near-duplicate by the rule in `thumbnails`. Items without an image
+file fall back to a threshold calibrated on the catalog itself: a pair is a near-duplicate when
+its distance is under ``CALIBRATION_RATIO`` times the median distance from an item to its nearest
+neighbour. An explicit threshold applies to the embeddings of every pair (the rule before
+thumbnails). Collapsing search results uses the same groups, so a collapsed search never shows
+two images of one group.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BadArgumentError
+from . import thumbnails as pixels
 from .core import CatalogCore
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,7 @@ class DuplicateReport:
     items: int
     neighbours: int
     seconds: float
+    by_pixels: int = 0  # items judged by their thumbnails (the rest by the embedding threshold)
 
     def __iter__(self) -> Iterator[DuplicateGroup]:
         return iter(self.groups)
@@ -154,12 +161,17 @@ def find(core: CatalogCore, threshold: float | None, neighbours: int) -> tuple[D
     started = time.perf_counter()
     found = neighbour_pairs(core, neighbours)
     used = calibrated_threshold(found.nearest) if threshold is None else float(threshold)
-    above = found.similarity >= used
-    group_of = components(found.first[above], found.second[above], core.rows)
+    linked = (found.first, found.second, found.similarity)
+    by_pixels = 0
+    if threshold is None:
+        linked, by_pixels = _judged_by_pixels(core, found, used, neighbours)
+    else:
+        above = found.similarity >= used
+        linked = (found.first[above], found.second[above], found.similarity[above])
+    group_of = components(linked[0], linked[1], core.rows)
     members: dict[int, list[int]] = {}
     for label in np.flatnonzero(group_of >= 0).tolist():
         members.setdefault(int(group_of[label]), []).append(label)
-    linked = (found.first[above], found.second[above], found.similarity[above])
     groups = [_group(core, labels, linked) for labels in members.values()]
     groups = [group for group in groups if len(group) >= 2]  # items removed meanwhile
     groups.sort(key=lambda g: (-len(g), -max(s for _, _, s in g.pairs), g.keys))
@@ -171,7 +183,83 @@ def find(core: CatalogCore, threshold: float | None, neighbours: int) -> tuple[D
         used,
         seconds,
     )
-    return DuplicateReport(groups, used, threshold is None, found.items, neighbours, seconds), group_of
+    report = DuplicateReport(groups, used, threshold is None, found.items, neighbours, seconds, by_pixels)
+    return report, group_of
+
+
+def _judged_by_pixels(
+    core: CatalogCore, found: Neighbours, threshold: float, neighbours: int
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+    """The near-duplicate pairs (first, second, embedding similarity): pairs of items with
+    thumbnails by the `thumbnails` rule, candidates from the graph and from the thumbnails'
+    own nearest neighbours; pairs touching an item without one by the embedding ``threshold``.
+    Returns them and how many items had a thumbnail."""
+    live = core.liveness.labels()
+    items = core.store.items_by_label(live.tolist())
+    with pixels.Thumbnails(core.root, readonly=core.readonly).signals(list(items.values())) as signals:
+        has = np.zeros(core.rows, bool)
+        has[signals.labels] = True
+        either = ~(has[found.first] & has[found.second])
+        fallback = either & (found.similarity >= threshold)
+        first, second = [found.first[fallback]], [found.second[fallback]]
+        if len(signals.labels) >= 2:
+            pairs = _candidates(core, found.first[~either], found.second[~either], signals, neighbours)
+            first.append(pairs[:, 0])
+            second.append(pairs[:, 1])
+    a, b = np.concatenate(first), np.concatenate(second)
+    return (a, b, _similarities(core, np.stack([a, b], axis=1))), len(signals.labels)
+
+
+def _candidates(
+    core: CatalogCore, graph_a: np.ndarray, graph_b: np.ndarray, signals: pixels.Signals, neighbours: int
+) -> np.ndarray:
+    """The candidate pairs (graph neighbours, and descriptor neighbours) that are one photo."""
+    near_a, near_b = _descriptor_pairs(signals.labels, signals.descriptors, neighbours)
+    a, b = np.concatenate([graph_a, near_a]), np.concatenate([graph_b, near_b])
+    pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)
+    row = np.full(core.rows, -1, np.int64)
+    row[signals.labels] = np.arange(len(signals.labels))
+    x, y = row[pairs[:, 0]], row[pairs[:, 1]]
+    canonical = np.einsum("ij,ij->i", signals.descriptors[x], signals.descriptors[y])
+    pairs = pairs[pixels.worth_comparing(canonical, signals.sizes[x], signals.sizes[y])]
+    keep = np.zeros(len(pairs), bool)
+    for start in range(0, len(pairs), _BLOCK):
+        block = pairs[start : start + _BLOCK]
+        thumbs = signals.pixels(np.unique(block).tolist())
+        keep[start : start + len(block)] = [
+            pixels.same_photo(thumbs[int(p)], thumbs[int(q)]) for p, q in block.tolist()
+        ]
+    log.debug("%d candidate pairs compared by pixels, %d are one photo", len(pairs), int(keep.sum()))
+    selected: np.ndarray = pairs[keep]
+    return selected
+
+
+def _descriptor_pairs(
+    labels: np.ndarray, descriptors: np.ndarray, neighbours: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each thumbnail's nearest thumbnails by canonical descriptor (an in-memory HNSW graph)."""
+    import hnswlib
+
+    index = hnswlib.Index(space="ip", dim=descriptors.shape[1])
+    index.init_index(max_elements=len(labels), ef_construction=100, M=16, random_seed=0)
+    index.add_items(descriptors, labels)
+    k = min(neighbours + 1, len(labels))
+    index.set_ef(max(2 * k, 32))
+    found, _ = index.knn_query(descriptors, k)
+    first = np.broadcast_to(labels[:, None], found.shape)
+    keep = found != first
+    return first[keep].astype(np.int64), found[keep].astype(np.int64)
+
+
+def _similarities(core: CatalogCore, pairs: np.ndarray) -> np.ndarray:
+    """Embedding similarity of each pair (full stored vectors), in blocks."""
+    out = np.zeros(len(pairs), np.float32)
+    for start in range(0, len(pairs), 4096):
+        block = pairs[start : start + 4096]
+        out[start : start + len(block)] = np.einsum(
+            "ij,ij->i", core.vectors.read(block[:, 0]), core.vectors.read(block[:, 1])
+        )
+    return out
 
 
 def _group(

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # types only: these packages are built on the catalog and reg
     from ..feeds.folders import IndexReport
     from ..feeds.sync import SyncReport
     from ..interchange.vector_transfer import ExportReport, ImportReport
+    from ..quality.refine import RefineReport
 
 log = logging.getLogger(__name__)
 
@@ -548,6 +549,34 @@ class Catalog:
     def export_vectors(self, path: str | os.PathLike[str]) -> ExportReport:
         """Write every item and vector in the Parquet layout `import_vectors` reads."""
         report: ExportReport = jobs.job("export_vectors")(self, path)
+        return report
+
+    def refine(
+        self,
+        label_field: str,
+        out: str | os.PathLike[str],
+        *,
+        product_field: str | None = None,
+        dim: int = 128,
+        catalog_out: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+        held_out: float = 0.2,
+        epochs: int = 30,
+    ) -> RefineReport:
+        """Learn a projection of the stored vectors from the items' ``label_field`` (and
+        ``product_field``) and write the refined model to ``out``, as `fashionrec refine` does
+        (see `quality.refine.refine`); ``catalog_out`` also derives a catalog under it."""
+        report: RefineReport = jobs.job("refine")(
+            self,
+            label_field,
+            out,
+            product_field=product_field,
+            dim=dim,
+            catalog_out=catalog_out,
+            seed=seed,
+            held_out=held_out,
+            epochs=epochs,
+        )
         return report
 
     def sync(

@@ -1,7 +1,7 @@
 """The jobs built on top of the catalog (indexing a folder, syncing a feed, importing and
-exporting vectors) register here, so that `Catalog` offers them as methods without importing
-the packages above it: `feeds` and `interchange` register theirs when they are imported, and
-``import fashionrec_onnx`` imports both."""
+exporting vectors, learning a refinement) register here, so that `Catalog` offers them as
+methods without importing the packages above it: `feeds`, `interchange` and `quality` register
+theirs when they are imported, and ``import fashionrec_onnx`` imports all three."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ PROVIDERS = {
     "sync": "fashionrec_onnx.feeds",
     "import_vectors": "fashionrec_onnx.interchange",
     "export_vectors": "fashionrec_onnx.interchange",
+    "refine": "fashionrec_onnx.quality",
     # catalogs on a server: `remote` subclasses `Catalog`, so the facade reaches it through here
     "create_remote": "fashionrec_onnx.catalog.remote",
     "open_remote": "fashionrec_onnx.catalog.remote",

@@ -111,11 +111,14 @@ def _duplicates(sub: argparse._SubParsersAction) -> None:
         sub,
         "duplicates",
         "groups of near-identical images (re-uploads, resized or recompressed copies)",
-        "Each item's nearest neighbours in the HNSW graph are compared (never every pair); pairs at\n"
-        "or above the similarity threshold are joined into groups. Without --threshold it is\n"
-        "calibrated on the catalog: a fifth of the median distance between an item and its nearest\n"
-        "neighbour (what similarity means depends on the model). Prints each group with the\n"
-        "similarity of every pair in it.",
+        "Each item's nearest neighbours are compared (never every pair) and the pairs that are\n"
+        "one photo are joined into groups. Without --threshold, items whose image file can be read\n"
+        "are judged by their pixels: small thumbnails, lined up and correlated, which find copies\n"
+        "at half size and with a few percent cut off (the first run reads every image once and\n"
+        "keeps the thumbnails in the catalog's thumbnails.sqlite); items without an image file by\n"
+        "an embedding threshold calibrated on the catalog (a fifth of the median distance between\n"
+        "an item and its nearest neighbour). --threshold judges every pair by the embeddings alone.\n"
+        "Prints each group with the embedding similarity of every pair in it.",
         "  fashionrec duplicates --catalog ./catalog\n"
         "  fashionrec duplicates --catalog ./catalog --threshold 0.97 --csv > duplicates.csv",
     )
@@ -124,7 +127,8 @@ def _duplicates(sub: argparse._SubParsersAction) -> None:
         "--threshold",
         type=similarity,
         metavar="T",
-        help="cosine similarity from which two images are near-duplicates (default: calibrated)",
+        help="embedding similarity from which two images are near-duplicates (default: pixels, and a "
+        "calibrated threshold for items without an image file)",
     )
     duplicates.add_argument(
         "--neighbours",
@@ -184,14 +188,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_duplicates(args: argparse.Namespace) -> int:
     from ..catalog import Catalog
 
-    with Catalog.open(args.catalog, readonly=True) as catalog:
+    # not read-only: the thumbnails read on the first run are kept (a catalog in a directory this
+    # process cannot write still opens read-only, and they are read again each run)
+    with Catalog.open(args.catalog) as catalog:
         report = catalog.duplicates(args.threshold, neighbours=args.neighbours)
     if args.json:
         groups = [
             {"keys": list(g.keys), "pairs": [{"key": a, "other": b, "similarity": s} for a, b, s in g.pairs]}
             for g in report
         ]
-        summary = {"threshold": report.threshold, "calibrated": report.calibrated, "items": report.items}
+        summary = {
+            "threshold": report.threshold,
+            "calibrated": report.calibrated,
+            "items": report.items,
+            "judged_by_pixels": report.by_pixels,
+        }
         print(json.dumps({**summary, "groups": groups}, indent=2, ensure_ascii=False))
         return 0
     if args.csv:
@@ -200,10 +211,17 @@ def _cmd_duplicates(args: argparse.Namespace) -> int:
         for number, group in enumerate(report, 1):
             writer.writerows([number, a, b, f"{s:.6f}"] for a, b, s in group.pairs)
         return 0
-    how = "calibrated on this catalog" if report.calibrated else "given"
+    if report.by_pixels:
+        rest = report.items - report.by_pixels
+        how = f"{report.by_pixels} judged by their pixels"
+        if rest:
+            how += f", {rest} without an image file by similarity {report.threshold:.4f} (calibrated)"
+    else:
+        calibrated = "calibrated on this catalog" if report.calibrated else "given"
+        how = f"similarity threshold {report.threshold:.4f} ({calibrated})"
     print(
         f"{len(report)} groups of near-duplicates ({sum(map(len, report))} images) among "
-        f"{report.items} items; similarity threshold {report.threshold:.4f} ({how})"
+        f"{report.items} items; {how}"
     )
     for number, group in enumerate(report, 1):
         print(f"group {number}: {len(group)} images")

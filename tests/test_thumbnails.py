@@ -1,0 +1,155 @@
+"""Near-duplicates judged by pixels: copies at half size and with 1-3% cut off each side, which
+random-weight embeddings miss (or confuse with look-alikes), are found by the default rule;
+the thumbnails' side file is a cache (old catalogs, read-only opens, changed and damaged files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_duplicates import sample_folder
+
+from fashionrec_onnx import Catalog
+from fashionrec_onnx.catalog import thumbnails
+from fashionrec_onnx.quality.evaluation import group_precision_recall
+
+V2_CATALOGS = Path(__file__).parent / "data" / "v2-catalogs"
+
+
+def downscaled(original: Path) -> Path:
+    target = original.with_name(f"{original.stem}-half.png")
+    image = Image.open(original).convert("RGB")
+    image.resize((image.width // 2, image.height // 2), Image.Resampling.BICUBIC).save(target)
+    return target
+
+
+def cropped(original: Path, seed: int) -> Path:
+    """The image at 4x with 1-3 pixels (0.9-2.7%) cut off each side, as the benchmark plants."""
+    target = original.with_name(f"{original.stem}-crop.png")
+    left, top, right, bottom = (int(v) for v in np.random.default_rng(seed).integers(1, 4, 4))
+    large = Image.open(original).convert("RGB").resize((112, 112), Image.Resampling.BICUBIC)
+    large.crop((left, top, 112 - right, 112 - bottom)).save(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory, small_model: Path) -> tuple[Path, Path, set]:
+    """300 sample images (30 a category: plenty of look-alikes), 40 with a half-size or a
+    slightly cropped copy; the catalog indexed from the folder."""
+    folder = tmp_path_factory.mktemp("pixels") / "images"
+    originals = sample_folder(folder, 30)
+    truth: set[tuple[str, str]] = set()
+    for number, original in enumerate(originals[5::7][:40]):
+        copy = downscaled(original) if number % 2 else cropped(original, number)
+        keys = (original.relative_to(folder).as_posix(), copy.relative_to(folder).as_posix())
+        truth.add(tuple(sorted(keys)))
+    with Catalog.create(folder.parent / "catalog", small_model) as catalog:
+        catalog.index_folder(folder, progress=False)
+    return folder, folder.parent / "catalog", truth
+
+
+def test_half_size_and_cropped_copies_are_found_by_default(planted: tuple[Path, Path, set]) -> None:
+    _, root, truth = planted
+    with Catalog.open(root) as catalog:
+        report = catalog.duplicates()
+        # the embeddings alone (the calibrated threshold the default used before) miss them
+        before = catalog.duplicates(report.threshold)
+        items = len(catalog)
+    precision, recall = group_precision_recall((group.keys for group in report), truth)
+    assert report.by_pixels == items and precision >= 0.95 and recall >= 0.95, (precision, recall)
+    _, recall_before = group_precision_recall((group.keys for group in before), truth)
+    assert recall_before < 0.8
+    assert (root / thumbnails.FILE_NAME).is_file()
+
+
+def test_the_second_run_reads_the_stored_thumbnails(
+    planted: tuple[Path, Path, set], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, root, truth = planted
+    with Catalog.open(root) as catalog:
+        first = [group.keys for group in catalog.duplicates()]
+
+        def no_reading(*args: object, **kwargs: object) -> None:
+            raise AssertionError("an image was read although its thumbnail is stored")
+
+        monkeypatch.setattr(thumbnails, "load_image", no_reading)
+        assert [group.keys for group in catalog.duplicates()] == first
+
+
+def test_a_changed_image_file_gets_a_new_thumbnail(planted: tuple[Path, Path, set], tmp_path: Path) -> None:
+    folder, root, truth = planted
+    copy_root = Path(shutil.copytree(root, tmp_path / "catalog"))
+    with Catalog.open(copy_root) as catalog:
+        catalog.duplicates()  # thumbnails stored
+        original, copy = sorted(next(iter(truth)))
+        copy_path = catalog.image_path(copy)
+        assert copy_path is not None
+        saved = copy_path.read_bytes()
+        try:
+            Image.new("RGB", Image.open(copy_path).size, (255, 255, 255)).save(copy_path)
+            os.utime(copy_path, ns=(1, 1))  # a new time as well as new bytes
+            keys = {key for group in catalog.duplicates() for key in group.keys}
+            assert copy not in keys
+        finally:
+            copy_path.write_bytes(saved)
+
+
+def test_a_damaged_side_file_is_made_anew(planted: tuple[Path, Path, set], tmp_path: Path) -> None:
+    _, root, truth = planted
+    copy_root = Path(shutil.copytree(root, tmp_path / "catalog"))
+    (copy_root / thumbnails.FILE_NAME).write_bytes(b"not a database" * 100)
+    with Catalog.open(copy_root) as catalog:
+        report = catalog.duplicates()
+    precision, recall = group_precision_recall((group.keys for group in report), truth)
+    assert precision >= 0.95 and recall >= 0.95
+    with Catalog.open(copy_root) as catalog:
+        assert catalog.duplicates().by_pixels == len(catalog)
+
+
+def test_a_read_only_catalog_compares_pixels_without_writing(
+    planted: tuple[Path, Path, set], tmp_path: Path
+) -> None:
+    _, root, truth = planted
+    copy_root = Path(shutil.copytree(root, tmp_path / "catalog"))
+    (copy_root / thumbnails.FILE_NAME).unlink(missing_ok=True)
+    with Catalog.open(copy_root, readonly=True) as catalog:
+        report = catalog.duplicates()
+    precision, recall = group_precision_recall((group.keys for group in report), truth)
+    assert precision >= 0.95 and recall >= 0.95
+    assert not (copy_root / thumbnails.FILE_NAME).exists()
+
+
+def test_a_catalog_written_before_thumbnails_falls_back_to_the_embeddings(tmp_path: Path) -> None:
+    """The v2 fixture (vectors without image paths, no side file): the default is the calibrated
+    embedding threshold, as before, and nothing is written."""
+    root = shutil.copytree(V2_CATALOGS / "float32", tmp_path / "catalog")
+    expected = json.loads((root / "expected.json").read_text())
+    with Catalog.open(root) as catalog:
+        report = catalog.duplicates()
+        explicit = catalog.duplicates(report.threshold)
+        assert len(catalog) == expected["items"]
+    assert report.calibrated and report.by_pixels == 0
+    assert [group.keys for group in report] == [group.keys for group in explicit]
+    assert not (root / thumbnails.FILE_NAME).exists()
+
+
+def test_same_photo_tells_a_half_size_copy_from_its_look_alike() -> None:
+    """The rule on two sample trousers of one template: the copy passes, the other does not."""
+    from fashionrec_onnx.quality.datasets import SAMPLE_DIR
+
+    paths = sorted((SAMPLE_DIR / "trouser").glob("*.png"))[:40]
+    images = [thumbnails.thumbnail(Image.open(p)) for p in paths]
+    half = [thumbnails.thumbnail(Image.open(p).resize((14, 14), Image.Resampling.BICUBIC)) for p in paths]
+    assert all(thumbnails.same_photo(image, copy) for image, copy in zip(images, half))
+    strangers = sum(
+        thumbnails.same_photo(images[i], half[j])
+        for i in range(len(paths))
+        for j in range(len(paths))
+        if i != j
+    )
+    assert strangers == 0
