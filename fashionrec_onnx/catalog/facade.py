@@ -332,6 +332,7 @@ class Catalog:
         core = self._core
         core.sync()
         graph_file = core.graph.file()
+        planned = core.store.get_setting("reduction.planned") or ""  # fitted at REDUCE_AFTER items
         return {
             "path": str(self.path),
             "items": core.count,
@@ -354,6 +355,8 @@ class Catalog:
                 if core.reduction is not None
                 else None
             ),
+            "reduce_to": int(planned) if planned and core.reduction is None else None,
+            "product_field": core.product_field,
             "vector_dtype": core.vectors.dtype.name,
             "vector_file": core.vectors.path.name,
             "vector_rows": core.rows,

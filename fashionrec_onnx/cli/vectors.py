@@ -50,6 +50,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
         )
         for key, reason in report.skipped:
             print(f"  skipped {key}: {reason}")
+        if report.product_field:
+            print(f"  product field {report.product_field!r}, as in the catalog the files were exported from")
         print(f"catalog {args.catalog}: {len(catalog)} items")
     return 1 if report.skipped else 0
 
