@@ -128,7 +128,9 @@ def ensure_sample_catalog(home: Path, model: Path) -> Catalog:
     from fashionrec_onnx import read_model_info
 
     fingerprint = read_model_info(model).fingerprint
-    catalog = Catalog.open_or_create(home / f"catalog-{fingerprint}", model, product_field="product")
+    catalog = Catalog.open_or_create(home / f"catalog-{fingerprint}", model)
+    if catalog.product_field != "product":  # new, or made before the sample had products
+        catalog.set_product_field("product")
     sample = sample_dir()
     if len(catalog) < 1000:
         log.info("indexing the bundled Fashion-MNIST sample into %s", catalog.path)

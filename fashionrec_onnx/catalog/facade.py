@@ -190,7 +190,12 @@ class Catalog:
     def open_or_create(
         cls, path: str | os.PathLike[str] | MilvusLocation, model: ModelArg | None, **params: Any
     ) -> Catalog:
-        """What `fashionrec index` does: reuse the catalog if there is one, else make it."""
+        """Reuse the catalog if there is one, else make it with ``params`` (those of `create`).
+
+        An existing catalog keeps its settings, but a ``product_field`` it does not have is
+        refused (`CatalogError`): grouping another catalog's photos by product is a change to
+        ask for by name (`set_product_field`), not a side effect of opening it.
+        """
         where = location(path)
         if isinstance(where, MilvusLocation):
             held = jobs.job("remote_exists")(where)
@@ -200,8 +205,15 @@ class Catalog:
             catalog = cls.open(path, model, threads=params.get("threads"))
             field = params.get("product_field")
             if field is not None and field != catalog.product_field:
-                log.info("%s: the product field is now %r (was %r)", path, field, catalog.product_field)
-                catalog.set_product_field(field)
+                current = catalog.product_field
+                catalog.close()
+                had = f"groups photos by the field {current!r}" if current else "has no product field"
+                raise CatalogError(
+                    f"{path} already exists and {had}; opening it does not change that, so nothing "
+                    f"was done. To group it by {field!r}, open it and call "
+                    f"set_product_field({field!r}) (`fashionrec index ... --product-field {field}`); "
+                    "or give a new catalog path."
+                )
             return catalog
         if model is None:
             raise CatalogError(f"no catalog at {path} yet: pass the model to create it (--model).")

@@ -244,7 +244,7 @@ def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
     if args.copy_model and args.model is None:
         raise CatalogError("--copy-model copies the --model given; pass --model FILE too.")
     model = copy_model_into(args.catalog, args.model) if args.copy_model else args.model
-    return Catalog.open_or_create(
+    catalog = Catalog.open_or_create(
         args.catalog,
         model,
         M=args.M,
@@ -253,8 +253,17 @@ def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
         threads=args.threads,
         vector_dtype=args.vector_dtype,
         reduce_to=args.reduce,
-        product_field=args.product_field,
     )
+    field, current = args.product_field, catalog.product_field
+    if field is not None and field != current:  # --product-field names the field: set or changed
+        try:
+            catalog.set_product_field(field)
+        except BaseException:
+            catalog.close()
+            raise
+        if current is not None or len(catalog):
+            print(f"catalog {args.catalog}: product field is now {field!r} (was {current!r})")
+    return catalog
 
 
 def _print_index_report(report) -> int:  # report: IndexReport
