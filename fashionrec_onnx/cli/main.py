@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 SAID_IN_THE_REPORT: dict[str, tuple[str, ...]] = {
     "fashionrec_onnx.feeds.folders": ("index", "import-fashion-mnist"),
     "fashionrec_onnx.catalog.duplicates": ("duplicates", "search"),
+    "fashionrec_onnx.interchange.distributed": ("embed",),
 }
 
 

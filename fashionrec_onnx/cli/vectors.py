@@ -24,6 +24,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         metadata=args.metadata,
         key_prefix=args.key_prefix,
         progress=not args.quiet,
+        ray_logs=args.verbose,
     )
     print(
         f"embedded {summary.embedded} of {summary.images} images in {summary.seconds:.1f}s "
@@ -34,7 +35,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     for key, reason in summary.failures:
         print(f"  failed {key}: {reason}")
     print(f"wrote {len(summary.files)} vectors file(s) to {args.out}")
-    return 1 if summary.failures else 0
+    if summary.metadata is not None:  # as `index` reports it: rows matching no image, images without a row
+        for line in summary.metadata.lines():
+            print(line)
+    return 1 if summary.failures or (summary.metadata is not None and summary.metadata.problem) else 0
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
