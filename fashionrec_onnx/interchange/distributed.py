@@ -520,7 +520,7 @@ def _embed_step(read: ray.data.Dataset, model_bytes: bytes, job: _Job, restarts:
         batch_size=None,  # one block per call; the actor's Embedder cuts it into model batches
         compute=ray.data.ActorPoolStrategy(size=job.workers),
         num_cpus=job.threads_per_worker,
-        **({} if restarts else {"max_restarts": 0}),
+        **({} if restarts else {"max_restarts": 0}),  # type: ignore[arg-type]
         fn_constructor_kwargs={
             "model_bytes": ray.put(model_bytes),
             "fingerprint": job.fingerprint,
