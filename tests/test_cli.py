@@ -409,3 +409,9 @@ def test_duplicates_and_collapsed_searches_print_no_info_line(
     assert code == 0 and "groups of near-duplicates" in out and err == ""
     code, out, err = run(capsys, "search", "test-00013.png", "--catalog", catalog, "--collapse-duplicates")
     assert code == 0 and err == ""
+
+
+def test_check_help_names_the_oracle_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a blocked matrix product over the stored vectors, held to scikit-learn's" in text

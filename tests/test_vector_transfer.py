@@ -287,3 +287,29 @@ def test_info_shows_a_planned_pca_until_it_is_fitted(tmp_path: Path, small_model
     assert info["reduce_to"] == 64 and info["reduction"] is None and info["product_field"] is None
     assert main(["info", "--catalog", str(tmp_path / "big")]) == 0
     assert "reduce_to: 64 (planned: a PCA graph fitted once 20,000 items are in)" in capsys.readouterr().out
+
+
+def test_cli_import_of_a_missing_folder_leaves_no_catalog_behind(
+    tmp_path: Path, small_model: Path, capsys
+) -> None:
+    args = ["import", str(tmp_path / "no-such-folder"), "--catalog", str(tmp_path / "new")]
+    assert main([*args, "--model", str(small_model)]) == 2
+    assert "no-such-folder does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_import_with_a_model_of_other_vectors_leaves_no_catalog_behind(
+    tmp_path: Path, test_model: Path, exported: Path, capsys
+) -> None:
+    args = ["import", str(exported), "--catalog", str(tmp_path / "new"), "--model", str(test_model)]
+    assert main(args) == 2
+    assert "holds 2048-d vectors of model" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_import_help_offers_no_model_run_options() -> None:
+    from fashionrec_onnx.cli import build_parser
+
+    parser = build_parser()
+    text = parser._subparsers._group_actions[0].choices["import"].format_help()  # type: ignore[union-attr]
+    assert "--batch-size" not in text and "--threads" not in text and "--reduce" in text

@@ -79,8 +79,9 @@ def _maintenance(sub: argparse._SubParsersAction) -> None:
         "check",
         "recall@k of HNSW against exact KNN, and consistency",
         "Searches the graph with a sample of the catalog's own items and compares the hits with\n"
-        "exact nearest neighbours (scikit-learn), and checks that store and graph agree. Exit code\n"
-        "1 when recall is below --min-recall or a problem is found.",
+        "the exact nearest neighbours (a blocked matrix product over the stored vectors, held to\n"
+        "scikit-learn's brute-force answers in the tests), and checks that store and graph agree.\n"
+        "Exit code 1 when recall is below --min-recall or a problem is found.",
         "  fashionrec check --catalog ./catalog\n"
         "  fashionrec check --catalog ./catalog -k 10 --sample 200 --min-recall 0.9",
     )

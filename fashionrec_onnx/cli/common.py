@@ -162,7 +162,9 @@ def _threads_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _build_args(parser: argparse.ArgumentParser) -> None:
+def _build_args(parser: argparse.ArgumentParser, embeds: bool = True) -> None:
+    """The options of a command that builds a catalog; ``embeds=False`` (import: the vectors are
+    ready) leaves out those of the model run, --batch-size and --threads."""
     parser.add_argument(
         "--model", type=path, metavar="FILE", help="ONNX model (needed when the catalog is new)"
     )
@@ -188,8 +190,13 @@ def _build_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ef", type=positive, default=DEFAULT_EF, metavar="N", help="HNSW search breadth, for a new catalog"
     )
-    parser.add_argument("--batch-size", type=positive, default=32, metavar="N", help="images per model run")
-    _threads_arg(parser)
+    if embeds:
+        parser.add_argument(
+            "--batch-size", type=positive, default=32, metavar="N", help="images per model run"
+        )
+        _threads_arg(parser)
+    else:
+        parser.set_defaults(batch_size=32, threads=None)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--vector-dtype",

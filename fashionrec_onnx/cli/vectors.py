@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 from .common import _build_args, _catalog_arg, path, positive, subcommand, text
 
@@ -42,9 +43,17 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from ..interchange.vector_files import check_model, inspect
     from ..interchange.vector_transfer import import_vectors
+    from ..model import read_model_info
     from .common import _open_for_indexing
 
+    # Checked before a catalog is created: a wrong folder or model never leaves an empty one behind.
+    infos = inspect(args.vectors)
+    new = "://" not in str(args.catalog) and not Path(args.catalog).exists()
+    if new and args.model is not None and infos:
+        model = read_model_info(args.model)
+        check_model(infos[0], model.fingerprint, model.dim, f"--model {args.model}")
     with _open_for_indexing(args) as catalog:  # a new catalog takes index's options
         report = import_vectors(catalog, args.vectors, progress=not args.quiet)
         print(
@@ -132,7 +141,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     load.add_argument("vectors", type=text, help="folder (or URI) of vectors files, or one file")
     _catalog_arg(load)
-    _build_args(load)  # the same options as index for a new catalog (--reduce, --vector-dtype...)
+    _build_args(load, embeds=False)  # index's options for a new catalog (--reduce, --vector-dtype...)
 
     export = subcommand(
         sub,
