@@ -418,6 +418,20 @@ def test_a_catalog_on_a_random_weights_model_the_user_chose_says_to_re_export_an
     assert "~/.keras" not in banner and banner != RANDOM_WEIGHTS_BANNER
 
 
+def test_a_sample_catalog_made_before_the_sample_had_products_gains_its_product_field(
+    tmp_path: Path, small_model: Path
+) -> None:
+    """The demo sets the field by name: opening a catalog never regroups it (open_or_create refuses)."""
+    from fashionrec_demo.app import ensure_sample_catalog
+
+    from fashionrec_onnx import read_model_info
+
+    old = tmp_path / f"catalog-{read_model_info(small_model).fingerprint}"
+    Catalog.create(old, small_model).close()  # as an earlier demo made it: no product field
+    with ensure_sample_catalog(tmp_path, small_model) as catalog:
+        assert catalog.product_field == "product" and catalog.product_count() == 394
+
+
 # -- what a remote caller can reach ---------------------------------------------------------------
 
 
