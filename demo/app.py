@@ -25,7 +25,15 @@ from .photo_input import PhotoInput
 from .region import MAX_REGION_CHARS, REGION_HELP, REGION_JS
 from .search import ALL_CATEGORIES, DemoSearch, SearchOutput
 
-__all__ = ["ALL_CATEGORIES", "RANDOM_WEIGHTS_BANNER", "build_app", "default_catalog", "launch"]
+__all__ = [
+    "ALL_CATEGORIES",
+    "CHOSEN_RANDOM_WEIGHTS_BANNER",
+    "RANDOM_WEIGHTS_BANNER",
+    "banner_for",
+    "build_app",
+    "default_catalog",
+    "launch",
+]
 
 log = logging.getLogger("fashionrec.demo")
 
@@ -36,6 +44,13 @@ RANDOM_WEIGHTS_BANNER = (
     "could not be downloaded, so this demo runs ResNet50 with seeded random weights. Put "
     "`resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5` in `~/.keras/models/` and restart "
     "for real results."
+)
+# A catalog built on a model the user exported with random weights: no file to drop in fixes it.
+CHOSEN_RANDOM_WEIGHTS_BANNER = (
+    "**Untrained weights: results show the pipeline, not real similarity.** This catalog was "
+    "indexed with a model exported with random weights (`--weights random`). For real results, "
+    "export a model with ImageNet weights (`fashionrec export --out model.onnx`) and index the "
+    "photos again with it, into a new catalog: a catalog keeps the model it was built with."
 )
 # Captions go under the picture, wrapped, instead of over it cut with an ellipsis; columns may
 # shrink below Gradio's 100 px minimum; on a phone the results take two columns. Long words (the
@@ -128,7 +143,9 @@ def ensure_sample_catalog(home: Path, model: Path) -> Catalog:
     from fashionrec_onnx import read_model_info
 
     fingerprint = read_model_info(model).fingerprint
-    catalog = Catalog.open_or_create(home / f"catalog-{fingerprint}", model, product_field="product")
+    catalog = Catalog.open_or_create(home / f"catalog-{fingerprint}", model)
+    if catalog.product_field != "product":  # new, or made before the sample had products
+        catalog.set_product_field("product")
     sample = sample_dir()
     if len(catalog) < 1000:
         log.info("indexing the bundled Fashion-MNIST sample into %s", catalog.path)
@@ -145,8 +162,14 @@ def default_catalog(
     if model is None:
         model, untrained = ensure_model(home, retry_weights)
     catalog = ensure_sample_catalog(home, model)
-    random_weights = untrained or catalog.info.weights.startswith("random")
-    return catalog, RANDOM_WEIGHTS_BANNER if random_weights else None
+    if untrained:
+        return catalog, RANDOM_WEIGHTS_BANNER
+    return catalog, banner_for(catalog)
+
+
+def banner_for(catalog: Catalog) -> str | None:
+    """The banner of a catalog whose model the user chose: a re-export and a re-index, if random."""
+    return CHOSEN_RANDOM_WEIGHTS_BANNER if catalog.info.weights.startswith("random") else None
 
 
 # -- the page -----------------------------------------------------------------------------------------

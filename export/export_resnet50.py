@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
 import os
 import sys
 import tempfile
@@ -198,12 +197,13 @@ def keras_embeddings(model, images: np.ndarray) -> np.ndarray:
     return l2_normalize(model.predict(x, verbose=0, batch_size=16))
 
 
-def check_parity(model, onnx_bytes: bytes, images: np.ndarray) -> ParityReport:
+def check_parity(want: np.ndarray, onnx_bytes: bytes, images: np.ndarray) -> ParityReport:
+    """The ONNX model's embeddings of ``images`` against Keras' (``want``, computed before the
+    conversion, so that the Keras model can go before the ONNX session is built)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
-    want = keras_embeddings(model, images)
     cosine = np.sum(l2_normalize(got) * l2_normalize(want), axis=1)
     return ParityReport(len(images), float(np.abs(got - want).max()), float(cosine.min()))
 
@@ -265,16 +265,21 @@ def export_model(config: ExportConfig) -> tuple[ModelInfo, ParityReport]:
 
     with _stage(f"build ResNet50 ({weights_source(config)}, {config.pooling} pool, {config.size}px)"):
         model = build_keras_model(config)
+        images = parity_images(config.size)
+        reference = keras_embeddings(model, images)  # now: the Keras model goes after conversion
+        digest = weights_digest(model)
     with _stage(f"convert to ONNX (opset {config.opset})"):
+        import onnx
         import tensorflow as tf
         import tf2onnx
 
-        logging.getLogger("tf2onnx").setLevel(logging.WARNING)
-
-        serve = make_serving_function(model, config.size)
-        onnx_model, _ = tf2onnx.convert.from_function(
-            serve, input_signature=serve.input_signature, opset=config.opset
-        )
+        dim = int(model.output_shape[-1])
+        with tempfile.TemporaryDirectory(prefix="fashionrec-export-") as tmp:
+            graph, spec = Path(tmp) / "frozen.pb", Path(tmp) / "spec.json"
+            frozen_graph(model, config, graph, spec)
+            del model
+            _free_tensorflow()  # the Keras model and traced graphs go before the conversion
+            onnx_model = onnx.load_from_string(_convert_in_child(graph, spec, Path(tmp) / "converted.onnx"))
         info = attach_metadata(
             onnx_model,
             {
@@ -286,17 +291,18 @@ def export_model(config: ExportConfig) -> tuple[ModelInfo, ParityReport]:
                 "color_order": "RGB",
                 "preprocessing": "caffe:bgr,mean=" + ",".join(map(str, CAFFE_MEANS_BGR)),
                 "weights": weights_source(config),
-                "weights_sha256": weights_digest(model),
+                "weights_sha256": digest,
                 "normalized": True,
-                "dim": int(model.output_shape[-1]),
+                "dim": dim,
                 "opset": config.opset,
                 "tensorflow_version": tf.__version__,
                 "tf2onnx_version": tf2onnx.__version__,
             },
         )
         data = onnx_model.SerializeToString()
+        del onnx_model
     with _stage("parity check against Keras"):
-        report = check_parity(model, data, parity_images(config.size))
+        report = check_parity(reference, data, images)
     say(
         f"[export] parity on {report.images} images: max abs diff {report.max_abs_diff:.3g} "
         f"(limit {PARITY_MAX_ABS:g}), min cosine {report.min_cosine:.6f} (limit {PARITY_MIN_COSINE})"
@@ -306,6 +312,55 @@ def export_model(config: ExportConfig) -> tuple[ModelInfo, ParityReport]:
     write_atomically(data, config.out)
     say(f"[export] wrote {config.out} ({len(data) / 1e6:.1f} MB, fp32, fingerprint {info.fingerprint})")
     return info, report
+
+
+def frozen_graph(model, config: ExportConfig, graph: Path, spec: Path) -> None:  # model: keras.Model
+    """The serving function frozen (weights as constants) and simplified by TensorFlow's own
+    optimiser, as tf2onnx's ``from_function`` does it, written to ``graph``; ``spec`` gets what
+    the conversion needs besides (tensor names, their ONNX names, the opset)."""
+    import json
+
+    import tensorflow as tf
+    from tf2onnx import tf_loader
+    from tf2onnx.convert import tensor_names_from_structed
+
+    serve = make_serving_function(model, config.size)
+    concrete = serve.get_concrete_function(*serve.input_signature)
+    inputs = [t.name for t in concrete.inputs if t.dtype != tf.dtypes.resource]
+    outputs = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
+    rename = tensor_names_from_structed(concrete, inputs, outputs)
+    with tf.device("/cpu:0"):
+        graph_def = tf_loader.from_function(concrete, inputs, outputs)
+    graph.write_bytes(graph_def.SerializeToString())
+    name = concrete.name.decode() if isinstance(concrete.name, bytes) else str(concrete.name)
+    fields = {"name": name, "opset": config.opset, "inputs": inputs, "outputs": outputs, "rename": rename}
+    spec.write_text(json.dumps(fields))
+
+
+def _convert_in_child(graph: Path, spec: Path, out: Path) -> bytes:
+    """`fashionrec_export.convert_graph` in a fresh Python: tf2onnx's memory leaves with it (the
+    export's peak is the larger of this process and that one, not their sum)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "fashionrec_export.convert_graph", str(graph), str(spec), str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        detail = errors[-1].removeprefix("error: ") if errors else result.stderr.strip()[-2000:]
+        if result.returncode < 0:
+            detail = f"the conversion process was killed by signal {-result.returncode} (out of memory?)"
+        raise ExportError(f"{detail}; nothing was written.")
+    return out.read_bytes()
+
+
+def _free_tensorflow() -> None:
+    """Let the Keras model and the traced graphs go before the parity check's ONNX session."""
+    import gc
+
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()
 
 
 def export_cached(cache_dir: Path, name: str, **config: object) -> Path:
@@ -359,7 +414,7 @@ examples:
 
 exit codes: 0 written; 1 ONNX and Keras disagree (nothing written); 2 bad arguments, weights that
 cannot be had, or an output that cannot be written.
-An export peaks at about 7 GB of memory (8 GB with --quantize); see docs/getting-started.md."""
+An export needs a few GB of memory for a minute or two: docs/model.md gives the measured peak."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -71,8 +71,8 @@ def export_in_child(config: ExportConfig) -> ChildExport:
         raise WeightsUnavailableError(error)
     if code < 0:
         raise ExportError(
-            f"the export process was killed by signal {-code} (out of memory? an export needs about "
-            "7 GB); nothing was written."
+            f"the export process was killed by signal {-code} (out of memory? see docs/model.md for "
+            "what an export needs); nothing was written."
         )
     if code != 0:
         raise ExportError(error or f"the export process failed with exit code {code}.")

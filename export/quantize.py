@@ -25,7 +25,6 @@ from fashionrec_export.export_resnet50 import (
     ExportConfig,
     attach_metadata,
     check_output_path,
-    export_model,
     say,
     write_atomically,
 )
@@ -161,18 +160,21 @@ def export_quantized(
 
     It is made from an fp32 export, which is kept as ``fp32_path(config.out)`` only if asked, and
     otherwise lives in a temporary directory beside the output (same disk) until the int8 model
-    is written.
+    is written. The fp32 export runs in a child process: TensorFlow's memory leaves with it, so
+    the quantisation here does not add to it (the peak is the larger of the two, not the sum).
     """
+    from fashionrec_export.isolated import export_in_child
+
     check_output_path(config.out)
     calibration_images(calibration, count)  # a wrong folder fails now, not after the export
     if keep_fp32:
         fp32 = fp32_path(config.out)
-        export_model(replace(config, out=fp32))
+        export_in_child(replace(config, out=fp32))
         return _quantize_and_report(fp32, config.out, calibration, count)
     parent = config.out.parent if str(config.out.parent) else Path(".")
     with tempfile.TemporaryDirectory(prefix=".fashionrec-export-", dir=parent) as tmp:
         fp32 = Path(tmp) / fp32_path(config.out).name
-        export_model(replace(config, out=fp32))
+        export_in_child(replace(config, out=fp32))
         info = _quantize_and_report(fp32, config.out, calibration, count)
     say(f"[export] deleted the intermediate fp32 model (--keep-fp32 keeps it as {fp32_path(config.out)})")
     return info

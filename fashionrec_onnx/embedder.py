@@ -12,7 +12,7 @@ import itertools
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Literal, overload
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from .errors import ImageLoadError
 from .images import DEFAULT_MAX_PIXELS, Box, Source, check_box, crop, describe, load_image, prepare_image
@@ -175,21 +176,37 @@ class Embedder:
 
     @overload
     def embed(
-        self, images: Source | Iterable[Source], batch_size: int = ..., on_error: Literal["raise"] = ...
+        self,
+        images: Source | Iterable[Source],
+        batch_size: int = ...,
+        on_error: Literal["raise"] = ...,
+        *,
+        progress: bool = ...,
     ) -> np.ndarray: ...
 
     @overload
     def embed(
-        self, images: Source | Iterable[Source], batch_size: int = ..., *, on_error: Literal["skip"]
+        self,
+        images: Source | Iterable[Source],
+        batch_size: int = ...,
+        *,
+        on_error: Literal["skip"],
+        progress: bool = ...,
     ) -> EmbedResult: ...
 
     def embed(
-        self, images: Source | Iterable[Source], batch_size: int = 32, on_error: OnError = "raise"
+        self,
+        images: Source | Iterable[Source],
+        batch_size: int = 32,
+        on_error: OnError = "raise",
+        *,
+        progress: bool = False,
     ) -> np.ndarray | EmbedResult:
         """Embed images into float32 ``(N, dim)`` unit vectors.
 
         ``on_error="raise"`` stops at the first bad input with ``ImageLoadError``;
         ``"skip"`` returns an ``EmbedResult`` that lists which inputs failed and why.
+        ``progress=True`` shows a progress bar on stderr (a folder of photos takes minutes).
         """
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -198,13 +215,16 @@ class Embedder:
         vectors: list[np.ndarray] = []
         indices: list[np.ndarray] = []
         failures: list[Failure] = []
-        for result in self.iter_batches(images, batch_size):  # type: ignore[arg-type]
-            if result.failures and on_error == "raise":
-                first = result.failures[0]
-                raise ImageLoadError(first.source, first.reason)
-            vectors.append(result.vectors)
-            indices.append(result.indices)
-            failures.extend(result.failures)
+        total = len(images) if isinstance(images, Sized) else None
+        with tqdm(total=total, unit="img", desc="embedding", disable=not progress) as bar:
+            for result in self.iter_batches(images, batch_size):  # type: ignore[arg-type]
+                if result.failures and on_error == "raise":
+                    first = result.failures[0]
+                    raise ImageLoadError(first.source, first.reason)
+                vectors.append(result.vectors)
+                indices.append(result.indices)
+                failures.extend(result.failures)
+                bar.update(len(result.indices) + len(result.failures))
         stacked = np.concatenate(vectors) if vectors else np.zeros((0, self.dim), np.float32)
         if on_error == "raise":
             return stacked

@@ -373,3 +373,45 @@ def test_a_filter_value_no_item_has_is_a_warning_with_close_values(
     result = fashionrec("search", query, "--catalog", indexed, "--filter", f"category={value}")
     assert result.returncode == 0
     assert f"no item has category={value!r}" in result.stderr and suggestion in result.stderr
+
+
+# -- each fact said once -------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def folder_with_a_broken_file(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("test-00013.png", "test-00029.png", "test-00032.png"):
+        (folder / name).write_bytes((SAMPLE_DIR / "dress" / name).read_bytes())
+    (folder / "broken.png").write_text("not an image")
+    return folder
+
+
+def test_index_reports_a_skipped_file_once_not_also_in_a_log_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, small_model: Path, folder_with_a_broken_file: Path
+) -> None:
+    catalog = tmp_path / "c"
+    index = ["index", folder_with_a_broken_file, "--catalog", catalog, "--model", small_model, "--quiet"]
+    code, out, err = run(capsys, *index)
+    assert code == 1 and "skipped broken.png: not an image" in out
+    assert "could not be indexed" not in err and err.strip() == "", err
+    code, out, err = run(capsys, "-v", *index)
+    assert code == 1 and "could not be indexed" in err  # --verbose shows the library's records
+
+
+def test_duplicates_and_collapsed_searches_print_no_info_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, small_model: Path, folder_with_a_broken_file: Path
+) -> None:
+    catalog = tmp_path / "c"
+    run(capsys, "index", folder_with_a_broken_file, "--catalog", catalog, "--model", small_model, "--quiet")
+    code, out, err = run(capsys, "duplicates", "--catalog", catalog)
+    assert code == 0 and "groups of near-duplicates" in out and err == ""
+    code, out, err = run(capsys, "search", "test-00013.png", "--catalog", catalog, "--collapse-duplicates")
+    assert code == 0 and err == ""
+
+
+def test_check_help_names_the_oracle_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a blocked matrix product over the stored vectors, held to scikit-learn's" in text

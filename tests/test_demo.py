@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from fashionrec_demo.app import ALL_CATEGORIES, RANDOM_WEIGHTS_BANNER, build_app, launch
+from fashionrec_demo.app import ALL_CATEGORIES, RANDOM_WEIGHTS_BANNER, banner_for, build_app, launch
 from fashionrec_demo.screenshot import PHONE, capture, free_port, open_page, upload, wait_for_results
 from gradio_client import Client, handle_file
 from PIL import Image
@@ -403,7 +403,33 @@ def test_fashionrec_demo_offline_falls_back_to_random_weights_with_a_banner(tmp_
         process.terminate()
         output = process.communicate(timeout=60)[0]
     assert "FALLING BACK TO SEEDED RANDOM WEIGHTS" in output
+    assert f"on http://127.0.0.1:{port} (open it in a browser" in output  # it opens none itself
     assert (tmp_path / "home" / "resnet50-random-seed0.onnx").exists()
+
+
+def test_a_catalog_on_a_random_weights_model_the_user_chose_says_to_re_export_and_re_index(
+    tmp_path: Path, small_model: Path
+) -> None:
+    """No weights file dropped into Keras' cache changes a catalog built on a random model."""
+    with Catalog.create(tmp_path / "c", small_model) as catalog:
+        banner = banner_for(catalog)
+    assert banner is not None and "Untrained weights" in banner
+    assert "fashionrec export --out model.onnx" in banner and "index the photos again" in banner
+    assert "~/.keras" not in banner and banner != RANDOM_WEIGHTS_BANNER
+
+
+def test_a_sample_catalog_made_before_the_sample_had_products_gains_its_product_field(
+    tmp_path: Path, small_model: Path
+) -> None:
+    """The demo sets the field by name: opening a catalog never regroups it (open_or_create refuses)."""
+    from fashionrec_demo.app import ensure_sample_catalog
+
+    from fashionrec_onnx import read_model_info
+
+    old = tmp_path / f"catalog-{read_model_info(small_model).fingerprint}"
+    Catalog.create(old, small_model).close()  # as an earlier demo made it: no product field
+    with ensure_sample_catalog(tmp_path, small_model) as catalog:
+        assert catalog.product_field == "product" and catalog.product_count() == 394
 
 
 # -- what a remote caller can reach ---------------------------------------------------------------

@@ -145,6 +145,30 @@ def test_cli_embed_writes_vectors_and_exits_1_when_a_file_failed(
     assert sum(info.rows for info in vf.inspect(tmp_path / "v")) == 31
 
 
+def test_cli_embed_reports_how_the_metadata_fit_as_index_does(
+    local_ray: None, small_model: Path, images: Path, tmp_path: Path, capsys
+) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("key,category\ndress/test-00013.png,Dress\nno-such.png,Bag\n")
+    args = ["embed", str(images), "--model", str(small_model), "--out", str(tmp_path / "v"), "--quiet"]
+    assert main([*args, "--metadata", str(labels)]) == 1
+    out = capsys.readouterr().out
+    assert "metadata " in out and "1 matched an image, 1 matched none" in out
+    assert "30 of 31 images have no row" in out and "rows matching no image: line 3: 'no-such.png'" in out
+
+
+def test_cli_embed_on_its_own_ray_says_nothing_on_stderr_but_errors(
+    small_model: Path, images: Path, tmp_path: Path
+) -> None:
+    """Ray's start, execution plan and actor-restart lines are nothing a user can act on."""
+    fashionrec = str(Path(sys.executable).with_name("fashionrec"))
+    command = [fashionrec, "embed", str(images), "--model", str(small_model), "--out", str(tmp_path / "v"),
+               "--quiet", "--workers", "1"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and "embedded 30 of 31 images" in result.stdout, result.stderr
+    assert result.stderr == ""
+
+
 TWO_NODES = textwrap.dedent(
     """
     import json, sys

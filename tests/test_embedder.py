@@ -160,3 +160,15 @@ def test_end_to_end_matches_keras_fed_the_same_resized_pixels(test_model: Path, 
     keras_model = build_keras_model(ExportConfig(out=test_model, weights="random", seed=0, size=224))
     reference = keras_embeddings(keras_model, pixels)
     assert float(np.sum(ours * reference)) >= 0.9999
+
+
+def test_embed_with_progress_shows_a_bar_counting_every_image_and_is_silent_without(
+    embedder: Embedder, sample_files: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = [*sample_files[:5], Path("missing.jpg")]
+    with_bar = embedder.embed(files, batch_size=2, on_error="skip", progress=True)
+    bar = capsys.readouterr().err
+    assert "embedding" in bar and f"{len(files)}/{len(files)}" in bar
+    without = embedder.embed(files, batch_size=2, on_error="skip")
+    assert capsys.readouterr().err == ""
+    np.testing.assert_array_equal(with_bar.vectors, without.vectors)

@@ -27,6 +27,7 @@ from fashionrec_export.export_resnet50 import (
 from fashionrec_export.isolated import export_in_child
 
 from fashionrec_onnx import ModelError, ModelInfo, WeightsUnavailableError, read_model_info
+from fashionrec_onnx.errors import ExportError
 from fashionrec_onnx.model import INPUT_NAME, OUTPUT_NAME, load_model
 
 FASHIONREC = str(Path(sys.executable).with_name("fashionrec"))
@@ -380,6 +381,8 @@ def test_export_in_child_writes_the_model_without_loading_tensorflow_here(
     fingerprint, peak_rss, tensorflow_loaded = json.loads(result.stdout)
     assert fingerprint == read_model_info(small_model).fingerprint == read_model_info(out).fingerprint
     assert peak_rss > 500e6  # the child's own peak: TensorFlow and ResNet50 were there, not here
+    # ru_maxrss: tf2onnx's graph copies took an export to 7 GB, too much for an 8 GB laptop
+    assert peak_rss < 4e9
     assert tensorflow_loaded is False
     assert "[export] parity on 10 images" in result.stderr  # the child's progress passes through
 
@@ -393,3 +396,17 @@ def test_export_in_child_reports_unavailable_weights_as_such(
     with pytest.raises(WeightsUnavailableError, match=IMAGENET_NOTOP_FILE):
         export_in_child(ExportConfig(out=out, weights="imagenet"))
     assert not out.exists()
+
+
+def test_a_conversion_that_fails_in_its_process_is_one_clear_error(tmp_path: Path) -> None:
+    """tf2onnx runs in a process of its own (its memory leaves with it); its failure is an
+    ExportError naming the cause, not a traceback."""
+    from fashionrec_export.export_resnet50 import _convert_in_child
+
+    graph, spec = tmp_path / "frozen.pb", tmp_path / "spec.json"
+    graph.write_bytes(b"not a GraphDef")
+    fields = {"name": "x", "opset": 17, "inputs": ["image:0"], "outputs": ["y:0"], "rename": {}}
+    spec.write_text(json.dumps(fields))
+    with pytest.raises(ExportError, match=r"tf2onnx could not convert the model: .*nothing was written"):
+        _convert_in_child(graph, spec, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from oracle import assert_same_ranking, catalog_distances
+from PIL import Image
 
 from fashionrec_onnx import Catalog
 from fashionrec_onnx.catalog.querying import NEGATIVE_WEIGHT
-from fashionrec_onnx.errors import BadArgumentError
+from fashionrec_onnx.errors import BadArgumentError, CatalogError
 
 PRODUCTS = 80
 CATEGORIES = ("Dress", "Shirt", "Bag")
@@ -188,6 +189,42 @@ def test_the_product_field_is_recorded_changeable_and_seen_by_other_processes(
     assert reopened.product_field == "style"
     reopened.set_product_field(None)
     assert reopened.search(vectors[0], k=3)[0].product is None
+
+
+def test_open_or_create_refuses_a_product_field_the_existing_catalog_does_not_have(
+    tmp_path: Path, small_model: Path
+) -> None:
+    keys, vectors, metadata = _structured()
+    with Catalog.create(tmp_path / "c", small_model) as catalog:
+        catalog.add_many(keys[:10], vectors[:10], metadata=metadata[:10])
+    with pytest.raises(CatalogError, match=r"has no product field.*set_product_field\('product_id'\)"):
+        Catalog.open_or_create(tmp_path / "c", small_model, product_field="product_id")
+    with Catalog.open(tmp_path / "c") as catalog:
+        assert catalog.product_field is None and len(catalog) == 10
+        catalog.set_product_field("category")
+    with pytest.raises(CatalogError, match="groups photos by the field 'category'"):
+        Catalog.open_or_create(tmp_path / "c", small_model, product_field="product_id")
+    with Catalog.open_or_create(tmp_path / "c", small_model, product_field="category") as catalog:
+        assert catalog.product_field == "category"
+    with Catalog.open_or_create(tmp_path / "c", small_model) as catalog:
+        assert catalog.product_field == "category"
+
+
+def test_cli_index_product_field_sets_it_on_an_existing_catalog_and_says_so(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fashionrec_onnx.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    index = ["index", str(folder), "--catalog", str(tmp_path / "c"), "--model", str(small_model), "--quiet"]
+    assert main(index) == 0
+    assert main([*index, "--product-field", "sku"]) == 0
+    assert "product field is now 'sku' (was None)" in capsys.readouterr().out
+    with Catalog.open(tmp_path / "c") as catalog:
+        assert catalog.product_field == "sku"
 
 
 def test_changed_product_ids_regroup_at_once(shop: Catalog, tmp_path: Path, small_model: Path) -> None:

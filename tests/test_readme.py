@@ -255,3 +255,34 @@ def test_the_readme_fits_a_few_screens_and_its_links_lead_somewhere() -> None:
     targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
     local = [t for t in targets if "://" not in t]
     assert local and [t for t in local if not (ROOT / t).exists()] == []
+
+
+# A catalog a docs example names: `--catalog NAME` (and `--catalog-out`), `Catalog.*("NAME"`.
+CATALOG_NAME = re.compile(r"--catalog(?:-out)?[ =]([^\s\"'`]+)|Catalog\.\w+\(\s*\"([^\"]+)\"")
+
+
+def catalog_names(section: Section) -> set[str]:
+    code = "\n".join(b.code for b in section.blocks if b.language in ("python", "console", "bash"))
+    return {a or b for a, b in CATALOG_NAME.findall(code) if "://" not in (a or b) and "$" not in (a or b)}
+
+
+def test_each_docs_page_builds_its_own_catalogs() -> None:
+    """A reader following the pages in order in one folder never finds an earlier page's items in
+    a later page's catalog, nor a clash of settings. The README's examples are the first ones of
+    docs/catalogs.md (same images, model and metadata), so those two share `catalog`."""
+    owners: dict[str, set[str]] = {}
+    for section in ALL_SECTIONS:
+        page = "docs/catalogs.md" if section.file == "README.md" else section.file
+        for name in catalog_names(section):
+            owners.setdefault(name, set()).add(page)
+    assert {name: pages for name, pages in owners.items() if len(pages) > 1} == {}
+
+
+def test_catalog_names_are_found_in_commands_and_python() -> None:
+    blocks = [
+        Block("console", 2, "$ fashionrec index images --catalog shop -k 3"),
+        Block("python", 5, 'Catalog.open_or_create("big", "model.onnx")'),
+        Block("console", 8, "$ fashionrec serve --catalog milvus://h:1/c"),
+    ]
+    section = Section("S", 1, blocks)
+    assert catalog_names(section) == {"shop", "big"}

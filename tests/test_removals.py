@@ -99,6 +99,67 @@ def test_cli_index_after_remove_says_what_it_left_out_and_how_to_add_it_back(
     assert "1 added" in capsys.readouterr().out
 
 
+def test_index_with_readd_removed_brings_the_item_back_with_its_metadata(
+    tmp_path: Path, small_model: Path, folder: Path
+) -> None:
+    labels = {f"shop-{i % 2}/photo-{i}.png": {"category": "Dress" if i % 2 else "Bag"} for i in range(6)}
+    with Catalog.create(tmp_path / "c", small_model) as catalog:
+        catalog.index_folder(folder, metadata=labels, progress=False)
+        catalog.remove("shop-1/photo-3.png")
+        catalog.index_folder(folder, progress=False, readd_removed=True)  # no metadata given
+        assert catalog.get("shop-1/photo-3.png").metadata == {"category": "Dress"}
+        found = catalog.search("shop-1/photo-1.png", k=6, filter={"category": "Dress"})
+        assert "shop-1/photo-3.png" in [hit.key for hit in found]
+        assert catalog.removed_keys() == []
+
+
+def test_metadata_given_when_readding_wins_over_the_remembered_metadata(
+    tmp_path: Path, small_model: Path, folder: Path
+) -> None:
+    with Catalog.create(tmp_path / "c", small_model) as catalog:
+        catalog.index_folder(folder, metadata={"shop-0/photo-0.png": {"category": "Bag"}}, progress=False)
+        catalog.remove("shop-0/photo-0.png")
+        new = {"shop-0/photo-0.png": {"category": "Coat"}}
+        catalog.index_folder(folder, metadata=new, progress=False, readd_removed=True)
+        assert catalog.get("shop-0/photo-0.png").metadata == {"category": "Coat"}
+
+
+def test_cli_include_removed_restores_the_metadata_so_a_filter_finds_the_item(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, small_model: Path, folder: Path
+) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("key,category\n" + "".join(f"shop-{i % 2}/photo-{i}.png,Shirt\n" for i in range(6)))
+    catalog = str(tmp_path / "c")
+    index = ["index", str(folder), "--catalog", catalog, "--model", str(small_model), "--quiet"]
+    assert main([*index, "--metadata", str(labels)]) == 0
+    assert main(["remove", "shop-0/photo-2.png", "--catalog", catalog]) == 0
+    assert main([*index, "--include-removed"]) == 0
+    capsys.readouterr()
+    search = ["search", "shop-0/photo-0.png", "--catalog", catalog, "-k", "6", "--filter", "category=Shirt"]
+    assert main([*search, "--json"]) == 0
+    assert "shop-0/photo-2.png" in capsys.readouterr().out
+
+
+def test_removals_of_the_previous_layout_gain_the_metadata_column_and_come_back_without_metadata(
+    tmp_path: Path, small_model: Path, folder: Path
+) -> None:
+    with Catalog.create(tmp_path / "c", small_model) as catalog:
+        catalog.index_folder(folder, metadata={"shop-0/photo-0.png": {"category": "Bag"}}, progress=False)
+        catalog.remove("shop-0/photo-0.png")
+    with sqlite3.connect(tmp_path / "c" / "catalog.sqlite") as db:  # as 0.2 wrote it: no metadata column
+        db.execute("DROP TABLE removed_keys")
+        db.execute("CREATE TABLE removed_keys (key TEXT PRIMARY KEY, removed_at REAL NOT NULL) WITHOUT ROWID")
+        db.execute("INSERT INTO removed_keys VALUES ('shop-0/photo-0.png', 1.0)")
+    with Catalog.open(tmp_path / "c", readonly=True) as catalog:
+        assert catalog.removed_keys() == ["shop-0/photo-0.png"]
+    with Catalog.open(tmp_path / "c") as catalog:
+        catalog.remove("shop-1/photo-1.png")  # remembered with its metadata in the new column
+        report = catalog.index_folder(folder, progress=False, readd_removed=True)
+        assert report.added == 2 and catalog.get("shop-0/photo-0.png").metadata == {}
+    with sqlite3.connect(tmp_path / "c" / "catalog.sqlite") as db:
+        assert "metadata" in [row[1] for row in db.execute("PRAGMA table_info(removed_keys)")]
+
+
 # -- catalogs written before removals were remembered (schema 2 without the table) -----------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -222,3 +223,93 @@ def test_cli_import_into_a_new_catalog_takes_the_options_of_index(
     with Catalog.open(new) as catalog:
         assert len(catalog) == 40 and catalog.summary()["vector_dtype"] == "float16"
         assert catalog.params.ef == 64
+
+
+# -- the product field travels with the vectors ------------------------------------------------
+
+
+@pytest.fixture()
+def product_catalog(tmp_path: Path, small_model: Path, indexed: Catalog) -> Catalog:
+    """A copy of ``indexed`` grouped by the sample's ``product`` field."""
+    catalog = Catalog.create(tmp_path / "products", small_model, product_field="product")
+    import_vectors(catalog, _export(indexed, tmp_path / "plain"))
+    yield catalog
+    catalog.close()
+
+
+def _export(catalog: Catalog, out: Path) -> Path:
+    export_vectors(catalog, out)
+    return out
+
+
+def test_export_then_import_into_a_new_catalog_keeps_the_product_field(
+    tmp_path: Path, small_model: Path, product_catalog: Catalog
+) -> None:
+    out = _export(product_catalog, tmp_path / "vectors")
+    assert all(info.product_field == "product" for info in vf.inspect(out))
+    with Catalog.create(tmp_path / "copy", small_model) as copy:
+        report = import_vectors(copy, out)
+        assert report.product_field == "product" and copy.product_field == "product"
+        hits = copy.search("dress/test-00013.png", k=3, group_by="product")
+        assert len({hit.product for hit in hits}) == 3
+
+
+def test_import_into_a_catalog_with_another_product_field_keeps_its_own(
+    tmp_path: Path, small_model: Path, product_catalog: Catalog
+) -> None:
+    out = _export(product_catalog, tmp_path / "vectors")
+    with Catalog.create(tmp_path / "copy", small_model, product_field="category") as copy:
+        assert import_vectors(copy, out).product_field is None and copy.product_field == "category"
+
+
+def test_files_of_a_catalog_without_products_name_no_product_field(exported: Path) -> None:
+    assert [info.product_field for info in vf.inspect(exported)] == [None]
+    assert vf.META_PRODUCT_FIELD not in pq.read_schema(next(exported.glob("*.parquet"))).metadata
+
+
+def test_cli_import_says_it_took_the_product_field_and_info_shows_it(
+    tmp_path: Path, small_model: Path, product_catalog: Catalog, capsys
+) -> None:
+    out = tmp_path / "vectors"
+    assert main(["export-vectors", "--catalog", str(product_catalog.path), "--out", str(out)]) == 0
+    copy = str(tmp_path / "copy")
+    assert main(["import", str(out), "--catalog", copy, "--model", str(small_model), "--quiet"]) == 0
+    assert "product field 'product'" in capsys.readouterr().out
+    assert main(["info", "--catalog", copy, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["product_field"] == "product" and info["reduce_to"] is None
+
+
+def test_info_shows_a_planned_pca_until_it_is_fitted(tmp_path: Path, small_model: Path, capsys) -> None:
+    Catalog.create(tmp_path / "big", small_model, reduce_to=64).close()
+    assert main(["info", "--catalog", str(tmp_path / "big"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["reduce_to"] == 64 and info["reduction"] is None and info["product_field"] is None
+    assert main(["info", "--catalog", str(tmp_path / "big")]) == 0
+    assert "reduce_to: 64 (planned: a PCA graph fitted once 20,000 items are in)" in capsys.readouterr().out
+
+
+def test_cli_import_of_a_missing_folder_leaves_no_catalog_behind(
+    tmp_path: Path, small_model: Path, capsys
+) -> None:
+    args = ["import", str(tmp_path / "no-such-folder"), "--catalog", str(tmp_path / "new")]
+    assert main([*args, "--model", str(small_model)]) == 2
+    assert "no-such-folder does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_import_with_a_model_of_other_vectors_leaves_no_catalog_behind(
+    tmp_path: Path, test_model: Path, exported: Path, capsys
+) -> None:
+    args = ["import", str(exported), "--catalog", str(tmp_path / "new"), "--model", str(test_model)]
+    assert main(args) == 2
+    assert "holds 2048-d vectors of model" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_import_help_offers_no_model_run_options() -> None:
+    from fashionrec_onnx.cli import build_parser
+
+    parser = build_parser()
+    text = parser._subparsers._group_actions[0].choices["import"].format_help()  # type: ignore[union-attr]
+    assert "--batch-size" not in text and "--threads" not in text and "--reduce" in text

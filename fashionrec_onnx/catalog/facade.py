@@ -196,7 +196,12 @@ class Catalog:
     def open_or_create(
         cls, path: str | os.PathLike[str] | MilvusLocation, model: ModelArg | None, **params: Any
     ) -> Catalog:
-        """What `fashionrec index` does: reuse the catalog if there is one, else make it."""
+        """Reuse the catalog if there is one, else make it with ``params`` (those of `create`).
+
+        An existing catalog keeps its settings, but a ``product_field`` it does not have is
+        refused (`CatalogError`): grouping another catalog's photos by product is a change to
+        ask for by name (`set_product_field`), not a side effect of opening it.
+        """
         where = location(path)
         if isinstance(where, MilvusLocation):
             held = jobs.job("remote_exists")(where)
@@ -205,14 +210,16 @@ class Catalog:
         if held:
             catalog = cls.open(path, model, threads=params.get("threads"))
             field = params.get("product_field")
-            was = catalog.product_field
-            if field is not None and field != was:
-                try:
-                    catalog.set_product_field(field)
-                except BaseException:
-                    catalog.close()
-                    raise
-                log.info("%s: the product field is now %r (was %r)", path, field, was)
+            if field is not None and field != catalog.product_field:
+                current = catalog.product_field
+                catalog.close()
+                had = f"groups photos by the field {current!r}" if current else "has no product field"
+                raise CatalogError(
+                    f"{path} already exists and {had}; opening it does not change that, so nothing "
+                    f"was done. To group it by {field!r}, open it and call "
+                    f"set_product_field({field!r}) (`fashionrec index ... --product-field {field}`); "
+                    "or give a new catalog path."
+                )
             return catalog
         if model is None:
             raise CatalogError(f"no catalog at {path} yet: pass the model to create it (--model).")
@@ -343,6 +350,7 @@ class Catalog:
         core = self._core
         core.sync()
         graph_file = core.graph.file()
+        planned = core.store.get_setting("reduction.planned") or ""  # fitted at REDUCE_AFTER items
         return {
             "path": str(self.path),
             "items": core.count,
@@ -365,6 +373,8 @@ class Catalog:
                 if core.reduction is not None
                 else None
             ),
+            "reduce_to": int(planned) if planned and core.reduction is None else None,
+            "product_field": core.product_field,
             "vector_dtype": core.vectors.dtype.name,
             "vector_file": core.vectors.path.name,
             "vector_rows": core.rows,

@@ -17,10 +17,10 @@ if TYPE_CHECKING:
 
 def remove(core: CatalogCore, keys: Sequence[str]) -> int:
     """Remove items by key and remember the keys that were there; returns how many went."""
-    present = list(core.store.items_by_key(list(keys)))
-    if present:  # remembered first: see `Store.remember_removed`
+    present = core.store.items_by_key(list(keys))
+    if present:  # remembered first, with their metadata: see `Store.remember_removed`
         with core.writing():
-            core.store.remember_removed(present)
+            core.store.remember_removed(list(present), {key: item.metadata for key, item in present.items()})
     return len(core.write([], keys)[1])
 
 

@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +59,13 @@ CREATE INDEX IF NOT EXISTS changes_generation ON changes(generation);
 # Keys removed by hand, so that indexing a folder does not bring them back; an insert of the key
 # forgets it. Added in 0.2 without a schema bump: it is created on the first writable open of an
 # older schema-2 catalog, and code that does not know it ignores it (removals then do not stick).
+# ``metadata`` (0.3, a nullable column added the same way) keeps the item's metadata, so that
+# `index --include-removed` brings the item back as it was; older code writes NULL there.
 REMOVED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS removed_keys (
     key        TEXT PRIMARY KEY,
-    removed_at REAL NOT NULL
+    removed_at REAL NOT NULL,
+    metadata   TEXT
 ) WITHOUT ROWID;
 """
 _SCHEMA = f"""
@@ -212,6 +215,9 @@ class Store:
                     db.execute("INSERT OR IGNORE INTO settings VALUES ('generation', '0')")
             elif not readonly:
                 self._db.executescript(REMOVED_SCHEMA)
+                columns = self._db.execute("PRAGMA table_info(removed_keys)").fetchall()
+                if not any(row[1] == "metadata" for row in columns):
+                    self._db.execute("ALTER TABLE removed_keys ADD COLUMN metadata TEXT")
             self.schema_version = self._schema_version()
         except sqlite3.DatabaseError as exc:
             if hasattr(self, "_db"):
@@ -536,14 +542,33 @@ class Store:
 
     # -- keys removed by hand --------------------------------------------------------------------
 
-    def remember_removed(self, keys: Sequence[str]) -> None:
+    def remember_removed(
+        self, keys: Sequence[str], metadata: Mapping[str, dict[str, Any]] | None = None
+    ) -> None:
         """Record keys as removed by hand (before their items go: a crash in between leaves a key
-        both remembered and present, and a present item always counts as present)."""
+        both remembered and present, and a present item always counts as present), with the
+        items' ``metadata`` to restore when they are indexed back."""
         now = time.time()
+        metadata = metadata or {}
         with self.transaction() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO removed_keys(key, removed_at) VALUES (?, ?)", [(k, now) for k in keys]
+                "INSERT OR REPLACE INTO removed_keys(key, removed_at, metadata) VALUES (?, ?, ?)",
+                [(k, now, dumps_metadata(metadata[k]) if k in metadata else None) for k in keys],
             )
+
+    def removed_metadata(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The metadata remembered for those of ``keys`` removed by hand (none for a key removed
+        by a version that did not remember it)."""
+        if not self._has_removed_table() or not self._removed_metadata_column():
+            return {}
+        rows = self._read_chunked(
+            "SELECT key, metadata FROM removed_keys WHERE metadata IS NOT NULL AND key IN ({marks})", keys
+        )
+        return {key: _stored_fields(text) for key, text in rows}
+
+    def _removed_metadata_column(self) -> bool:
+        """False for a removed_keys table written before 0.3 (opened read-only, or not yet altered)."""
+        return any(row[1] == "metadata" for row in self._read("PRAGMA table_info(removed_keys)"))
 
     def removed_among(self, keys: Sequence[str]) -> set[str]:
         """Those of ``keys`` that were removed by hand and not added since."""

@@ -79,8 +79,9 @@ def _maintenance(sub: argparse._SubParsersAction) -> None:
         "check",
         "recall@k of HNSW against exact KNN, and consistency",
         "Searches the graph with a sample of the catalog's own items and compares the hits with\n"
-        "exact nearest neighbours (scikit-learn), and checks that store and graph agree. Exit code\n"
-        "1 when recall is below --min-recall or a problem is found.",
+        "the exact nearest neighbours (a blocked matrix product over the stored vectors, held to\n"
+        "scikit-learn's brute-force answers in the tests), and checks that store and graph agree.\n"
+        "Exit code 1 when recall is below --min-recall or a problem is found.",
         "  fashionrec check --catalog ./catalog\n"
         "  fashionrec check --catalog ./catalog -k 10 --sample 200 --min-recall 0.9",
     )
@@ -99,8 +100,9 @@ def _maintenance(sub: argparse._SubParsersAction) -> None:
         sub,
         "info",
         "what a catalog holds and how it was built",
-        "Items, model (fingerprint, weights, precision), HNSW parameters, sizes on disk, and the\n"
-        "categories found in the metadata.",
+        "Items, model (fingerprint, weights, precision), HNSW parameters, the PCA graph (reduction)\n"
+        "or the one planned (reduce_to), the product field, sizes on disk, and the categories found\n"
+        "in the metadata.",
         "  fashionrec info --catalog ./catalog\n  fashionrec info --catalog ./catalog --json",
     )
     _catalog_arg(info)
@@ -172,6 +174,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from ..catalog import Catalog
+    from ..catalog.facade import REDUCE_AFTER
 
     with Catalog.open(args.catalog, readonly=True) as catalog:
         summary = catalog.summary()
@@ -180,6 +183,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         for name, value in summary.items():
+            if name == "reduce_to" and value:
+                value = f"{value} (planned: a PCA graph fitted once {REDUCE_AFTER:,} items are in)"
             print(f"{name:>18}: {value}")
     return 0
 

@@ -162,7 +162,9 @@ def _threads_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _build_args(parser: argparse.ArgumentParser) -> None:
+def _build_args(parser: argparse.ArgumentParser, embeds: bool = True) -> None:
+    """The options of a command that builds a catalog; ``embeds=False`` (import: the vectors are
+    ready) leaves out those of the model run, --batch-size and --threads."""
     parser.add_argument(
         "--model", type=path, metavar="FILE", help="ONNX model (needed when the catalog is new)"
     )
@@ -188,8 +190,13 @@ def _build_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ef", type=positive, default=DEFAULT_EF, metavar="N", help="HNSW search breadth, for a new catalog"
     )
-    parser.add_argument("--batch-size", type=positive, default=32, metavar="N", help="images per model run")
-    _threads_arg(parser)
+    if embeds:
+        parser.add_argument(
+            "--batch-size", type=positive, default=32, metavar="N", help="images per model run"
+        )
+        _threads_arg(parser)
+    else:
+        parser.set_defaults(batch_size=32, threads=None)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--vector-dtype",
@@ -244,7 +251,7 @@ def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
     if args.copy_model and args.model is None:
         raise CatalogError("--copy-model copies the --model given; pass --model FILE too.")
     model = copy_model_into(args.catalog, args.model) if args.copy_model else args.model
-    return Catalog.open_or_create(
+    catalog = Catalog.open_or_create(
         args.catalog,
         model,
         M=args.M,
@@ -253,8 +260,17 @@ def _open_for_indexing(args: argparse.Namespace):  # -> Catalog
         threads=args.threads,
         vector_dtype=args.vector_dtype,
         reduce_to=args.reduce,
-        product_field=args.product_field,
     )
+    field, current = args.product_field, catalog.product_field
+    if field is not None and field != current:  # --product-field names the field: set or changed
+        try:
+            catalog.set_product_field(field)
+        except BaseException:
+            catalog.close()
+            raise
+        if current is not None or len(catalog):
+            print(f"catalog {args.catalog}: product field is now {field!r} (was {current!r})")
+    return catalog
 
 
 def _print_index_report(report) -> int:  # report: IndexReport

@@ -49,7 +49,7 @@ def _demo(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     try:
-        from fashionrec_demo.app import RANDOM_WEIGHTS_BANNER, build_app, default_catalog, launch
+        from fashionrec_demo.app import banner_for, build_app, default_catalog, launch
     except ImportError as exc:
         raise FashionrecError(
             f"the demo needs gradio ({exc}); install with `pip install 'fashionrec-onnx[demo,export]'`."
@@ -58,12 +58,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.catalog:
         catalog = Catalog.open(args.catalog, args.model, readonly=True)
-        banner = RANDOM_WEIGHTS_BANNER if catalog.info.weights.startswith("random") else None
+        banner = banner_for(catalog)
     else:
         catalog, banner = default_catalog(args.home, args.model, args.retry_weights)
     products = catalog.product_count()
     size = f"{len(catalog)} photos" + (f" of {products} products" if products is not None else "")
-    print(f"serving {size} on http://{args.host}:{args.port} (Ctrl+C to stop)")
+    # The address to open: the demo opens no browser itself (flushed: a pipe would hold it back).
+    url = f"http://{args.host}:{args.port}"
+    print(f"serving {size} on {url} (open it in a browser; Ctrl+C to stop)", flush=True)
     try:
         launch(build_app(catalog, banner=banner), host=args.host, port=args.port)
     finally:

@@ -37,6 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Library records that say again what the command prints in its own report (skipped files,
+# metadata that did not fit, duplicate groups): each fact is said once. `--verbose` shows them.
+SAID_IN_THE_REPORT: dict[str, tuple[str, ...]] = {
+    "fashionrec_onnx.feeds.folders": ("index", "import-fashion-mnist"),
+    "fashionrec_onnx.catalog.duplicates": ("duplicates", "search"),
+    "fashionrec_onnx.interchange.distributed": ("embed",),
+}
+
+
+class _SaidOnce(logging.Filter):
+    """Drops `SAID_IN_THE_REPORT` records of the running command (errors always pass)."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self.command = command
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or self.command not in SAID_IN_THE_REPORT.get(record.name, ())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (argparse's 2 for a bad argument, 0 for --help)."""
     try:
@@ -48,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         force=True,  # a second main() in one process logs to the current stderr
     )
+    if not args.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_SaidOnce(args.command))
     try:
         return HANDLERS[args.command](args)
     except FashionrecError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 from .common import _build_args, _catalog_arg, path, positive, subcommand, text
 
@@ -24,6 +25,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         metadata=args.metadata,
         key_prefix=args.key_prefix,
         progress=not args.quiet,
+        ray_logs=args.verbose,
     )
     print(
         f"embedded {summary.embedded} of {summary.images} images in {summary.seconds:.1f}s "
@@ -34,13 +36,24 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     for key, reason in summary.failures:
         print(f"  failed {key}: {reason}")
     print(f"wrote {len(summary.files)} vectors file(s) to {args.out}")
-    return 1 if summary.failures else 0
+    if summary.metadata is not None:  # as `index` reports it: rows matching no image, images without a row
+        for line in summary.metadata.lines():
+            print(line)
+    return 1 if summary.failures or (summary.metadata is not None and summary.metadata.problem) else 0
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from ..interchange.vector_files import check_model, inspect
     from ..interchange.vector_transfer import import_vectors
+    from ..model import read_model_info
     from .common import _open_for_indexing
 
+    # Checked before a catalog is created: a wrong folder or model never leaves an empty one behind.
+    infos = inspect(args.vectors)
+    new = "://" not in str(args.catalog) and not Path(args.catalog).exists()
+    if new and args.model is not None and infos:
+        model = read_model_info(args.model)
+        check_model(infos[0], model.fingerprint, model.dim, f"--model {args.model}")
     with _open_for_indexing(args) as catalog:  # a new catalog takes index's options
         report = import_vectors(catalog, args.vectors, progress=not args.quiet)
         print(
@@ -50,6 +63,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
         )
         for key, reason in report.skipped:
             print(f"  skipped {key}: {reason}")
+        if report.product_field:
+            print(f"  product field {report.product_field!r}, as in the catalog the files were exported from")
         print(f"catalog {args.catalog}: {len(catalog)} items")
     return 1 if report.skipped else 0
 
@@ -126,7 +141,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     load.add_argument("vectors", type=text, help="folder (or URI) of vectors files, or one file")
     _catalog_arg(load)
-    _build_args(load)  # the same options as index for a new catalog (--reduce, --vector-dtype...)
+    _build_args(load, embeds=False)  # index's options for a new catalog (--reduce, --vector-dtype...)
 
     export = subcommand(
         sub,

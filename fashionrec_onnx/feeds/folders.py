@@ -162,6 +162,9 @@ def _index_folder(
         removed = core.store.removed_among([f.key for f in files if f.key not in known])
         files = [f for f in files if f.key not in removed]
         report.skipped_removed = len(removed)
+    else:  # back as they were: the metadata they had, unless the metadata file gives theirs
+        restored = core.store.removed_metadata([f.key for f in files if f.key not in known])
+        table = {f.relative: restored[f.key] for f in files if f.key in restored} | table
     _refuse_foreign_keys(catalog, files, known, root)
     todo = [file for file in files if not _unchanged(known.get(file.key), file)]
     report.unchanged = len(files) - len(todo)

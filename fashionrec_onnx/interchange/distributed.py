@@ -30,6 +30,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ import numpy as np
 
 from ..embedder import Embedder
 from ..errors import CatalogError, FashionrecError, ModelMismatchError
-from ..feeds.metadata_match import match_metadata
+from ..feeds.metadata_match import MetadataMatch, match_metadata
 from ..feeds.scan import read_metadata, scan_folder
 from ..images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from ..model import read_model_info
@@ -94,6 +95,7 @@ class EmbedSummary:
     workers: int = 0
     files: list[str] = field(default_factory=list)
     nodes: dict[str, int] = field(default_factory=dict)
+    metadata: MetadataMatch | None = None  # how the metadata rows fit the images, when given
 
     @property
     def embedded(self) -> int:
@@ -130,6 +132,7 @@ class _Listing:
 
     fs: pafs.FileSystem
     table: pa.Table  # in _LISTING_SCHEMA
+    metadata: MetadataMatch | None = None
 
 
 def _metadata_table(metadata: Metadata) -> Mapping[str, Mapping[str, Any]]:
@@ -181,7 +184,8 @@ def _list_images(images: str | os.PathLike[str], metadata: Metadata = None, key_
         [mtime_ns for *_, mtime_ns in files],
         [metadata_text(table.get(relative)) for relative, *_ in files],
     ]
-    return _Listing(fs, pa.Table.from_arrays(columns, schema=_LISTING_SCHEMA))
+    given = match if metadata is not None else None
+    return _Listing(fs, pa.Table.from_arrays(columns, schema=_LISTING_SCHEMA), given)
 
 
 # -- 2. reading -----------------------------------------------------------------------------
@@ -305,26 +309,31 @@ def _write_part(batch: pa.Table, fs: pafs.FileSystem, root: str, dim: int, finge
 # -- the job --------------------------------------------------------------------------------
 
 
-def _connect(ray_address: str | None) -> tuple[bool, float]:
+def _connect(ray_address: str | None, ray_logs: bool = True) -> tuple[bool, float]:
     """Use the Ray this process is already connected to, the cluster at ``ray_address``, or
     start one here. Returns whether we started the connection (and so must end it)."""
     started = time.perf_counter()
     if ray.is_initialized():
         return False, 0.0
+    level = logging.INFO if ray_logs else logging.ERROR
     if ray_address:
         try:
-            ray.init(address=ray_address, log_to_driver=False)
+            ray.init(address=ray_address, log_to_driver=False, logging_level=level)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise FashionrecError(
                 f"cannot connect to Ray at {ray_address} ({exc}). Start a cluster (`ray start --head`), "
                 "or leave --ray-address out to run on this machine."
             ) from exc
     else:
-        start_local_ray()
+        start_local_ray(logging_level=level)
     return True, time.perf_counter() - started
 
 
-def start_local_ray(num_cpus: int | None = None, object_store_bytes: int = LOCAL_OBJECT_STORE_BYTES) -> None:
+def start_local_ray(
+    num_cpus: int | None = None,
+    object_store_bytes: int = LOCAL_OBJECT_STORE_BYTES,
+    logging_level: int = logging.INFO,
+) -> None:
     """Start Ray on this machine for embedding jobs: no dashboard, a bounded object store, and
     workers at normal priority. Ray lowers its workers to nice 15 by default, so on a machine
     doing anything else they get a small share of the CPU; here they are the job."""
@@ -333,24 +342,35 @@ def start_local_ray(num_cpus: int | None = None, object_store_bytes: int = LOCAL
         include_dashboard=False,
         object_store_memory=object_store_bytes,
         log_to_driver=False,
+        logging_level=logging_level,
         _system_config={"worker_niceness": 0},
     )
 
 
 @contextlib.contextmanager
-def _data_context(progress: bool) -> Iterator[None]:
+def _data_context(progress: bool, ray_logs: bool = True) -> Iterator[None]:
     """Ray Data settings for one job, put back afterwards (the process may run other jobs).
 
     The pool waits for every worker before work is handed out: otherwise the first actor up
-    takes the first blocks, and while it keeps pace with reading it takes them all.
+    takes the first blocks, and while it keeps pace with reading it takes them all. Without
+    ``ray_logs`` Ray Data's console says only errors (its execution plan, start and end lines,
+    advice about progress bars, and the progress it logs when stdout is no terminal go to its log
+    file, ray-data.log in the Ray session's folder).
     """
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars, context.wait_for_min_actors_s
     context.enable_progress_bars, context.wait_for_min_actors_s = progress, WAIT_FOR_WORKERS_SECONDS
+    console = [h for h in logging.getLogger("ray.data").handlers if not isinstance(h, logging.FileHandler)]
+    levels = [handler.level for handler in console]
+    if not ray_logs:
+        for handler in console:
+            handler.setLevel(max(handler.level, logging.ERROR))
     try:
         yield
     finally:
         context.enable_progress_bars, context.wait_for_min_actors_s = saved
+        for handler, level in zip(console, levels):
+            handler.setLevel(level)
 
 
 def _pool_size(workers: int | None, threads_per_worker: int) -> int:
@@ -383,6 +403,7 @@ def embed_to_parquet(
     rows_per_file: int = ROWS_PER_FILE,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    ray_logs: bool = True,
 ) -> EmbedSummary:
     """Embed every image under ``images`` (a folder or a URI Ray's readers take) on Ray and write
     vectors files into ``out`` (a new folder or URI).
@@ -391,7 +412,8 @@ def embed_to_parquet(
     machine for the job, unless this process is already connected to one. ``workers`` actors
     (default: as many as the cluster's CPUs hold) each run ``threads_per_worker`` onnxruntime
     threads. Files that cannot be read or decoded become rows with an ``error`` and no vector;
-    the job finishes.
+    the job finishes. ``ray_logs=False`` keeps Ray's own log lines (start, execution plan) off
+    the console, errors aside; ``progress`` still shows Ray Data's progress bars.
     """
     if threads_per_worker < 1 or batch_size < 1 or rows_per_file < 1:
         raise ValueError("threads_per_worker, batch_size and rows_per_file must be >= 1")
@@ -399,18 +421,20 @@ def embed_to_parquet(
     info = read_model_info(model_path)
     listing = _list_images(images, metadata, key_prefix)
     out_fs, out_root = prepare_output(out)
-    summary = EmbedSummary(images=listing.table.num_rows)
+    summary = EmbedSummary(images=listing.table.num_rows, metadata=listing.metadata)
     if not summary.images:
         log.warning("no image files under %s", images)
         return summary
-    ours, summary.ray_start_seconds = _connect(ray_address)
+    ours, summary.ray_start_seconds = _connect(ray_address, ray_logs)
     try:
         started = time.perf_counter()
         summary.workers = _pool_size(workers, threads_per_worker)
         job = _Job(info.fingerprint, info.dim, summary.workers, threads_per_worker, batch_size, max_pixels)
         first, last = float("inf"), float("-inf")
-        with _data_context(progress):
-            dataset = _pipeline(listing, model_path.read_bytes(), job, out_fs, out_root, rows_per_file)
+        with _data_context(progress, ray_logs):
+            restarts = ray_address is not None or not ours  # a cluster: nodes come and go
+            model_bytes = model_path.read_bytes()
+            dataset = _pipeline(listing, model_bytes, job, out_fs, out_root, rows_per_file, restarts)
             for row in dataset.iter_rows():
                 summary.files.append(row["file"])
                 summary.failures.extend(zip(row["failed_keys"], row["failed_reasons"]))
@@ -455,8 +479,14 @@ def _pipeline(
     out_fs: pafs.FileSystem,
     out_root: str,
     rows_per_file: int,
+    restarts: bool = True,
 ) -> ray.data.Dataset:
-    """listing -> read (tasks) -> embed (actors) -> write (tasks) -> one summary row per file."""
+    """listing -> read (tasks) -> embed (actors) -> write (tasks) -> one summary row per file.
+
+    Without ``restarts`` (Ray started on this machine for the job) a worker that dies fails the
+    job: it died of what a restart would meet again (memory), and Ray's default, restarting it
+    forever, would loop rather than fail (and logs an error-level line about it at every start).
+    """
     table = listing.table
     step = _block_rows(table.num_rows, job)
     blocks = [table.slice(start, step) for start in range(0, table.num_rows, step)]
@@ -468,12 +498,29 @@ def _pipeline(
         fn_kwargs={"fs": listing.fs},
         num_cpus=IO_TASK_CPUS,
     )
-    embedded = read.map_batches(
+    with warnings.catch_warnings():
+        # Ray 2.60 takes max_restarts only through **ray_remote_args, which it marks as deprecated
+        # (for removal in 2.64): tests/test_distributed.py fails first if it goes.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        embedded = _embed_step(read, model_bytes, job, restarts)
+    return embedded.map_batches(
+        _write_part,  # type: ignore[arg-type]
+        batch_format="pyarrow",
+        batch_size=rows_per_file,
+        fn_kwargs={"fs": out_fs, "root": out_root, "dim": job.dim, "fingerprint": job.fingerprint},
+        num_cpus=IO_TASK_CPUS,
+    )
+
+
+def _embed_step(read: ray.data.Dataset, model_bytes: bytes, job: _Job, restarts: bool) -> ray.data.Dataset:
+    """The pool of embedding actors (``restarts``: Ray's default, restarted whenever they die)."""
+    return read.map_batches(
         _EmbedActor,
         batch_format="pyarrow",
         batch_size=None,  # one block per call; the actor's Embedder cuts it into model batches
         compute=ray.data.ActorPoolStrategy(size=job.workers),
         num_cpus=job.threads_per_worker,
+        **({} if restarts else {"max_restarts": 0}),  # type: ignore[arg-type]
         fn_constructor_kwargs={
             "model_bytes": ray.put(model_bytes),
             "fingerprint": job.fingerprint,
@@ -481,11 +528,4 @@ def _pipeline(
             "batch_size": job.batch_size,
             "max_pixels": job.max_pixels,
         },
-    )
-    return embedded.map_batches(
-        _write_part,  # type: ignore[arg-type]
-        batch_format="pyarrow",
-        batch_size=rows_per_file,
-        fn_kwargs={"fs": out_fs, "root": out_root, "dim": job.dim, "fingerprint": job.fingerprint},
-        num_cpus=IO_TASK_CPUS,
     )

@@ -22,7 +22,9 @@ fixed column. DuckDB reads a field with ``json_extract_string(metadata, '$.categ
 with ``json.loads``.
 
 The file's key-value metadata holds the model fingerprint, the dimension and the format version;
-the reader refuses a file whose fingerprint or dimension is not the one expected, naming it.
+the reader refuses a file whose fingerprint or dimension is not the one expected, naming it. A
+file exported from a catalog with a product field also names that field (an optional key: older
+readers ignore it), so that an import into a new catalog groups by product as the source did.
 
 This module imports pyarrow; nothing in ``import fashionrec_onnx`` imports this module.
 """
@@ -54,13 +56,18 @@ FORMAT_VERSION = "1"
 META_FORMAT = b"fashionrec.vectors.format_version"
 META_FINGERPRINT = b"fashionrec.model.fingerprint"
 META_DIM = b"fashionrec.vectors.dim"
+META_PRODUCT_FIELD = b"fashionrec.catalog.product_field"
 SUFFIX = ".parquet"
 ROW_GROUP_ROWS = 4096  # 32 MB of 2048-d vectors: the unit a reader holds in memory at once
 COLUMNS = ("key", "path", "size", "mtime_ns", "vector", "metadata", "error")
 
 
-def schema(dim: int, fingerprint: str) -> pa.Schema:
-    """The layout of one vectors file of a model."""
+def schema(dim: int, fingerprint: str, product_field: str | None = None) -> pa.Schema:
+    """The layout of one vectors file of a model (of a catalog with ``product_field``)."""
+    meta = {META_FORMAT: FORMAT_VERSION.encode(), META_FINGERPRINT: fingerprint.encode(),
+            META_DIM: str(dim).encode()}  # fmt: skip
+    if product_field:
+        meta[META_PRODUCT_FIELD] = product_field.encode()
     return pa.schema(
         [
             pa.field("key", pa.string(), nullable=False),
@@ -71,9 +78,8 @@ def schema(dim: int, fingerprint: str) -> pa.Schema:
             pa.field("metadata", pa.string(), nullable=False),
             pa.field("error", pa.string()),
         ],
-        metadata={META_FORMAT: FORMAT_VERSION.encode(), META_FINGERPRINT: fingerprint.encode(),
-                  META_DIM: str(dim).encode()},
-    )  # fmt: skip
+        metadata=meta,
+    )
 
 
 def metadata_text(values: Mapping[str, Any] | None) -> str:
@@ -192,14 +198,17 @@ class VectorFileWriter:
     """Writes one vectors file in row groups; the file appears under its name only once complete
     (a hidden temporary name, then a rename), so a reader never sees half a file."""
 
-    def __init__(self, fs: pafs.FileSystem, path: str, dim: int, fingerprint: str) -> None:
+    def __init__(
+        self, fs: pafs.FileSystem, path: str, dim: int, fingerprint: str, product_field: str | None = None
+    ) -> None:
         self.fs, self.path, self.dim, self.fingerprint = fs, path, dim, fingerprint
         self.rows = 0
         folder, name = path.rsplit("/", 1)
         self._local = isinstance(fs, pafs.LocalFileSystem)
         self._temp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp" if self._local else path
         self._stream = fs.open_output_stream(self._temp)
-        self._writer = pq.ParquetWriter(self._stream, schema(dim, fingerprint), **_WRITER_OPTIONS)
+        layout = schema(dim, fingerprint, product_field)
+        self._writer = pq.ParquetWriter(self._stream, layout, **_WRITER_OPTIONS)
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
@@ -250,6 +259,7 @@ class FileInfo:
     fingerprint: str
     dim: int
     rows: int
+    product_field: str | None = None  # of the catalog it was exported from
 
 
 @dataclass
@@ -307,7 +317,8 @@ def file_info(fs: pafs.FileSystem, path: str, parquet: pq.ParquetFile | None = N
     vector_type = arrow_schema.field("vector").type
     if not pa.types.is_fixed_size_list(vector_type) or vector_type.list_size != dim:
         raise CatalogError(f"{name}: the vector column is {vector_type}, expected {dim} float32 values.")
-    return FileInfo(name, meta[META_FINGERPRINT].decode(), dim, parquet.metadata.num_rows)
+    product_field = meta.get(META_PRODUCT_FIELD, b"").decode() or None
+    return FileInfo(name, meta[META_FINGERPRINT].decode(), dim, parquet.metadata.num_rows, product_field)
 
 
 def check_model(info: FileInfo, fingerprint: str, dim: int, target: str, also: Collection[str] = ()) -> None:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .vector_files import (
     ROW_GROUP_ROWS,
+    FileInfo,
     VectorBatch,
     VectorFileWriter,
     build_table,
@@ -57,6 +58,7 @@ class ImportReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     files: int = 0
     seconds: float = 0.0
+    product_field: str | None = None  # taken from the files by a catalog that had none
 
     @property
     def vectors_per_second(self) -> float:
@@ -112,7 +114,8 @@ def import_vectors(
     Files of another model or dimension are refused (``ModelMismatchError``) before anything is
     written. New keys are added, keys whose vector, path or metadata changed are replaced, the
     rest are counted as unchanged; rows with an ``error`` or without a usable vector are skipped
-    and listed. Each batch is one transaction.
+    and listed. Each batch is one transaction. Files exported from a catalog with a product field
+    name it: a catalog without one takes it (``report.product_field``); one with another keeps its own.
     """
     started = time.perf_counter()
     infos = inspect(path)  # every file checked up front: a mismatch writes nothing
@@ -148,6 +151,7 @@ def import_vectors(
                 )
                 log.debug("committed %d rows (%d of %d read)", len(rows), report.rows, total)
             bar.update(len(batch) + len(batch.errors))
+    _take_product_field(catalog, infos, report)
     catalog.save()
     report.seconds = time.perf_counter() - started
     log.debug(
@@ -156,6 +160,18 @@ def import_vectors(
         len(report.skipped),
     )  # fmt: skip
     return report
+
+
+def _take_product_field(catalog: Catalog, infos: list[FileInfo], report: ImportReport) -> None:
+    named = sorted({info.product_field for info in infos if info.product_field})
+    if len(named) == 1 and catalog.product_field is None:
+        catalog.set_product_field(named[0])
+        report.product_field = named[0]
+    elif named and catalog.product_field not in named:
+        log.warning(
+            "the vectors files group photos by %s; %s keeps its product field %r",
+            " and ".join(repr(name) for name in named), catalog.path, catalog.product_field,
+        )  # fmt: skip
 
 
 def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
@@ -175,19 +191,21 @@ def export_vectors(
     started = time.perf_counter()
     fs, root = prepare_output(path)
     report = ExportReport()
-    dim, fingerprint = catalog.dim, catalog.info.fingerprint
+    dim, fingerprint, product_field = catalog.dim, catalog.info.fingerprint, catalog.product_field
     writer: VectorFileWriter | None = None
     try:
         for chunk in _chunks(catalog.iter_items(), min(batch_size, rows_per_file)):
             if writer is None or writer.rows + len(chunk) > rows_per_file:
                 if writer is not None:
                     writer.close()
-                writer = VectorFileWriter(fs, f"{root}/{part_name(len(report.files))}", dim, fingerprint)
+                writer = VectorFileWriter(
+                    fs, f"{root}/{part_name(len(report.files))}", dim, fingerprint, product_field
+                )
                 report.files.append(writer.path)
             writer.write(_table(catalog, chunk))
             report.rows += len(chunk)
         if writer is None:  # an empty catalog still gives one file, with the model in it
-            writer = VectorFileWriter(fs, f"{root}/{part_name(0)}", dim, fingerprint)
+            writer = VectorFileWriter(fs, f"{root}/{part_name(0)}", dim, fingerprint, product_field)
             report.files.append(writer.path)
         writer.close()
     except BaseException:
