@@ -118,7 +118,7 @@ def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
 LONE_SURROGATE = "the text holds a lone surrogate (a \\ud800-\\udfff escape), which UTF-8 cannot store"
 
 
-def _utf8(text: str) -> bool:
+def storable(text: str) -> bool:
     """Whether ``text`` can be stored as UTF-8 (a JSON ``\\ud800`` escape decodes to a string that cannot)."""
     try:
         text.encode("utf-8")
@@ -132,7 +132,7 @@ def problem(value: Any, depth: int = 0) -> str | None:
     if depth > MAX_DEPTH:
         return f"nested deeper than {MAX_DEPTH} levels"
     if isinstance(value, str):
-        return None if _utf8(value) else LONE_SURROGATE
+        return None if storable(value) else LONE_SURROGATE
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
@@ -147,7 +147,7 @@ def problem(value: Any, depth: int = 0) -> str | None:
         for name, inner in value.items():
             if not isinstance(name, _KEYS):
                 return f"the field name {name!r} is not text"
-            if not _utf8(name):
+            if not storable(name):
                 return f"a field name: {LONE_SURROGATE}"
             if (reason := problem(inner, depth + 1)) is not None:
                 return reason
@@ -167,7 +167,7 @@ def bad_field(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
     for name, value in metadata.items():
         if not isinstance(name, _KEYS):
             return str(name), "the field name is not text"
-        if not _utf8(name):
+        if not storable(name):
             return name.encode("utf-8", "backslashreplace").decode(), f"the field name: {LONE_SURROGATE}"
         if (reason := problem(value, 1)) is not None:
             return name, reason

@@ -15,7 +15,7 @@ import pytest
 from fashionrec_onnx import Catalog, CatalogError
 from fashionrec_onnx.catalog.vectors import HEADER_BYTES
 from fashionrec_onnx.cli import main
-from fashionrec_onnx.errors import BadArgumentError, CatalogCorruptError
+from fashionrec_onnx.errors import BadArgumentError, CatalogCorruptError, UnknownKeyError
 from fashionrec_onnx.interchange import vector_files as vf
 from fashionrec_onnx.interchange.vector_transfer import import_vectors
 from fashionrec_onnx.quality.datasets import SAMPLE_DIR
@@ -175,6 +175,23 @@ def test_a_nul_in_a_filter_field_name_is_a_bad_argument_not_corruption(catalog: 
     with pytest.raises(BadArgumentError, match="NUL") as caught:
         catalog.search("item-01", k=3, filter={"categ\x00ory": "Bag"})
     assert "corrupt" not in str(caught.value) and not isinstance(caught.value, CatalogCorruptError)
+    assert len(catalog.search("item-01", k=3, filter={"category": "Bag"})) == 3  # and nothing broke
+
+
+def test_lone_surrogates_in_python_api_queries_are_bad_arguments_or_unknown_keys(catalog: Catalog) -> None:
+    """A JSON \\ud800 escape decodes to text SQLite cannot bind: never a UnicodeEncodeError."""
+    with pytest.raises(BadArgumentError, match="surrogate"):
+        catalog.search("item-01", k=3, filter={"categ\ud800ory": "Bag"})
+    for call in (
+        lambda: catalog.search("item-\ud800", k=3),
+        lambda: catalog.search("item-01", k=3, negative=["item-\ud800"]),
+        lambda: catalog.more_like_this(["item-\udfff"], k=3),
+    ):
+        with pytest.raises(CatalogError) as caught:
+            call()
+        assert not isinstance(caught.value, CatalogCorruptError)
+    with pytest.raises(UnknownKeyError):
+        catalog.get("item-\ud800")
     assert len(catalog.search("item-01", k=3, filter={"category": "Bag"})) == 3  # and nothing broke
 
 

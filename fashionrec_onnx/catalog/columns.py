@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadArgumentError, CatalogError
+from ..json_values import LONE_SURROGATE, storable
 from .store import Delta, Item, Store
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,8 @@ class MetadataColumns:
                 raise BadArgumentError(
                     f"a filter field name cannot hold a NUL character; {str(field)[:40]!r} does"
                 )
+            if not storable(str(field)):
+                raise BadArgumentError(f"a filter field name: {LONE_SURROGATE}")
             column = self._column(str(field))
             if not column.values:
                 known = self.field_names()

@@ -30,7 +30,7 @@ from ..errors import (
     DiskFullError,
     StorageUnavailableError,
 )
-from ..json_values import bad_field, dumps_metadata, loads_stored
+from ..json_values import bad_field, dumps_metadata, loads_stored, storable
 
 SCHEMA_VERSION = 3  # 3: items record the feed that owns them (see `migrate`)
 DB_NAME = "catalog.sqlite"
@@ -342,6 +342,7 @@ class Store:
     def _read_chunked(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
         """``sql`` with one ``{marks}`` placeholder run for ``values`` in chunks."""
         rows: list[tuple[Any, ...]] = []
+        values = [v for v in values if not isinstance(v, str) or storable(v)]  # others match nothing
         for start in range(0, len(values), _CHUNK):
             chunk = list(values[start : start + _CHUNK])
             rows += self._read(sql.format(marks=",".join("?" * len(chunk))), chunk)
@@ -435,6 +436,8 @@ class Store:
         return int(self._read("SELECT COUNT(*) FROM items")[0][0])
 
     def item_by_key(self, key: str) -> Item | None:
+        if not storable(key):  # no stored key holds what UTF-8 cannot: it is simply not there
+            return None
         rows = self._read(f"SELECT {_ITEM_COLUMNS} FROM items WHERE key = ?", (key,))
         return _item(rows[0]) if rows else None
 
