@@ -169,6 +169,21 @@ def test_rows_without_product_id_or_repeating_an_image_are_reported(tmp_path: Pa
     assert report.added == 1 and "same image as line 2" in reasons[3] and "no 'product_id'" in reasons[4]
 
 
+def test_failed_rows_are_listed_in_the_feeds_line_order(tmp_path: Path, catalog: Catalog) -> None:
+    """Rows refused while reading the feed and rows whose image failed come out in one order."""
+    (tmp_path / "b.png").write_bytes(png(2))
+    feed = write_feed(
+        tmp_path / "feed.csv",
+        [
+            {"product_id": "A", "image": "missing.png"},
+            {"product_id": "B", "image": "b.png"},
+            {"product_id": "", "image": "c.png"},
+        ],
+    )
+    report = catalog.sync(feed)
+    assert report.added == 1 and [failed.line for failed in report.failed] == [2, 4]
+
+
 def test_url_of_another_scheme_is_reported(tmp_path: Path, catalog: Catalog) -> None:
     feed = write_feed(tmp_path / "feed.csv", [{"product_id": "A", "image": "s3://shop/a.png"}])
     report = catalog.sync(feed)

@@ -177,6 +177,7 @@ def _sync(
         report.removed += _forget(catalog, batch)
     catalog.save()
     _prune_cache(catalog, cache, fetched)
+    report.failed.sort(key=lambda failed: failed.line)  # in the feed's order, wherever each failed
     report.seconds = time.perf_counter() - started
     if report.failed:
         log.warning(
