@@ -293,7 +293,7 @@ class Thumbnails:
         held: dict[int, np.ndarray] = {}
         missing = [label for label in files if label not in stored]
         if missing:
-            log.info("reading %d images for their thumbnails", len(missing))
+            log.debug("reading %d images for their thumbnails", len(missing))
         for start in range(0, len(missing), _READ_BATCH):
             fresh = self._read([(label, files[label][0]) for label in missing[start : start + _READ_BATCH]])
             for label, (thumb, descriptor) in fresh.items():
