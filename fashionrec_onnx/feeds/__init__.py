@@ -11,10 +11,12 @@ Importing this package registers those jobs with the catalog (`catalog.jobs`); `
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import jobs
-from .folders import IndexReport, index_folder
+from .folders import IndexReport
+from .folders import index_folder as _index_local_folder
 from .lock import catalog_home, one_remover
 from .remote_folders import index_folder as _index_remote_folder
 
@@ -29,12 +31,21 @@ def _sync(catalog: Catalog, feed: str | os.PathLike[str], **options: Any) -> Syn
     return sync_feed(catalog, feed, **options)
 
 
-def index_folder_remote(catalog: Any, folder: str | os.PathLike[str], **options: Any) -> IndexReport:
-    """`remote_folders.index_folder`; with ``prune``, under the lock a sync holds (see `lock`)."""
-    if not options.get("prune"):
-        return _index_remote_folder(catalog, folder, **options)
-    with one_remover(catalog_home(catalog), "index --prune"):
-        return _index_remote_folder(catalog, folder, **options)
+def _pruning_under_the_lock(index: Callable[..., IndexReport]) -> Callable[..., IndexReport]:
+    """``index``, which with ``prune`` holds the lock a sync holds (see `lock`): a prune removes
+    what it did not see, so no sync may write items under the folder while it decides."""
+
+    def indexing(catalog: Any, folder: str | os.PathLike[str], **options: Any) -> IndexReport:
+        if not options.get("prune"):
+            return index(catalog, folder, **options)
+        with one_remover(catalog_home(catalog), "index --prune"):
+            return index(catalog, folder, **options)
+
+    return indexing
+
+
+index_folder = _pruning_under_the_lock(_index_local_folder)
+index_folder_remote = _pruning_under_the_lock(_index_remote_folder)
 
 
 jobs.register("index_folder", index_folder)

@@ -6,7 +6,6 @@ folder into a million-item catalog never holds every item in memory.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -21,7 +20,6 @@ from ..catalog import removals
 from ..catalog.store import Item, NewItem
 from ..embedder import Failure
 from ..errors import CatalogError
-from .lock import catalog_home, one_remover
 from .metadata_match import MetadataMatch, match_metadata
 from .scan import ImageFile, Skipped, read_metadata, scan_folder
 
@@ -112,26 +110,6 @@ def _changed_metadata(
 
 
 def index_folder(
-    catalog: Catalog,
-    folder: str | os.PathLike[str],
-    *,
-    metadata: str | os.PathLike[str] | Mapping[str, Mapping[str, Any]] | None,
-    prune: bool,
-    progress: bool,
-    batch_size: int,
-    key_prefix: str,
-    readd_removed: bool = False,
-) -> IndexReport:
-    """A prune removes what it did not see: it holds the sync lock, so a sync (or another prune)
-    cannot write items under the folder while it decides."""
-    with one_remover(catalog_home(catalog), "index --prune") if prune else contextlib.nullcontext():
-        return _index_folder(
-            catalog, folder, metadata=metadata, prune=prune, progress=progress, batch_size=batch_size,
-            key_prefix=key_prefix, readd_removed=readd_removed,
-        )  # fmt: skip
-
-
-def _index_folder(
     catalog: Catalog,
     folder: str | os.PathLike[str],
     *,
