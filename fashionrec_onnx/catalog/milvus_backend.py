@@ -267,10 +267,32 @@ class MilvusBackend:
 
     def remove(self, keys: Sequence[str]) -> list[str]:
         present = list(self.fetch(list(dict.fromkeys(keys))))
-        for start in range(0, len(present), GET_BATCH):
-            chunk = present[start : start + GET_BATCH]
-            self._call("delete", self._client.delete, self.collection, filter=expr.keys_in(chunk))
+        self._delete_keys(self.collection, present)
         return present
+
+    def _query_keys(
+        self, collection: str, keys: Sequence[str], fields: list[str], condition: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The rows of ``collection`` holding ``keys`` (and passing ``condition``), in batches a
+        server takes in one expression."""
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(keys), GET_BATCH):
+            chunk = keys[start : start + GET_BATCH]
+            wanted = expr.keys_in(chunk)
+            rows += self._call(
+                "get",
+                self._client.query,
+                collection,
+                filter=wanted if condition is None else expr.both(wanted, condition),
+                output_fields=fields,
+                limit=len(chunk),
+            )
+        return rows
+
+    def _delete_keys(self, collection: str, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), GET_BATCH):
+            chunk = keys[start : start + GET_BATCH]
+            self._call("delete", self._client.delete, collection, filter=expr.keys_in(chunk))
 
     def _has_side(self, name: str) -> bool:
         """Whether a side collection exists (each is made on first need: creating and loading a
@@ -293,30 +315,17 @@ class MilvusBackend:
             )
 
     def forget_removed(self, keys: Sequence[str]) -> None:
-        keys = list(keys) if self._has_removed() else []
-        for start in range(0, len(keys), GET_BATCH):
-            chunk = keys[start : start + GET_BATCH]
-            self._call("delete", self._client.delete, self.removed_collection, filter=expr.keys_in(chunk))
+        if self._has_removed():
+            self._delete_keys(self.removed_collection, list(keys))
 
     def removed_keys(self, among: Sequence[str] | None = None) -> list[str]:
         if among is None:
             if not self._has_removed():
                 return []
             return [row["key"] for rows in self._scan(self.removed_collection, "", ["key"]) for row in rows]
-        found: list[str] = []
-        among = list(among) if self._has_removed() else []
-        for start in range(0, len(among), GET_BATCH):
-            chunk = among[start : start + GET_BATCH]
-            rows = self._call(
-                "get",
-                self._client.query,
-                self.removed_collection,
-                filter=expr.keys_in(chunk),
-                output_fields=["key"],
-                limit=len(chunk),
-            )
-            found += [row["key"] for row in rows]
-        return found
+        if not self._has_removed():
+            return []
+        return [row["key"] for row in self._query_keys(self.removed_collection, list(among), ["key"])]
 
     def set_feed(self, keys: Sequence[str], feed: str | None) -> None:
         """Record ``feed`` (a feed's key prefix) as the owner of these items, or (None) no owner.
@@ -324,10 +333,8 @@ class MilvusBackend:
         has none, and a sync then recognises its items by their paths (as on a local catalog)."""
         keys = list(dict.fromkeys(keys))
         if feed is None:
-            keys = keys if self._has_side(self.feeds_collection) else []
-            for start in range(0, len(keys), GET_BATCH):
-                chunk = keys[start : start + GET_BATCH]
-                self._call("delete", self._client.delete, self.feeds_collection, filter=expr.keys_in(chunk))
+            if self._has_side(self.feeds_collection):
+                self._delete_keys(self.feeds_collection, keys)
             return
         if not keys:
             return
@@ -340,20 +347,10 @@ class MilvusBackend:
 
     def feed_owners(self, keys: Sequence[str]) -> dict[str, str]:
         """``key -> feed`` for the keys that have an owner recorded (held or not)."""
-        owners: dict[str, str] = {}
-        keys = list(keys) if self._has_side(self.feeds_collection) else []
-        for start in range(0, len(keys), GET_BATCH):
-            chunk = keys[start : start + GET_BATCH]
-            rows = self._call(
-                "get",
-                self._client.query,
-                self.feeds_collection,
-                filter=expr.keys_in(chunk),
-                output_fields=["key", "feed"],
-                limit=len(chunk),
-            )
-            owners.update((row["key"], row["feed"]) for row in rows)
-        return owners
+        if not self._has_side(self.feeds_collection):
+            return {}
+        rows = self._query_keys(self.feeds_collection, list(keys), ["key", "feed"])
+        return {row["key"]: row["feed"] for row in rows}
 
     def keys_of_feed(self, feed: str) -> list[str]:
         """Keys recorded as ``feed``'s (held or not: the caller checks)."""
@@ -372,18 +369,8 @@ class MilvusBackend:
         out: dict[str, tuple[dict[str, Any], Any]] = {}
         fields = FIELDS + (["vector"] if vectors else [])
         keys = [key for key in keys if isinstance(key, str) and len(key.encode()) <= TEXT_MAX]
-        for start in range(0, len(keys), GET_BATCH):
-            chunk = keys[start : start + GET_BATCH]
-            rows = self._call(
-                "get",
-                self._client.query,
-                self.collection,
-                filter=expr.keys_in(chunk),
-                output_fields=fields,
-                limit=len(chunk),
-            )
-            for row in rows:
-                out[row["key"]] = (_described(row), _vector(row) if vectors else None)
+        for row in self._query_keys(self.collection, keys, fields):
+            out[row["key"]] = (_described(row), _vector(row) if vectors else None)
         return out
 
     def iterate(
@@ -498,19 +485,8 @@ class MilvusBackend:
         fetch = int(np.ceil((limit + excluded) / share * OVERFETCH))
         while fetch <= TOP_K_MAX:
             found = self._search(vector, fetch, unwanted, ef)
-            passing: set[str] = set()
-            keys = [n.key for n in found]
-            for start in range(0, len(keys), GET_BATCH):
-                chunk = keys[start : start + GET_BATCH]
-                rows = self._call(
-                    "get",
-                    self._client.query,
-                    self.collection,
-                    filter=expr.both(expr.keys_in(chunk), condition),
-                    output_fields=["key"],
-                    limit=len(chunk),
-                )
-                passing.update(row["key"] for row in rows)
+            rows = self._query_keys(self.collection, [n.key for n in found], ["key"], condition)
+            passing = {row["key"] for row in rows}
             kept = [n for n in found if n.key in passing]
             if len(kept) >= limit or len(found) < fetch:
                 return kept[:limit]
