@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -27,14 +27,8 @@ from .maintenance import CheckReport
 from .opening import ModelArg
 from .pca import PCA
 from .querying import Hit, KeyQuery, Querier, Queries, Query, exact, is_vector, shown, unit
+from .reports import DownloadSettings, ExportReport, ImportReport, IndexReport, RefineReport, SyncReport
 from .store import DB_NAME, Item, NewItem
-
-if TYPE_CHECKING:  # types only: these packages are built on the catalog and register its jobs
-    from ..feeds.download import DownloadSettings
-    from ..feeds.folders import IndexReport
-    from ..feeds.sync import SyncReport
-    from ..interchange.vector_transfer import ExportReport, ImportReport
-    from ..quality.refine import RefineReport
 
 log = logging.getLogger(__name__)
 

@@ -62,10 +62,10 @@ from .querying import (
     shown,
     unit,
 )
+from .reports import IndexReport
 from .store import Item, NewItem
 
 if TYPE_CHECKING:
-    from ..feeds.folders import IndexReport
     from .duplicates import DuplicateReport
 
 log = logging.getLogger(__name__)

@@ -49,6 +49,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from ..catalog.reports import DownloadSettings as DownloadSettings
 from ..errors import CatalogError, DiskFullError, DownloadError
 
 log = logging.getLogger(__name__)
@@ -66,19 +67,6 @@ SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP"
 def is_url(reference: str) -> bool:
     """Whether a feed's image reference is something to download rather than a file."""
     return reference.lower().startswith(("http://", "https://"))
-
-
-@dataclass(frozen=True)
-class DownloadSettings:
-    """Limits of one image download; the defaults suit a shop's CDN."""
-
-    timeout: float = 10.0  # seconds the server may stay silent (connect, or between reads)
-    deadline: float = 60.0  # seconds for one image in all: every attempt, pause and redirect
-    max_bytes: int = 32 * 1024 * 1024
-    retries: int = 2  # attempts after the first, for 5xx, 408, 429, timeouts, dropped connections
-    backoff: float = 0.5  # seconds before the first retry, doubled for each next one
-    workers: int = 8  # downloads in flight at once
-    allow_private_network: bool = False  # loopback and private ranges too (never link-local)
 
 
 @dataclass(frozen=True)

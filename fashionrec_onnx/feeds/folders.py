@@ -10,13 +10,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from ..catalog import removals
+from ..catalog.reports import IndexReport as IndexReport
 from ..catalog.store import Item, NewItem
 from ..embedder import Failure
 from ..errors import CatalogError
@@ -29,27 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 120.0
-
-
-@dataclass
-class IndexReport:
-    """What `index_folder` did; ``embedded`` counts images that went through the model."""
-
-    scanned: int = 0
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    moved: int = 0  # same file at a new place: path updated, not re-embedded
-    removed: int = 0
-    metadata_updated: int = 0
-    skipped_removed: int = 0  # files whose key was removed with `remove` (see `removals`)
-    failures: list[Failure] = field(default_factory=list)
-    metadata: MetadataMatch | None = None  # how the metadata rows met the images, when given
-    seconds: float = 0.0
-
-    @property
-    def embedded(self) -> int:
-        return self.added + self.updated
 
 
 def _unchanged(item: Item | None, file: ImageFile) -> bool:

@@ -11,14 +11,13 @@ folder, not per image) is never taken for "no metadata" without a word.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-RULE = (
-    "a row names one image: its key is the image's path relative to the indexed folder "
-    "(dress/001.jpg), its file name (001.jpg) or its file name without extension (001), "
-    "tried in that order"
-)
+from ..catalog.reports import RULE as RULE
+from ..catalog.reports import AmbiguousRow as AmbiguousRow
+from ..catalog.reports import MetadataMatch as MetadataMatch
+from ..catalog.reports import Row as Row
+
 SAMPLE = 5  # rows listed per kind of problem; the rest are counted
 
 
@@ -50,76 +49,6 @@ class MetadataTable(Mapping[str, dict[str, Any]]):
 
     def __len__(self) -> int:
         return len(self._values)
-
-
-@dataclass(frozen=True)
-class Row:
-    """A row as a report shows it: its line in the file (None for a dict) and its key."""
-
-    line: int | None
-    key: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.key!r}" if self.line is not None else repr(self.key)
-
-
-@dataclass(frozen=True)
-class AmbiguousRow:
-    row: Row
-    images: tuple[str, ...]  # the first few images it would fit
-    count: int  # how many it would fit
-
-
-@dataclass
-class MetadataMatch:
-    """How the rows of a metadata file met the scanned images. ``problem`` when rows were given
-    and none fit an image, or some fit several (those are given to none)."""
-
-    source: str | None = None
-    key_column: str | None = None
-    rows: int = 0
-    matched_rows: int = 0
-    images: int = 0
-    images_without_row: int = 0
-    unmatched: list[Row] = field(default_factory=list)  # the first few
-    unmatched_count: int = 0
-    ambiguous: list[AmbiguousRow] = field(default_factory=list)  # the first few
-    ambiguous_count: int = 0
-    image_examples: list[str] = field(default_factory=list)
-    hint: str | None = None
-    rule: str = RULE
-
-    @property
-    def problem(self) -> bool:
-        return bool(self.rows) and (self.matched_rows == 0 or self.ambiguous_count > 0)
-
-    def lines(self) -> list[str]:
-        """The report in words: a summary, then the rows that need attention."""
-        where = f"{self.source} " if self.source else ""
-        column = f", keyed by column {self.key_column!r}" if self.key_column else ""
-        out = [
-            f"metadata {where}{self.rows} rows{column}: {self.matched_rows} matched an image, "
-            f"{self.unmatched_count} matched none, {self.ambiguous_count} fit several images; "
-            f"{self.images_without_row} of {self.images} images have no row"
-        ]
-        if self.unmatched_count:
-            shown = _listed(list(map(str, self.unmatched)), self.unmatched_count)
-            out.append(f"  rows matching no image: {shown}")
-        for row in self.ambiguous:
-            images = _listed(list(row.images), row.count)
-            out.append(f"  row {row.row} fits {row.count} images ({images}): given to none of them")
-        if self.ambiguous_count > len(self.ambiguous):
-            out.append(f"  ... and {self.ambiguous_count - len(self.ambiguous)} more ambiguous rows")
-        if self.unmatched_count or self.ambiguous_count:
-            examples = ", ".join(map(repr, self.image_examples))
-            out.append(f"  the images' relative paths look like {examples}; rule: {self.rule}")
-        if self.hint:
-            out.append(f"  {self.hint}")
-        return out
-
-
-def _listed(shown: list[str], count: int) -> str:
-    return ", ".join(shown) + (f" and {count - len(shown)} more" if count > len(shown) else "")
 
 
 def row_key(relative: str, table: Mapping[str, Any]) -> str | None:

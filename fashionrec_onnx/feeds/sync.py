@@ -35,12 +35,14 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tqdm import tqdm
 
+from ..catalog.reports import FailedRow as FailedRow
+from ..catalog.reports import SyncReport as SyncReport
 from ..errors import CatalogError
 from .download import DownloadSettings, Fetched, ImageCache, is_url
 from .feed import Feed, FeedRow, read_feed
@@ -55,41 +57,6 @@ DEFAULT_KEY_PREFIX = "feed/"
 CACHE_FOLDER = "feed-images"
 REMOVE_BATCH = 500
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class FailedRow:
-    """A feed row that was not synced; its item (if any) is kept as it was."""
-
-    line: int
-    key: str | None
-    image: str | None
-    reason: str
-
-
-@dataclass
-class SyncReport:
-    """What a sync did: ``added`` and ``reembedded`` went through the model, ``updated`` had only
-    their fields rewritten, ``removed`` left the feed. ``downloaded`` images were transferred,
-    ``not_modified`` ones answered 304 from the cache."""
-
-    rows: int = 0
-    added: int = 0
-    reembedded: int = 0
-    updated: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    failed: list[FailedRow] = field(default_factory=list)
-    downloaded: int = 0
-    not_modified: int = 0
-    seconds: float = 0.0
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.added or self.reembedded or self.updated or self.removed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "changed": self.changed}
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
+from ..catalog.reports import ExportReport as ExportReport
+from ..catalog.reports import ImportReport as ImportReport
 from .vector_files import (
     ROW_GROUP_ROWS,
     FileInfo,
@@ -45,31 +46,6 @@ ROWS_PER_FILE = 65_536  # 512 MB of 2048-d vectors per exported file
 SAME_VECTOR_TOLERANCE = {"float32": 1e-6, "float16": 1e-3}
 """Largest difference between a stored and an offered value that still counts as the same vector:
 stored vectors are rounded to the catalog's storage type and renormalised, never bit-identical."""
-
-
-@dataclass
-class ImportReport:
-    """What an import did; ``skipped`` lists (key, reason) of rows that carry no usable vector."""
-
-    rows: int = 0
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    files: int = 0
-    seconds: float = 0.0
-    product_field: str | None = None  # taken from the files by a catalog that had none
-
-    @property
-    def vectors_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class ExportReport:
-    rows: int = 0
-    files: list[str] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def _tolerance(catalog: Catalog) -> float:

@@ -10,49 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..catalog import Catalog
+from ..catalog.reports import RefineReport as RefineReport
 from ..catalog.store import DB_NAME
 from ..errors import BadArgumentError, CatalogError, ModelMismatchError
-from ..model import ModelInfo
 from ..projection import append_projection, read_projection
-from .refine_learning import Projection, TrainingReport, learn_projection
+from .refine_learning import Projection, learn_projection
 
 log = logging.getLogger(__name__)
 
 _BATCH = 10_000  # items read or written per step
 MAX_LEARNING_ITEMS = 200_000  # a seeded sample past this (1.6 GB of 2048-d vectors in memory)
-
-
-@dataclass(frozen=True)
-class RefineReport:
-    """The refined model written (and catalog, if asked), with the training report."""
-
-    model: Path
-    info: ModelInfo
-    base_fingerprint: str
-    label_field: str
-    product_field: str | None
-    training: TrainingReport
-    catalog_out: Path | None
-    seconds: float
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "model": str(self.model),
-            "fingerprint": self.info.fingerprint,
-            "base_fingerprint": self.base_fingerprint,
-            "dim": self.info.dim,
-            "label_field": self.label_field,
-            "product_field": self.product_field,
-            "catalog_out": str(self.catalog_out) if self.catalog_out else None,
-            "seconds": self.seconds,
-            **self.training.to_dict(),
-        }
 
 
 def labelled_items(

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 
+from ..catalog.reports import Epoch as Epoch
+from ..catalog.reports import TrainingReport as TrainingReport
 from ..errors import BadArgumentError
 
 log = logging.getLogger(__name__)
@@ -49,41 +51,6 @@ class Projection:
         projected = (np.asarray(vectors, np.float32) - self.mean) @ self.matrix
         norms = np.sqrt(np.sum(projected * projected, axis=1, keepdims=True))
         return (projected / np.maximum(norms, NORM_EPS)).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class Epoch:
-    """One point of the training curve: mean training loss, held-out scores after the epoch."""
-
-    epoch: int
-    loss: float
-    precision: float
-    map: float
-    seconds: float
-
-
-@dataclass(frozen=True)
-class TrainingReport:
-    """What was learned from what, and how the held-out items scored before and after."""
-
-    items: int
-    train_items: int
-    held_out_items: int
-    labels: int
-    products: int
-    dim: int
-    k: int
-    map_k: int
-    before: dict[str, float]
-    after: dict[str, float]
-    best_epoch: int
-    curve: list[Epoch] = field(default_factory=list)
-    dropped_items: int = 0
-    seed: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def _as_codes(values: np.ndarray | list[object]) -> np.ndarray:
