@@ -124,9 +124,9 @@ def test_another_open_catalog_takes_in_a_reduction_and_a_new_ef(catalog: Catalog
 def test_a_planned_reduction_is_fitted_once_enough_items_are_in(
     tmp_path: Path, small_model: Path, vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fashionrec_onnx.catalog import facade
+    from fashionrec_onnx.catalog import writing
 
-    monkeypatch.setattr(facade, "REDUCE_AFTER", 300)
+    monkeypatch.setattr(writing, "REDUCE_AFTER", 300)
     keys = [f"item-{i}" for i in range(len(vectors))]
     with Catalog.create(tmp_path / "planned", small_model, reduce_to=32) as catalog:
         catalog.add_many(keys[:200], vectors[:200])

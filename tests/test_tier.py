@@ -13,7 +13,7 @@ import pytest
 from oracle import assert_same_ranking, assert_true_top_k, brute_force, catalog_distances
 
 from fashionrec_onnx import Catalog
-from fashionrec_onnx.catalog import facade, oracle
+from fashionrec_onnx.catalog import oracle, writing
 from fashionrec_onnx.catalog.pca import PCA
 from fashionrec_onnx.catalog.tier import Tier
 
@@ -237,7 +237,7 @@ def test_check_measures_recall_against_the_bounded_exact_search(reduced: Catalog
 def test_a_catalog_created_to_be_reduced_builds_no_full_dimension_graph(
     tmp_path: Path, small_model: Path, vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(facade, "REDUCE_AFTER", 1000)
+    monkeypatch.setattr(writing, "REDUCE_AFTER", 1000)
     with Catalog.create(tmp_path / "planned", small_model, reduce_to=32) as catalog:
         full_graph = catalog._core.graph.index
         assert full_graph is not None and full_graph.dim == 2048
@@ -252,7 +252,7 @@ def test_a_catalog_created_to_be_reduced_builds_no_full_dimension_graph(
 def test_a_batch_that_stays_below_the_planned_size_goes_into_the_full_graph(
     tmp_path: Path, small_model: Path, vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(facade, "REDUCE_AFTER", 1000)
+    monkeypatch.setattr(writing, "REDUCE_AFTER", 1000)
     with Catalog.create(tmp_path / "planned", small_model, reduce_to=32) as catalog:
         catalog.add_many([f"item-{i}" for i in range(600)], vectors[:600])
         catalog.add_many([f"item-{i}" for i in range(600)], vectors[600:1200])  # replaces: still 600

@@ -1,81 +1,39 @@
-"""The catalog's SQLite database: items, metadata, settings, and a log of what changed.
+"""The catalog's items in SQLite: items, metadata, settings, keys removed by hand, and a log of
+what changed.
 
-Every SQL statement of the project lives here. Vectors live in the vector file (`vectors.py`);
-an item's ``label`` is its row there, its HNSW label too, and is never reused. Each write is one
-transaction, so a crash (kill -9 included) leaves the state before or after it, never a mix.
-The ``changes`` table says which labels each generation added, removed or re-described, so an
-open catalog catches up with another process's writes without rereading every item.
+Vectors live in the vector file (`vectors.py`); an item's ``label`` is its row there, its HNSW
+label too, and is never reused. Each write is one transaction, so a crash (kill -9 included)
+leaves the state before or after it, never a mix. The ``changes`` table says which labels each
+generation added, removed or re-described, so an open catalog catches up with another process's
+writes without rereading every item. The file itself (schema, connections, transactions, what an
+SQLite error means) is `database`'s; metadata fields in SQL are `store_fields`'.
 """
 
 from __future__ import annotations
 
-import errno
-import json
-import shutil
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import (
-    BadArgumentError,
-    CatalogCorruptError,
-    CatalogError,
-    DiskFullError,
-    StorageUnavailableError,
-)
+from ..errors import BadArgumentError
 from ..json_values import bad_field, dumps_metadata, loads_stored, storable
+from .database import CHANGES_SCHEMA as CHANGES_SCHEMA
+from .database import CHUNK, Database
+from .database import DB_NAME as DB_NAME
+from .database import ITEMS_COLUMNS as ITEMS_COLUMNS
+from .database import REMOVED_SCHEMA as REMOVED_SCHEMA
+from .database import SCHEMA_VERSION as SCHEMA_VERSION
+from .database import UPSERT_SETTING as UPSERT_SETTING
+from .database import disk_full as disk_full
+from .database import is_disk_full as is_disk_full
+from .store_fields import VALID_OR_EMPTY, field_sql, field_texts, json_path, stored_fields, unspellable
 
-SCHEMA_VERSION = 3  # 3: items record the feed that owns them (see `migrate`)
-DB_NAME = "catalog.sqlite"
 ADDED, REMOVED, DESCRIBED = 1, 2, 3  # kinds of change
-_CHUNK = 500  # host parameters per IN (...) list
-LOW_SPACE = 1 << 20  # bytes free below which an I/O error is taken for a full disk
-
-ITEMS_COLUMNS = """(
-    label    INTEGER PRIMARY KEY,  -- row in the vector file and HNSW label; never reused
-    key      TEXT NOT NULL UNIQUE,
-    path     TEXT,
-    size     INTEGER,
-    mtime_ns INTEGER,
-    metadata TEXT NOT NULL DEFAULT '{}',
-    added_at REAL NOT NULL,
-    feed     TEXT  -- the key prefix of the feed that added it (only that feed's sync removes it)
-)"""
-CHANGES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS changes (
-    generation INTEGER NOT NULL,
-    label      INTEGER NOT NULL,
-    kind       INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS changes_generation ON changes(generation);
-"""
-# Keys removed by hand, so that indexing a folder does not bring them back; an insert of the key
-# forgets it. Added in 0.2 without a schema bump: it is created on the first writable open of an
-# older schema-2 catalog, and code that does not know it ignores it (removals then do not stick).
-# ``metadata`` (0.3, a nullable column added the same way) keeps the item's metadata, so that
-# `index --include-removed` brings the item back as it was; older code writes NULL there.
-REMOVED_SCHEMA = """
-CREATE TABLE IF NOT EXISTS removed_keys (
-    key        TEXT PRIMARY KEY,
-    removed_at REAL NOT NULL,
-    metadata   TEXT
-) WITHOUT ROWID;
-"""
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS settings (
-    name  TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS items {ITEMS_COLUMNS};
-CREATE INDEX IF NOT EXISTS items_path ON items(path);
-{CHANGES_SCHEMA}{REMOVED_SCHEMA}"""
 
 
 @dataclass(frozen=True)
@@ -121,9 +79,6 @@ class Delta:
 
 
 _ITEM_COLUMNS = "label, key, path, size, mtime_ns, metadata"
-UPSERT_SETTING = (
-    "INSERT INTO settings(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value"
-)
 
 
 def _item(row: Sequence[Any]) -> Item:
@@ -142,211 +97,9 @@ def metadata_text(key: str, metadata: dict[str, Any] | None) -> str:
     return dumps_metadata(metadata or {})
 
 
-def is_disk_full(exc: BaseException, path: Path | None = None) -> bool:
-    """ENOSPC and friends, SQLite's "database or disk is full", and, for ``path`` on a file
-    system with (almost) no space left, the generic I/O error SQLite gives when it cannot grow
-    its WAL index."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
-        return True
-    if path is not None and isinstance(exc, (OSError, sqlite3.OperationalError)):
-        try:
-            return shutil.disk_usage(path.parent).free < LOW_SPACE
-        except OSError:
-            return False
-    return False
 
-
-def disk_full(path: Path, exc: BaseException) -> DiskFullError:
-    return DiskFullError(
-        f"the disk holding {path} is full ({exc}); nothing of this operation was kept and the "
-        "catalog is as it was before. Free some space and run the same command again."
-    )
-
-
-def _corrupt(path: Path, exc: Exception) -> CatalogCorruptError:
-    return CatalogCorruptError(
-        f"{path} is corrupt or not a catalog database ({exc}). The stored items in it cannot be "
-        "read: restore the file from a backup, or delete the catalog directory and index the "
-        "images again with `fashionrec index`."
-    )
-
-
-# SQLite's primary result codes that mean the file itself is damaged or not a database.
-_DAMAGED = {11, 26, 24, 10}  # SQLITE_CORRUPT, SQLITE_NOTADB, SQLITE_FORMAT, SQLITE_IOERR
-_TRANSIENT = {5, 6, 7, 14, 15}  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_CANTOPEN, SQLITE_PROTOCOL
-
-
-def _damaged(exc: sqlite3.DatabaseError) -> bool:
-    """Whether an error of a query means a damaged file, rather than a query SQLite refused
-    (a JSON path, a malformed JSON value): only then is the corruption message right."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None:
-        return type(exc) is sqlite3.DatabaseError
-    return code & 0xFF in _DAMAGED
-
-
-class Store:
-    """SQLite in WAL mode: one connection for writes (under a lock) and one per reading thread,
-    so a search reads one consistent snapshot while other threads and processes write."""
-
-    def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
-        self.path = path
-        self.readonly = readonly
-        self._lock = threading.RLock()
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._closed = False
-        if not create and not path.exists():
-            raise CatalogError(f"no catalog database at {path}; create one with `fashionrec index`.")
-        self._uri = self._uri_for(path, readonly)
-        try:
-            self._db = self._connect()
-            if not readonly:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")
-            if create:
-                self._db.executescript(_SCHEMA)
-                with self.transaction() as db:
-                    db.execute(
-                        "INSERT OR IGNORE INTO settings VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                    )
-                    db.execute("INSERT OR IGNORE INTO settings VALUES ('generation', '0')")
-            elif not readonly:
-                self._db.executescript(REMOVED_SCHEMA)
-                columns = self._db.execute("PRAGMA table_info(removed_keys)").fetchall()
-                if not any(row[1] == "metadata" for row in columns):
-                    self._db.execute("ALTER TABLE removed_keys ADD COLUMN metadata TEXT")
-            self.schema_version = self._schema_version()
-        except sqlite3.DatabaseError as exc:
-            if hasattr(self, "_db"):
-                self._db.close()
-            if is_disk_full(exc, path):
-                raise disk_full(path, exc) from exc
-            raise _corrupt(path, exc) from exc
-
-    @staticmethod
-    def _uri_for(path: Path, readonly: bool) -> str:
-        if not readonly:
-            return f"file:{path}"
-        # A catalog on a read-only medium: SQLite cannot create its lock files there, so it is
-        # opened as immutable (it cannot change while we read it anyway).
-        writable = path.parent.exists() and _can_write(path.parent)
-        return f"file:{path}?mode=ro" + ("" if writable else "&immutable=1")
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._uri, uri=True, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=30000")
-        return db
-
-    def _schema_version(self) -> int:
-        row = self._db.execute("SELECT value FROM settings WHERE name = 'schema_version'").fetchone()
-        if row is None:
-            raise CatalogCorruptError(f"{self.path} has no schema version: it is not a fashionrec catalog.")
-        version = int(row[0])
-        if version > SCHEMA_VERSION:
-            raise CatalogError(
-                f"{self.path} was written by a newer fashionrec-onnx (schema {version}, this one "
-                f"reads {SCHEMA_VERSION}); upgrade with `pip install -U fashionrec-onnx`."
-            )
-        return version
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for reader in self._readers:
-                reader.close()
-            self._db.close()
-
-    # -- transactions and snapshots -----------------------------------------------------------
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic unit: everything inside commits together or not at all. A full disk is a
-        `DiskFullError`; the transaction is rolled back and the database stays as it was."""
-        with self._lock:
-            self._check_open()
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise self._failure(exc) from exc
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.DatabaseError):
-                    raise self._failure(exc) from exc
-                raise
-
-    def _failure(self, exc: sqlite3.DatabaseError) -> CatalogError:
-        if is_disk_full(exc, self.path):
-            return disk_full(self.path, exc)
-        if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc).replace("-", "").lower():
-            return CatalogError(
-                f"{self.path} cannot be written ({exc}); open the catalog read-only to search it."
-            )
-        if _damaged(exc):
-            return _corrupt(self.path, exc)
-        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-        if code in _TRANSIENT:
-            return StorageUnavailableError(
-                f"{self.path} cannot answer now ({exc}); nothing was changed, try again."
-            )
-        return CatalogError(f"{self.path}: SQLite could not run the query ({exc}); the catalog is unchanged.")
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise CatalogError(f"{self.path} is closed; open the catalog again.")
-
-    def _reader(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            with self._lock:
-                self._check_open()
-                db = self._connect()
-                self._readers.append(db)
-            self._local.db = db
-        return db
-
-    @contextmanager
-    def snapshot(self) -> Iterator[None]:
-        """Reads on this thread inside the block see one committed state of the database."""
-        db = self._reader()
-        if db.in_transaction:  # nested: the outer snapshot holds
-            yield
-            return
-        self._run(db, "BEGIN")
-        try:
-            yield
-        finally:
-            if db.in_transaction:
-                db.execute("COMMIT")
-
-    def _run(self, db: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        self._check_open()
-        try:
-            return db.execute(sql, tuple(params)).fetchall()
-        except sqlite3.ProgrammingError as exc:
-            raise CatalogError(f"{self.path} is closed ({exc}); open the catalog again.") from exc
-        except sqlite3.DatabaseError as exc:
-            raise self._failure(exc) from exc
-
-    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._run(self._reader(), sql, params)
-
-    def _read_chunked(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """``sql`` with one ``{marks}`` placeholder run for ``values`` in chunks."""
-        rows: list[tuple[Any, ...]] = []
-        values = [v for v in values if not isinstance(v, str) or storable(v)]  # others match nothing
-        for start in range(0, len(values), _CHUNK):
-            chunk = list(values[start : start + _CHUNK])
-            rows += self._read(sql.format(marks=",".join("?" * len(chunk))), chunk)
-        return rows
+class Store(Database):
+    """The catalog's reads and writes, on the SQLite file `Database` opens."""
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -501,8 +254,8 @@ class Store:
         added). Not a change searches see: no generation, no change log."""
         claimed = 0
         with self.transaction() as db:
-            for start in range(0, len(keys), _CHUNK):
-                chunk = list(keys[start : start + _CHUNK])
+            for start in range(0, len(keys), CHUNK):
+                chunk = list(keys[start : start + CHUNK])
                 claimed += db.execute(
                     f"UPDATE items SET feed = ? WHERE key IN ({','.join('?' * len(chunk))}) "
                     "AND feed IS NOT ?",
@@ -517,24 +270,24 @@ class Store:
 
     def field_values(self, field: str) -> list[tuple[int, Any]]:
         """``(label, value)`` of one metadata field, for the items that have it."""
-        name = field if _odd(field) else _json_path(field)
-        return _field_texts(field, self._read(_field_sql(field, "1"), [name]))
+        name = field if unspellable(field) else json_path(field)
+        return field_texts(field, self._read(field_sql(field, "1"), [name]))
 
     def field_values_of(self, field: str, labels: Sequence[int]) -> list[tuple[int, Any]]:
         """The same as `field_values`, for some labels only (catching up after a write)."""
-        name = field if _odd(field) else _json_path(field)
+        name = field if unspellable(field) else json_path(field)
         rows: list[tuple[Any, ...]] = []
-        for start in range(0, len(labels), _CHUNK):
-            chunk = [int(label) for label in labels[start : start + _CHUNK]]
+        for start in range(0, len(labels), CHUNK):
+            chunk = [int(label) for label in labels[start : start + CHUNK]]
             marks = ",".join(f"?{n}" for n in range(2, len(chunk) + 2))
-            rows += self._read(_field_sql(field, f"items.label IN ({marks})"), [name, *chunk])
-        return _field_texts(field, rows)
+            rows += self._read(field_sql(field, f"items.label IN ({marks})"), [name, *chunk])
+        return field_texts(field, rows)
 
     def field_names(self) -> list[str]:
-        rows = self._read(f"SELECT DISTINCT j.key FROM items, json_each({_VALID_OR_EMPTY}) AS j ORDER BY 1")
+        rows = self._read(f"SELECT DISTINCT j.key FROM items, json_each({VALID_OR_EMPTY}) AS j ORDER BY 1")
         names = {r[0] for r in rows}
         for (text,) in self._read("SELECT metadata FROM items WHERE NOT json_valid(metadata)"):
-            names.update(_stored_fields(text))
+            names.update(stored_fields(text))
         return sorted(names)
 
     def unreadable_metadata(self, limit: int = 10) -> tuple[int, list[str]]:
@@ -567,7 +320,7 @@ class Store:
         rows = self._read_chunked(
             "SELECT key, metadata FROM removed_keys WHERE metadata IS NOT NULL AND key IN ({marks})", keys
         )
-        return {key: _stored_fields(text) for key, text in rows}
+        return {key: stored_fields(text) for key, text in rows}
 
     def _removed_metadata_column(self) -> bool:
         """False for a removed_keys table written before 0.3 (opened read-only, or not yet altered)."""
@@ -681,75 +434,3 @@ class Writer:
         )
         Store._put(self.db, {"vectors.rows": str(self.next_label), "items.count": str(count)})
         assert self.store._bump(self.db) == self.generation
-
-
-_VALID_OR_EMPTY = "CASE WHEN json_valid(items.metadata) THEN items.metadata ELSE '{}' END"
-
-
-def _odd(field: str) -> bool:
-    """A field name SQLite's JSON path syntax cannot spell exactly (quotes, backslashes, control
-    characters): it is matched by ``json_each`` on the key instead."""
-    return any(char in '"\\' or char < " " for char in field)
-
-
-def _field_sql(field: str, where: str) -> str:
-    """``(label, value, type, stored text)`` of one field (``?1``: its path, or its name for
-    `_odd` ones); rows SQLite cannot read as JSON come back with their text, type 'invalid'."""
-    if _odd(field):
-        readable = (
-            "SELECT items.label, j.value, j.type, NULL FROM items, "
-            f"json_each({_VALID_OR_EMPTY}) AS j WHERE {where} AND j.key = ?1"
-        )
-    else:
-        readable = (
-            "SELECT label, json_extract(metadata, ?1), json_type(metadata, ?1), NULL FROM items "
-            f"WHERE {where} AND CASE WHEN json_valid(metadata) THEN json_type(metadata, ?1) IS NOT NULL END"
-        )
-    unreadable = (
-        f"SELECT label, NULL, 'invalid', metadata FROM items WHERE {where} AND NOT json_valid(metadata)"
-    )
-    return f"{readable} UNION ALL {unreadable}"
-
-
-def _field_texts(field: str, rows: list[tuple[Any, ...]]) -> list[tuple[int, str]]:
-    values = []
-    for label, value, kind, stored in rows:
-        if kind != "invalid":
-            values.append((label, _python_text(value, kind)))
-            continue
-        fields = _stored_fields(stored)
-        if field in fields:
-            found = fields[field]
-            values.append((label, "True" if found is True else "False" if found is False else str(found)))
-    return values
-
-
-def _stored_fields(text: str) -> dict[str, Any]:
-    try:
-        values = loads_stored(text)
-    except (ValueError, RecursionError):
-        return {}
-    return values if isinstance(values, dict) else {}
-
-
-def _json_path(field: str) -> str:
-    return '$."' + field.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _python_text(value: Any, kind: str) -> str:
-    """A metadata value as `str()` of the value json.loads would give (filters compare text)."""
-    if kind == "true":
-        return "True"
-    if kind == "false":
-        return "False"
-    if kind in ("object", "array"):
-        return str(json.loads(value))
-    if kind == "null":
-        return "None"
-    return str(value)
-
-
-def _can_write(folder: Path) -> bool:
-    import os
-
-    return os.access(folder, os.W_OK)
