@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 from starlette.middleware import Middleware
@@ -36,6 +37,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("fashionrec.demo")
+
+# api_name of the events kept out of the app's API: gradio 5 and 6 both take False (6 types the
+# argument as str | None, and its api_visibility is not in 5).
+HIDDEN: Any = False
 
 MAX_UPLOAD_BYTES = 10_000_000  # one photo; one upload request may carry no more than this
 CACHE_CLEANUP = (300, 900)  # every 5 minutes, delete uploads and thumbnails older than 15 minutes
@@ -285,18 +290,18 @@ def build_app(
         current = gr.State(None)  # the search that a new k or category runs again
 
         shown = [results, result_keys, timings, status, liked, disliked, current]
-        button.click(on_search, [query, k, category, region], shown, api_name=False)
-        region.submit(on_search, [query, k, category, region], shown, api_name=False)
-        query.upload(on_upload, [query, k, category], [*shown, region], api_name=False)
-        results.select(on_result_click, [result_keys, k, category], [query, *shown, region], api_name=False)
-        examples.select(on_example_click, [k, category], [query, *shown, region], api_name=False)
-        refine.click(on_refine, [liked, disliked, k, category], shown, api_name=False)
+        button.click(on_search, [query, k, category, region], shown, api_name=HIDDEN)
+        region.submit(on_search, [query, k, category, region], shown, api_name=HIDDEN)
+        query.upload(on_upload, [query, k, category], [*shown, region], api_name=HIDDEN)
+        results.select(on_result_click, [result_keys, k, category], [query, *shown, region], api_name=HIDDEN)
+        examples.select(on_example_click, [k, category], [query, *shown, region], api_name=HIDDEN)
+        refine.click(on_refine, [liked, disliked, k, category], shown, api_name=HIDDEN)
         for control in (k, category):
             control.change(
                 on_change,
                 [current, query, region, k, category],
                 shown,
-                api_name=False,
+                api_name=HIDDEN,
                 trigger_mode="always_last",
             )
 

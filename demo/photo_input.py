@@ -3,6 +3,8 @@ module that defines a component subclass, and this keeps that stub to this one c
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
 
@@ -15,7 +17,7 @@ class PhotoInput(gr.Image):
 
     is_template = True  # rendered by the frontend as a plain Image
 
-    def preprocess(self, payload):  # type: ignore[no-untyped-def]
+    def preprocess(self, payload: Any) -> Any:
         if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
             return str(payload.path)
         return super().preprocess(payload)

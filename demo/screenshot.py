@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Page, ViewportSize
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -33,8 +33,8 @@ CHROMIUM_ARGS = [
 
 log = logging.getLogger("fashionrec.demo")
 
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 420, "height": 900}
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
+PHONE: ViewportSize = {"width": 420, "height": 900}
 WIDTHS = {"desktop": DESKTOP, "phone": PHONE}
 
 
@@ -46,7 +46,7 @@ def free_port() -> int:
 
 @contextmanager
 def open_page(
-    url: str, *, chromium: str = CHROMIUM, timeout_ms: int = 60_000, viewport: dict[str, int] = DESKTOP
+    url: str, *, chromium: str = CHROMIUM, timeout_ms: int = 60_000, viewport: ViewportSize = DESKTOP
 ) -> Iterator[Page]:
     """The demo page at ``url`` in headless Chromium (the system's, no browser download)."""
     from playwright.sync_api import sync_playwright
@@ -91,7 +91,7 @@ def capture(
     *,
     chromium: str = CHROMIUM,
     timeout_ms: int = 60_000,
-    viewport: dict[str, int] = DESKTOP,
+    viewport: ViewportSize = DESKTOP,
 ) -> list[str]:
     """Upload ``image`` on the page at ``url`` in a window of ``viewport``, wait for the results,
     save a PNG of the whole page; returns the captions of the results shown."""

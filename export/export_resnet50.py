@@ -18,10 +18,11 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fashionrec_export.tensorflow_logs import import_tensorflow
@@ -139,7 +140,7 @@ def build_keras_model(config: ExportConfig):  # -> keras.Model
     return keras.Model(base.input, pooled, name=f"resnet50_{config.pooling}")
 
 
-def make_serving_function(model, size: int) -> Callable:
+def make_serving_function(model, size: int) -> Any:  # a tf.function
     """uint8 RGB in, unit float32 vectors out; preprocessing and normalisation inside the graph."""
     import tensorflow as tf
 
