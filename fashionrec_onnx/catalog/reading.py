@@ -3,7 +3,6 @@ that only reads (`writing.CatalogWriter` adds the writes, `facade.Catalog` creat
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -26,8 +25,6 @@ from .maintenance import CheckReport
 from .pca import PCA
 from .querying import Hit, KeyQuery, Querier, Queries, Query, exact, shown
 from .store import Item
-
-log = logging.getLogger(__name__)
 
 
 class CatalogReader:
