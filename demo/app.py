@@ -53,8 +53,11 @@ CHOSEN_RANDOM_WEIGHTS_BANNER = (
     "photos again with it, into a new catalog: a catalog keeps the model it was built with."
 )
 # Captions go under the picture, wrapped, instead of over it cut with an ellipsis; columns may
-# shrink below Gradio's 100 px minimum; on a phone the results take two columns. Long words (the
-# weights file name, a fingerprint) may break, so nothing is wider than the screen.
+# shrink below Gradio's 100 px minimum; on a phone the results take two columns. A caption ends
+# with a key (`sneaker/test-00009.png`), which a line may break only at its hyphens: the examples
+# take five columns (three on a phone), wide enough for such keys; ten 74 px columns broke them
+# mid-word. Only a word wider than its column breaks anywhere (the weights file name, a
+# fingerprint, a long key), so nothing is wider than the screen.
 CSS = """
 #banner {background: #fff4e5; border: 1px solid #f0a040; border-radius: 8px; padding: 4px 12px;}
 #banner, #footer, #status {overflow-wrap: anywhere;}
@@ -79,7 +82,7 @@ CSS = """
 }
 @media (max-width: 600px) {
   #results .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr));}
-  #examples .grid-container {grid-template-columns: repeat(5, minmax(0, 1fr));}
+  #examples .grid-container {grid-template-columns: repeat(3, minmax(0, 1fr));}
 }
 """
 
@@ -276,7 +279,7 @@ def build_app(
                 examples = gr.Gallery(
                     value=[(search.thumbnail(key), key) for key in example_keys],
                     label="Or try one of these catalog items",
-                    columns=10,
+                    columns=5,  # wide enough for a key (see CSS)
                     allow_preview=False,
                     elem_id="examples",
                 )

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 from fashionrec_demo.app import ALL_CATEGORIES, RANDOM_WEIGHTS_BANNER, banner_for, build_app, launch
-from fashionrec_demo.screenshot import PHONE, capture, free_port, open_page, upload, wait_for_results
+from fashionrec_demo.screenshot import DESKTOP, PHONE, capture, free_port, open_page, upload, wait_for_results
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -208,6 +208,48 @@ def test_in_the_browser_captions_are_shown_in_full(served) -> None:
             " || getComputedStyle(c).textOverflow === 'ellipsis').map(c => c.innerText)"
         )
     assert clipped == []
+
+
+# Each line a caption wraps to, from the positions of its characters: a line may start only after
+# a space or a hyphen (what the browser breaks at before resorting to `overflow-wrap: anywhere`).
+LINE_BREAKS = """() => {
+  const found = {breaks: 0, midWord: []};
+  for (const label of document.querySelectorAll('#results .caption-label, #examples .caption-label')) {
+    const walker = document.createTreeWalker(label, NodeFilter.SHOW_TEXT);
+    const range = document.createRange();
+    let previous = null, top = null;
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (let i = 0; i < node.data.length; i++) {
+        range.setStart(node, i); range.setEnd(node, i + 1);
+        const rect = range.getClientRects()[0];
+        if (rect && rect.width > 0) {
+          if (top !== null && rect.top > top + 1) {
+            found.breaks += 1;
+            if (!' -'.includes(previous)) found.midWord.push(label.innerText + ' | ' + node.data.slice(i));
+          }
+          top = rect.top;
+        }
+        previous = node.data[i];
+      }
+    }
+  }
+  return found;
+}"""
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_in_the_browser_keys_in_captions_break_only_at_spaces_and_hyphens(served, viewport) -> None:
+    """Results and examples end with a key (dress/test-00013.png): a caption wraps between its
+    words, never inside a key (ten 74 px example columns broke them mid-word)."""
+    url, catalog = served
+    with open_page(url, viewport=viewport) as page:
+        upload(page, QUERY)
+        _set_k(page, 20)
+        _wait_for_captions(page, _expected(catalog.search(QUERY, k=20)))
+        assert page.locator("#examples .caption-label").count() == 10
+        lines = page.evaluate(LINE_BREAKS)
+    assert lines["breaks"] > 20  # captions do wrap (each result's, at least once): the check bites
+    assert lines["midWord"] == []
 
 
 def test_in_the_browser_no_tile_stays_highlighted_after_more_like_this(served) -> None:
