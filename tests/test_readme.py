@@ -257,6 +257,19 @@ def test_the_readme_fits_a_few_screens_and_its_links_lead_somewhere() -> None:
     assert local and [t for t in local if not (ROOT / t).exists()] == []
 
 
+def test_every_picture_of_a_page_is_found_from_that_page() -> None:
+    """On GitHub and in the built site alike: MkDocs rewrites Markdown images for the site's page
+    URLs (checked by --strict), not a raw `<img src>` (`docs/demo-phone.png` showed nowhere)."""
+    missing = []
+    for page in [README, *DOCS]:
+        text = page.read_text(encoding="utf-8")
+        sources = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
+        assert sources or page != README
+        missing += [f"{page.name}: {s}" for s in sources if not (page.parent / s).exists() and "://" not in s]
+        missing += [f"{page.name}: raw {tag}" for tag in re.findall(r"<img\s[^>]*>", text)]
+    assert missing == []
+
+
 # A catalog a docs example names: `--catalog NAME` (and `--catalog-out`), `Catalog.*("NAME"`.
 CATALOG_NAME = re.compile(r"--catalog(?:-out)?[ =]([^\s\"'`]+)|Catalog\.\w+\(\s*\"([^\"]+)\"")
 
