@@ -257,6 +257,21 @@ def test_the_readme_fits_a_few_screens_and_its_links_lead_somewhere() -> None:
     assert local and [t for t in local if not (ROOT / t).exists()] == []
 
 
+def test_the_readme_says_how_to_get_the_files_its_examples_use(tmp_path: Path) -> None:
+    """A newcomer has no `images/` nor `photo.jpg`: the README's copy commands (run here from a
+    clone's layout) make the ones its Python and command-line examples read."""
+    (python,) = [s for s in ALL_SECTIONS if s.file == "README.md" and s.title == "From Python"]
+    shown = "\n".join(block.code for block in python.blocks if block.language == "bash")
+    copies = [line.split("#")[0] for line in shown.splitlines() if line.startswith("cp ")]
+    assert len(copies) == 2
+    (tmp_path / "fashionrec_onnx").symlink_to(ROOT / "fashionrec_onnx")
+    subprocess.run(["bash", "-c", " && ".join(copies)], cwd=tmp_path, check=True)
+    assert (tmp_path / "images" / "labels.csv").is_file() and not (tmp_path / "images").is_symlink()
+    assert len(list((tmp_path / "images").glob("*/*.png"))) == 1000
+    with Image.open(tmp_path / "photo.jpg") as photo:
+        assert photo.size[0] > 0
+
+
 def test_every_picture_of_a_page_is_found_from_that_page() -> None:
     """On GitHub and in the built site alike: MkDocs rewrites Markdown images for the site's page
     URLs (checked by --strict), not a raw `<img src>` (`docs/demo-phone.png` showed nowhere)."""
