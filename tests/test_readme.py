@@ -257,11 +257,12 @@ def test_the_readme_fits_a_few_screens_and_its_links_lead_somewhere() -> None:
     assert local and [t for t in local if not (ROOT / t).exists()] == []
 
 
-def test_the_readme_says_how_to_get_the_files_its_examples_use(tmp_path: Path) -> None:
-    """A newcomer has no `images/` nor `photo.jpg`: the README's copy commands (run here from a
-    clone's layout) make the ones its Python and command-line examples read."""
-    (python,) = [s for s in ALL_SECTIONS if s.file == "README.md" and s.title == "From Python"]
-    shown = "\n".join(block.code for block in python.blocks if block.language == "bash")
+@pytest.mark.parametrize("page, title", [("README.md", "From Python"), ("docs/getting-started.md", None)])
+def test_the_docs_say_how_to_get_the_files_their_examples_use(page: str, title: str, tmp_path: Path) -> None:
+    """A newcomer has no `images/` nor `photo.jpg`: the copy commands of the README and of the
+    first docs page (run here from a clone's layout) make the ones the examples read."""
+    (section,) = [s for s in ALL_SECTIONS if s.file == page and title in (None, s.title)]
+    shown = "\n".join(block.code for block in section.blocks if block.language == "bash")
     copies = [line.split("#")[0] for line in shown.splitlines() if line.startswith("cp ")]
     assert len(copies) == 2
     (tmp_path / "fashionrec_onnx").symlink_to(ROOT / "fashionrec_onnx")
