@@ -331,6 +331,6 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, blo
         prevent_thread_lock=not block,
         css=CSS,
         js=REGION_JS,
-        quiet=not block,
+        quiet=True,  # `fashionrec demo` says where it serves; Gradio's own lines name `launch()` options
     )
     return app

@@ -449,6 +449,57 @@ def test_fashionrec_demo_offline_falls_back_to_random_weights_with_a_banner(tmp_
     assert (tmp_path / "home" / "resnet50-random-seed0.onnx").exists()
 
 
+def test_fashionrec_demo_on_a_catalog_says_where_it_serves_and_nothing_a_user_cannot_act_on(
+    served, small_model: Path
+) -> None:
+    """One line with the address; not Gradio's own (`share=True` in `launch()`) nor a log line
+    per HTTP request of its start-up check."""
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    catalog = served[1].path
+    command = [str(Path(sys.executable).with_name("fashionrec")), "demo", "--catalog", str(catalog),
+               "--model", str(small_model), "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, up = time.monotonic() + 120, False
+        while not up and time.monotonic() < deadline and process.poll() is None:
+            try:
+                up = httpx.get(f"http://127.0.0.1:{port}/config", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert up, "the demo did not come up"
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=60)[0]
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines[0].startswith("serving 1000 photos") and len(lines) == 1, output
+    assert lines[0].endswith(f" on http://127.0.0.1:{port} (open it in a browser; Ctrl+C to stop)")
+    assert "launch()" not in output and "httpx" not in output and "Running on" not in output, output
+
+
+def test_fashionrec_demo_on_a_port_in_use_is_one_line_naming_port(
+    served, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before anything is announced (or, on a first start, minutes of export and indexing)."""
+    import socket
+
+    from fashionrec_onnx.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--catalog", str(served[1].path), "--model", str(small_model), "--port", str(port)]
+        code = main(["demo", *args])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: cannot listen on 127.0.0.1:{port} (Address already in use)")
+    assert "--port" in err and "launch()" not in err and len(err.splitlines()) == 1
+
+
 def test_a_catalog_on_a_random_weights_model_the_user_chose_says_to_re_export_and_re_index(
     tmp_path: Path, small_model: Path
 ) -> None:
