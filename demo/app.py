@@ -131,7 +131,13 @@ def ensure_model(home: Path, retry_weights: bool = False) -> tuple[Path, bool]:
             marker.unlink(missing_ok=True)
             return pretrained, False
         except WeightsUnavailableError as exc:
-            log.warning("%s", exc)
+            # The export's own advice names its options (--weights PATH), which the demo has not.
+            log.warning(
+                "cannot get the ImageNet weights (no network?): for real results put %s in %s/ "
+                "(copied from a machine with internet) and start the demo again",
+                IMAGENET_NOTOP_FILE,
+                keras_cache_dir(),
+            )
             marker.write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n{exc}\n")
     log.warning("FALLING BACK TO SEEDED RANDOM WEIGHTS: results show the pipeline, not similarity")
     untrained = home / "resnet50-random-seed0.onnx"

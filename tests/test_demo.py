@@ -445,6 +445,7 @@ def test_fashionrec_demo_offline_falls_back_to_random_weights_with_a_banner(tmp_
         process.terminate()
         output = process.communicate(timeout=60)[0]
     assert "FALLING BACK TO SEEDED RANDOM WEIGHTS" in output
+    assert "and start the demo again" in output and "--weights" not in output  # no export options
     assert f"on http://127.0.0.1:{port} (open it in a browser" in output  # it opens none itself
     assert (tmp_path / "home" / "resnet50-random-seed0.onnx").exists()
 
