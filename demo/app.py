@@ -58,8 +58,11 @@ CHOSEN_RANDOM_WEIGHTS_BANNER = (
     "photos again with it, into a new catalog: a catalog keeps the model it was built with."
 )
 # Captions go under the picture, wrapped, instead of over it cut with an ellipsis; columns may
-# shrink below Gradio's 100 px minimum; on a phone the results take two columns. Long words (the
-# weights file name, a fingerprint) may break, so nothing is wider than the screen.
+# shrink below Gradio's 100 px minimum; on a phone the results take two columns. A caption ends
+# with a key (`sneaker/test-00009.png`), which a line may break only at its hyphens: the examples
+# take five columns (three on a phone), wide enough for such keys; ten 74 px columns broke them
+# mid-word. Only a word wider than its column breaks anywhere (the weights file name, a
+# fingerprint, a long key), so nothing is wider than the screen.
 CSS = """
 #banner {background: #fff4e5; border: 1px solid #f0a040; border-radius: 8px; padding: 4px 12px;}
 #banner, #footer, #status {overflow-wrap: anywhere;}
@@ -84,7 +87,7 @@ CSS = """
 }
 @media (max-width: 600px) {
   #results .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr));}
-  #examples .grid-container {grid-template-columns: repeat(5, minmax(0, 1fr));}
+  #examples .grid-container {grid-template-columns: repeat(3, minmax(0, 1fr));}
 }
 """
 
@@ -133,7 +136,13 @@ def ensure_model(home: Path, retry_weights: bool = False) -> tuple[Path, bool]:
             marker.unlink(missing_ok=True)
             return pretrained, False
         except WeightsUnavailableError as exc:
-            log.warning("%s", exc)
+            # The export's own advice names its options (--weights PATH), which the demo has not.
+            log.warning(
+                "cannot get the ImageNet weights (no network?): for real results put %s in %s/ "
+                "(copied from a machine with internet) and start the demo again",
+                IMAGENET_NOTOP_FILE,
+                keras_cache_dir(),
+            )
             marker.write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n{exc}\n")
     log.warning("FALLING BACK TO SEEDED RANDOM WEIGHTS: results show the pipeline, not similarity")
     untrained = home / "resnet50-random-seed0.onnx"
@@ -281,7 +290,7 @@ def build_app(
                 examples = gr.Gallery(
                     value=[(search.thumbnail(key), key) for key in example_keys],
                     label="Or try one of these catalog items",
-                    columns=10,
+                    columns=5,  # wide enough for a key (see CSS)
                     allow_preview=False,
                     elem_id="examples",
                 )
@@ -333,6 +342,6 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, blo
         prevent_thread_lock=not block,
         css=CSS,
         js=REGION_JS,
-        quiet=not block,
+        quiet=True,  # `fashionrec demo` says where it serves; Gradio's own lines name `launch()` options
     )
     return app

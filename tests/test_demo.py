@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 from fashionrec_demo.app import ALL_CATEGORIES, RANDOM_WEIGHTS_BANNER, banner_for, build_app, launch
-from fashionrec_demo.screenshot import PHONE, capture, free_port, open_page, upload, wait_for_results
+from fashionrec_demo.screenshot import DESKTOP, PHONE, capture, free_port, open_page, upload, wait_for_results
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -210,6 +210,48 @@ def test_in_the_browser_captions_are_shown_in_full(served) -> None:
     assert clipped == []
 
 
+# Each line a caption wraps to, from the positions of its characters: a line may start only after
+# a space or a hyphen (what the browser breaks at before resorting to `overflow-wrap: anywhere`).
+LINE_BREAKS = """() => {
+  const found = {breaks: 0, midWord: []};
+  for (const label of document.querySelectorAll('#results .caption-label, #examples .caption-label')) {
+    const walker = document.createTreeWalker(label, NodeFilter.SHOW_TEXT);
+    const range = document.createRange();
+    let previous = null, top = null;
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (let i = 0; i < node.data.length; i++) {
+        range.setStart(node, i); range.setEnd(node, i + 1);
+        const rect = range.getClientRects()[0];
+        if (rect && rect.width > 0) {
+          if (top !== null && rect.top > top + 1) {
+            found.breaks += 1;
+            if (!' -'.includes(previous)) found.midWord.push(label.innerText + ' | ' + node.data.slice(i));
+          }
+          top = rect.top;
+        }
+        previous = node.data[i];
+      }
+    }
+  }
+  return found;
+}"""
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_in_the_browser_keys_in_captions_break_only_at_spaces_and_hyphens(served, viewport) -> None:
+    """Results and examples end with a key (dress/test-00013.png): a caption wraps between its
+    words, never inside a key (ten 74 px example columns broke them mid-word)."""
+    url, catalog = served
+    with open_page(url, viewport=viewport) as page:
+        upload(page, QUERY)
+        _set_k(page, 20)
+        _wait_for_captions(page, _expected(catalog.search(QUERY, k=20)))
+        assert page.locator("#examples .caption-label").count() == 10
+        lines = page.evaluate(LINE_BREAKS)
+    assert lines["breaks"] > 20  # captions do wrap (each result's, at least once): the check bites
+    assert lines["midWord"] == []
+
+
 def test_in_the_browser_no_tile_stays_highlighted_after_more_like_this(served) -> None:
     url, _ = served
     with open_page(url) as page:
@@ -403,8 +445,60 @@ def test_fashionrec_demo_offline_falls_back_to_random_weights_with_a_banner(tmp_
         process.terminate()
         output = process.communicate(timeout=60)[0]
     assert "FALLING BACK TO SEEDED RANDOM WEIGHTS" in output
+    assert "and start the demo again" in output and "--weights" not in output  # no export options
     assert f"on http://127.0.0.1:{port} (open it in a browser" in output  # it opens none itself
     assert (tmp_path / "home" / "resnet50-random-seed0.onnx").exists()
+
+
+def test_fashionrec_demo_on_a_catalog_says_where_it_serves_and_nothing_a_user_cannot_act_on(
+    served, small_model: Path
+) -> None:
+    """One line with the address; not Gradio's own (`share=True` in `launch()`) nor a log line
+    per HTTP request of its start-up check."""
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    catalog = served[1].path
+    command = [str(Path(sys.executable).with_name("fashionrec")), "demo", "--catalog", str(catalog),
+               "--model", str(small_model), "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, up = time.monotonic() + 120, False
+        while not up and time.monotonic() < deadline and process.poll() is None:
+            try:
+                up = httpx.get(f"http://127.0.0.1:{port}/config", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert up, "the demo did not come up"
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=60)[0]
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines[0].startswith("serving 1000 photos") and len(lines) == 1, output
+    assert lines[0].endswith(f" on http://127.0.0.1:{port} (open it in a browser; Ctrl+C to stop)")
+    assert "launch()" not in output and "httpx" not in output and "Running on" not in output, output
+
+
+def test_fashionrec_demo_on_a_port_in_use_is_one_line_naming_port(
+    served, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before anything is announced (or, on a first start, minutes of export and indexing)."""
+    import socket
+
+    from fashionrec_onnx.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--catalog", str(served[1].path), "--model", str(small_model), "--port", str(port)]
+        code = main(["demo", *args])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: cannot listen on 127.0.0.1:{port} (Address already in use)")
+    assert "--port" in err and "launch()" not in err and len(err.splitlines()) == 1
 
 
 def test_a_catalog_on_a_random_weights_model_the_user_chose_says_to_re_export_and_re_index(

@@ -410,3 +410,29 @@ def test_a_conversion_that_fails_in_its_process_is_one_clear_error(tmp_path: Pat
     with pytest.raises(ExportError, match=r"tf2onnx could not convert the model: .*nothing was written"):
         _convert_in_child(graph, spec, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_tf2onnx_without_the_private_converter_is_named_with_the_tested_version() -> None:
+    """The conversion calls tf2onnx's private `_convert_common`: another tf2onnx that lacks it is
+    one line naming the installed and the tested version, not an AttributeError."""
+    from types import ModuleType
+
+    from fashionrec_export.convert_graph import TESTED_TF2ONNX, private_converter
+
+    with pytest.raises(ExportError) as raised:
+        private_converter(ModuleType("tf2onnx.convert"))
+    message = str(raised.value)
+    assert "has no tf2onnx.convert._convert_common" in message and "\n" not in message
+    assert f"tested with tf2onnx {TESTED_TF2ONNX}" in message
+    assert f"pip install 'tf2onnx=={TESTED_TF2ONNX}'" in message
+
+
+def test_the_tested_tf2onnx_is_the_one_constraints_txt_pins() -> None:
+    """`make constraints` moving tf2onnx fails here: check `_convert_common` again, then say so."""
+    from fashionrec_export.convert_graph import TESTED_TF2ONNX
+
+    root = Path(__file__).resolve().parents[1]
+    pins = dict(
+        line.split("==") for line in (root / "constraints.txt").read_text().splitlines() if "==" in line
+    )
+    assert pins["tf2onnx"] == TESTED_TF2ONNX

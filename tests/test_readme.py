@@ -257,6 +257,35 @@ def test_the_readme_fits_a_few_screens_and_its_links_lead_somewhere() -> None:
     assert local and [t for t in local if not (ROOT / t).exists()] == []
 
 
+@pytest.mark.parametrize("page, title", [("README.md", "From Python"), ("docs/getting-started.md", None)])
+def test_the_docs_say_how_to_get_the_files_their_examples_use(page: str, title: str, tmp_path: Path) -> None:
+    """A newcomer has no `images/` nor `photo.jpg`: the copy commands of the README and of the
+    first docs page (run here from a clone's layout) make the ones the examples read."""
+    (section,) = [s for s in ALL_SECTIONS if s.file == page and title in (None, s.title)]
+    shown = "\n".join(block.code for block in section.blocks if block.language == "bash")
+    copies = [line.split("#")[0] for line in shown.splitlines() if line.startswith("cp ")]
+    assert len(copies) == 2
+    (tmp_path / "fashionrec_onnx").symlink_to(ROOT / "fashionrec_onnx")
+    subprocess.run(["bash", "-c", " && ".join(copies)], cwd=tmp_path, check=True)
+    assert (tmp_path / "images" / "labels.csv").is_file() and not (tmp_path / "images").is_symlink()
+    assert len(list((tmp_path / "images").glob("*/*.png"))) == 1000
+    with Image.open(tmp_path / "photo.jpg") as photo:
+        assert photo.size[0] > 0
+
+
+def test_every_picture_of_a_page_is_found_from_that_page() -> None:
+    """On GitHub and in the built site alike: MkDocs rewrites Markdown images for the site's page
+    URLs (checked by --strict), not a raw `<img src>` (`docs/demo-phone.png` showed nowhere)."""
+    missing = []
+    for page in [README, *DOCS]:
+        text = page.read_text(encoding="utf-8")
+        sources = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
+        assert sources or page != README
+        missing += [f"{page.name}: {s}" for s in sources if not (page.parent / s).exists() and "://" not in s]
+        missing += [f"{page.name}: raw {tag}" for tag in re.findall(r"<img\s[^>]*>", text)]
+    assert missing == []
+
+
 # A catalog a docs example names: `--catalog NAME` (and `--catalog-out`), `Catalog.*("NAME"`.
 CATALOG_NAME = re.compile(r"--catalog(?:-out)?[ =]([^\s\"'`]+)|Catalog\.\w+\(\s*\"([^\"]+)\"")
 

@@ -195,6 +195,19 @@ def test_hits_carry_their_product(http, catalog) -> None:
     assert all(hit["product"] == hit["metadata"]["product"] for hit in hits)
 
 
+def test_the_answer_shown_in_the_docs_has_the_fields_a_real_answer_has(http, catalog_dir: Path) -> None:
+    """docs/service.md serves a catalog with a product field: its sample answer shows `product`
+    (it showed an answer without one)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text(encoding="utf-8")
+    (shown,) = [line for line in page.splitlines() if line.startswith('{"hits":[')]
+    documented = json.loads(shown.replace(", ...]", "]"))
+    key = "dress/" + sorted(p.name for p in (catalog_dir.parent / "images" / "dress").iterdir())[0]
+    real = upload(http, photo(catalog_dir, key), k=3).json()
+    assert documented.keys() == real.keys()
+    assert documented["hits"][0].keys() == real["hits"][0].keys()
+    assert documented["timings_ms"].keys() == real["timings_ms"].keys()
+
+
 def grouped(hits: list) -> list[tuple[str, str, list[str]]]:
     return [(hit["key"], hit["product"], hit["photos"]) for hit in hits]
 

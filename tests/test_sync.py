@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -321,6 +322,27 @@ def test_cli_sync_exits_0_when_every_row_synced(
     args = ["sync", str(feed), "--catalog", str(tmp_path / "c"), "--model", str(small_model), "--quiet"]
     assert main(args) == 0
     assert "4 added" in capsys.readouterr().out
+
+
+def test_cli_sync_progress_bar_ends_at_every_row_of_the_report(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bar's last count is the report's row count: rows refused on reading (a repeated image),
+    a missing file after the last chunk of the model (batch size 1: chunks of 4 rows), and rows
+    left unchanged on the second run (it ended one or two rows short)."""
+    feed = local_shop(tmp_path)
+    rows = list(csv.DictReader(feed.open(encoding="utf-8")))
+    rows += [{"product_id": "P9", "image": "photos/p0.png"}, {"product_id": "P9", "image": "photos/gone.png"}]
+    write_feed(feed, rows)
+    args = ["sync", str(feed), "--catalog", str(tmp_path / "c"), "--model", str(small_model)]
+    first = "4 added, 0 re-embedded, 0 updated, 0 removed, 0 unchanged, 2 failed"
+    second = "0 added, 0 re-embedded, 0 updated, 0 removed, 4 unchanged, 2 failed"
+    for summary in (first, second):
+        assert main([*args, "--batch-size", "1"]) == 1
+        out, err = capsys.readouterr()
+        assert "synced 6 feed rows" in out and summary in out
+        counts = re.findall(r"syncing: .*?(\d+)/(\d+) ", err)
+        assert counts and counts[-1] == ("6", "6"), err
 
 
 def test_cli_sync_of_a_feed_without_the_product_column_exits_2_and_creates_nothing(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from ..errors import FashionrecError
 from .common import (
@@ -55,6 +56,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"the demo needs gradio ({exc}); install with `pip install 'fashionrec-onnx[demo,export]'`."
         ) from exc
     from ..catalog import Catalog
+    from ..service.run import check_listen, url_host
+
+    # A port in use (another demo) is one line naming --port, before a first start's minutes of
+    # export and indexing, not Gradio's advice about `launch()` arguments after "serving on".
+    check_listen(args.host, args.port)
+    # Gradio's start-up check of its own page logs each of its HTTP requests at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     if args.catalog:
         catalog = Catalog.open(args.catalog, args.model, readonly=True)
@@ -63,10 +71,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         catalog, banner = default_catalog(args.home, args.model, args.retry_weights)
     products = catalog.product_count()
     size = f"{len(catalog)} photos" + (f" of {products} products" if products is not None else "")
-    # The address to open: the demo opens no browser itself (flushed: a pipe would hold it back).
-    url = f"http://{args.host}:{args.port}"
-    print(f"serving {size} on {url} (open it in a browser; Ctrl+C to stop)", flush=True)
     try:
+        check_listen(args.host, args.port)  # still free after a first start's export and indexing
+        # The address to open: the demo opens no browser itself (flushed: a pipe would hold it back).
+        url = f"http://{url_host(args.host)}:{args.port}"
+        print(f"serving {size} on {url} (open it in a browser; Ctrl+C to stop)", flush=True)
         launch(build_app(catalog, banner=banner), host=args.host, port=args.port)
     finally:
         catalog.close()

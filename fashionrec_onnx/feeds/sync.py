@@ -123,13 +123,20 @@ def _sync(
         cache.check_writable()  # before the first download, not after every one
     fetched: list[Fetched] = []
     owned_before = set(_owned(catalog, key_prefix))
-    with tqdm(total=len(parsed.rows), unit="row", desc="syncing", disable=not progress) as bar:
+    # The bar counts every row of the report's total, each once when it is done: the rows handed
+    # to the model's chunks, and those that failed before (unreadable lines, missing files, URLs
+    # that could not be had: the last of these may fail after the last chunk).
+    handed = failed_in_chunks = 0
+    with tqdm(total=report.rows, unit="row", desc="syncing", disable=not progress) as bar:
         for chunk in _chunks(
             _images(parsed, root.resolve(), key_prefix, cache, report, fetched), batch_size * 4
         ):
+            failed_before = len(report.failed)
             _apply(catalog, chunk, report, batch_size, key_prefix, owned_before)
-            done = report.unchanged + report.added + report.reembedded + report.updated + len(report.failed)
-            bar.update(done - len(parsed.bad) - bar.n)  # rows that failed before the model count too
+            failed_in_chunks += len(report.failed) - failed_before
+            handed += len(chunk)
+            bar.update(handed + len(report.failed) - failed_in_chunks - bar.n)
+        bar.update(handed + len(report.failed) - failed_in_chunks - bar.n)
     owned = _owned(catalog, key_prefix)
     present = {key_prefix + row.image for row in parsed.rows} | {f.key for f in report.failed if f.key}
     gone = [key for key in owned if key not in present]
