@@ -23,7 +23,7 @@ from . import products
 from .columns import Liveness, MetadataColumns
 from .graph import GraphCache
 from .hnsw import HnswParams, ReadWriteLock
-from .kernels import to_float32
+from .kernels import row_norms, to_float32
 from .pca import PCA
 from .store import Delta, NewItem, Store, disk_full, is_disk_full, metadata_text
 from .tier import Tier
@@ -61,7 +61,7 @@ def checked_vectors(vectors: np.ndarray, dim: int, keys: Sequence[str]) -> np.nd
         )
     vectors = vectors.astype(np.float32)
     bad = ~np.isfinite(vectors).all(axis=1)
-    norms = np.linalg.norm(np.where(bad[:, None], 0, vectors), axis=1)
+    norms = row_norms(np.where(bad[:, None], 0, vectors))  # float64: a norm of 1e39 is no overflow
     bad |= np.abs(norms - 1.0) > UNIT_TOLERANCE
     if bad.any():
         first = int(np.flatnonzero(bad)[0])

@@ -62,3 +62,35 @@ def one_blas_thread() -> Iterator[None]:
             _controller = ThreadpoolController()
         with _controller.limit(limits=1, user_api="blas"):
             yield
+
+
+def row_norms(rows: np.ndarray) -> np.ndarray:
+    """Euclidean norms of the last axis, in float64 and scaled by each row's largest value, so a
+    finite row never overflows (float32 squares of 3e38 are inf) nor underflows (1e-30 squared is
+    0): only a row holding NaN or an infinity gets a norm that is not finite."""
+    rows = np.asarray(rows, np.float64)
+    with np.errstate(all="ignore"):
+        scale = np.max(np.abs(rows), axis=-1, keepdims=True, initial=0.0)
+        safe = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        norms: np.ndarray = np.linalg.norm(rows / safe, axis=-1) * safe[..., 0]
+    return norms
+
+
+def vector_problem(norm: float) -> str | None:
+    """Why a vector of this norm (`row_norms`) has no direction, or None."""
+    if not np.isfinite(norm):
+        return "it holds NaN or infinite values"
+    if norm == 0:
+        return "it is zero"
+    return None
+
+
+def normalised(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length in float64, then as float32: any finite, non-zero row keeps its
+    direction however large or small its values (a norm of 1e39 overflows float32, not float64).
+    Rows without a direction (`vector_problem`) come back as NaN for the caller to refuse."""
+    wide = np.asarray(rows, np.float64)
+    norms = row_norms(wide)
+    with np.errstate(all="ignore"):
+        unit = wide / np.where(np.isfinite(norms) & (norms > 0), norms, np.nan)[..., None]
+    return unit.astype(np.float32)

@@ -76,6 +76,13 @@ def _cmd_export_vectors(args: argparse.Namespace) -> int:
     with Catalog.open(args.catalog, readonly=True) as catalog:
         report = export_vectors(catalog, args.out)
     print(f"exported {report.rows} vectors in {report.seconds:.1f}s to {len(report.files)} file(s)")
+    if report.damaged:
+        print(
+            f"  left out {len(report.damaged)} item(s) whose stored vector is damaged (first: "
+            f"{report.damaged[0][:200]!r}); remove them and index their images again "
+            f"(`fashionrec verify --catalog {args.catalog}` counts them)"
+        )
+        return 1
     return 0
 
 

@@ -354,7 +354,7 @@ def read_batches(
 
     Every file is checked before its rows are read: a fingerprint or dimension other than the
     one given (or than the first file's) is refused with ``ModelMismatchError`` naming the file.
-    Rows whose vector is null or not finite come back in ``errors``.
+    Rows whose vector is null, not finite or zero come back in ``errors``.
     """
     fs, files = list_files(location)
     for path in files:
@@ -376,13 +376,14 @@ def _to_batch(info: FileInfo, record: pa.RecordBatch) -> VectorBatch:
     vectors = np.zeros((len(keys), info.dim), np.float32)
     vectors[has_vector] = np.asarray(flat, np.float32).reshape(-1, info.dim)
     finite = np.isfinite(vectors).all(axis=1)
+    direction = (vectors != 0).any(axis=1)  # a zero vector has none: its row's error, not the batch's
     texts = record.column("metadata").to_pylist()
     metadata, unstorable = zip(*map(_metadata, texts)) if texts else ((), ())  # NaN...: the row's error
-    good = has_vector & finite & np.asarray([e is None for e in errors_column], dtype=bool)
+    good = has_vector & finite & direction & np.asarray([e is None for e in errors_column], dtype=bool)
     good &= np.asarray([problem is None for problem in unstorable], dtype=bool)
     errors = []
     for row in np.flatnonzero(~good):
-        missing = "vector not finite" if has_vector[row] else "no vector"
+        missing = "no vector" if not has_vector[row] else "vector not finite" if not finite[row] else "vector is zero"
         reason = errors_column[row] or unstorable[row] or missing
         errors.append((keys[row], reason))
     rows = np.flatnonzero(good)

@@ -1,0 +1,144 @@
+"""Issue 25, what the variants left: a damaged stored vector is never handed out (vector, vectors,
+export, import, duplicates), a finite vector with a norm float32 cannot hold is searched and
+stored by its direction, feed and metadata files have a size bound, name resolution counts in a
+download's deadline, and what an adversarial pass on the service and the CLI broke."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from test_poisoning import ROT, rot
+from test_service import served
+
+from fashionrec_onnx import Catalog, CatalogError
+from fashionrec_onnx.cli import main
+from fashionrec_onnx.errors import CatalogCorruptError
+from fashionrec_onnx.interchange import vector_files as vf
+from fashionrec_onnx.interchange.vector_transfer import export_vectors, import_vectors
+
+DIM = 2048
+
+
+def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture()
+def catalog(tmp_path: Path, small_model: Path) -> Iterator[Catalog]:
+    """40 items from vectors (no image is embedded)."""
+    with Catalog.create(tmp_path / "catalog", small_model) as opened:
+        opened.add_many([f"item-{n:02d}" for n in range(40)], unit_vectors(40))
+        yield opened
+
+
+# -- 1. a damaged stored vector is never handed out ------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ROT)
+def test_the_stored_vector_of_a_damaged_item_is_refused_naming_the_key_and_the_repair(
+    catalog: Catalog, damage: str
+) -> None:
+    rot(catalog, "item-07", ROT[damage])
+    for read in (lambda: catalog.vector("item-07"), lambda: catalog.vectors(["item-01", "item-07"])):
+        with pytest.raises(CatalogCorruptError, match=r"stored vector of 'item-07' .* is damaged") as info:
+            read()
+        assert "index its image again" in str(info.value) and "fashionrec verify" in str(info.value)
+    assert np.isfinite(catalog.vectors(["item-01", "item-08"])).all()  # the others are still given
+
+
+def test_an_export_leaves_damaged_vectors_out_and_counts_them(
+    catalog: Catalog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rot(catalog, "item-07")
+    rot(catalog, "item-30", 0.0)
+    report = export_vectors(catalog, tmp_path / "out")
+    assert report.rows == 38 and report.damaged == ["item-07", "item-30"]
+    table = pq.read_table(report.files[0])
+    assert "item-07" not in table.column("key").to_pylist() and table.num_rows == 38
+    assert np.isfinite(np.asarray(table.column("vector").to_pylist(), np.float32)).all()
+    catalog.close()
+    assert main(["export-vectors", "--catalog", str(catalog.path), "--out", str(tmp_path / "cli")]) == 1
+    out = capsys.readouterr().out
+    assert "exported 38 vectors" in out and "left out 2 item(s) whose stored vector is damaged" in out
+
+
+def test_an_import_replaces_a_damaged_stored_vector_with_the_files_sound_one(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    report = export_vectors(catalog, tmp_path / "out")
+    good = catalog.vector("item-07")
+    rot(catalog, "item-07")
+    imported = import_vectors(catalog, tmp_path / "out")  # was: the import failed on the NaN row
+    assert imported.updated == 1 and imported.unchanged == 39 and report.rows == 40
+    assert np.array_equal(catalog.vector("item-07"), good)
+
+
+# -- 2. a finite vector whose norm overflows float32 ------------------------------------------------
+
+
+def huge(seed: int = 1, top: float = 3e38) -> np.ndarray:
+    """A direction with values near float32's largest (3.4e38): finite, but its float32 norm is inf."""
+    return (unit_vectors(1, seed)[0] / np.abs(unit_vectors(1, seed)[0]).max() * top).astype(np.float32)
+
+
+def test_add_many_stores_a_huge_finite_vector_by_its_direction(catalog: Catalog) -> None:
+    vector = huge()
+    with np.errstate(over="ignore"):
+        assert np.isfinite(vector).all() and not np.isfinite(np.linalg.norm(vector))
+    catalog.add_many(["huge", "tiny"], np.stack([vector, vector / np.float32(1e36) * np.float32(1e-36)]))
+    for key in ("huge", "tiny"):
+        stored = catalog.vector(key)
+        assert abs(np.linalg.norm(stored) - 1) < 1e-5
+        assert np.dot(stored, unit_vectors(1, 1)[0]) > 0.9999
+    catalog.add_many(["wide"], (vector.astype(np.float64) * 1e10)[None])  # 3e48: finite in float64
+    assert np.dot(catalog.vector("wide"), unit_vectors(1, 1)[0]) > 0.9999
+
+
+def test_a_search_by_a_huge_finite_vector_finds_its_direction(catalog: Catalog) -> None:
+    target = catalog.vector("item-05")
+    for query in (target / np.abs(target).max() * np.float32(3e38), target.astype(np.float64) * 1e300):
+        assert np.isfinite(query).all()
+        assert catalog.search(query, k=1)[0].key == "item-05"
+        assert catalog.exact_search(query, k=1)[0].key == "item-05"
+    for bad, why in ((np.zeros(DIM, np.float32), "it is zero"), (np.full(DIM, np.nan), "NaN or infinite")):
+        with pytest.raises(CatalogError, match=why):
+            catalog.search(bad, k=1)
+
+
+def test_a_parquet_import_of_huge_finite_vectors_stores_their_directions(catalog: Catalog, tmp_path: Path) -> None:
+    vectors = np.stack([huge(1), huge(2)])
+    table = vf.build_table(DIM, catalog.info.fingerprint, keys=["h1", "h2"], vectors=vectors)
+    path = tmp_path / "huge.parquet"
+    pq.write_table(table, path)
+    report = import_vectors(catalog, path)
+    assert report.added == 2 and not report.skipped
+    assert np.dot(catalog.vector("h2"), unit_vectors(1, 2)[0]) > 0.9999
+
+
+def test_a_parquet_import_of_a_zero_vector_fails_that_row_not_the_batch(catalog: Catalog, tmp_path: Path) -> None:
+    vectors = np.stack([unit_vectors(1, 3)[0], np.zeros(DIM, np.float32)])
+    table = vf.build_table(DIM, catalog.info.fingerprint, keys=["ok", "zero"], vectors=vectors)
+    path = tmp_path / "zero.parquet"
+    pq.write_table(table, path)
+    report = import_vectors(catalog, path)
+    assert report.added == 1 and report.skipped == [("zero", "vector is zero")]
+    assert "ok" in catalog and "zero" not in catalog
+
+
+def test_an_http_search_by_a_huge_finite_vector_is_answered(catalog: Catalog) -> None:
+    target = catalog.vector("item-05")
+    catalog.close()
+    with served(catalog.path) as url, httpx.Client(base_url=url, timeout=60) as http:
+        for scale in (3e38 / float(np.abs(target).max()), 1e300):
+            vector = [float(value) * scale for value in target]
+            answer = http.post("/search", json={"vector": vector, "k": 1})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["hits"][0]["key"] == "item-05"
+        zero = http.post("/search", json={"vector": [0.0] * DIM, "k": 1})
+        assert zero.status_code == 422 and "it is zero" in zero.text and "corrupt" not in zero.text
