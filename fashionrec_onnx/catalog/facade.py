@@ -22,12 +22,14 @@ from .columns import Filter
 from .core import CatalogCore, read_only_refusal
 from .duplicates import NEIGHBOURS, DuplicateReport
 from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
+from .kernels import normalised, row_norms
 from .location import MilvusLocation, location
 from .maintenance import CheckReport
 from .opening import ModelArg
 from .pca import PCA
 from .querying import Hit, KeyQuery, Querier, Queries, Query, exact, is_vector, shown, unit
 from .store import DB_NAME, Item, NewItem
+from .vectors import read_sound
 
 if TYPE_CHECKING:  # types only: these packages are built on the catalog and register its jobs
     from ..feeds.download import DownloadSettings
@@ -310,7 +312,7 @@ class Catalog:
 
     def vector(self, key: str) -> np.ndarray:
         """The stored embedding of an item."""
-        vector: np.ndarray = self._core.vectors.read([self.get(key).label])[0]
+        vector: np.ndarray = read_sound(self._core.vectors, [self.get(key).label], [key])[0]
         return vector
 
     def vectors(self, keys: Iterable[str]) -> np.ndarray:
@@ -320,7 +322,7 @@ class Catalog:
         missing = [key for key in keys if key not in found]
         if missing:
             raise UnknownKeyError(f"no item with key {missing[0]!r} in {self.path} ({len(missing)} unknown).")
-        return self._core.vectors.read([found[key].label for key in keys])
+        return read_sound(self._core.vectors, [found[key].label for key in keys], keys)
 
     def image_path(self, key: str) -> Path | None:
         path = self.get(key).path
@@ -419,16 +421,14 @@ class Catalog:
         a later `index_folder` of the same files know they are unchanged. ``feed`` (a feed's key
         prefix, given by `sync`) records that feed as the items' owner: only its sync removes them."""
         keys = list(keys)
-        vectors = np.asarray(vectors, np.float32)
+        vectors = np.asarray(vectors)  # normalised before float32: 1e39 is finite in float64
         if vectors.shape != (len(keys), self.dim):
             raise CatalogError(f"expected vectors of shape ({len(keys)}, {self.dim}), got {vectors.shape}")
         if len(set(keys)) != len(keys):
             raise CatalogError("add_many got the same key twice in one batch; keys must be unique")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        off = ~(np.abs(norms - 1.0) <= 1e-6)  # unit already: kept bit for bit (exact round trips)
+        off = ~(np.abs(row_norms(vectors)[:, None] - 1.0) <= 1e-6)  # unit: kept bit for bit
         if off.any():
-            with np.errstate(invalid="ignore", divide="ignore"):
-                vectors = np.where(off, vectors / norms, vectors)
+            vectors = np.where(off, normalised(vectors), vectors)  # float64 norms: 3e38 is no overflow
         columns = [
             list(values) if values is not None else [None] * len(keys)
             for values in (paths, metadata, sizes, mtimes_ns)
