@@ -142,3 +142,28 @@ def test_an_http_search_by_a_huge_finite_vector_is_answered(catalog: Catalog) ->
             assert answer.json()["hits"][0]["key"] == "item-05"
         zero = http.post("/search", json={"vector": [0.0] * DIM, "k": 1})
         assert zero.status_code == 422 and "it is zero" in zero.text and "corrupt" not in zero.text
+
+
+# -- 5. duplicates leave damaged vectors out of the threshold and the groups -------------------------
+
+
+@pytest.mark.parametrize("reduced", [False, True])
+@pytest.mark.parametrize("damage", ROT)
+def test_duplicates_leave_a_damaged_vector_out_of_the_threshold_and_say_so(
+    catalog: Catalog, caplog: pytest.LogCaptureFixture, damage: str, reduced: bool
+) -> None:
+    copy = catalog.vector("item-03") + np.float32(1e-3) * unit_vectors(1, 9)[0]
+    catalog.add_many(["item-03-copy"], copy[None])
+    if reduced:
+        catalog.reduce(8)
+    clean = catalog.duplicates()
+    rot(catalog, "item-07", ROT[damage])
+    rot(catalog, "item-03-copy", ROT[damage])
+    with caplog.at_level("WARNING"):
+        report = catalog.duplicates()
+    assert np.isfinite(report.threshold) and report.threshold == pytest.approx(clean.threshold, abs=0.05)
+    assert report.items == 39 and all("item-07" not in g.keys and "item-03-copy" not in g.keys for g in report)
+    assert all(np.isfinite(s) for g in report for _, _, s in g.pairs)
+    assert "left 2 item(s) whose stored vector is damaged out of the duplicates" in caplog.text
+    explicit = catalog.duplicates(threshold=0.5)
+    assert all(np.isfinite(s) for g in explicit for _, _, s in g.pairs)
