@@ -167,3 +167,43 @@ def test_duplicates_leave_a_damaged_vector_out_of_the_threshold_and_say_so(
     assert "left 2 item(s) whose stored vector is damaged out of the duplicates" in caplog.text
     explicit = catalog.duplicates(threshold=0.5)
     assert all(np.isfinite(s) for g in explicit for _, _, s in g.pairs)
+
+
+# -- 3. a feed or metadata file has a size bound ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["feed.csv", "feed.jsonl"])
+def test_a_feed_over_the_size_bound_is_refused_naming_the_file_the_size_and_the_setting(
+    tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    monkeypatch.setenv("FASHIONREC_MAX_FEED_MB", "1")
+    feed = tmp_path / name
+    row = "A,a.png,{}\n" if name.endswith(".csv") else '{{"product_id": "A", "image": "a.png", "note": "{}"}}\n'
+    header = "product_id,image,note\n" if name.endswith(".csv") else ""
+    feed.write_text(header + row.format("x" * 100) * 11_000)  # 1.2 MB
+    size = feed.stat().st_size
+    with pytest.raises(CatalogError, match=rf"{feed} holds {size:,} bytes, over the 1,048,576-byte bound") as info:
+        catalog.sync(feed)
+    assert "FASHIONREC_MAX_FEED_MB" in str(info.value) and len(catalog) == 40
+    catalog.close()
+    assert main(["sync", "--catalog", str(catalog.path), str(feed)]) == 2
+    err = capsys.readouterr().err
+    assert f"holds {size:,} bytes" in err and "Traceback" not in err
+    monkeypatch.setenv("FASHIONREC_MAX_FEED_MB", "2")  # raised: read as before (the images are missing)
+    with Catalog.open(catalog.path) as opened:
+        assert opened.sync(feed).failed
+
+
+def test_a_metadata_file_over_the_size_bound_is_refused_before_indexing(
+    tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fashionrec_onnx.feeds.scan import read_metadata
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("key,colour\n" + "a.png,red\n" * 200_000)  # 2 MB
+    monkeypatch.setenv("FASHIONREC_MAX_FEED_MB", "1")
+    with pytest.raises(CatalogError, match=r"labels.csv holds 2,000,011 bytes, over the 1,048,576-byte bound"):
+        read_metadata(labels)
+    monkeypatch.setenv("FASHIONREC_MAX_FEED_MB", "lots")
+    with pytest.raises(CatalogError, match="FASHIONREC_MAX_FEED_MB='lots' is not a positive number"):
+        read_metadata(labels)
