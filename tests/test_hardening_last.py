@@ -5,6 +5,8 @@ download's deadline, and what an adversarial pass on the service and the CLI bro
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +14,14 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from feed_server import FeedServer, png
 from test_poisoning import ROT, rot
 from test_service import served
 
 from fashionrec_onnx import Catalog, CatalogError
 from fashionrec_onnx.cli import main
-from fashionrec_onnx.errors import CatalogCorruptError
+from fashionrec_onnx.errors import CatalogCorruptError, DownloadError
+from fashionrec_onnx.feeds.download import DownloadSettings, ImageCache
 from fashionrec_onnx.interchange import vector_files as vf
 from fashionrec_onnx.interchange.vector_transfer import export_vectors, import_vectors
 
@@ -207,3 +211,50 @@ def test_a_metadata_file_over_the_size_bound_is_refused_before_indexing(
     monkeypatch.setenv("FASHIONREC_MAX_FEED_MB", "lots")
     with pytest.raises(CatalogError, match="FASHIONREC_MAX_FEED_MB='lots' is not a positive number"):
         read_metadata(labels)
+
+
+# -- 4. name resolution counts in a download's deadline ------------------------------------------------
+
+
+@pytest.fixture()
+def hanging_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The OS resolver (not our stack) hanging for ``*.hangs.test`` as a dead DNS server makes
+    it; ``shop.test`` is 127.0.0.1; the names asked are listed."""
+    real, release, asked = socket.getaddrinfo, threading.Event(), []
+
+    def getaddrinfo(host: str, port: object, *args: object, **kwargs: object) -> list:
+        asked.append(host)
+        if host.endswith(".hangs.test"):
+            release.wait()
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real("127.0.0.1" if host == "shop.test" else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield asked
+    release.set()
+
+
+def test_a_download_whose_name_never_resolves_fails_at_the_deadline_saying_so(
+    tmp_path: Path, hanging_dns: list[str]
+) -> None:
+    settings = DownloadSettings(timeout=0.3, deadline=0.5, retries=0, allow_private_network=True)
+    with pytest.raises(DownloadError, match=r"not done within 0\.5s in all \(the host name 'cdn\.hangs\.test' was not resolved in time"):
+        ImageCache(tmp_path, settings).fetch("http://cdn.hangs.test/a.png")
+
+
+def test_a_sync_fails_the_row_whose_host_never_resolves_and_syncs_the_others(
+    tmp_path: Path, catalog: Catalog, hanging_dns: list[str]
+) -> None:
+    server = FeedServer()
+    try:
+        server.images["a.png"] = png(7)
+        port = server.server_address[1]
+        feed = tmp_path / "feed.csv"
+        feed.write_text(f"product_id,image\nA,http://shop.test:{port}/img/a.png\nB,http://cdn.hangs.test/b.png\n")
+        settings = DownloadSettings(timeout=0.3, deadline=1.0, retries=0, allow_private_network=True)
+        report = catalog.sync(feed, download=settings)
+    finally:
+        server.stop()
+    assert report.added == 1 and [f.line for f in report.failed] == [3]
+    assert "'cdn.hangs.test' was not resolved in time" in report.failed[0].reason
+    assert hanging_dns.count("shop.test") == 1  # resolved once: the connection used that answer

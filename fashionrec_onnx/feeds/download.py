@@ -144,10 +144,43 @@ class _Guard:
         self.allow_private = allow_private
         self.local = threading.local()
 
+    def resolve(self, host: str, port: int) -> list[Any]:
+        """``getaddrinfo`` within what is left of the image's deadline: the OS resolver has no
+        timeout of its own (a dead DNS server holds it for minutes), so it runs on a daemon
+        thread and the download stops waiting when the deadline is up. Answers are kept for the
+        connection that follows, which connects to them without resolving again."""
+        ends = getattr(self.local, "ends", None)
+        resolved: dict[tuple[str, int], list[Any]] = getattr(self.local, "resolved", None) or {}
+        if (host, port) in resolved:
+            return list(resolved[host, port])
+        remaining = 0.0 if ends is None else ends - time.monotonic()
+        outcome: list[Any] = []
+        done = threading.Event()
+
+        def lookup() -> None:
+            try:
+                outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        if ends is None:  # outside a fetch (no deadline to keep): resolve here
+            lookup()
+        else:
+            threading.Thread(target=lookup, name=f"resolve {host[:40]}", daemon=True).start()
+            if not done.wait(max(0.0, remaining)):
+                raise DownloadError("", f"the host name {host[:200]!r} was not resolved in time (no answer from DNS)")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        if ends is not None:
+            self.local.resolved = {**resolved, (host, port): outcome[0]}
+        return list(outcome[0])
+
     def check_host(self, host: str, port: int, proxied: bool) -> None:
         """Every address the name resolves to must be allowed (an IP literal is its own)."""
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = self.resolve(host, port)
         except (OSError, UnicodeError):
             if proxied:
                 return  # the proxy resolves it
@@ -162,7 +195,7 @@ class _Guard:
         is the peer), the socket handed to the watchdog."""
 
         def create(address: tuple[str, int], timeout: Any = None, source: Any = None) -> socket.socket:
-            sock = socket.create_connection(address, timeout, source)
+            sock = _connect(self.resolve(*address), timeout, source)
             if check_peer:
                 problem = address_problem(str(sock.getpeername()[0]), self.allow_private)
                 if problem:
@@ -187,6 +220,24 @@ class _Guard:
             return made
 
         return build
+
+
+def _connect(infos: list[Any], timeout: Any, source: Any) -> socket.socket:
+    """``socket.create_connection`` to addresses already resolved: the first that accepts."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                sock.settimeout(timeout)
+            if source:
+                sock.bind(source)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError("getaddrinfo returned no address")
 
 
 def _proxied(request: urllib.request.Request) -> bool:
@@ -261,18 +312,22 @@ class ImageCache:
         the image's deadline is up (a server trickling headers or bytes cannot hold on)."""
         sockets: list[socket.socket] = []
         self._guard.local.sockets = sockets
+        self._guard.local.ends = ends  # name resolution counts in the deadline too
+        self._guard.local.resolved = {}
         watchdog = threading.Timer(max(0.0, ends - time.monotonic()), _shut, [sockets])
         watchdog.daemon = True
         watchdog.start()
         try:
             return self._follow(url, ends)
-        except (_Retry, DownloadError):
+        except (_Retry, DownloadError) as exc:
             if time.monotonic() >= ends:
-                raise DownloadError(url, self._too_long()) from None
+                why = exc.reason if isinstance(exc, DownloadError) else str(exc)
+                raise DownloadError(url, f"{self._too_long()} ({why})") from None
             raise
         finally:
             watchdog.cancel()
             self._guard.local.sockets = None
+            self._guard.local.ends = self._guard.local.resolved = None
 
     def _follow(self, url: str, ends: float) -> Fetched:
         """The image at ``url``, following at most `MAX_REDIRECTS` redirects, each checked."""
