@@ -526,7 +526,7 @@ class RemoteCatalog(Catalog):
         if any(not isinstance(key, str) or not key for key in keys):
             raise BadArgumentError("every key must be a non-empty string")
         norms = row_norms(vectors)[:, None]  # float64, scaled: values near 3e38 do not overflow
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
             raise CatalogError(
                 "a vector is zero or holds NaN or infinite values; nothing of the batch was written"
             )
