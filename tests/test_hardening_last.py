@@ -100,13 +100,14 @@ def test_add_many_stores_a_huge_finite_vector_by_its_direction(catalog: Catalog)
         stored = catalog.vector(key)
         assert abs(np.linalg.norm(stored) - 1) < 1e-5
         assert np.dot(stored, unit_vectors(1, 1)[0]) > 0.9999
-    catalog.add_many(["wide"], (vector.astype(np.float64) * 1e10)[None])  # 3e48: finite in float64
+    catalog.add_many(["wide"], (vector.astype(np.float64) / 3e38 * 1e308)[None])  # its norm overflows float64
     assert np.dot(catalog.vector("wide"), unit_vectors(1, 1)[0]) > 0.9999
 
 
 def test_a_search_by_a_huge_finite_vector_finds_its_direction(catalog: Catalog) -> None:
     target = catalog.vector("item-05")
-    for query in (target / np.abs(target).max() * np.float32(3e38), target.astype(np.float64) * 1e300):
+    top = float(np.abs(target).max())
+    for query in (target / top * np.float32(3e38), target.astype(np.float64) / top * 1e308):  # norm > 1.8e308
         assert np.isfinite(query).all()
         assert catalog.search(query, k=1)[0].key == "item-05"
         assert catalog.exact_search(query, k=1)[0].key == "item-05"
@@ -139,8 +140,9 @@ def test_an_http_search_by_a_huge_finite_vector_is_answered(catalog: Catalog) ->
     target = catalog.vector("item-05")
     catalog.close()
     with served(catalog.path) as url, httpx.Client(base_url=url, timeout=60) as http:
-        for scale in (3e38 / float(np.abs(target).max()), 1e300):
-            vector = [float(value) * scale for value in target]
+        top = float(np.abs(target).max())
+        for largest in (3e38, 1e308):  # near float32's largest; a norm over float64's
+            vector = [float(value) / top * largest for value in target]
             answer = http.post("/search", json={"vector": vector, "k": 1})
             assert answer.status_code == 200, answer.text
             assert answer.json()["hits"][0]["key"] == "item-05"
@@ -258,3 +260,22 @@ def test_a_sync_fails_the_row_whose_host_never_resolves_and_syncs_the_others(
     assert report.added == 1 and [f.line for f in report.failed] == [3]
     assert "'cdn.hangs.test' was not resolved in time" in report.failed[0].reason
     assert hanging_dns.count("shop.test") == 1  # resolved once: the connection used that answer
+
+
+# -- 6. an adversarial pass on the service and the CLI -------------------------------------------------
+
+
+def test_the_served_catalogs_path_is_masked_only_where_it_stands_as_a_path(
+    tmp_path: Path, small_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catalog served as ``cat`` turned "category" into "<catalog>egory" in every message."""
+    with Catalog.create(tmp_path / "cat", small_model) as created:
+        created.add_many(["a", "b"], unit_vectors(2), metadata=[{"category": "Bag"}, {"category": "Dress"}])
+    monkeypatch.chdir(tmp_path)
+    with served(Path("cat")) as url, httpx.Client(base_url=url, timeout=60) as http:
+        field = http.post("/search", json={"key": "a", "filter": {"categry": "Bag"}})
+        assert field.status_code == 422 and "the fields are: category." in field.json()["detail"], field.text
+        group = http.post("/search", json={"key": "a", "group_by": "product"}).json()["detail"]
+        assert "this catalog has no product field" in group and "<catalog>alog" not in group
+        unknown = http.post("/search", json={"key": "nope"}).json()["detail"]
+        assert unknown == "no item with key 'nope' in <catalog>." and str(tmp_path) not in unknown

@@ -26,7 +26,7 @@ from . import oracle
 from .columns import Filter, callable_mask
 from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
-from .kernels import normalised, row_norms, vector_problem
+from .kernels import normalised, vector_problem
 from .products import Products, checked_group_by
 from .search import rerank
 from .vectors import sound_rows
@@ -102,7 +102,7 @@ def unit(vector: np.ndarray, dim: int) -> np.ndarray:
     vector = np.asarray(vector).reshape(-1)
     if vector.shape != (dim,):
         raise CatalogError(f"a vector must have {dim} values, got {vector.shape[0]}")
-    problem = vector_problem(float(row_norms(vector)))
+    problem = vector_problem(vector)
     if problem:
         raise CatalogError(f"the vector has no direction to search or store: {problem}")
     return normalised(vector)
