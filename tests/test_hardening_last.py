@@ -279,3 +279,26 @@ def test_the_served_catalogs_path_is_masked_only_where_it_stands_as_a_path(
         assert "this catalog has no product field" in group and "<catalog>alog" not in group
         unknown = http.post("/search", json={"key": "nope"}).json()["detail"]
         assert unknown == "no item with key 'nope' in <catalog>." and str(tmp_path) not in unknown
+
+
+def test_an_empty_catalog_location_is_refused_rather_than_made_in_the_current_directory(
+    tmp_path: Path, small_model: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--catalog "$CATALOG"`` with the variable unset indexed into the current directory."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png(3))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["index", "--catalog", "", "--model", str(small_model), str(tmp_path / "images")]) == 2
+    assert "'' is an empty path (an unset variable?)" in capsys.readouterr().err
+    for opening in (lambda: Catalog.create("", small_model), lambda: Catalog.open(""), lambda: Catalog.open_or_create("", small_model)):
+        with pytest.raises(CatalogError, match="the catalog location is empty"):
+            opening()
+    assert not list(work.iterdir())
+
+
+def test_an_empty_query_is_refused_not_read_as_the_current_directory(catalog: Catalog) -> None:
+    for query in ("", ["item-01", ""]):
+        with pytest.raises(CatalogError, match="the query is empty: give a catalog key or an image file"):
+            catalog.search(query, k=1)

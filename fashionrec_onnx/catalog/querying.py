@@ -158,6 +158,8 @@ class Querier:
                 raise UnknownKeyError(f"no item with key {shown(key)} in {self._core.root}.")
         if is_vector(query):
             return unit(query, self._core.dim), None  # type: ignore[arg-type]
+        if query == "":  # Path("") is the current directory, not an image
+            raise BadArgumentError("the query is empty: give a catalog key or an image file")
         if isinstance(query, str):
             try:
                 exists = Path(query).expanduser().exists()

@@ -90,7 +90,12 @@ def text(value: str) -> str:
 
 
 def path(value: str) -> Path:
-    """An argparse type for paths the catalog stores or the command prints: UTF-8 only."""
+    """An argparse type for paths the catalog stores or the command prints: UTF-8 only, and not
+    empty (``Path("")`` is the current directory: an unset ``$CATALOG`` would make one there)."""
+    if not value:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is an empty path (an unset variable?); name the file or folder ('.' for this one)"
+        )
     return Path(text(value))
 
 
