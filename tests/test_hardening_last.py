@@ -302,3 +302,40 @@ def test_an_empty_query_is_refused_not_read_as_the_current_directory(catalog: Ca
     for query in ("", ["item-01", ""]):
         with pytest.raises(CatalogError, match="the query is empty: give a catalog key or an image file"):
             catalog.search(query, k=1)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+def test_a_feed_or_metadata_file_that_is_not_a_regular_file_is_named_as_such_not_as_missing(
+    tmp_path: Path, catalog: Catalog, kind: str
+) -> None:
+    import os
+
+    from fashionrec_onnx.feeds.scan import read_metadata
+
+    source = {"folder": tmp_path, "fifo": tmp_path / "feed.csv", "device": Path("/dev/zero")}[kind]
+    if kind == "fifo":
+        os.mkfifo(source)  # reading it would block for ever
+    what = "a folder" if kind == "folder" else "not a regular file"
+    with pytest.raises(CatalogError, match=f"feed {source} is {what}"):
+        catalog.sync(source)
+    with pytest.raises(CatalogError, match=f"metadata file {source} is {what}"):
+        read_metadata(source)
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path, catalog: Catalog) -> None:
+    """Which of the two product ids a row had was decided silently (the last)."""
+    (tmp_path / "a.png").write_bytes(png(1))
+    feed = tmp_path / "feed.csv"
+    feed.write_text("product_id,image,product_id,,\nA,a.png,B,,\n")
+    with pytest.raises(CatalogError, match=r"feed.csv, line 1: the header names the column\(s\) 'product_id' more than once"):
+        catalog.sync(feed)
+    assert len(catalog) == 40
+
+
+@pytest.mark.parametrize("value", ["0", "nan", "2", "-1"])
+def test_every_duplicates_threshold_out_of_range_gets_the_same_message(
+    catalog: Catalog, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    catalog.close()
+    assert main(["duplicates", "--catalog", str(catalog.path), "--threshold", value]) == 2
+    assert f"must be a number above 0, up to 1, not '{value}'" in capsys.readouterr().err

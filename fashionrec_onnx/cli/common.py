@@ -55,7 +55,10 @@ def fraction(text: str) -> float:
 
 def similarity(text: str) -> float:
     """An argparse type: a cosine similarity above 0, up to 1 (a near-duplicate threshold)."""
-    value = fraction(text)
+    try:
+        value = fraction(text)
+    except argparse.ArgumentTypeError:
+        value = 0.0  # one message for every number out of range (NaN, 2, -1 and 0 alike)
     if value == 0.0:
         raise argparse.ArgumentTypeError(f"must be a number above 0, up to 1, not {text!r}")
     return value

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,8 +188,7 @@ def read_metadata(path: str | os.PathLike[str]) -> MetadataTable:
     several rows takes the last one (with a warning).
     """
     source = Path(path).expanduser()
-    if not source.is_file():
-        raise CatalogError(f"metadata file {source} does not exist.")
+    check_table_file(source, "metadata file")
     if source.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         rows = _read_json_lines(source)
     else:
@@ -236,6 +236,18 @@ def table_bound() -> int:
     if not (math.isfinite(megabytes) and megabytes > 0):
         raise CatalogError(f"{MAX_TABLE_MB_ENV}={text[:40]!r} is not a positive number of megabytes.")
     return int(megabytes * (1 << 20))
+
+
+def check_table_file(source: Path, what: str) -> None:
+    """A feed or metadata file must be a regular file: a folder, a FIFO or a device is named as
+    what it is (a FIFO would block the read, a device never end), not as missing."""
+    try:
+        mode = source.stat().st_mode
+    except (OSError, ValueError):
+        raise CatalogError(f"{what} {source} does not exist.") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+        raise CatalogError(f"{what} {source} is {kind}; give the CSV or JSON lines file itself.")
 
 
 def _check_size(source: Path, size: int) -> None:
@@ -298,6 +310,12 @@ def _read_csv(source: Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             columns = next(reader, [])
             end = reader.line_num
+            twice = sorted({name for name in columns if name and columns.count(name) > 1})
+            if twice:  # which of the values would count is anyone's guess
+                raise CatalogError(
+                    f"{source}, line {end}: the header names the column(s) {', '.join(map(repr, twice))} "
+                    "more than once; give each column once."
+                )
             for values in reader:
                 start, end = end + 1, reader.line_num
                 if not values:
