@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from feed_server import FeedServer, png
@@ -339,3 +340,25 @@ def test_every_duplicates_threshold_out_of_range_gets_the_same_message(
     catalog.close()
     assert main(["duplicates", "--catalog", str(catalog.path), "--threshold", value]) == 2
     assert f"must be a number above 0, up to 1, not '{value}'" in capsys.readouterr().err
+
+
+def test_a_vectors_file_with_a_null_or_empty_key_fails_those_rows_and_a_text_dimension_the_file(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    """A null key was a traceback (AttributeError in the write gate); an empty one was stored."""
+    table = vf.build_table(DIM, catalog.info.fingerprint, keys=["ok", "", "fine"], vectors=unit_vectors(3, 5))
+    keys = table.schema.get_field_index("key")
+    pq.write_table(table.set_column(keys, "key", pa.array(["ok", "", None], pa.string())), tmp_path / "keys.parquet")
+    report = import_vectors(catalog, tmp_path / "keys.parquet")
+    assert report.added == 1 and report.skipped == [("", "no key"), ("", "no key")] and "" not in catalog
+    meta = {**table.schema.metadata, vf.META_DIM: b"abc"}
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "dim.parquet")
+    with pytest.raises(CatalogError, match="gives the vector dimension 'abc' in its metadata, not a whole number"):
+        import_vectors(catalog, tmp_path / "dim.parquet")
+
+
+@pytest.mark.parametrize("key", ["", None])
+def test_add_many_refuses_an_empty_or_missing_key(catalog: Catalog, key: object) -> None:
+    with pytest.raises(CatalogError, match="every key must be a non-empty string"):
+        catalog.add_many(["new", key], unit_vectors(2, 6))  # type: ignore[list-item]
+    assert "new" not in catalog and len(catalog) == 40
