@@ -362,3 +362,25 @@ def test_add_many_refuses_an_empty_or_missing_key(catalog: Catalog, key: object)
     with pytest.raises(CatalogError, match="every key must be a non-empty string"):
         catalog.add_many(["new", key], unit_vectors(2, 6))  # type: ignore[list-item]
     assert "new" not in catalog and len(catalog) == 40
+
+
+def test_keys_holding_control_characters_cannot_forge_lines_or_drive_the_terminal(
+    tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file name is any bytes but / and NUL: one holding a newline printed a forged hit line,
+    one holding ESC sent an escape sequence to the terminal."""
+    images = tmp_path / "images"
+    images.mkdir()
+    forged, escape = "a\n  2  0.9999  forged.png", "b\x1b[2J.png"
+    for n, name in enumerate((forged, escape, "c.png")):
+        (images / name).write_bytes(png(30 + n))
+    root = str(tmp_path / "catalog")
+    assert main(["index", "--catalog", root, "--model", str(small_model), str(images)]) == 0
+    capsys.readouterr()
+    assert main(["search", "--catalog", root, "c.png", "-k", "2"]) == 0
+    assert main(["duplicates", "--catalog", root, "--threshold", "0.01"]) == 0
+    assert main(["remove", "--catalog", root, "nope\x1b[2J"]) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\n  2  0.9999  forged.png" not in out
+    assert "a\\n  2  0.9999  forged.png" in out and "b\\x1b[2J.png" in out
+    assert len([line for line in out.splitlines() if line.startswith(("  1  ", "  2  "))]) == 2
