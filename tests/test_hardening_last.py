@@ -117,7 +117,9 @@ def test_a_search_by_a_huge_finite_vector_finds_its_direction(catalog: Catalog) 
             catalog.search(bad, k=1)
 
 
-def test_a_parquet_import_of_huge_finite_vectors_stores_their_directions(catalog: Catalog, tmp_path: Path) -> None:
+def test_a_parquet_import_of_huge_finite_vectors_stores_their_directions(
+    catalog: Catalog, tmp_path: Path
+) -> None:
     vectors = np.stack([huge(1), huge(2)])
     table = vf.build_table(DIM, catalog.info.fingerprint, keys=["h1", "h2"], vectors=vectors)
     path = tmp_path / "huge.parquet"
@@ -127,7 +129,9 @@ def test_a_parquet_import_of_huge_finite_vectors_stores_their_directions(catalog
     assert np.dot(catalog.vector("h2"), unit_vectors(1, 2)[0]) > 0.9999
 
 
-def test_a_parquet_import_of_a_zero_vector_fails_that_row_not_the_batch(catalog: Catalog, tmp_path: Path) -> None:
+def test_a_parquet_import_of_a_zero_vector_fails_that_row_not_the_batch(
+    catalog: Catalog, tmp_path: Path
+) -> None:
     vectors = np.stack([unit_vectors(1, 3)[0], np.zeros(DIM, np.float32)])
     table = vf.build_table(DIM, catalog.info.fingerprint, keys=["ok", "zero"], vectors=vectors)
     path = tmp_path / "zero.parquet"
@@ -169,7 +173,9 @@ def test_duplicates_leave_a_damaged_vector_out_of_the_threshold_and_say_so(
     with caplog.at_level("WARNING"):
         report = catalog.duplicates()
     assert np.isfinite(report.threshold) and report.threshold == pytest.approx(clean.threshold, abs=0.05)
-    assert report.items == 39 and all("item-07" not in g.keys and "item-03-copy" not in g.keys for g in report)
+    assert report.items == 39 and all(
+        "item-07" not in g.keys and "item-03-copy" not in g.keys for g in report
+    )
     assert all(np.isfinite(s) for g in report for _, _, s in g.pairs)
     assert "left 2 item(s) whose stored vector is damaged out of the duplicates" in caplog.text
     explicit = catalog.duplicates(threshold=0.5)
@@ -181,15 +187,23 @@ def test_duplicates_leave_a_damaged_vector_out_of_the_threshold_and_say_so(
 
 @pytest.mark.parametrize("name", ["feed.csv", "feed.jsonl"])
 def test_a_feed_over_the_size_bound_is_refused_naming_the_file_the_size_and_the_setting(
-    tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str
+    tmp_path: Path,
+    catalog: Catalog,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
 ) -> None:
     monkeypatch.setenv("FASHIONREC_MAX_FEED_MB", "1")
     feed = tmp_path / name
-    row = "A,a.png,{}\n" if name.endswith(".csv") else '{{"product_id": "A", "image": "a.png", "note": "{}"}}\n'
+    row = (
+        "A,a.png,{}\n" if name.endswith(".csv") else '{{"product_id": "A", "image": "a.png", "note": "{}"}}\n'
+    )
     header = "product_id,image,note\n" if name.endswith(".csv") else ""
     feed.write_text(header + row.format("x" * 100) * 11_000)  # 1.2 MB
     size = feed.stat().st_size
-    with pytest.raises(CatalogError, match=rf"{feed} holds {size:,} bytes, over the 1,048,576-byte bound") as info:
+    with pytest.raises(
+        CatalogError, match=rf"{feed} holds {size:,} bytes, over the 1,048,576-byte bound"
+    ) as info:
         catalog.sync(feed)
     assert "FASHIONREC_MAX_FEED_MB" in str(info.value) and len(catalog) == 40
     catalog.close()
@@ -209,7 +223,9 @@ def test_a_metadata_file_over_the_size_bound_is_refused_before_indexing(
     labels = tmp_path / "labels.csv"
     labels.write_text("key,colour\n" + "a.png,red\n" * 200_000)  # 2 MB
     monkeypatch.setenv("FASHIONREC_MAX_FEED_MB", "1")
-    with pytest.raises(CatalogError, match=r"labels.csv holds 2,000,011 bytes, over the 1,048,576-byte bound"):
+    with pytest.raises(
+        CatalogError, match=r"labels.csv holds 2,000,011 bytes, over the 1,048,576-byte bound"
+    ):
         read_metadata(labels)
     monkeypatch.setenv("FASHIONREC_MAX_FEED_MB", "lots")
     with pytest.raises(CatalogError, match="FASHIONREC_MAX_FEED_MB='lots' is not a positive number"):
@@ -241,7 +257,10 @@ def test_a_download_whose_name_never_resolves_fails_at_the_deadline_saying_so(
     tmp_path: Path, hanging_dns: list[str]
 ) -> None:
     settings = DownloadSettings(timeout=0.3, deadline=0.5, retries=0, allow_private_network=True)
-    with pytest.raises(DownloadError, match=r"not done within 0\.5s in all \(the host name 'cdn\.hangs\.test' was not resolved in time"):
+    with pytest.raises(
+        DownloadError,
+        match=r"not done within 0\.5s in all \(the host name 'cdn\.hangs\.test' was not resolved in time",
+    ):
         ImageCache(tmp_path, settings).fetch("http://cdn.hangs.test/a.png")
 
 
@@ -253,7 +272,9 @@ def test_a_sync_fails_the_row_whose_host_never_resolves_and_syncs_the_others(
         server.images["a.png"] = png(7)
         port = server.server_address[1]
         feed = tmp_path / "feed.csv"
-        feed.write_text(f"product_id,image\nA,http://shop.test:{port}/img/a.png\nB,http://cdn.hangs.test/b.png\n")
+        feed.write_text(
+            f"product_id,image\nA,http://shop.test:{port}/img/a.png\nB,http://cdn.hangs.test/b.png\n"
+        )
         settings = DownloadSettings(timeout=0.3, deadline=1.0, retries=0, allow_private_network=True)
         report = catalog.sync(feed, download=settings)
     finally:
@@ -293,7 +314,11 @@ def test_an_empty_catalog_location_is_refused_rather_than_made_in_the_current_di
     monkeypatch.chdir(work)
     assert main(["index", "--catalog", "", "--model", str(small_model), str(tmp_path / "images")]) == 2
     assert "'' is an empty path (an unset variable?)" in capsys.readouterr().err
-    for opening in (lambda: Catalog.create("", small_model), lambda: Catalog.open(""), lambda: Catalog.open_or_create("", small_model)):
+    for opening in (
+        lambda: Catalog.create("", small_model),
+        lambda: Catalog.open(""),
+        lambda: Catalog.open_or_create("", small_model),
+    ):
         with pytest.raises(CatalogError, match="the catalog location is empty"):
             opening()
     assert not list(work.iterdir())
@@ -328,7 +353,9 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path, catalog: 
     (tmp_path / "a.png").write_bytes(png(1))
     feed = tmp_path / "feed.csv"
     feed.write_text("product_id,image,product_id,,\nA,a.png,B,,\n")
-    with pytest.raises(CatalogError, match=r"feed.csv, line 1: the header names the column\(s\) 'product_id' more than once"):
+    with pytest.raises(
+        CatalogError, match=r"feed.csv, line 1: the header names the column\(s\) 'product_id' more than once"
+    ):
         catalog.sync(feed)
     assert len(catalog) == 40
 
@@ -348,12 +375,16 @@ def test_a_vectors_file_with_a_null_or_empty_key_fails_those_rows_and_a_text_dim
     """A null key was a traceback (AttributeError in the write gate); an empty one was stored."""
     table = vf.build_table(DIM, catalog.info.fingerprint, keys=["ok", "", "fine"], vectors=unit_vectors(3, 5))
     keys = table.schema.get_field_index("key")
-    pq.write_table(table.set_column(keys, "key", pa.array(["ok", "", None], pa.string())), tmp_path / "keys.parquet")
+    pq.write_table(
+        table.set_column(keys, "key", pa.array(["ok", "", None], pa.string())), tmp_path / "keys.parquet"
+    )
     report = import_vectors(catalog, tmp_path / "keys.parquet")
     assert report.added == 1 and report.skipped == [("", "no key"), ("", "no key")] and "" not in catalog
     meta = {**table.schema.metadata, vf.META_DIM: b"abc"}
     pq.write_table(table.replace_schema_metadata(meta), tmp_path / "dim.parquet")
-    with pytest.raises(CatalogError, match="gives the vector dimension 'abc' in its metadata, not a whole number"):
+    with pytest.raises(
+        CatalogError, match="gives the vector dimension 'abc' in its metadata, not a whole number"
+    ):
         import_vectors(catalog, tmp_path / "dim.parquet")
 
 

@@ -340,7 +340,9 @@ class CatalogCore:
         stays at the generation before (a graph about to be replaced: `graph_catch_up` adds them)."""
         for item in new:  # an empty key no search or `/items/KEY` can name; None would fail in SQLite
             if not isinstance(item.key, str) or not item.key:
-                raise BadArgumentError(f"every key must be a non-empty string, got {item.key!r}; nothing was written")
+                raise BadArgumentError(
+                    f"every key must be a non-empty string, got {item.key!r}; nothing was written"
+                )
         _check_text([n.key for n in new] + [n.path for n in new if n.path] + list(remove_keys))
         for item in new:  # before any byte is written (the store checks again)
             metadata_text(item.key, item.metadata)

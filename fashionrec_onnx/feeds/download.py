@@ -170,7 +170,9 @@ class _Guard:
         else:
             threading.Thread(target=lookup, name=f"resolve {host[:40]}", daemon=True).start()
             if not done.wait(max(0.0, remaining)):
-                raise DownloadError("", f"the host name {host[:200]!r} was not resolved in time (no answer from DNS)")
+                raise DownloadError(
+                    "", f"the host name {host[:200]!r} was not resolved in time (no answer from DNS)"
+                )
         if isinstance(outcome[0], BaseException):
             raise outcome[0]
         if ends is not None:

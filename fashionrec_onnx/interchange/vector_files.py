@@ -382,16 +382,20 @@ def _to_batch(info: FileInfo, record: pa.RecordBatch) -> VectorBatch:
     flat = vector.flatten().to_numpy(zero_copy_only=False)  # only the non-null rows' values
     vectors = np.zeros((len(keys), info.dim), np.float32)
     vectors[has_vector] = np.asarray(flat, np.float32).reshape(-1, info.dim)
-    finite = np.isfinite(vectors).all(axis=1)
+    finite = np.asarray(np.isfinite(vectors).all(axis=1))
     direction = (vectors != 0).any(axis=1)  # a zero vector has none: its row's error, not the batch's
     texts = record.column("metadata").to_pylist()
     metadata, unstorable = zip(*map(_metadata, texts)) if texts else ((), ())  # NaN...: the row's error
     named = np.asarray([isinstance(key, str) and key != "" for key in keys], dtype=bool)
-    good = named & has_vector & finite & direction & np.asarray([e is None for e in errors_column], dtype=bool)
+    good = named & has_vector & finite & direction
+    good &= np.asarray([e is None for e in errors_column], dtype=bool)
     good &= np.asarray([problem is None for problem in unstorable], dtype=bool)
     errors = []
     for row in np.flatnonzero(~good):
-        missing = "no vector" if not has_vector[row] else "vector not finite" if not finite[row] else "vector is zero"
+        if not has_vector[row]:
+            missing = "no vector"
+        else:
+            missing = "vector not finite" if not finite[row] else "vector is zero"
         reason = "no key" if not named[row] else errors_column[row] or unstorable[row] or missing
         errors.append((keys[row] if named[row] else "", reason))
     rows = np.flatnonzero(good)

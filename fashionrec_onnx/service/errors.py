@@ -60,5 +60,5 @@ def masked(message: str, hidden: Mapping[str, str]) -> str:
     "database" alone (a path ends where no further name character follows)."""
     for path in sorted((p for p in hidden if p), key=len, reverse=True):
         whole = re.compile(rf"(?<![\w./-]){re.escape(path)}(?![\w-]|\.\w)")
-        message = whole.sub(lambda _, stand_in=hidden[path]: stand_in, message)
+        message = whole.sub(hidden[path].replace("\\", "\\\\"), message)
     return message
