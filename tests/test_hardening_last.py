@@ -415,3 +415,13 @@ def test_keys_holding_control_characters_cannot_forge_lines_or_drive_the_termina
     assert "\x1b" not in out and "\n  2  0.9999  forged.png" not in out
     assert "a\\n  2  0.9999  forged.png" in out and "b\\x1b[2J.png" in out
     assert len([line for line in out.splitlines() if line.startswith(("  1  ", "  2  "))]) == 2
+
+
+def test_add_many_normalises_huge_finite_vectors_on_both_backends(new_location: str, small_model: Path) -> None:
+    with Catalog.create(new_location, small_model) as catalog:
+        wide = unit_vectors(1, 1).astype(np.float64) / np.abs(unit_vectors(1, 1)).max() * 1e308
+        catalog.add_many(["huge", "wide"], np.stack([huge(1), wide[0]]))
+        for key in ("huge", "wide"):
+            assert np.dot(catalog.vector(key), unit_vectors(1, 1)[0]) > 0.9999
+        with pytest.raises(CatalogError, match="NaN or infinite|not finite"):
+            catalog.add_many(["nan"], np.full((1, DIM), np.nan))
