@@ -417,7 +417,9 @@ def test_keys_holding_control_characters_cannot_forge_lines_or_drive_the_termina
     assert len([line for line in out.splitlines() if line.startswith(("  1  ", "  2  "))]) == 2
 
 
-def test_add_many_normalises_huge_finite_vectors_on_both_backends(new_location: str, small_model: Path) -> None:
+def test_add_many_normalises_huge_finite_vectors_on_both_backends(
+    new_location: str, small_model: Path
+) -> None:
     with Catalog.create(new_location, small_model) as catalog:
         wide = unit_vectors(1, 1).astype(np.float64) / np.abs(unit_vectors(1, 1)).max() * 1e308
         catalog.add_many(["huge", "wide"], np.stack([huge(1), wide[0]]))
