@@ -56,6 +56,15 @@ class CatalogCorruptError(CatalogError):
     """A catalog file is truncated or corrupt; the message names the file and the recovery."""
 
 
+class RottenVectorError(CatalogCorruptError):
+    """Stored vectors that are not finite unit vectors (the vector file is damaged at their rows):
+    ``keys`` names them all, so an export can leave them out and an import can replace them."""
+
+    def __init__(self, message: str, keys: list[str]) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
 class ExportError(FashionrecError):
     """The export could not produce a valid model (weights, output path, parity)."""
 

@@ -23,7 +23,7 @@ from . import products
 from .columns import Liveness, MetadataColumns
 from .graph import GraphCache
 from .hnsw import HnswParams, ReadWriteLock
-from .kernels import to_float32
+from .kernels import row_norms, to_float32
 from .pca import PCA
 from .store import Delta, NewItem, Store, disk_full, is_disk_full, metadata_text
 from .tier import Tier
@@ -61,7 +61,7 @@ def checked_vectors(vectors: np.ndarray, dim: int, keys: Sequence[str]) -> np.nd
         )
     vectors = vectors.astype(np.float32)
     bad = ~np.isfinite(vectors).all(axis=1)
-    norms = np.linalg.norm(np.where(bad[:, None], 0, vectors), axis=1)
+    norms = row_norms(np.where(bad[:, None], 0, vectors))  # float64: a norm of 1e39 is no overflow
     bad |= np.abs(norms - 1.0) > UNIT_TOLERANCE
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
@@ -338,6 +338,11 @@ class CatalogCore:
         """One transaction (vector rows synced first), then the graph and masks; returns the
         labels added and removed. ``graph=False`` leaves the new items out of the graph, which
         stays at the generation before (a graph about to be replaced: `graph_catch_up` adds them)."""
+        for item in new:  # an empty key no search or `/items/KEY` can name; None would fail in SQLite
+            if not isinstance(item.key, str) or not item.key:
+                raise BadArgumentError(
+                    f"every key must be a non-empty string, got {item.key!r}; nothing was written"
+                )
         _check_text([n.key for n in new] + [n.path for n in new if n.path] + list(remove_keys))
         for item in new:  # before any byte is written (the store checks again)
             metadata_text(item.key, item.metadata)

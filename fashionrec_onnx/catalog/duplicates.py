@@ -21,13 +21,14 @@ import logging
 import numbers
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import BadArgumentError
 from . import thumbnails as pixels
 from .core import CatalogCore
+from .vectors import sound_rows
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Neighbours:
     similarity: np.ndarray
     nearest: np.ndarray  # each searched item's similarity to its nearest other item
     items: int
+    damaged: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # damaged: left out
 
 
 def neighbour_pairs(core: CatalogCore, neighbours: int) -> Neighbours:
@@ -88,29 +90,45 @@ def neighbour_pairs(core: CatalogCore, neighbours: int) -> Neighbours:
     The caller holds the catalog's read lock."""
     assert core.graph.index is not None
     live = core.liveness.labels()
-    firsts, seconds, sims, nearest = [], [], [], []
+    firsts, seconds, sims, nearest, damaged = [], [], [], [], []
     for start, block in core.vectors.gather_blocks(live, _BLOCK):
         labels = live[start : start + len(block)]
+        sound = sound_rows(block)  # a damaged row (bit rot) is no query: its NaN would be the threshold
+        if not sound.all():
+            damaged.append(labels[~sound])
+            labels, block = labels[sound], block[sound]
         found, distances = core.graph.index.search(core.to_graph(block), neighbours + 1, core.count)
         if core.reduction is not None:
             distances = _full_distances(core, block, found)
         first = np.broadcast_to(labels[:, None], found.shape)
         keep = (found >= 0) & (found != first)
         similarity = 1.0 - np.maximum(distances, 0.0) / 2.0
+        keep &= np.isfinite(similarity)  # a damaged neighbour re-scored with its stored row (PCA)
         firsts.append(first[keep])
         seconds.append(found[keep])
         sims.append(similarity[keep])
         masked = np.where(keep, similarity, -np.inf)
         nearest.append(masked.max(axis=1)[keep.any(axis=1)])
+    bad = np.concatenate(damaged) if damaged else np.zeros(0, np.int64)
+    if len(bad):
+        first_key = next(iter(core.store.items_by_label(bad[:1].tolist()).values())).key
+        log.warning(
+            "%s: left %d item(s) whose stored vector is damaged out of the duplicates (first: %r); "
+            "`fashionrec verify` counts them: remove them and index their images again",
+            core.vectors.path, len(bad), first_key,
+        )  # fmt: skip
     if not firsts:
         empty = np.zeros(0, np.int64)
-        return Neighbours(empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32), 0)
+        return Neighbours(empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32), 0, bad)
+    first, second, similarity = np.concatenate(firsts), np.concatenate(seconds), np.concatenate(sims)
+    keep = ~np.isin(second, bad)  # the graph may still hold a good copy of a damaged one
     return Neighbours(
-        np.concatenate(firsts),
-        np.concatenate(seconds),
-        np.concatenate(sims).astype(np.float32),
+        first[keep],
+        second[keep],
+        similarity[keep].astype(np.float32),
         np.concatenate(nearest).astype(np.float32),
-        len(live),
+        len(live) - len(bad),
+        bad,
     )
 
 
@@ -165,6 +183,8 @@ def find(core: CatalogCore, threshold: float | None, neighbours: int) -> tuple[D
     by_pixels = 0
     if threshold is None:
         linked, by_pixels = _judged_by_pixels(core, found, used, neighbours)
+        sound = ~(np.isin(linked[0], found.damaged) | np.isin(linked[1], found.damaged))
+        linked = (linked[0][sound], linked[1][sound], linked[2][sound])  # thumbnails pair them too
     else:
         above = found.similarity >= used
         linked = (found.first[above], found.second[above], found.similarity[above])

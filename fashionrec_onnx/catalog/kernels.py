@@ -62,3 +62,46 @@ def one_blas_thread() -> Iterator[None]:
             _controller = ThreadpoolController()
         with _controller.limit(limits=1, user_api="blas"):
             yield
+
+
+def _scaled(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows in float64 divided by their largest absolute value (rows of zeros, NaN or inf as
+    they are), and those scales."""
+    rows = np.asarray(rows, np.float64)
+    with np.errstate(all="ignore"):
+        scale = np.max(np.abs(rows), axis=-1, keepdims=True, initial=0.0)
+        safe = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        return rows / safe, safe[..., 0]
+
+
+def row_norms(rows: np.ndarray) -> np.ndarray:
+    """Euclidean norms of the last axis, in float64 and scaled by each row's largest value, so a
+    float32 row never overflows (3e38 squared is inf in float32) nor underflows (1e-30 squared
+    is 0): only a row holding NaN or an infinity, or a float64 one whose norm is over 1.8e308,
+    gets a norm that is not finite."""
+    scaled, scale = _scaled(rows)
+    with np.errstate(all="ignore"):
+        norms: np.ndarray = np.linalg.norm(scaled, axis=-1) * scale
+    return norms
+
+
+def vector_problem(vector: np.ndarray) -> str | None:
+    """Why a vector has no direction to search or store, or None."""
+    vector = np.asarray(vector)
+    if not np.isfinite(vector).all():
+        return "it holds NaN or infinite values"
+    if not vector.any():
+        return "it is zero"
+    return None
+
+
+def normalised(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length in float64, then as float32: any finite, non-zero row keeps its
+    direction however large or small its values (1e308 in float64 included: the row is divided
+    by its largest value before its norm is taken). Rows without a direction (`vector_problem`)
+    come back as NaN for the caller to refuse."""
+    scaled, _ = _scaled(rows)
+    with np.errstate(all="ignore"):
+        norms = np.linalg.norm(scaled, axis=-1, keepdims=True)
+        unit = scaled / np.where(np.isfinite(norms) & (norms > 0), norms, np.nan)
+    return unit.astype(np.float32)

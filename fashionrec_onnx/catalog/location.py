@@ -136,6 +136,8 @@ def location(value: str | os.PathLike[str] | MilvusLocation) -> Location:
     if isinstance(value, MilvusLocation):
         return value
     text = os.fspath(value)
+    if not text:  # Path("") is the current directory: an unset variable must not make a catalog there
+        raise BadArgumentError("the catalog location is empty; name its directory ('.' for this one)")
     if looks_like_uri(text):
         return parse(text if "://" in text else text.replace(":/", "://", 1))
     return Path(text).expanduser()

@@ -26,6 +26,7 @@ from . import oracle
 from .columns import Filter, callable_mask
 from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
+from .kernels import normalised, vector_problem
 from .products import Products, checked_group_by
 from .search import rerank
 from .vectors import sound_rows
@@ -96,15 +97,15 @@ def is_vector(value: object) -> bool:
 
 
 def unit(vector: np.ndarray, dim: int) -> np.ndarray:
-    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    """A caller's vector at unit length; its norm is taken in float64, so huge or tiny finite
+    values keep their direction (see `kernels.normalised`)."""
+    vector = np.asarray(vector).reshape(-1)
     if vector.shape != (dim,):
         raise CatalogError(f"a vector must have {dim} values, got {vector.shape[0]}")
-    norm = float(np.linalg.norm(vector))
-    if not np.isfinite(norm) or norm == 0:
-        raise CatalogError(
-            "the vector is zero or holds NaN or infinite values; it has no direction to search or store"
-        )
-    return vector / norm
+    problem = vector_problem(vector)
+    if problem:
+        raise CatalogError(f"the vector has no direction to search or store: {problem}")
+    return normalised(vector)
 
 
 Ranked = tuple[np.ndarray, np.ndarray]
@@ -157,6 +158,8 @@ class Querier:
                 raise UnknownKeyError(f"no item with key {shown(key)} in {self._core.root}.")
         if is_vector(query):
             return unit(query, self._core.dim), None  # type: ignore[arg-type]
+        if query == "":  # Path("") is the current directory, not an image
+            raise BadArgumentError("the query is empty: give a catalog key or an image file")
         if isinstance(query, str):
             try:
                 exists = Path(query).expanduser().exists()

@@ -25,6 +25,7 @@ from .maintenance import CheckReport
 from .pca import PCA
 from .querying import Hit, KeyQuery, Querier, Queries, Query, exact, shown
 from .store import Item
+from .vectors import read_sound
 
 
 class CatalogReader:
@@ -147,7 +148,7 @@ class CatalogReader:
 
     def vector(self, key: str) -> np.ndarray:
         """The stored embedding of an item."""
-        vector: np.ndarray = self._core.vectors.read([self.get(key).label])[0]
+        vector: np.ndarray = read_sound(self._core.vectors, [self.get(key).label], [key])[0]
         return vector
 
     def vectors(self, keys: Iterable[str]) -> np.ndarray:
@@ -157,7 +158,7 @@ class CatalogReader:
         missing = [key for key in keys if key not in found]
         if missing:
             raise UnknownKeyError(f"no item with key {missing[0]!r} in {self.path} ({len(missing)} unknown).")
-        return self._core.vectors.read([found[key].label for key in keys])
+        return read_sound(self._core.vectors, [found[key].label for key in keys], keys)
 
     def image_path(self, key: str) -> Path | None:
         path = self.get(key).path

@@ -20,6 +20,7 @@ from ..model import ModelInfo, recorded_fingerprint
 from . import jobs, products
 from .backend import Backend
 from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
+from .kernels import normalised, row_norms
 from .location import MilvusLocation
 from .querying import is_vector, shown, unit
 from .remote_search import RemoteSearching, stored_item
@@ -356,20 +357,20 @@ class RemoteCatalog(RemoteSearching):
         feed: str | None = None,
     ) -> int:
         keys = list(keys)
-        vectors = np.asarray(vectors, np.float32)
+        vectors = np.asarray(vectors)  # normalised before float32: 1e39 is finite in float64
         if vectors.shape != (len(keys), self.dim):
             raise CatalogError(f"expected vectors of shape ({len(keys)}, {self.dim}), got {vectors.shape}")
         if len(set(keys)) != len(keys):
             raise CatalogError("add_many got the same key twice in one batch; keys must be unique")
         if any(not isinstance(key, str) or not key for key in keys):
             raise BadArgumentError("every key must be a non-empty string")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        norms = row_norms(vectors)[:, None]  # float64, scaled: values near 3e38 do not overflow
+        if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
             raise CatalogError(
                 "a vector is zero or holds NaN or infinite values; nothing of the batch was written"
             )
         off = ~(np.abs(norms - 1.0) <= 1e-6)  # unit already: kept bit for bit
-        vectors = np.where(off, vectors / norms, vectors).astype(np.float32)
+        vectors = np.where(off, normalised(vectors), vectors).astype(np.float32)
         columns = [
             list(values) if values is not None else [None] * len(keys)
             for values in (paths, metadata, sizes, mtimes_ns)

@@ -187,6 +187,7 @@ class ExportReport:
     rows: int = 0
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    damaged: list[str] = field(default_factory=list)  # keys left out: their stored vector is damaged
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CatalogCorruptError
+from ..errors import CatalogCorruptError, RottenVectorError
 from .kernels import to_float32
 from .store import disk_full, is_disk_full
 
@@ -258,3 +258,23 @@ def sound_rows(rows: np.ndarray, tolerance: float = 1e-3) -> np.ndarray:
         finite = np.isfinite(rows).all(axis=1)
         norms = np.linalg.norm(np.where(finite[:, None], rows, 0), axis=1)
         return finite & (np.abs(norms - 1.0) <= tolerance)
+
+
+def read_sound(vectors: VectorFile, labels: list[int], keys: list[str]) -> np.ndarray:
+    """The stored vectors of ``keys`` (at ``labels``) for a caller outside the catalog: a damaged
+    row is never handed out as NaN or zeros, but refused with `RottenVectorError` naming its key
+    and the repair."""
+    rows = vectors.read(labels)
+    sound = sound_rows(rows)
+    if not sound.all():
+        rotten = [key for key, ok in zip(keys, sound.tolist()) if not ok]
+        key = rotten[0]
+        first = repr(key) if len(key) <= 80 else f"{key[:60]!r}… ({len(key)} characters)"
+        others = f" and {len(rotten) - 1} more" if len(rotten) > 1 else ""
+        raise RottenVectorError(
+            f"the stored vector of {first}{others} in {vectors.path} is damaged (not a finite unit "
+            "vector), so it is not given out: remove the item and index its image again "
+            f"(`fashionrec verify --catalog {vectors.path.parent}` counts such items).",
+            rotten,
+        )
+    return rows

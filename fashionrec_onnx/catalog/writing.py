@@ -15,6 +15,7 @@ from ..errors import BadArgumentError, CatalogError, DiskFullError
 from ..images import Source
 from . import maintenance, products, removals
 from .hnsw import HnswParams
+from .kernels import normalised, row_norms
 from .pca import PCA
 from .querying import is_vector, unit
 from .reading import CatalogReader
@@ -105,16 +106,14 @@ class CatalogWriter(CatalogReader):
         a later `index_folder` of the same files know they are unchanged. ``feed`` (a feed's key
         prefix, given by `sync`) records that feed as the items' owner: only its sync removes them."""
         keys = list(keys)
-        vectors = np.asarray(vectors, np.float32)
+        vectors = np.asarray(vectors)  # normalised before float32: 1e39 is finite in float64
         if vectors.shape != (len(keys), self.dim):
             raise CatalogError(f"expected vectors of shape ({len(keys)}, {self.dim}), got {vectors.shape}")
         if len(set(keys)) != len(keys):
             raise CatalogError("add_many got the same key twice in one batch; keys must be unique")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        off = ~(np.abs(norms - 1.0) <= 1e-6)  # unit already: kept bit for bit (exact round trips)
+        off = ~(np.abs(row_norms(vectors)[:, None] - 1.0) <= 1e-6)  # unit: kept bit for bit
         if off.any():
-            with np.errstate(invalid="ignore", divide="ignore"):
-                vectors = np.where(off, vectors / norms, vectors)
+            vectors = np.where(off, normalised(vectors), vectors)  # float64 norms: 3e38 is no overflow
         columns = [
             list(values) if values is not None else [None] * len(keys)
             for values in (paths, metadata, sizes, mtimes_ns)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +56,10 @@ def fraction(text: str) -> float:
 
 def similarity(text: str) -> float:
     """An argparse type: a cosine similarity above 0, up to 1 (a near-duplicate threshold)."""
-    value = fraction(text)
+    try:
+        value = fraction(text)
+    except argparse.ArgumentTypeError:
+        value = 0.0  # one message for every number out of range (NaN, 2, -1 and 0 alike)
     if value == 0.0:
         raise argparse.ArgumentTypeError(f"must be a number above 0, up to 1, not {text!r}")
     return value
@@ -90,7 +94,12 @@ def text(value: str) -> str:
 
 
 def path(value: str) -> Path:
-    """An argparse type for paths the catalog stores or the command prints: UTF-8 only."""
+    """An argparse type for paths the catalog stores or the command prints: UTF-8 only, and not
+    empty (``Path("")`` is the current directory: an unset ``$CATALOG`` would make one there)."""
+    if not value:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is an empty path (an unset variable?); name the file or folder ('.' for this one)"
+        )
     return Path(text(value))
 
 
@@ -231,9 +240,19 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def on_one_line(text: str) -> str:
+    """``text`` for a line of the terminal: control characters as escapes (``\n``, ``\x1b``), so
+    a key or value holding a newline or an escape sequence cannot forge a line or drive the
+    terminal (a file named "a\n  1  0.9999  other.png" is a legal file name)."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], printable(text))
+
+
 def _shorten(name: str | bytes | os.PathLike) -> str:
     """A name as it can be printed, cut when too long to read (a query of 5,000 characters)."""
-    shown = printable(os.fsdecode(name))
+    shown = on_one_line(os.fsdecode(name))
     return shown if len(shown) <= SHOWN_CHARS else f"{shown[:SHOWN_CHARS]}... ({len(shown)} characters)"
 
 
@@ -281,7 +300,7 @@ def _print_index_report(report) -> int:  # report: IndexReport
         f"{len(report.failures)} skipped"
     )
     for failure in report.failures:
-        print(f"  skipped {failure.source}: {failure.reason}")
+        print(on_one_line(f"  skipped {failure.source}: {failure.reason}"))
     if report.skipped_removed:
         print(
             f"  left out {report.skipped_removed} files whose keys were removed with `fashionrec remove` "

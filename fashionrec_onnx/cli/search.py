@@ -17,6 +17,7 @@ from .common import (
     _shorten,
     _threads_arg,
     box,
+    on_one_line,
     path,
     positive,
     similarity,
@@ -181,7 +182,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     for hit in hits:
         extra = "  ".join(f"{k}={v}" for k, v in sorted(hit.metadata.items()))
         photos = f"  (+{len(hit.photos)} photos)" if hit.photos else ""
-        print(f"{hit.rank:>3}  {hit.similarity:.4f}  {hit.key}  {extra}{photos}".rstrip())
+        print(on_one_line(f"{hit.rank:>3}  {hit.similarity:.4f}  {hit.key}  {extra}{photos}".rstrip()))
     return 0
 
 
@@ -226,7 +227,7 @@ def _cmd_duplicates(args: argparse.Namespace) -> int:
     for number, group in enumerate(report, 1):
         print(f"group {number}: {len(group)} images")
         for a, b, s in group.pairs:
-            print(f"  {s:.4f}  {a}  {b}")
+            print(f"  {s:.4f}  {on_one_line(a)}  {on_one_line(b)}")
     return 0
 
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 
 from ..errors import BadArgumentError
-from .common import _build_args, _catalog_arg, path, positive, subcommand, text
+from .common import _build_args, _catalog_arg, on_one_line, path, positive, subcommand, text
 
 
 def seconds(value: str) -> float:
@@ -64,7 +64,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             f"({report.downloaded} downloaded, {report.not_modified} not modified)"
         )
         for failed in report.failed:
-            print(f"  failed line {failed.line} ({failed.image or 'no image'}): {failed.reason}")
+            print(on_one_line(f"  failed line {failed.line} ({failed.image or 'no image'}): {failed.reason}"))
         if report.failed:
             print("  the items of failed rows were left as they were; run sync again to retry them")
         print(f"catalog {args.catalog}: {items} items")

@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from .common import _build_args, _catalog_arg, path, positive, subcommand, text
+from .common import _build_args, _catalog_arg, on_one_line, path, positive, subcommand, text
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         f"{summary.ray_start_seconds:.1f}s): {len(summary.failures)} failed"
     )
     for key, reason in summary.failures:
-        print(f"  failed {key}: {reason}")
+        print(on_one_line(f"  failed {key}: {reason}"))
     print(f"wrote {len(summary.files)} vectors file(s) to {args.out}")
     if summary.metadata is not None:  # as `index` reports it: rows matching no image, images without a row
         for line in summary.metadata.lines():
@@ -62,7 +62,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
             f"updated, {report.unchanged} unchanged, {len(report.skipped)} skipped"
         )
         for key, reason in report.skipped:
-            print(f"  skipped {key}: {reason}")
+            print(on_one_line(f"  skipped {key}: {reason}"))
         if report.product_field:
             print(f"  product field {report.product_field!r}, as in the catalog the files were exported from")
         print(f"catalog {args.catalog}: {len(catalog)} items")
@@ -76,6 +76,13 @@ def _cmd_export_vectors(args: argparse.Namespace) -> int:
     with Catalog.open(args.catalog, readonly=True) as catalog:
         report = export_vectors(catalog, args.out)
     print(f"exported {report.rows} vectors in {report.seconds:.1f}s to {len(report.files)} file(s)")
+    if report.damaged:
+        print(
+            f"  left out {len(report.damaged)} item(s) whose stored vector is damaged (first: "
+            f"{report.damaged[0][:200]!r}); remove them and index their images again "
+            f"(`fashionrec verify --catalog {args.catalog}` counts them)"
+        )
+        return 1
     return 0
 
 

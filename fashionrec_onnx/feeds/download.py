@@ -11,14 +11,8 @@ redirect: a watchdog closes the connection when it is up), ``max_bytes`` is enfo
 Content-Length and again while streaming. 5xx, 408, 429, timeouts and dropped connections are
 retried with exponential backoff; other 4xx answers (404...) are not.
 
-Where a feed may send the sync is bounded too (server-side request forgery): every URL and every
-redirect (at most `MAX_REDIRECTS`, http and https only) must lead to a public address. Loopback,
-private (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) and other non-public ranges are refused
-unless ``allow_private_network`` (a feed on the shop's own network); link-local addresses
-(169.254/16, fe80::/10: cloud metadata services), multicast and unspecified ones always are. The
-address is checked when the host name is resolved and again on the connected socket (a name that
-changes its answer in between gains nothing). Through a proxy from the environment, the proxy
-connects, so only the host names that resolve here are checked. Only the standard library
+Where a feed may send the sync is bounded too (server-side request forgery): see `guard`.
+Only the standard library
 (urllib: proxies from the environment, HTTPS) is used.
 """
 
@@ -29,7 +23,6 @@ import errno
 import hashlib
 import http.client
 import io
-import ipaddress
 import json
 import logging
 import os
@@ -40,17 +33,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from ..catalog.reports import DownloadSettings as DownloadSettings
 from ..errors import CatalogError, DiskFullError, DownloadError
+from .guard import AddressGuard, GuardedHTTPHandler, GuardedHTTPSHandler, NoRedirect, Refused
+from .guard import address_problem as address_problem
 
 log = logging.getLogger(__name__)
 
@@ -85,136 +79,15 @@ class _Retry(Exception):
     """A failure worth another attempt (server error, timeout, dropped connection)."""
 
 
-class _Refused(OSError):
-    """A connection to an address the settings do not allow (raised inside urllib, which wraps
-    OSErrors in URLError)."""
-
-
-def address_problem(address: str, allow_private: bool) -> str | None:
-    """Why the sync must not connect to ``address`` (an IP literal), or None when it may."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return f"{address!r} is not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and (inner := _embedded_ipv4(ip)) is not None:
-        return address_problem(str(inner), allow_private)  # ::ffff:127.0.0.1, 64:ff9b::7f00:1...
-    if not ip.is_loopback and (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved):
-        return f"{ip} is a link-local, multicast, unspecified or reserved address, never fetched"
-    if not ip.is_global and not allow_private:
-        return (
-            f"{ip} is a loopback or private address; a feed on a private network needs "
-            "--allow-private-network (DownloadSettings(allow_private_network=True))"
-        )
-    return None
-
-
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one stands for (mapped, 6to4, NAT64, IPv4-compatible), which is
-    where a connection to it may end up."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if (ip in _NAT64 or ip in _IPV4_COMPATIBLE) and int(ip) > 1:  # not :: and ::1 themselves
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-class _Guard:
-    """Checks every host a fetch connects to, and holds the sockets of the fetch under way on
-    each thread, for the watchdog that enforces the deadline."""
-
-    def __init__(self, allow_private: bool) -> None:
-        self.allow_private = allow_private
-        self.local = threading.local()
-
-    def check_host(self, host: str, port: int, proxied: bool) -> None:
-        """Every address the name resolves to must be allowed (an IP literal is its own)."""
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            if proxied:
-                return  # the proxy resolves it
-            raise DownloadError("", f"cannot resolve the host {host!r}") from None
-        for info in infos:
-            problem = address_problem(str(info[4][0]), self.allow_private)
-            if problem:
-                raise _Refused(problem)
-
-    def connector(self, check_peer: bool) -> Callable[..., socket.socket]:
-        """The ``create_connection`` of one HTTP(S) connection: the peer checked (unless a proxy
-        is the peer), the socket handed to the watchdog."""
-
-        def create(address: tuple[str, int], timeout: Any = None, source: Any = None) -> socket.socket:
-            sock = socket.create_connection(address, timeout, source)
-            if check_peer:
-                problem = address_problem(str(sock.getpeername()[0]), self.allow_private)
-                if problem:
-                    sock.close()
-                    raise _Refused(problem)
-            sockets = getattr(self.local, "sockets", None)
-            if sockets is not None:
-                sockets.append(sock)
-            return sock
-
-        return create
-
-    def connection(
-        self, kind: type[http.client.HTTPConnection], request: urllib.request.Request
-    ) -> Callable[..., http.client.HTTPConnection]:
-        """What urllib's ``do_open`` builds connections with, for this request."""
-        connector = self.connector(check_peer=not _proxied(request))
-
-        def build(host: str, **options: Any) -> http.client.HTTPConnection:
-            made = kind(host, **options)
-            setattr(made, "_create_connection", connector)  # noqa: B010 - http.client's hook
-            return made
-
-        return build
-
-
-def _proxied(request: urllib.request.Request) -> bool:
-    return request.has_proxy() or bool(getattr(request, "_tunnel_host", None))
-
-
-class _GuardedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, guard: _Guard) -> None:
-        super().__init__()
-        self.guard = guard
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self.guard.connection(http.client.HTTPConnection, req), req)
-
-
-class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, guard: _Guard) -> None:
-        super().__init__()
-        self.guard = guard
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self.guard.connection(http.client.HTTPSConnection, req), req)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Redirects come back as answers; `ImageCache` checks each target before following it."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 class ImageCache:
     """The cache folder (e.g. ``<catalog>/feed-images``) and the downloads that fill it."""
 
     def __init__(self, folder: str | os.PathLike[str], settings: DownloadSettings | None = None) -> None:
         self.folder = Path(folder)
         self.settings = settings or DownloadSettings()
-        self._guard = _Guard(self.settings.allow_private_network)
+        self._guard = AddressGuard(self.settings.allow_private_network)
         self._opener = urllib.request.build_opener(  # proxies from the environment; redirects by hand
-            _GuardedHTTPHandler(self._guard), _GuardedHTTPSHandler(self._guard), _NoRedirect()
+            GuardedHTTPHandler(self._guard), GuardedHTTPSHandler(self._guard), NoRedirect()
         )
         self._made = False
         self._made_lock = threading.Lock()
@@ -249,18 +122,22 @@ class ImageCache:
         the image's deadline is up (a server trickling headers or bytes cannot hold on)."""
         sockets: list[socket.socket] = []
         self._guard.local.sockets = sockets
+        self._guard.local.ends = ends  # name resolution counts in the deadline too
+        self._guard.local.resolved = {}
         watchdog = threading.Timer(max(0.0, ends - time.monotonic()), _shut, [sockets])
         watchdog.daemon = True
         watchdog.start()
         try:
             return self._follow(url, ends)
-        except (_Retry, DownloadError):
+        except (_Retry, DownloadError) as exc:
             if time.monotonic() >= ends:
-                raise DownloadError(url, self._too_long()) from None
+                why = exc.reason if isinstance(exc, DownloadError) else str(exc)
+                raise DownloadError(url, f"{self._too_long()} ({why})") from None
             raise
         finally:
             watchdog.cancel()
             self._guard.local.sockets = None
+            self._guard.local.ends = self._guard.local.resolved = None
 
     def _follow(self, url: str, ends: float) -> Fetched:
         """The image at ``url``, following at most `MAX_REDIRECTS` redirects, each checked."""
@@ -311,7 +188,7 @@ class ImageCache:
             if exc.code in RETRIED_STATUS:
                 raise _Retry(f"HTTP {exc.code} {exc.reason}") from None
             raise DownloadError(url, f"HTTP {exc.code} {exc.reason}") from None
-        except _Refused as exc:
+        except Refused as exc:
             raise DownloadError(url, f"refused: {exc}") from None
         except TimeoutError:
             raise _Retry(f"no answer within {self.settings.timeout:g}s") from None
@@ -320,7 +197,7 @@ class ImageCache:
         except http.client.HTTPException as exc:  # a header line over 64 kB, 100+ headers, HTTP/9.9
             raise DownloadError(url, f"the server's answer is not HTTP this client reads ({exc})") from None
         except urllib.error.URLError as exc:
-            if isinstance(exc.reason, _Refused):
+            if isinstance(exc.reason, Refused):
                 raise DownloadError(url, f"refused: {exc.reason}") from None
             if isinstance(exc.reason, TimeoutError):
                 raise _Retry(f"no answer within {self.settings.timeout:g}s") from None

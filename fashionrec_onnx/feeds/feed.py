@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import CatalogError
 from ..json_values import bad_field
-from .scan import _read_csv, _read_json_lines, cell_text
+from .scan import _read_csv, _read_json_lines, cell_text, check_table_file
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
@@ -67,8 +67,7 @@ def read_feed(
 ) -> Feed:
     """Read and check a feed; a missing file or column is a `CatalogError` saying what to pass."""
     source = Path(path).expanduser()
-    if not source.is_file():
-        raise CatalogError(f"feed {source} does not exist.")
+    check_table_file(source, "feed")
     unreadable: list[tuple[int, str]] = []
     if source.suffix.lower() in JSON_SUFFIXES:
         rows = _read_json_lines(source, unreadable)

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 KEY_COLUMNS = ("key", "path", "id", "filename", "file")
 DUPLICATE_EXAMPLES = 3
+MAX_TABLE_MB_ENV = "FASHIONREC_MAX_FEED_MB"  # the setting that raises the bound below
+MAX_TABLE_MB = 1024  # a feed or metadata file is read whole (its rows are checked together)
 
 
 @dataclass(frozen=True)
@@ -185,8 +188,7 @@ def read_metadata(path: str | os.PathLike[str]) -> MetadataTable:
     several rows takes the last one (with a warning).
     """
     source = Path(path).expanduser()
-    if not source.is_file():
-        raise CatalogError(f"metadata file {source} does not exist.")
+    check_table_file(source, "metadata file")
     if source.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         rows = _read_json_lines(source)
     else:
@@ -222,6 +224,42 @@ def read_metadata(path: str | os.PathLike[str]) -> MetadataTable:
     return MetadataTable(table, lines=lines, key_column=key_column, source=str(source))
 
 
+def table_bound() -> int:
+    """Bytes a feed or metadata file may hold: `MAX_TABLE_MB`, or the environment's setting."""
+    text = os.environ.get(MAX_TABLE_MB_ENV, "").strip()
+    if not text:
+        return MAX_TABLE_MB << 20
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = math.nan
+    if not (math.isfinite(megabytes) and megabytes > 0):
+        raise CatalogError(f"{MAX_TABLE_MB_ENV}={text[:40]!r} is not a positive number of megabytes.")
+    return int(megabytes * (1 << 20))
+
+
+def check_table_file(source: Path, what: str) -> None:
+    """A feed or metadata file must be a regular file: a folder, a FIFO or a device is named as
+    what it is (a FIFO would block the read, a device never end), not as missing."""
+    try:
+        mode = source.stat().st_mode
+    except (OSError, ValueError):
+        raise CatalogError(f"{what} {source} does not exist.") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+        raise CatalogError(f"{what} {source} is {kind}; give the CSV or JSON lines file itself.")
+
+
+def _check_size(source: Path, size: int) -> None:
+    """A feed or metadata file over the bound is refused before it is read into memory."""
+    bound = table_bound()
+    if size > bound:
+        raise CatalogError(
+            f"{source} holds {size:,} bytes, over the {bound:,}-byte bound on a feed or metadata file "
+            f"(read whole into memory); split it, or raise the bound with {MAX_TABLE_MB_ENV}=MEGABYTES."
+        )
+
+
 def _read_json_lines(
     source: Path, unreadable: list[tuple[int, str]] | None = None
 ) -> list[tuple[int, dict[str, Any]]]:
@@ -230,7 +268,11 @@ def _read_json_lines(
     row for `bad_field` to name. A line that cannot be read at all (not JSON, not an object, nested
     beyond `READ_DEPTH`) is refused with the file, or, given ``unreadable``, listed there."""
     try:
-        text = source.read_text(encoding="utf-8-sig")
+        with source.open("rb") as handle:
+            _check_size(source, os.fstat(handle.fileno()).st_size)
+            data = handle.read(table_bound() + 1)  # a file growing meanwhile is bounded too
+        _check_size(source, len(data))
+        text = data.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(f"cannot read {source} (give UTF-8 text): {exc}") from exc
     rows = []
@@ -268,6 +310,12 @@ def _read_csv(source: Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             columns = next(reader, [])
             end = reader.line_num
+            twice = sorted({name for name in columns if name and columns.count(name) > 1})
+            if twice:  # which of the values would count is anyone's guess
+                raise CatalogError(
+                    f"{source}, line {end}: the header names the column(s) {', '.join(map(repr, twice))} "
+                    "more than once; give each column once."
+                )
             for values in reader:
                 start, end = end + 1, reader.line_num
                 if not values:
@@ -295,6 +343,7 @@ def _opened(source: Path) -> Iterator[TextIO]:
     """The CSV file as text; read errors (I/O, not UTF-8) become one `CatalogError`."""
     try:
         with source.open(newline="", encoding="utf-8-sig") as handle:
+            _check_size(source, os.fstat(handle.fileno()).st_size)
             yield handle
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(f"cannot read {source} (give UTF-8 text): {exc}") from exc

@@ -58,6 +58,7 @@ META_FINGERPRINT = b"fashionrec.model.fingerprint"
 META_DIM = b"fashionrec.vectors.dim"
 META_PRODUCT_FIELD = b"fashionrec.catalog.product_field"
 SUFFIX = ".parquet"
+MAX_DIM = 65_536  # a dimension read from a file's metadata above this is not one of a model's
 ROW_GROUP_ROWS = 4096  # 32 MB of 2048-d vectors: the unit a reader holds in memory at once
 COLUMNS = ("key", "path", "size", "mtime_ns", "vector", "metadata", "error")
 
@@ -313,7 +314,13 @@ def file_info(fs: pafs.FileSystem, path: str, parquet: pq.ParquetFile | None = N
     missing = [column for column in COLUMNS if column not in arrow_schema.names]
     if missing:
         raise CatalogError(f"{name} lacks the column(s) {', '.join(missing)}; write it again.")
-    dim = int(meta[META_DIM])
+    dim_text = meta[META_DIM].decode("utf-8", "replace")
+    if not (dim_text.isascii() and dim_text.isdigit() and 0 < int(dim_text) <= MAX_DIM):
+        raise CatalogError(
+            f"{name} gives the vector dimension {dim_text[:40]!r} in its metadata, not a whole number "
+            f"from 1 to {MAX_DIM:,}; write it again."
+        )
+    dim = int(dim_text)
     vector_type = arrow_schema.field("vector").type
     if not pa.types.is_fixed_size_list(vector_type) or vector_type.list_size != dim:
         raise CatalogError(f"{name}: the vector column is {vector_type}, expected {dim} float32 values.")
@@ -354,7 +361,7 @@ def read_batches(
 
     Every file is checked before its rows are read: a fingerprint or dimension other than the
     one given (or than the first file's) is refused with ``ModelMismatchError`` naming the file.
-    Rows whose vector is null or not finite come back in ``errors``.
+    Rows whose vector is null, not finite or zero come back in ``errors``.
     """
     fs, files = list_files(location)
     for path in files:
@@ -375,16 +382,22 @@ def _to_batch(info: FileInfo, record: pa.RecordBatch) -> VectorBatch:
     flat = vector.flatten().to_numpy(zero_copy_only=False)  # only the non-null rows' values
     vectors = np.zeros((len(keys), info.dim), np.float32)
     vectors[has_vector] = np.asarray(flat, np.float32).reshape(-1, info.dim)
-    finite = np.isfinite(vectors).all(axis=1)
+    finite = np.asarray(np.isfinite(vectors).all(axis=1))
+    direction = (vectors != 0).any(axis=1)  # a zero vector has none: its row's error, not the batch's
     texts = record.column("metadata").to_pylist()
     metadata, unstorable = zip(*map(_metadata, texts)) if texts else ((), ())  # NaN...: the row's error
-    good = has_vector & finite & np.asarray([e is None for e in errors_column], dtype=bool)
+    named = np.asarray([isinstance(key, str) and key != "" for key in keys], dtype=bool)
+    good = named & has_vector & finite & direction
+    good &= np.asarray([e is None for e in errors_column], dtype=bool)
     good &= np.asarray([problem is None for problem in unstorable], dtype=bool)
     errors = []
     for row in np.flatnonzero(~good):
-        missing = "vector not finite" if has_vector[row] else "no vector"
-        reason = errors_column[row] or unstorable[row] or missing
-        errors.append((keys[row], reason))
+        if not has_vector[row]:
+            missing = "no vector"
+        else:
+            missing = "vector not finite" if not finite[row] else "vector is zero"
+        reason = "no key" if not named[row] else errors_column[row] or unstorable[row] or missing
+        errors.append((keys[row] if named[row] else "", reason))
     rows = np.flatnonzero(good)
     pick = rows.tolist()
     paths = record.column("path").to_pylist()

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..catalog.reports import ExportReport as ExportReport
 from ..catalog.reports import ImportReport as ImportReport
+from ..errors import RottenVectorError
 from .vector_files import (
     ROW_GROUP_ROWS,
     FileInfo,
@@ -73,7 +74,12 @@ def _compare(
     ]
     if not alike:
         return known, set()
-    stored = catalog.vectors([batch.keys[row] for row in alike])
+    try:
+        stored = catalog.vectors([batch.keys[row] for row in alike])
+    except RottenVectorError as exc:  # a damaged stored vector is replaced by the file's sound one
+        rotten = set(exc.keys)
+        alike = [row for row in alike if batch.keys[row] not in rotten]
+        stored = catalog.vectors([batch.keys[row] for row in alike])
     close = np.max(np.abs(stored - batch.vectors[alike]), axis=1) <= tolerance
     return known, {row for row, equal in zip(alike, close) if equal}
 
@@ -178,8 +184,9 @@ def export_vectors(
                     fs, f"{root}/{part_name(len(report.files))}", dim, fingerprint, product_field
                 )
                 report.files.append(writer.path)
-            writer.write(_table(catalog, chunk))
-            report.rows += len(chunk)
+            table = _table(catalog, chunk, report.damaged)
+            writer.write(table)
+            report.rows += table.num_rows
         if writer is None:  # an empty catalog still gives one file, with the model in it
             writer = VectorFileWriter(fs, f"{root}/{part_name(0)}", dim, fingerprint, product_field)
             report.files.append(writer.path)
@@ -190,15 +197,30 @@ def export_vectors(
         raise
     report.seconds = time.perf_counter() - started
     log.debug("exported %d vectors of %s to %d file(s)", report.rows, catalog.path, len(report.files))
+    if report.damaged:
+        log.warning(
+            "%s: left %d item(s) out of the export whose stored vector is damaged (first: %r); "
+            "`fashionrec verify --catalog %s` counts them: remove them and index their images again",
+            catalog.path, len(report.damaged), report.damaged[0], catalog.path,
+        )  # fmt: skip
     return report
 
 
-def _table(catalog: Catalog, items: list[Item]) -> pa.Table:
+def _table(catalog: Catalog, items: list[Item], damaged: list[str]) -> pa.Table:
+    """The rows of ``items``; those whose stored vector is damaged are left out (into ``damaged``):
+    an export never writes NaN or zeros as a vector."""
+    try:
+        vectors = catalog.vectors([item.key for item in items])
+    except RottenVectorError as exc:
+        rotten = set(exc.keys)
+        damaged.extend(item.key for item in items if item.key in rotten)
+        items = [item for item in items if item.key not in rotten]
+        vectors = catalog.vectors([item.key for item in items])
     return build_table(
         catalog.dim,
         catalog.info.fingerprint,
         keys=[item.key for item in items],
-        vectors=catalog.vectors([item.key for item in items]),
+        vectors=vectors,
         paths=[item.path for item in items],
         sizes=[item.size for item in items],
         mtimes_ns=[item.mtime_ns for item in items],

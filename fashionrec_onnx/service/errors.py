@@ -4,6 +4,7 @@ traceback; a server's file paths are taken out of messages unless the service ex
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 
 from ..errors import (
@@ -54,7 +55,10 @@ def from_library(exc: FashionrecError, hidden: Mapping[str, str]) -> ServiceErro
 
 
 def masked(message: str, hidden: Mapping[str, str]) -> str:
-    """``message`` with each hidden path (longest first) replaced by its stand-in."""
+    """``message`` with each hidden path (longest first) replaced by its stand-in, where it
+    stands as a whole path: a catalog served as ``cat`` or ``data`` leaves "category" and
+    "database" alone (a path ends where no further name character follows)."""
     for path in sorted((p for p in hidden if p), key=len, reverse=True):
-        message = message.replace(path, hidden[path])
+        whole = re.compile(rf"(?<![\w./-]){re.escape(path)}(?![\w-]|\.\w)")
+        message = whole.sub(hidden[path].replace("\\", "\\\\"), message)
     return message

@@ -185,7 +185,7 @@ class Searcher:
                 vector = embedder.embed_pixels(pixels[None])[0]
             query.timings["embed"] = (time.perf_counter() - begin) * 1000
         else:
-            vector = np.asarray(query.vector, np.float32)
+            vector = np.asarray(query.vector, np.float64)  # normalised first: 1e39 fits no float32
         return catalog.search(vector, query.k, query.filter, **options)
 
     def hit_json(self, hit: Hit, grouped: bool, products: bool) -> dict[str, Any]:
