@@ -14,7 +14,7 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -259,24 +259,33 @@ def _probe_image() -> np.ndarray:
 def check_probe(core: CatalogCore, embedder: Embedder) -> None:
     """Metadata can be copied onto other weights: what the model computes must match too. The
     first model used records how it embeds the probe image; every later one must agree."""
+    record = None if core.readonly else core.store.set_settings
+    compare_probe(embedder, core.store.get_setting("model.probe"), record, core.root)
+
+
+def compare_probe(
+    embedder: Embedder,
+    recorded: str | None,
+    record: Callable[[dict[str, str]], object] | None,
+    where: object,
+) -> None:
+    """`check_probe` for any storage: ``recorded`` is the stored probe setting (None or empty: none
+    yet, and ``record`` stores this model's, unless the catalog is read-only)."""
     vector = embedder.embed_one(_probe_image())
-    recorded = core.store.get_setting("model.probe")
-    if recorded is None:
+    if not recorded:
         if not np.all(np.isfinite(vector)):
             raise ModelMismatchError(
-                f"{embedder.model_path} gives NaN embeddings; it cannot index into {core.root}."
+                f"{embedder.model_path} gives NaN embeddings; it cannot index into {where}."
             )
-        if not core.readonly:
-            core.store.set_settings(
-                {"model.probe": base64.b64encode(vector.astype("<f4").tobytes()).decode()}
-            )
+        if record is not None:
+            record({"model.probe": base64.b64encode(vector.astype("<f4").tobytes()).decode()})
         return
     expected = np.frombuffer(base64.b64decode(recorded), "<f4")
     finite = len(expected) == len(vector) and np.all(np.isfinite(vector))
     similarity = float(vector @ expected) if finite else -1.0
     if not similarity >= PROBE_SIMILARITY:
         raise ModelMismatchError(
-            f"{embedder.model_path} carries the metadata of the model {core.root} was built with, "
+            f"{embedder.model_path} carries the metadata of the model {where} was built with, "
             f"but its weights compute other embeddings (probe similarity {similarity:.4f}); pass "
             "the original model with --model or index into a new catalog."
         )

@@ -4,7 +4,6 @@ docstring says what a remote catalog does differently)."""
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -20,14 +19,13 @@ from ..model import ModelInfo, recorded_fingerprint
 from . import jobs, products
 from .backend import Backend
 from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
-from .kernels import normalised, row_norms
 from .location import MilvusLocation
+from .opening import compare_probe
 from .querying import is_vector, shown, unit
 from .remote_search import RemoteSearching, stored_item
 from .reports import IndexReport
 from .store import Item, NewItem
-
-PROBE_SIMILARITY = 0.999
+from .writing import new_items
 
 
 class RemoteCatalog(RemoteSearching):
@@ -208,28 +206,8 @@ class RemoteCatalog(RemoteSearching):
             return self._embedder
 
     def _check_probe(self, embedder: Embedder) -> None:
-        from .opening import _probe_image
-
-        vector = embedder.embed_one(_probe_image())
-        recorded = self._setting("model.probe")
-        if not recorded:
-            if not np.all(np.isfinite(vector)):
-                raise ModelMismatchError(
-                    f"{embedder.model_path} gives NaN embeddings; it cannot index into {self.path}."
-                )
-            if not self._readonly:
-                self._backend.set_settings(
-                    {"model.probe": base64.b64encode(vector.astype("<f4").tobytes()).decode()}
-                )
-            return
-        expected = np.frombuffer(base64.b64decode(recorded), "<f4")
-        finite = len(expected) == len(vector) and np.all(np.isfinite(vector))
-        similarity = float(vector @ expected) if finite else -1.0
-        if not similarity >= PROBE_SIMILARITY:
-            raise ModelMismatchError(
-                f"{embedder.model_path} carries the metadata of the model {self.path} was built with, "
-                f"but its weights compute other embeddings (probe similarity {similarity:.4f})."
-            )
+        record = None if self._readonly else self._backend.set_settings
+        compare_probe(embedder, self._setting("model.probe"), record, self.path)
 
     def save(self) -> None:
         """Every write is in the engine when it returns; this seals it, so the engine indexes it
@@ -357,28 +335,13 @@ class RemoteCatalog(RemoteSearching):
         feed: str | None = None,
     ) -> int:
         keys = list(keys)
-        vectors = np.asarray(vectors)  # normalised before float32: 1e39 is finite in float64
-        if vectors.shape != (len(keys), self.dim):
-            raise CatalogError(f"expected vectors of shape ({len(keys)}, {self.dim}), got {vectors.shape}")
-        if len(set(keys)) != len(keys):
-            raise CatalogError("add_many got the same key twice in one batch; keys must be unique")
         if any(not isinstance(key, str) or not key for key in keys):
             raise BadArgumentError("every key must be a non-empty string")
-        norms = row_norms(vectors)[:, None]  # float64, scaled: values near 3e38 do not overflow
-        if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
+        new = new_items(self.dim, keys, vectors, paths, metadata, sizes, mtimes_ns)
+        if any(not np.all(np.isfinite(item.vector)) for item in new):
             raise CatalogError(
                 "a vector is zero or holds NaN or infinite values; nothing of the batch was written"
             )
-        off = ~(np.abs(norms - 1.0) <= 1e-6)  # unit already: kept bit for bit
-        vectors = np.where(off, normalised(vectors), vectors).astype(np.float32)
-        columns = [
-            list(values) if values is not None else [None] * len(keys)
-            for values in (paths, metadata, sizes, mtimes_ns)
-        ]
-        new = [
-            NewItem(k, v, p, s, t, metadata=dict(m or {}))
-            for k, v, p, m, s, t in zip(keys, vectors, *columns)
-        ]
         known = self._backend.fetch(keys)
         self._write(new, feed)
         return len(keys) - len(known)

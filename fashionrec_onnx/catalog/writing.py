@@ -105,23 +105,7 @@ class CatalogWriter(CatalogReader):
         wrong-width vector fails the batch. ``sizes`` and ``mtimes_ns`` (of the image files) let
         a later `index_folder` of the same files know they are unchanged. ``feed`` (a feed's key
         prefix, given by `sync`) records that feed as the items' owner: only its sync removes them."""
-        keys = list(keys)
-        vectors = np.asarray(vectors)  # normalised before float32: 1e39 is finite in float64
-        if vectors.shape != (len(keys), self.dim):
-            raise CatalogError(f"expected vectors of shape ({len(keys)}, {self.dim}), got {vectors.shape}")
-        if len(set(keys)) != len(keys):
-            raise CatalogError("add_many got the same key twice in one batch; keys must be unique")
-        off = ~(np.abs(row_norms(vectors)[:, None] - 1.0) <= 1e-6)  # unit: kept bit for bit
-        if off.any():
-            vectors = np.where(off, normalised(vectors), vectors)  # float64 norms: 3e38 is no overflow
-        columns = [
-            list(values) if values is not None else [None] * len(keys)
-            for values in (paths, metadata, sizes, mtimes_ns)
-        ]
-        new = [
-            NewItem(k, v, p, s, t, metadata=dict(m) if isinstance(m, Mapping) else m or {}, feed=feed)
-            for k, v, p, m, s, t in zip(keys, vectors, *columns)
-        ]
+        new = new_items(self.dim, keys, vectors, paths, metadata, sizes, mtimes_ns, feed)
         # A batch that brings a planned catalog to its PCA goes into no full-dimension graph:
         # the reduction replaces that graph at once.
         deferred = self._planned() is not None and self._core.count + len(new) >= REDUCE_AFTER
@@ -226,3 +210,37 @@ class CatalogWriter(CatalogReader):
                 f"`fashionrec rebuild --catalog {self.path}`."
             ) from exc
         return pca
+
+
+def new_items(
+    dim: int,
+    keys: Iterable[str],
+    vectors: np.ndarray,
+    paths: Iterable[str | None] | None = None,
+    metadata: Iterable[Mapping[str, Any] | None] | None = None,
+    sizes: Iterable[int | None] | None = None,
+    mtimes_ns: Iterable[int | None] | None = None,
+    feed: str | None = None,
+) -> list[NewItem]:
+    """`add_many`'s arguments as items to write, on any backend: one vector of ``dim`` per key,
+    keys unique, vectors unit length (those already unit kept bit for bit; the others normalised
+    with float64 norms, so values near 3e38 do not overflow; a row with no direction comes out
+    NaN, for the write's gate to refuse)."""
+    keys = list(keys)
+    vectors = np.asarray(vectors)  # normalised before float32: 1e39 is finite in float64
+    if vectors.shape != (len(keys), dim):
+        raise CatalogError(f"expected vectors of shape ({len(keys)}, {dim}), got {vectors.shape}")
+    if len(set(keys)) != len(keys):
+        raise CatalogError("add_many got the same key twice in one batch; keys must be unique")
+    off = ~(np.abs(row_norms(vectors)[:, None] - 1.0) <= 1e-6)
+    if off.any():
+        vectors = np.where(off, normalised(vectors), vectors)
+    vectors = vectors.astype(np.float32, copy=False)
+    columns = [
+        list(values) if values is not None else [None] * len(keys)
+        for values in (paths, metadata, sizes, mtimes_ns)
+    ]
+    return [
+        NewItem(k, v, p, s, t, metadata=dict(m) if isinstance(m, Mapping) else m or {}, feed=feed)
+        for k, v, p, m, s, t in zip(keys, vectors, *columns)
+    ]
