@@ -153,3 +153,34 @@ def test_same_photo_tells_a_half_size_copy_from_its_look_alike() -> None:
         if i != j
     )
     assert strangers == 0
+
+
+def test_the_batched_rule_gives_the_per_pair_answers(planted: tuple[Path, Path, set]) -> None:
+    """`pixel_pairs.same_photos` (matrices over stacked pairs) against `same_photo` one pair at a
+    time: on every candidate pair of the fixture, and on odd sizes (wide, tall, tiny, a crop)."""
+    from fashionrec_onnx.catalog import duplicates, pixel_pairs
+
+    _, root, truth = planted
+    with Catalog.open(root) as catalog:
+        core = catalog._core
+        found = duplicates.neighbour_pairs(core, duplicates.NEIGHBOURS)
+        items = core.store.items_by_label(core.liveness.labels().tolist())
+        with thumbnails.Thumbnails(core.root, readonly=True).signals(list(items.values())) as signals:
+            pairs = duplicates.compared_pairs(core, found.first, found.second, signals, duplicates.NEIGHBOURS)
+            held = signals.pixels(np.unique(pairs).tolist())
+    labels = sorted(held)
+    thumbs = [held[label] for label in labels]
+    first, second = np.searchsorted(labels, pairs[:, 0]), np.searchsorted(labels, pairs[:, 1])
+    batched = pixel_pairs.same_photos(thumbs, first, second)
+    one_by_one = [thumbnails.same_photo(thumbs[a], thumbs[b]) for a, b in zip(first, second)]
+    assert len(pairs) > 100 and batched.sum() >= 0.9 * len(truth)
+    assert batched.tolist() == one_by_one
+    rng = np.random.default_rng(0)
+    odd = [
+        rng.integers(0, 256, shape).astype(np.uint8)
+        for shape in [(64, 23), (17, 64), (1, 1), (2, 5), (64, 64)]
+    ]
+    odd.append(np.asarray(Image.fromarray(odd[-1]).crop((1, 2, 62, 63))))
+    everything = np.array([(a, b) for a in range(len(odd)) for b in range(len(odd))])
+    batched = pixel_pairs.same_photos(odd, everything[:, 0], everything[:, 1])
+    assert batched.tolist() == [thumbnails.same_photo(odd[a], odd[b]) for a, b in everything]

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import BadArgumentError
 from . import thumbnails as pixels
 from .core import CatalogCore
+from .pixel_pairs import same_photos
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ NEIGHBOURS = 8  # graph neighbours examined per item
 CALIBRATION_RATIO = 0.2  # of the median nearest-neighbour distance (squared L2): see the module doc
 PAIRWISE_MAX = 64  # groups up to this size list every pair; larger ones the pairs that linked them
 _BLOCK = 1024  # items searched per graph call
+_CONFIRM_BLOCK = 16384  # candidate pairs whose thumbnails are held and compared at a time
 
 
 @dataclass(frozen=True)
@@ -203,17 +205,21 @@ def _judged_by_pixels(
         fallback = either & (found.similarity >= threshold)
         first, second = [found.first[fallback]], [found.second[fallback]]
         if len(signals.labels) >= 2:
-            pairs = _candidates(core, found.first[~either], found.second[~either], signals, neighbours)
+            pairs = compared_pairs(core, found.first[~either], found.second[~either], signals, neighbours)
+            keep = confirmed(pairs, signals)
+            log.debug("%d candidate pairs compared by pixels, %d are one photo", len(pairs), int(keep.sum()))
+            pairs = pairs[keep]
             first.append(pairs[:, 0])
             second.append(pairs[:, 1])
     a, b = np.concatenate(first), np.concatenate(second)
     return (a, b, _similarities(core, np.stack([a, b], axis=1))), len(signals.labels)
 
 
-def _candidates(
+def compared_pairs(
     core: CatalogCore, graph_a: np.ndarray, graph_b: np.ndarray, signals: pixels.Signals, neighbours: int
 ) -> np.ndarray:
-    """The candidate pairs (graph neighbours, and descriptor neighbours) that are one photo."""
+    """The candidate pairs (graph neighbours, and descriptor neighbours) worth comparing by
+    pixels, ``(n, 2)`` labels, each pair once."""
     near_a, near_b = _descriptor_pairs(signals.labels, signals.descriptors, neighbours)
     a, b = np.concatenate([graph_a, near_a]), np.concatenate([graph_b, near_b])
     pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)
@@ -221,17 +227,23 @@ def _candidates(
     row[signals.labels] = np.arange(len(signals.labels))
     x, y = row[pairs[:, 0]], row[pairs[:, 1]]
     canonical = np.einsum("ij,ij->i", signals.descriptors[x], signals.descriptors[y])
-    pairs = pairs[pixels.worth_comparing(canonical, signals.sizes[x], signals.sizes[y])]
-    keep = np.zeros(len(pairs), bool)
-    for start in range(0, len(pairs), _BLOCK):
-        block = pairs[start : start + _BLOCK]
-        thumbs = signals.pixels(np.unique(block).tolist())
-        keep[start : start + len(block)] = [
-            pixels.same_photo(thumbs[int(p)], thumbs[int(q)]) for p, q in block.tolist()
-        ]
-    log.debug("%d candidate pairs compared by pixels, %d are one photo", len(pairs), int(keep.sum()))
-    selected: np.ndarray = pairs[keep]
+    selected: np.ndarray = pairs[pixels.worth_comparing(canonical, signals.sizes[x], signals.sizes[y])]
     return selected
+
+
+def confirmed(pairs: np.ndarray, signals: pixels.Signals) -> np.ndarray:
+    """Which of the ``(n, 2)`` label pairs are one photo by the `thumbnails` rule: their
+    thumbnails fetched a block at a time and compared all at once (`pixel_pairs`)."""
+    keep = np.zeros(len(pairs), bool)
+    for start in range(0, len(pairs), _CONFIRM_BLOCK):
+        block = pairs[start : start + _CONFIRM_BLOCK]
+        labels = np.unique(block)
+        thumbs = signals.pixels(labels.tolist())
+        first, second = np.searchsorted(labels, block[:, 0]), np.searchsorted(labels, block[:, 1])
+        keep[start : start + len(block)] = same_photos(
+            [thumbs[int(label)] for label in labels], first, second
+        )
+    return keep
 
 
 def _descriptor_pairs(
