@@ -113,7 +113,7 @@ def _interpolation(n: int, m: int) -> tuple[np.ndarray, ...]:
         c, p = np.indices(positions.shape)
         weights[c, p, left] = 1.0 - share
         weights[c, p, left + 1] += share
-    used: np.ndarray = weights.any(axis=0)  # (m, n): samples some cut reads at each position
+    used = np.asarray(weights.any(axis=0))  # (m, n): samples some cut reads at each position
     first = used.argmax(axis=1)
     last = n - 1 - used[:, ::-1].argmax(axis=1)
     width = int((last - first).max()) + 1
