@@ -29,6 +29,7 @@ from ..errors import BadArgumentError
 from . import thumbnails as pixels
 from .core import CatalogCore
 from .pixel_pairs import same_photos
+from .vectors import sound_rows
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ class Neighbours:
     second: np.ndarray
     similarity: np.ndarray
     nearest: np.ndarray  # each searched item's similarity to its nearest other item
-    items: int
+    items: int  # items searched: the live ones whose stored vector is sound
+    rotten: np.ndarray  # labels of live items whose stored vector is not (left out of every pair)
 
 
 def neighbour_pairs(core: CatalogCore, neighbours: int) -> Neighbours:
@@ -90,9 +92,14 @@ def neighbour_pairs(core: CatalogCore, neighbours: int) -> Neighbours:
     The caller holds the catalog's read lock."""
     assert core.graph.index is not None
     live = core.liveness.labels()
-    firsts, seconds, sims, nearest = [], [], [], []
+    firsts, seconds, sims, nearest, rotten = [], [], [], [], []
     for start, block in core.vectors.gather_blocks(live, _BLOCK):
         labels = live[start : start + len(block)]
+        sound = sound_rows(block)  # a damaged stored vector (NaN, zeros) is in no pair
+        rotten.append(labels[~sound])
+        labels, block = labels[sound], block[sound]
+        if not len(labels):
+            continue
         found, distances = core.graph.index.search(core.to_graph(block), neighbours + 1, core.count)
         if core.reduction is not None:
             distances = _full_distances(core, block, found)
@@ -104,15 +111,22 @@ def neighbour_pairs(core: CatalogCore, neighbours: int) -> Neighbours:
         sims.append(similarity[keep])
         masked = np.where(keep, similarity, -np.inf)
         nearest.append(masked.max(axis=1)[keep.any(axis=1)])
+    bad = np.concatenate(rotten) if rotten else np.zeros(0, np.int64)
     if not firsts:
         empty = np.zeros(0, np.int64)
-        return Neighbours(empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32), 0)
+        return Neighbours(
+            empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32), len(live) - len(bad), bad
+        )
+    first, second = np.concatenate(firsts), np.concatenate(seconds)
+    similarity = np.concatenate(sims).astype(np.float32)
+    keep = ~np.isin(second, bad)  # the graph may still hold a sound copy of a rotten item
     return Neighbours(
-        np.concatenate(firsts),
-        np.concatenate(seconds),
-        np.concatenate(sims).astype(np.float32),
+        first[keep],
+        second[keep],
+        similarity[keep],
         np.concatenate(nearest).astype(np.float32),
-        len(live),
+        len(live) - len(bad),
+        bad,
     )
 
 
@@ -196,7 +210,7 @@ def _judged_by_pixels(
     thumbnails by the `thumbnails` rule, candidates from the graph and from the thumbnails'
     own nearest neighbours; pairs touching an item without one by the embedding ``threshold``.
     Returns them and how many items had a thumbnail."""
-    live = core.liveness.labels()
+    live = np.setdiff1d(core.liveness.labels(), found.rotten)
     items = core.store.items_by_label(live.tolist())
     with pixels.Thumbnails(core.root, readonly=core.readonly).signals(list(items.values())) as signals:
         has = np.zeros(core.rows, bool)
