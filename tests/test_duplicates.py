@@ -238,7 +238,6 @@ def test_a_rotten_stored_vector_is_left_out_and_the_threshold_stays_a_number(
         report = catalog.duplicates()
         assert np.isfinite(report.threshold) and 0.0 < report.threshold <= 1.0
         assert [group.keys for group in report] == [("item-00", "item-01")]
-        for a, b, similarity in report.groups[0].pairs:
-            assert np.isfinite(similarity)
+        assert all(np.isfinite(similarity) for _, _, similarity in report.groups[0].pairs)
         explicit = catalog.duplicates(0.5)
         assert all("item-07" not in group.keys for group in explicit)
