@@ -240,3 +240,23 @@ def test_the_batched_rule_gives_the_per_pair_answers(planted: tuple[Path, Path, 
     everything = np.array([(a, b) for a in range(len(odd)) for b in range(len(odd))])
     batched = pixel_pairs.same_photos(odd, everything[:, 0], everything[:, 1])
     assert batched.tolist() == [thumbnails.same_photo(odd[a], odd[b]) for a, b in everything]
+
+
+def test_keep_files_keeps_the_thumbnail_of_an_image_added_alone(
+    tmp_path: Path, small_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Catalog.add` of one image file records no size or time: `keep_files` stores its
+    thumbnail under the file's, so `duplicates` reads nothing while the file is unchanged."""
+    from fashionrec_onnx.quality.datasets import SAMPLE_DIR
+
+    paths = sorted(SAMPLE_DIR.glob("*/*.png"))[:3]
+    with Catalog.create(tmp_path / "catalog", small_model) as catalog:
+        for number, path in enumerate(paths):
+            catalog.add(f"item-{number}", path)
+        thumbnails.keep_files(catalog._core, ["item-0", "item-1", "item-2"])
+
+        def no_reading(*args: object, **kwargs: object) -> None:
+            raise AssertionError("an image was read although its thumbnail is kept")
+
+        monkeypatch.setattr(thumbnails, "load_image", no_reading)
+        assert catalog.duplicates().by_pixels == 3

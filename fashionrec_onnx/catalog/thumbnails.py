@@ -15,9 +15,12 @@ they are, or ``BLURRED`` after a slight blur (recompression noise). Look-alike p
 template (plain trousers, plain T-shirts) differ in details a resized copy keeps.
 
 The thumbnails live in a side file, ``thumbnails.sqlite``, owned by this module: a cache filled
-from the items' image paths the first time `duplicates` runs (and refreshed when a file's size or
-time changes), so catalogs written before it need no migration. Items without a readable image
-file (vectors added with `add_many` and no path) fall back to the embedding threshold alone.
+when images are indexed (`made` on the pixels decoded for the model, `keep_indexed`), each row for
+the file its item was indexed from (path, size and time as the catalog records them, so
+`duplicates` opens no file), and for items indexed before (or without a recorded size and time)
+from their image paths when `duplicates` runs, so catalogs written before it need no migration.
+Items without a readable image file (vectors added with `add_many` and no path) fall back to the
+embedding threshold alone. The rule for many pairs at once is `pixel_pairs.same_photos`.
 """
 
 from __future__ import annotations
@@ -427,6 +430,21 @@ def keep_indexed(core: CatalogCore, made: Mapping[str, tuple[np.ndarray, np.ndar
         value = made[key]
         if item is not None and item.path and value is not None:
             rows.append((item.label, item.path, item.size, item.mtime_ns, *value))
+    Thumbnails(core.root, readonly=False).keep(rows)
+
+
+def keep_files(core: CatalogCore, keys: Sequence[str]) -> None:
+    """Thumbnails of the image files of ``keys``' items, read now and kept (for an item added
+    one at a time, `Catalog.add`, whose pixels the embedder does not hand on)."""
+    if core.readonly:
+        return
+    rows = []
+    for item in core.store.items_by_key(list(keys)).values():
+        status = _status(item.path) if item.path else None
+        if item.path and status is not None:
+            for thumb, descriptor in Thumbnails._read([(item.label, item.path)]).values():
+                size, mtime_ns = (item.size, item.mtime_ns) if item.size is not None else status
+                rows.append((item.label, item.path, size, mtime_ns, thumb, descriptor))
     Thumbnails(core.root, readonly=False).keep(rows)
 
 
