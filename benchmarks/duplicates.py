@@ -139,7 +139,55 @@ def measure(
     }
 
 
-def run(model: Path, corpus: np.ndarray, images: np.ndarray) -> dict[str, object]:
+def confirmation_seconds(catalog: Catalog, repeats: int) -> dict[str, object]:
+    """The confirmation step alone (the candidate pairs' pixel check, thumbnails stored), per
+    pair (`thumbnails.same_photo` in a loop, the rule before) and batched (`duplicates.confirmed`),
+    side by side in one process, each ``repeats`` times: the median seconds, and whether both
+    gave the same pairs."""
+    from fashionrec_onnx.catalog import duplicates, thumbnails
+
+    core = catalog._core
+    found = duplicates.neighbour_pairs(core, duplicates.NEIGHBOURS)
+    items = core.store.items_by_label(core.liveness.labels().tolist())
+    with thumbnails.Thumbnails(core.root, readonly=True).signals(list(items.values())) as signals:
+        has = np.zeros(core.rows, bool)
+        has[signals.labels] = True
+        both = has[found.first] & has[found.second]
+        pairs = duplicates.compared_pairs(
+            core, found.first[both], found.second[both], signals, duplicates.NEIGHBOURS
+        )
+
+        def per_pair() -> np.ndarray:
+            keep = []
+            for start in range(0, len(pairs), 1024):
+                block = pairs[start : start + 1024]
+                held = signals.pixels(np.unique(block).tolist())
+                keep += [thumbnails.same_photo(held[int(p)], held[int(q)]) for p, q in block.tolist()]
+            return np.asarray(keep, bool)
+
+        seconds: dict[str, list[float]] = {"per_pair": [], "batched": []}
+        answers: dict[str, np.ndarray] = {}
+        for _ in range(repeats):
+            for name, step in (
+                ("per_pair", per_pair),
+                ("batched", lambda: duplicates.confirmed(pairs, signals)),
+            ):
+                started = time.perf_counter()
+                answers[name] = step()
+                seconds[name].append(time.perf_counter() - started)
+    median = {name: float(np.median(values)) for name, values in seconds.items()}
+    return {
+        "pairs": len(pairs),
+        "one_photo": int(answers["batched"].sum()),
+        "same_answers": bool((answers["per_pair"] == answers["batched"]).all()),
+        "repeats": repeats,
+        "seconds": seconds,
+        "median_s": median,
+        "speedup": median["per_pair"] / median["batched"],
+    }
+
+
+def run(model: Path, corpus: np.ndarray, images: np.ndarray, confirmation: int = 0) -> dict[str, object]:
     """``corpus``: the embeddings of ``images`` (Fashion-MNIST train, in order)."""
     chosen, copies, kinds = plant(images)
     identical = identical_groups(images)
@@ -167,6 +215,9 @@ def run(model: Path, corpus: np.ndarray, images: np.ndarray) -> dict[str, object
                 measured = measure(report, expected, planted, kind_of)
                 thresholds.append(measured | {"by_pixels": report.by_pixels, "stored": run_number == 1})
                 log.info("duplicates at %.4f: %s", report.threshold, thresholds[-1])
+            if confirmation:
+                results["confirmation"] = confirmation_seconds(catalog, confirmation)
+                log.info("confirmation step: %s", results["confirmation"])
     return results
 
 
@@ -190,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=44_000, help="Fashion-MNIST train images in the catalog")
     parser.add_argument("--size", type=int, default=64, help="model input size (px)")
     parser.add_argument("--out", type=Path, default=RESULTS / "duplicates.json")
+    parser.add_argument(
+        "--confirmation",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time the confirmation step alone, per pair and batched, N times each (median)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from fashionrec_onnx.quality.datasets import load_split
@@ -198,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     corpus, _ = embed_corpus(model, "train", args.items)
     images = load_split("train")[0][: args.items]
-    results = {"model": f"{args.size} px, random:seed=0", **run(model, corpus, images)}
+    results = {"model": f"{args.size} px, random:seed=0", **run(model, corpus, images, args.confirmation)}
     results["seconds"] = time.perf_counter() - started
     results["machine"] = machine_info()
     write_report(args.out, results, markdown(results))
@@ -240,6 +298,21 @@ def _rule(t: dict) -> str:
     return f"default: embeddings >= {t['threshold']:.4f} (calibrated)"
 
 
+def confirmation_lines(results: dict) -> list[str]:
+    """The confirmation step's timing, when measured (``--confirmation N``)."""
+    c = results.get("confirmation")
+    if not c:
+        return []
+    same = "the same pairs" if c["same_answers"] else "DIFFERENT pairs"
+    return [
+        f"Confirmation step alone ({c['pairs']:,} candidate pairs compared by pixels, thumbnails "
+        f"stored; median of {c['repeats']}, side by side): per pair {c['median_s']['per_pair']:.1f} s, "
+        f"batched {c['median_s']['batched']:.1f} s ({c['speedup']:.1f}x), {same} "
+        f"({c['one_photo']:,} one photo).",
+        "",
+    ]
+
+
 def markdown(results: dict) -> str:
     machine = results["machine"]
     copies = ", ".join(f"{n} {kind}" for kind, n in results["kinds"].items())
@@ -255,6 +328,7 @@ def markdown(results: dict) -> str:
             "",
             *by_kind_table(results),
             "",
+            *confirmation_lines(results),
             f"Machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_average']}, "
             f"{machine['date']}.",
             "",

@@ -12,12 +12,13 @@ import itertools
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from threading import Lock
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 from PIL import Image
@@ -48,6 +49,7 @@ class EmbedResult:
     vectors: np.ndarray
     indices: np.ndarray
     failures: list[Failure] = field(default_factory=list)
+    extras: list[Any] = field(default_factory=list)  # ``also``'s answer per input that loaded
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -129,22 +131,31 @@ class Embedder:
 
     # -- batches --------------------------------------------------------------------------
 
-    def iter_batches(self, images: Iterable[Source], batch_size: int = 32) -> Iterator[EmbedResult]:
+    def iter_batches(
+        self,
+        images: Iterable[Source],
+        batch_size: int = 32,
+        *,
+        also: Callable[[Image.Image], Any] | None = None,
+    ) -> Iterator[EmbedResult]:
         """Stream results batch by batch (bad inputs reported, never raised).
 
         The next batches decode in the pool while the model runs on this one; at most two
-        batches are decoded ahead, so memory stays bounded on any input length.
+        batches are decoded ahead, so memory stays bounded on any input length. ``also`` runs on
+        each decoded image in the pool (a catalog's thumbnails, without decoding twice); its
+        answers are the result's ``extras`` (None where it raised).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         pool = self._decoder_pool()
         numbered = enumerate(images)
-        pending: deque[list[tuple[int, str, Future[np.ndarray]]]] = deque()
+        pending: deque[list[tuple[int, str, Future[Any]]]] = deque()
+        prepare: Callable[[Source], Any] = self.prepare if also is None else partial(self._prepare_also, also)
 
         def submit_next() -> bool:
             chunk = list(itertools.islice(numbered, batch_size))
             if chunk:
-                pending.append([(i, describe(src), pool.submit(self.prepare, src)) for i, src in chunk])
+                pending.append([(i, describe(src), pool.submit(prepare, src)) for i, src in chunk])
             return bool(chunk)
 
         for _ in range(2):
@@ -152,15 +163,29 @@ class Embedder:
         while pending:
             chunk = pending.popleft()
             submit_next()
-            yield self._finish(chunk)
+            yield self._finish(chunk, also is not None)
 
-    def _finish(self, chunk: list[tuple[int, str, Future[np.ndarray]]]) -> EmbedResult:
+    def _prepare_also(self, also: Callable[[Image.Image], Any], source: Source) -> tuple[np.ndarray, Any]:
+        image = load_image(source, max_pixels=self.max_pixels, draft_size=self.info.input_size)
+        try:
+            extra = also(image)
+        except Exception as exc:  # a side product must never cost the image its vector
+            log.debug("no side product for %s: %r", describe(source), exc)
+            extra = None
+        return prepare_image(image, self.info.input_size, self.info.resize), extra
+
+    def _finish(self, chunk: list[tuple[int, str, Future[Any]]], extras: bool = False) -> EmbedResult:
         pixels: list[np.ndarray] = []
         indices: list[int] = []
         failures: list[Failure] = []
+        side: list[Any] = []
         for index, name, future in chunk:
             try:
-                pixels.append(future.result())
+                done = future.result()
+                if extras:
+                    done, extra = done
+                    side.append(extra)
+                pixels.append(done)
                 indices.append(index)
             except ImageLoadError as exc:
                 failures.append(Failure(index, name, exc.reason))
@@ -172,7 +197,7 @@ class Embedder:
             if pixels
             else np.zeros((0, self.dim), np.float32)
         )
-        return EmbedResult(vectors, np.asarray(indices, dtype=np.int64), failures)
+        return EmbedResult(vectors, np.asarray(indices, dtype=np.int64), failures, side)
 
     @overload
     def embed(

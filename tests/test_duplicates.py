@@ -220,3 +220,24 @@ def test_cli_search_collapse_duplicates(
     keys = [hit["key"] for hit in json.loads(out)]
     assert keys == [hit.key for hit in catalog.more_like_this(trio[0], k=5, collapse_duplicates=True)]
     assert np.all([key not in trio for key in keys])
+
+
+@pytest.mark.parametrize("damage", ["nan", "zeros", "huge"])
+def test_a_rotten_stored_vector_is_left_out_and_the_threshold_stays_a_number(
+    tmp_path: Path, small_model: Path, damage: str
+) -> None:
+    """A vector the disk damaged (NaN, zeros, huge) is in no pair and no group, and the calibrated
+    threshold comes from the sound items alone."""
+    from test_poisoning import ROT, rot, unit_vectors
+
+    vectors = unit_vectors(40)
+    vectors[1] = vectors[0]  # one true pair
+    with Catalog.create(tmp_path / "catalog", small_model) as catalog:
+        catalog.add_many([f"item-{n:02d}" for n in range(40)], vectors)
+        rot(catalog, "item-07", ROT[damage])
+        report = catalog.duplicates()
+        assert np.isfinite(report.threshold) and 0.0 < report.threshold <= 1.0
+        assert [group.keys for group in report] == [("item-00", "item-01")]
+        assert all(np.isfinite(similarity) for _, _, similarity in report.groups[0].pairs)
+        explicit = catalog.duplicates(0.5)
+        assert all("item-07" not in group.keys for group in explicit)

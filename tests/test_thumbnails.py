@@ -5,6 +5,7 @@ the thumbnails' side file is a cache (old catalogs, read-only opens, changed and
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -81,11 +82,14 @@ def test_the_second_run_reads_the_stored_thumbnails(
         assert [group.keys for group in catalog.duplicates()] == first
 
 
-def test_a_changed_image_file_gets_a_new_thumbnail(planted: tuple[Path, Path, set], tmp_path: Path) -> None:
+def test_a_changed_image_file_gets_a_new_thumbnail_when_indexed_again(
+    planted: tuple[Path, Path, set], tmp_path: Path
+) -> None:
+    """The thumbnail follows the item as indexed, like its vector: a file changed since is
+    judged as it was until `index` sees the change, then by its new pixels."""
     folder, root, truth = planted
     copy_root = Path(shutil.copytree(root, tmp_path / "catalog"))
     with Catalog.open(copy_root) as catalog:
-        catalog.duplicates()  # thumbnails stored
         original, copy = sorted(next(iter(truth)))
         copy_path = catalog.image_path(copy)
         assert copy_path is not None
@@ -93,10 +97,34 @@ def test_a_changed_image_file_gets_a_new_thumbnail(planted: tuple[Path, Path, se
         try:
             Image.new("RGB", Image.open(copy_path).size, (255, 255, 255)).save(copy_path)
             os.utime(copy_path, ns=(1, 1))  # a new time as well as new bytes
-            keys = {key for group in catalog.duplicates() for key in group.keys}
-            assert copy not in keys
+            assert copy in {key for group in catalog.duplicates() for key in group.keys}
+            catalog.index_folder(folder, progress=False)
+            assert copy not in {key for group in catalog.duplicates() for key in group.keys}
         finally:
             copy_path.write_bytes(saved)
+
+
+def test_after_indexing_duplicates_opens_no_image_file(
+    planted: tuple[Path, Path, set], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_model: Path
+) -> None:
+    """Indexing keeps each image's thumbnail (made from the pixels decoded for the model): the
+    images folder moved away, `duplicates` gives the same answer, by pixels, reading nothing."""
+    folder, _, truth = planted
+    images = Path(shutil.copytree(folder, tmp_path / "images"))
+    with Catalog.create(tmp_path / "catalog", small_model) as catalog:
+        catalog.index_folder(images, progress=False)
+        assert (catalog.path / thumbnails.FILE_NAME).is_file()
+    images.rename(tmp_path / "moved")
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an image was read although indexing kept its thumbnail")
+
+    monkeypatch.setattr(thumbnails, "load_image", no_reading)
+    with Catalog.open(tmp_path / "catalog", readonly=True) as catalog:
+        report = catalog.duplicates()
+        assert report.by_pixels == len(catalog)
+    precision, recall = group_precision_recall((group.keys for group in report), truth)
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
 
 
 def test_a_damaged_side_file_is_made_anew(planted: tuple[Path, Path, set], tmp_path: Path) -> None:
@@ -112,16 +140,44 @@ def test_a_damaged_side_file_is_made_anew(planted: tuple[Path, Path, set], tmp_p
 
 
 def test_a_read_only_catalog_compares_pixels_without_writing(
-    planted: tuple[Path, Path, set], tmp_path: Path
+    planted: tuple[Path, Path, set], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, root, truth = planted
     copy_root = Path(shutil.copytree(root, tmp_path / "catalog"))
     (copy_root / thumbnails.FILE_NAME).unlink(missing_ok=True)
-    with Catalog.open(copy_root, readonly=True) as catalog:
+    logged = caplog.at_level(logging.INFO, logger="fashionrec_onnx.catalog.thumbnails")
+    with logged, Catalog.open(copy_root, readonly=True) as catalog:
         report = catalog.duplicates()
     precision, recall = group_precision_recall((group.keys for group in report), truth)
     assert precision >= 0.95 and recall >= 0.95
     assert not (copy_root / thumbnails.FILE_NAME).exists()
+    assert f"{report.by_pixels} images read for their thumbnails, not kept" in caplog.text
+
+
+def test_cli_duplicates_answers_from_a_catalog_it_does_not_write(
+    planted: tuple[Path, Path, set], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fashionrec duplicates` opens the catalog read-only: with the thumbnails kept at indexing
+    or without them (read for the run), the same groups, and no file of the catalog changes."""
+    from fashionrec_onnx.cli import main
+
+    _, root, truth = planted
+    copy_root = Path(shutil.copytree(root, tmp_path / "catalog"))
+    answers = []
+    for side_file in (True, False):
+        if not side_file:
+            (copy_root / thumbnails.FILE_NAME).unlink()
+        before = {
+            p.name: p.stat().st_mtime_ns
+            for p in copy_root.iterdir()
+            if p.suffix in (".sqlite", ".float32", ".hnsw")
+        }
+        assert main(["duplicates", "--catalog", str(copy_root), "--json"]) == 0
+        answers.append(json.loads(capsys.readouterr().out))
+        after = {p.name: p.stat().st_mtime_ns for p in copy_root.iterdir()}
+        assert {name: after.get(name) for name in before} == before  # SQLite's -wal/-shm may appear
+        assert side_file or thumbnails.FILE_NAME not in after
+    assert answers[0] == answers[1] and answers[0]["judged_by_pixels"] == answers[0]["items"]
 
 
 def test_a_catalog_written_before_thumbnails_falls_back_to_the_embeddings(tmp_path: Path) -> None:
@@ -153,3 +209,54 @@ def test_same_photo_tells_a_half_size_copy_from_its_look_alike() -> None:
         if i != j
     )
     assert strangers == 0
+
+
+def test_the_batched_rule_gives_the_per_pair_answers(planted: tuple[Path, Path, set]) -> None:
+    """`pixel_pairs.same_photos` (matrices over stacked pairs) against `same_photo` one pair at a
+    time: on every candidate pair of the fixture, and on odd sizes (wide, tall, tiny, a crop)."""
+    from fashionrec_onnx.catalog import duplicates, pixel_pairs
+
+    _, root, truth = planted
+    with Catalog.open(root) as catalog:
+        core = catalog._core
+        found = duplicates.neighbour_pairs(core, duplicates.NEIGHBOURS)
+        items = core.store.items_by_label(core.liveness.labels().tolist())
+        with thumbnails.Thumbnails(core.root, readonly=True).signals(list(items.values())) as signals:
+            pairs = duplicates.compared_pairs(core, found.first, found.second, signals, duplicates.NEIGHBOURS)
+            held = signals.pixels(np.unique(pairs).tolist())
+    labels = sorted(held)
+    thumbs = [held[label] for label in labels]
+    first, second = np.searchsorted(labels, pairs[:, 0]), np.searchsorted(labels, pairs[:, 1])
+    batched = pixel_pairs.same_photos(thumbs, first, second)
+    one_by_one = [thumbnails.same_photo(thumbs[a], thumbs[b]) for a, b in zip(first, second)]
+    assert len(pairs) > 100 and batched.sum() >= 0.9 * len(truth)
+    assert batched.tolist() == one_by_one
+    rng = np.random.default_rng(0)
+    odd = [
+        rng.integers(0, 256, shape).astype(np.uint8)
+        for shape in [(64, 23), (17, 64), (1, 1), (2, 5), (64, 64)]
+    ]
+    odd.append(np.asarray(Image.fromarray(odd[-1]).crop((1, 2, 62, 63))))
+    everything = np.array([(a, b) for a in range(len(odd)) for b in range(len(odd))])
+    batched = pixel_pairs.same_photos(odd, everything[:, 0], everything[:, 1])
+    assert batched.tolist() == [thumbnails.same_photo(odd[a], odd[b]) for a, b in everything]
+
+
+def test_keep_files_keeps_the_thumbnail_of_an_image_added_alone(
+    tmp_path: Path, small_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Catalog.add` of one image file records no size or time: `keep_files` stores its
+    thumbnail under the file's, so `duplicates` reads nothing while the file is unchanged."""
+    from fashionrec_onnx.quality.datasets import SAMPLE_DIR
+
+    paths = sorted(SAMPLE_DIR.glob("*/*.png"))[:3]
+    with Catalog.create(tmp_path / "catalog", small_model) as catalog:
+        for number, path in enumerate(paths):
+            catalog.add(f"item-{number}", path)
+        thumbnails.keep_files(catalog._core, ["item-0", "item-1", "item-2"])
+
+        def no_reading(*args: object, **kwargs: object) -> None:
+            raise AssertionError("an image was read although its thumbnail is kept")
+
+        monkeypatch.setattr(thumbnails, "load_image", no_reading)
+        assert catalog.duplicates().by_pixels == 3

@@ -21,13 +21,14 @@ import logging
 import numbers
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import BadArgumentError
 from . import thumbnails as pixels
 from .core import CatalogCore
+from .pixel_pairs import same_photos
 from .vectors import sound_rows
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ NEIGHBOURS = 8  # graph neighbours examined per item
 CALIBRATION_RATIO = 0.2  # of the median nearest-neighbour distance (squared L2): see the module doc
 PAIRWISE_MAX = 64  # groups up to this size list every pair; larger ones the pairs that linked them
 _BLOCK = 1024  # items searched per graph call
+_CONFIRM_BLOCK = 16384  # candidate pairs whose thumbnails are held and compared at a time
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,8 @@ class Neighbours:
     second: np.ndarray
     similarity: np.ndarray
     nearest: np.ndarray  # each searched item's similarity to its nearest other item
-    items: int
-    damaged: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # damaged: left out
+    items: int  # items searched: the live ones whose stored vector is sound
+    rotten: np.ndarray  # labels of live items whose stored vector is not (left out of every pair)
 
 
 def neighbour_pairs(core: CatalogCore, neighbours: int) -> Neighbours:
@@ -90,26 +92,26 @@ def neighbour_pairs(core: CatalogCore, neighbours: int) -> Neighbours:
     The caller holds the catalog's read lock."""
     assert core.graph.index is not None
     live = core.liveness.labels()
-    firsts, seconds, sims, nearest, damaged = [], [], [], [], []
+    firsts, seconds, sims, nearest, rotten = [], [], [], [], []
     for start, block in core.vectors.gather_blocks(live, _BLOCK):
         labels = live[start : start + len(block)]
-        sound = sound_rows(block)  # a damaged row (bit rot) is no query: its NaN would be the threshold
-        if not sound.all():
-            damaged.append(labels[~sound])
-            labels, block = labels[sound], block[sound]
+        sound = sound_rows(block)  # a damaged stored vector (NaN, zeros) is in no pair
+        rotten.append(labels[~sound])
+        labels, block = labels[sound], block[sound]
+        if not len(labels):
+            continue
         found, distances = core.graph.index.search(core.to_graph(block), neighbours + 1, core.count)
         if core.reduction is not None:
             distances = _full_distances(core, block, found)
         first = np.broadcast_to(labels[:, None], found.shape)
-        keep = (found >= 0) & (found != first)
         similarity = 1.0 - np.maximum(distances, 0.0) / 2.0
-        keep &= np.isfinite(similarity)  # a damaged neighbour re-scored with its stored row (PCA)
+        keep = (found >= 0) & (found != first) & np.isfinite(similarity)  # NaN: a rotten neighbour
         firsts.append(first[keep])
         seconds.append(found[keep])
         sims.append(similarity[keep])
         masked = np.where(keep, similarity, -np.inf)
         nearest.append(masked.max(axis=1)[keep.any(axis=1)])
-    bad = np.concatenate(damaged) if damaged else np.zeros(0, np.int64)
+    bad = np.concatenate(rotten) if rotten else np.zeros(0, np.int64)
     if len(bad):
         first_key = next(iter(core.store.items_by_label(bad[:1].tolist()).values())).key
         log.warning(
@@ -119,13 +121,16 @@ def neighbour_pairs(core: CatalogCore, neighbours: int) -> Neighbours:
         )  # fmt: skip
     if not firsts:
         empty = np.zeros(0, np.int64)
-        return Neighbours(empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32), 0, bad)
-    first, second, similarity = np.concatenate(firsts), np.concatenate(seconds), np.concatenate(sims)
-    keep = ~np.isin(second, bad)  # the graph may still hold a good copy of a damaged one
+        return Neighbours(
+            empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32), len(live) - len(bad), bad
+        )
+    first, second = np.concatenate(firsts), np.concatenate(seconds)
+    similarity = np.concatenate(sims).astype(np.float32)
+    keep = ~np.isin(second, bad)  # the graph may still hold a sound copy of a rotten item
     return Neighbours(
         first[keep],
         second[keep],
-        similarity[keep].astype(np.float32),
+        similarity[keep],
         np.concatenate(nearest).astype(np.float32),
         len(live) - len(bad),
         bad,
@@ -183,8 +188,6 @@ def find(core: CatalogCore, threshold: float | None, neighbours: int) -> tuple[D
     by_pixels = 0
     if threshold is None:
         linked, by_pixels = _judged_by_pixels(core, found, used, neighbours)
-        sound = ~(np.isin(linked[0], found.damaged) | np.isin(linked[1], found.damaged))
-        linked = (linked[0][sound], linked[1][sound], linked[2][sound])  # thumbnails pair them too
     else:
         above = found.similarity >= used
         linked = (found.first[above], found.second[above], found.similarity[above])
@@ -214,7 +217,7 @@ def _judged_by_pixels(
     thumbnails by the `thumbnails` rule, candidates from the graph and from the thumbnails'
     own nearest neighbours; pairs touching an item without one by the embedding ``threshold``.
     Returns them and how many items had a thumbnail."""
-    live = core.liveness.labels()
+    live = np.setdiff1d(core.liveness.labels(), found.rotten)
     items = core.store.items_by_label(live.tolist())
     with pixels.Thumbnails(core.root, readonly=core.readonly).signals(list(items.values())) as signals:
         has = np.zeros(core.rows, bool)
@@ -223,17 +226,21 @@ def _judged_by_pixels(
         fallback = either & (found.similarity >= threshold)
         first, second = [found.first[fallback]], [found.second[fallback]]
         if len(signals.labels) >= 2:
-            pairs = _candidates(core, found.first[~either], found.second[~either], signals, neighbours)
+            pairs = compared_pairs(core, found.first[~either], found.second[~either], signals, neighbours)
+            keep = confirmed(pairs, signals)
+            log.debug("%d candidate pairs compared by pixels, %d are one photo", len(pairs), int(keep.sum()))
+            pairs = pairs[keep]
             first.append(pairs[:, 0])
             second.append(pairs[:, 1])
     a, b = np.concatenate(first), np.concatenate(second)
     return (a, b, _similarities(core, np.stack([a, b], axis=1))), len(signals.labels)
 
 
-def _candidates(
+def compared_pairs(
     core: CatalogCore, graph_a: np.ndarray, graph_b: np.ndarray, signals: pixels.Signals, neighbours: int
 ) -> np.ndarray:
-    """The candidate pairs (graph neighbours, and descriptor neighbours) that are one photo."""
+    """The candidate pairs (graph neighbours, and descriptor neighbours) worth comparing by
+    pixels, ``(n, 2)`` labels, each pair once."""
     near_a, near_b = _descriptor_pairs(signals.labels, signals.descriptors, neighbours)
     a, b = np.concatenate([graph_a, near_a]), np.concatenate([graph_b, near_b])
     pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)
@@ -241,17 +248,23 @@ def _candidates(
     row[signals.labels] = np.arange(len(signals.labels))
     x, y = row[pairs[:, 0]], row[pairs[:, 1]]
     canonical = np.einsum("ij,ij->i", signals.descriptors[x], signals.descriptors[y])
-    pairs = pairs[pixels.worth_comparing(canonical, signals.sizes[x], signals.sizes[y])]
-    keep = np.zeros(len(pairs), bool)
-    for start in range(0, len(pairs), _BLOCK):
-        block = pairs[start : start + _BLOCK]
-        thumbs = signals.pixels(np.unique(block).tolist())
-        keep[start : start + len(block)] = [
-            pixels.same_photo(thumbs[int(p)], thumbs[int(q)]) for p, q in block.tolist()
-        ]
-    log.debug("%d candidate pairs compared by pixels, %d are one photo", len(pairs), int(keep.sum()))
-    selected: np.ndarray = pairs[keep]
+    selected: np.ndarray = pairs[pixels.worth_comparing(canonical, signals.sizes[x], signals.sizes[y])]
     return selected
+
+
+def confirmed(pairs: np.ndarray, signals: pixels.Signals) -> np.ndarray:
+    """Which of the ``(n, 2)`` label pairs are one photo by the `thumbnails` rule: their
+    thumbnails fetched a block at a time and compared all at once (`pixel_pairs`)."""
+    keep = np.zeros(len(pairs), bool)
+    for start in range(0, len(pairs), _CONFIRM_BLOCK):
+        block = pairs[start : start + _CONFIRM_BLOCK]
+        labels = np.unique(block)
+        thumbs = signals.pixels(labels.tolist())
+        first, second = np.searchsorted(labels, block[:, 0]), np.searchsorted(labels, block[:, 1])
+        keep[start : start + len(block)] = same_photos(
+            [thumbs[int(label)] for label in labels], first, second
+        )
+    return keep
 
 
 def _descriptor_pairs(

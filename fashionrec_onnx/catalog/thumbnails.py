@@ -15,9 +15,12 @@ they are, or ``BLURRED`` after a slight blur (recompression noise). Look-alike p
 template (plain trousers, plain T-shirts) differ in details a resized copy keeps.
 
 The thumbnails live in a side file, ``thumbnails.sqlite``, owned by this module: a cache filled
-from the items' image paths the first time `duplicates` runs (and refreshed when a file's size or
-time changes), so catalogs written before it need no migration. Items without a readable image
-file (vectors added with `add_many` and no path) fall back to the embedding threshold alone.
+when images are indexed (`made` on the pixels decoded for the model, `keep_indexed`), each row for
+the file its item was indexed from (path, size and time as the catalog records them, so
+`duplicates` opens no file), and for items indexed before (or without a recorded size and time)
+from their image paths when `duplicates` runs, so catalogs written before it need no migration.
+Items without a readable image file (vectors added with `add_many` and no path) fall back to the
+embedding threshold alone. The rule for many pairs at once is `pixel_pairs.same_photos`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,7 @@ from PIL import Image
 from ..errors import ImageLoadError
 from ..images import load_image
 from ..model import default_threads
+from .core import CatalogCore
 from .store import Item
 
 log = logging.getLogger(__name__)
@@ -267,17 +271,17 @@ class Thumbnails:
         return None
 
     def signals(self, items: Sequence[Item]) -> Signals:
-        """The descriptors of the items that have an image file: stored ones when the file is
-        unchanged, the others read now (in a thread pool) and stored unless read-only. Close
-        the result (or use it in ``with``) when done comparing."""
+        """The descriptors of the items that have an image: the stored ones made from the file
+        the item was indexed from (its path, size and time, as the catalog records them: no file
+        is opened; an item without a recorded size and time is checked against its file), the
+        others read now (in a thread pool) and stored unless read-only. Close the result (or use
+        it in ``with``) when done comparing."""
         files: dict[int, tuple[str, int, int]] = {}
         for item in items:
-            if item.path:
-                try:
-                    status = os.stat(item.path)
-                except OSError:
-                    continue  # the file is gone: no pixels to compare
-                files[item.label] = (item.path, status.st_size, status.st_mtime_ns)
+            if item.path and item.size is not None and item.mtime_ns is not None:
+                files[item.label] = (item.path, item.size, item.mtime_ns)
+            elif item.path and (status := _status(item.path)) is not None:
+                files[item.label] = (item.path, *status)
         db: sqlite3.Connection | None = None
         if files:
             try:
@@ -290,9 +294,21 @@ class Thumbnails:
                 stored = self._stored(db, files)
             except sqlite3.DatabaseError as exc:
                 log.warning("thumbnails in %s unreadable (%s): reading the images again", self.path, exc)
+        for label in [label for label in files if label not in stored]:
+            status = _status(files[label][0])
+            if status is None:
+                del files[label]  # the file is gone: no pixels to compare
+            else:
+                files[label] = (files[label][0], *status)
         held: dict[int, np.ndarray] = {}
         missing = [label for label in files if label not in stored]
-        if missing:
+        if missing and self.readonly:
+            log.info(
+                "%d images read for their thumbnails, not kept: the catalog is open read-only "
+                "(indexing keeps them)",
+                len(missing),
+            )
+        elif missing:
             log.debug("reading %d images for their thumbnails", len(missing))
         for start in range(0, len(missing), _READ_BATCH):
             fresh = self._read([(label, files[label][0]) for label in missing[start : start + _READ_BATCH]])
@@ -337,6 +353,30 @@ class Thumbnails:
             results = list(pool.map(one, [path for _, path in paths]))
         return {label: result for (label, _), result in zip(paths, results) if result is not None}
 
+    def keep(self, rows: Sequence[tuple[int, str, int | None, int | None, np.ndarray, np.ndarray]]) -> None:
+        """Store ``(label, path, size, mtime_ns, thumbnail, descriptor)`` rows made while
+        indexing. A cache: failing to keep them costs the first `duplicates` run time, so it is
+        logged, never raised."""
+        if not rows or self.readonly:
+            return
+        db = None
+        try:
+            db = self._connect()
+            if db is not None:
+                with db:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO thumbnails VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (label, path, size, mtime, t.shape[1], t.shape[0], t.tobytes(), _packed(d))
+                            for label, path, size, mtime, t, d in rows
+                        ],
+                    )
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("could not store thumbnails in %s: %s", self.path, exc)
+        finally:
+            if db is not None:
+                db.close()
+
     @staticmethod
     def _stored(
         db: sqlite3.Connection, files: dict[int, tuple[str, int, int]]
@@ -359,6 +399,53 @@ class Thumbnails:
                     continue
                 stored[label] = (values.astype(np.float32), width * height)
         return stored
+
+
+def _status(path: str) -> tuple[int, int] | None:
+    """The file's size and time, None when it cannot be reached."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_size, status.st_mtime_ns
+
+
+def made(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The thumbnail of a decoded image and its canonical descriptor (as `duplicates` reads
+    them), made while the image is indexed."""
+    thumb = thumbnail(image)
+    return thumb, canonical(thumb)
+
+
+def keep_indexed(core: CatalogCore, made: Mapping[str, tuple[np.ndarray, np.ndarray] | None]) -> None:
+    """Thumbnails made while ``made``'s keys were indexed, kept for the items now holding those
+    keys, under the path, size and time the catalog records for them."""
+    wanted = [key for key, value in made.items() if value is not None]
+    if not wanted or core.readonly:
+        return
+    items = core.store.items_by_key(wanted)
+    rows = []
+    for key in wanted:
+        item = items.get(key)
+        value = made[key]
+        if item is not None and item.path and value is not None:
+            rows.append((item.label, item.path, item.size, item.mtime_ns, *value))
+    Thumbnails(core.root, readonly=False).keep(rows)
+
+
+def keep_files(core: CatalogCore, keys: Sequence[str]) -> None:
+    """Thumbnails of the image files of ``keys``' items, read now and kept (for an item added
+    one at a time, `Catalog.add`, whose pixels the embedder does not hand on)."""
+    if core.readonly:
+        return
+    rows = []
+    for item in core.store.items_by_key(list(keys)).values():
+        status = _status(item.path) if item.path else None
+        if item.path and status is not None:
+            for thumb, descriptor in Thumbnails._read([(item.label, item.path)]).values():
+                size, mtime_ns = (item.size, item.mtime_ns) if item.size is not None else status
+                rows.append((item.label, item.path, size, mtime_ns, thumb, descriptor))
+    Thumbnails(core.root, readonly=False).keep(rows)
 
 
 def _packed(descriptor: np.ndarray) -> bytes:

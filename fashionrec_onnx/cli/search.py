@@ -115,8 +115,9 @@ def _duplicates(sub: argparse._SubParsersAction) -> None:
         "Each item's nearest neighbours are compared (never every pair) and the pairs that are\n"
         "one photo are joined into groups. Without --threshold, items whose image file can be read\n"
         "are judged by their pixels: small thumbnails, lined up and correlated, which find copies\n"
-        "at half size and with a few percent cut off (the first run reads every image once and\n"
-        "keeps the thumbnails in the catalog's thumbnails.sqlite); items without an image file by\n"
+        "at half size and with a few percent cut off (indexing keeps them in the catalog's\n"
+        "thumbnails.sqlite; images indexed before are read at each run, which opens the catalog\n"
+        "read-only); items without an image file by\n"
         "an embedding threshold calibrated on the catalog (a fifth of the median distance between\n"
         "an item and its nearest neighbour). --threshold judges every pair by the embeddings alone.\n"
         "Prints each group with the embedding similarity of every pair in it.",
@@ -189,9 +190,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_duplicates(args: argparse.Namespace) -> int:
     from ..catalog import Catalog
 
-    # not read-only: the thumbnails read on the first run are kept (a catalog in a directory this
-    # process cannot write still opens read-only, and they are read again each run)
-    with Catalog.open(args.catalog) as catalog:
+    # read-only: a report writes nothing (indexing keeps the thumbnails; those of items indexed
+    # before are read for this run and said so in a log line)
+    with Catalog.open(args.catalog, readonly=True) as catalog:
         report = catalog.duplicates(args.threshold, neighbours=args.neighbours)
     if args.json:
         groups = [

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from ..catalog import removals
+from ..catalog import removals, thumbnails
 from ..catalog.reports import IndexReport as IndexReport
 from ..catalog.store import Item, NewItem
 from ..embedder import Failure
@@ -175,7 +175,9 @@ def _embed_and_write(
     last_checkpoint = time.monotonic()
     write: Callable[[list[NewItem]], Any] = catalog._core.write
     with tqdm(total=len(todo), unit="img", desc="indexing", disable=not progress or not todo) as bar:
-        for result in catalog.embedder.iter_batches([f.path for f in todo], batch_size=batch_size):
+        for result in catalog.embedder.iter_batches(
+            [f.path for f in todo], batch_size=batch_size, also=thumbnails.made
+        ):
             new = []
             for row, index in enumerate(result.indices):
                 file = todo[int(index)]
@@ -194,6 +196,7 @@ def _embed_and_write(
                     report.added += 1
             if new:
                 write(new)
+                thumbnails.keep_indexed(catalog._core, dict(zip((n.key for n in new), result.extras)))
                 catalog._reduce_when_planned()
             report.failures.extend(Failure(f.index, todo[f.index].key, f.reason) for f in result.failures)
             bar.update(len(result.indices) + len(result.failures))

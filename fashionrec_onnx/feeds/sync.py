@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tqdm import tqdm
 
+from ..catalog import thumbnails
 from ..catalog.reports import FailedRow as FailedRow
 from ..catalog.reports import SyncReport as SyncReport
 from ..errors import CatalogError
@@ -278,7 +279,11 @@ def _apply(
         catalog.claim_for_feed(feed, kept)
     if not todo:
         return
-    for result in catalog.embedder.iter_batches([image.path for image in todo], batch_size=batch_size):
+    core = getattr(catalog, "_core", None)  # a remote catalog has none, and keeps no thumbnails
+    made = thumbnails.made if core is not None else None
+    for result in catalog.embedder.iter_batches(
+        [image.path for image in todo], batch_size=batch_size, also=made
+    ):
         done = [todo[int(index)] for index in result.indices]
         if done:
             catalog.add_many(
@@ -290,6 +295,8 @@ def _apply(
                 mtimes_ns=[image.mtime_ns for image in done],
                 feed=feed,
             )
+            if made is not None and core is not None:
+                thumbnails.keep_indexed(core, dict(zip((image.key for image in done), result.extras)))
         for image in done:
             if image.key in known:
                 report.reembedded += 1
