@@ -93,15 +93,16 @@ def test_a_changed_image_file_gets_a_new_thumbnail_when_indexed_again(
         original, copy = sorted(next(iter(truth)))
         copy_path = catalog.image_path(copy)
         assert copy_path is not None
-        saved = copy_path.read_bytes()
+        saved, times = copy_path.read_bytes(), copy_path.stat()
         try:
             Image.new("RGB", Image.open(copy_path).size, (255, 255, 255)).save(copy_path)
             os.utime(copy_path, ns=(1, 1))  # a new time as well as new bytes
             assert copy in {key for group in catalog.duplicates() for key in group.keys}
             catalog.index_folder(folder, progress=False)
             assert copy not in {key for group in catalog.duplicates() for key in group.keys}
-        finally:
+        finally:  # bytes and times back: the planted folder is shared by this module's tests
             copy_path.write_bytes(saved)
+            os.utime(copy_path, ns=(times.st_atime_ns, times.st_mtime_ns))
 
 
 def test_after_indexing_duplicates_opens_no_image_file(
