@@ -243,18 +243,17 @@ def test_the_batched_rule_gives_the_per_pair_answers(planted: tuple[Path, Path, 
     assert batched.tolist() == [thumbnails.same_photo(odd[a], odd[b]) for a, b in everything]
 
 
-def test_keep_files_keeps_the_thumbnail_of_an_image_added_alone(
+def test_an_image_added_alone_keeps_its_thumbnail(
     tmp_path: Path, small_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`Catalog.add` of one image file records no size or time: `keep_files` stores its
-    thumbnail under the file's, so `duplicates` reads nothing while the file is unchanged."""
+    """`Catalog.add` of one image file keeps its thumbnail (`keep_files`) as folder indexing does,
+    so `duplicates` reads nothing while the file is unchanged."""
     from fashionrec_onnx.quality.datasets import SAMPLE_DIR
 
     paths = sorted(SAMPLE_DIR.glob("*/*.png"))[:3]
     with Catalog.create(tmp_path / "catalog", small_model) as catalog:
         for number, path in enumerate(paths):
             catalog.add(f"item-{number}", path)
-        thumbnails.keep_files(catalog._core, ["item-0", "item-1", "item-2"])
 
         def no_reading(*args: object, **kwargs: object) -> None:
             raise AssertionError("an image was read although its thumbnail is kept")

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import BadArgumentError, CatalogError, DiskFullError
 from ..images import Source
-from . import maintenance, products, removals
+from . import maintenance, products, removals, thumbnails
 from .hnsw import HnswParams
 from .kernels import normalised, row_norms
 from .pca import PCA
@@ -88,6 +88,8 @@ class CatalogWriter(CatalogReader):
             if path is None and isinstance(image_or_vector, (str, os.PathLike)):
                 path = Path(image_or_vector).expanduser().resolve()
         self._core.write([NewItem(key, vector, str(path) if path else None, metadata=dict(metadata or {}))])
+        if path is not None and not is_vector(image_or_vector):  # as folder indexing keeps them
+            thumbnails.keep_files(self._core, [key])
 
     def add_many(
         self,
