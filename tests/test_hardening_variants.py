@@ -510,6 +510,12 @@ def test_reduce_of_a_catalog_holding_a_rotten_vector_fits_on_the_others_and_neve
     hits = catalog.search("item-08", k=39)
     assert "item-07" not in [hit.key for hit in hits] and all(np.isfinite(hit.similarity) for hit in hits)
     assert catalog.left_out_of_graph() == ["item-07"]
+    # the compact tier holds the rotten row with infinite bounds: exact search and check read the
+    # other 39 (a NaN in a block's statistics once hid the whole block) and never item-07
+    exact = [hit.key for hit in catalog.exact_search("item-08", k=39)]
+    assert sorted(exact) == sorted(f"item-{n:02d}" for n in range(40) if n not in (7, 8))
+    report = catalog.check(k=5, sample=40)
+    assert (report.queries, report.recall) == (39, 1.0)
 
 
 def test_a_sync_with_an_images_root_that_is_not_a_folder_is_refused_before_any_change(

@@ -84,6 +84,19 @@ def check(core: CatalogCore, k: int, sample: int, seed: int) -> CheckReport:
         raise CatalogError(f"{core.root} is empty: index some images first.")
     picks = sample_labels(core, sample, seed)
     queries = core.vectors.read(picks)
+    finite = np.isfinite(queries).all(axis=1)
+    if not finite.all():  # a damaged stored vector is no query: it is never answered either
+        log.warning(
+            "check left %d sampled item(s) whose stored vector is damaged out of the sample; "
+            "`fashionrec verify` counts them, re-index them to repair",
+            int((~finite).sum()),
+        )
+        picks, queries = picks[finite], queries[finite]
+        if len(picks) == 0:
+            raise CatalogCorruptError(
+                f"no sampled stored vector of {core.root} is finite: the vector file is damaged; "
+                "restore it or index again."
+            )
     kk = min(k, core.count)
     live = core.live_mask()
     assert core.graph.index is not None

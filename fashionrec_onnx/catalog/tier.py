@@ -74,6 +74,7 @@ class Tier:
         cls, path: Path, pca: PCA, pca_file: str, vectors_file: str, sample: np.ndarray, codes: str = CODES
     ) -> Tier:
         """A new, empty tier; int8 scales are fitted on the projections of ``sample``."""
+        sample = sample[np.isfinite(sample).all(axis=1)]  # a damaged stored vector scales nothing
         if np.dtype(codes) == np.int8:
             largest = np.abs(project(pca, sample)).max(axis=0) if len(sample) else np.ones(pca.dim)
             scales = np.maximum(largest * HEADROOM / 127.0, 1e-12).astype(np.float32)
@@ -123,6 +124,13 @@ class Tier:
         projected = centred @ self.pca.components.T
         residual = np.sqrt(np.maximum(np.einsum("nd,nd->n", centred, centred)
                                       - np.einsum("nd,nd->n", projected, projected), 0.0))  # fmt: skip
+        # A damaged (non-finite) stored vector gets zero codes and an infinite residual: every
+        # bound on it is infinite, so no search reads it, and no NaN reaches a block's statistics
+        # (a NaN coding error would hide the whole block from `within`).
+        rotten = ~(np.isfinite(projected).all(axis=1) & np.isfinite(residual))
+        if rotten.any():
+            projected[rotten] = 0.0
+            residual[rotten] = np.inf
         if self.codes == np.int8:
             codes = np.clip(np.rint(projected / self.scales), -127, 127).astype(np.int8)
         else:
