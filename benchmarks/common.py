@@ -9,6 +9,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +93,9 @@ def machine_info() -> dict[str, object]:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
-    try:
-        import tensorflow
-
-        info["tensorflow"] = tensorflow.__version__
-    except ImportError:
+    try:  # the installed version, without importing TensorFlow (seconds and a GB of memory)
+        info["tensorflow"] = metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:
         info["tensorflow"] = None
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     info["avx2"] = " avx2" in flags
