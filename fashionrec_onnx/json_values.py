@@ -115,6 +115,7 @@ def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
             depth -= 1
 
 
+NUL_IN_NAME = "a field name cannot hold a NUL character"
 LONE_SURROGATE = "the text holds a lone surrogate (a \\ud800-\\udfff escape), which UTF-8 cannot store"
 
 
@@ -149,6 +150,8 @@ def problem(value: Any, depth: int = 0) -> str | None:
                 return f"the field name {name!r} is not text"
             if not storable(name):
                 return f"a field name: {LONE_SURROGATE}"
+            if "\x00" in name:
+                return NUL_IN_NAME
             if (reason := problem(inner, depth + 1)) is not None:
                 return reason
         return None
@@ -169,6 +172,8 @@ def bad_field(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
             return str(name), "the field name is not text"
         if not storable(name):
             return name.encode("utf-8", "backslashreplace").decode(), f"the field name: {LONE_SURROGATE}"
+        if "\x00" in name:  # SQLite's JSON functions end a name there: the field could not be found
+            return name.replace("\x00", "\\x00"), NUL_IN_NAME
         if (reason := problem(value, 1)) is not None:
             return name, reason
     return None

@@ -427,3 +427,24 @@ def test_add_many_normalises_huge_finite_vectors_on_both_backends(
             assert np.dot(catalog.vector(key), unit_vectors(1, 1)[0]) > 0.9999
         with pytest.raises(CatalogError, match="NaN or infinite|not finite"):
             catalog.add_many(["nan"], np.full((1, DIM), np.nan))
+
+
+# -- a field name holding a NUL (found by the held-out pass) -------------------------------------------
+
+
+def test_a_feed_field_name_holding_a_nul_fails_its_row_and_stores_nothing_of_it(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    """SQLite's JSON functions end a name at the NUL: the field would be listed as ``a`` and
+    no filter could reach it, so such a name is refused like any metadata JSON cannot hold."""
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(png(len(name)))
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(
+        '{"product_id": "A", "image": "a.png", "a\\u0000b": 1}\n{"product_id": "B", "image": "b.png"}\n'
+    )
+    report = catalog.sync(feed)
+    assert [f.line for f in report.failed] == [1] and "NUL" in report.failed[0].reason
+    assert catalog.get("feed/b.png").metadata == {"product_id": "B"}
+    with pytest.raises(CatalogError, match="no item has the metadata field 'a'; the fields are: product_id"):
+        catalog.search("feed/b.png", filter={"a": 1})

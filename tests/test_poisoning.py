@@ -74,9 +74,14 @@ def test_a_non_finite_metadata_value_is_refused_by_every_write_naming_the_item_a
         {"price": {"low": ["\ud83d"]}},
         {1: "a", "b": 2},
         {"a": {2: 3}},
+        {"a\x00b": 1},
+        {"a": {"b\x00": 3}},
     ],
-    ids=["lone-surrogate", "surrogate-name", "nested-surrogate", "number-name", "nested-number-name"],
-)
+    ids=[
+        "lone-surrogate", "surrogate-name", "nested-surrogate", "number-name", "nested-number-name",
+        "nul-in-name", "nul-in-nested-name",
+    ],
+)  # fmt: skip
 def test_metadata_that_utf8_json_cannot_hold_is_refused_by_every_write(
     catalog: Catalog, metadata: dict
 ) -> None:
