@@ -344,7 +344,12 @@ def _convert_in_child(graph: Path, spec: Path, out: Path) -> bytes:
     import subprocess
 
     command = [sys.executable, "-m", "fashionrec_export.convert_graph", str(graph), str(spec), str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    # protobuf's compiled (upb) messages keep every replaced sub-message in their arena until the
+    # whole message goes: tf2onnx rewrites each node's attributes, weights included, after each of
+    # its optimiser passes, so the conversion grew by the weights (94 MB) a pass, to 4.07 GB. The
+    # pure-Python protobuf frees them: 1.27 GB, the same bytes written, and no slower here (9 s).
+    environment = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+    result = subprocess.run(command, capture_output=True, text=True, errors="replace", env=environment)
     if result.returncode != 0:
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         detail = errors[-1].removeprefix("error: ") if errors else result.stderr.strip()[-2000:]
