@@ -441,7 +441,7 @@ def test_create_refuses_settings_it_could_not_read_back_or_use(
 
 
 def test_reduce_and_the_product_field_refuse_what_they_could_not_use(catalog: Catalog) -> None:
-    catalog.add_many([f"k{i}" for i in range(8)], unit_vectors(8), metadata=[{"sku\x00": "same"}] * 8)
+    catalog.add_many([f"k{i}" for i in range(8)], unit_vectors(8), metadata=[{"sku": "same"}] * 8)
     for dim in (2.5, True, float("nan")):
         with pytest.raises(BadArgumentError, match="a whole number of dimensions"):
             catalog.reduce(dim)  # type: ignore[arg-type]

@@ -40,12 +40,38 @@ def test_pca_round_trips_through_an_npz_without_pickle(tmp_path: Path, vectors: 
         assert set(data.files) >= {"mean", "components", "scales"}
 
 
-def test_pca_output_is_unit_length_and_keeps_most_variance(vectors: np.ndarray) -> None:
+def test_pca_output_keeps_distances_within_its_space_and_most_variance(vectors: np.ndarray) -> None:
+    """Format 2: the centred projection as it is, so L2 distances between projections are the
+    full-space distances of the vectors' parts inside the PCA space (no re-normalisation)."""
     pca = PCA.fit(vectors, 64)
     reduced = pca.transform(vectors)
-    assert reduced.shape == (len(vectors), 64)
-    np.testing.assert_allclose(np.linalg.norm(reduced, axis=1), 1.0, atol=1e-5)
+    assert reduced.shape == (len(vectors), 64) and not pca.normalise
+    inside = (vectors[:20] - vectors[20:40]) @ pca.components.T
+    np.testing.assert_allclose(
+        np.linalg.norm(reduced[:20] - reduced[20:40], axis=1), np.linalg.norm(inside, axis=1), rtol=1e-4
+    )
     assert 0.5 < pca.explained_variance_ratio <= 1.0
+
+
+def test_a_format_1_pca_file_keeps_its_unit_length_projections(tmp_path: Path, vectors: np.ndarray) -> None:
+    """Catalogs reduced by 0.2.0 keep the graph they built: their file says format 1."""
+    pca = PCA.fit(vectors, 64)
+    np.savez(
+        tmp_path / "pca.npz", format=np.int64(1), mean=pca.mean, components=pca.components,
+        scales=pca.scales, whiten=np.bool_(False), explained_variance_ratio=np.float64(0.9),
+    )  # fmt: skip
+    old = PCA.load(tmp_path / "pca.npz")
+    assert old.normalise
+    reduced = old.transform(vectors)
+    np.testing.assert_allclose(np.linalg.norm(reduced, axis=1), 1.0, atol=1e-5)
+    projected = pca.transform(vectors)
+    np.testing.assert_allclose(reduced, projected / np.linalg.norm(projected, axis=1)[:, None], atol=1e-5)
+    old.save(tmp_path / "again.npz")  # written back as it was read
+    with np.load(tmp_path / "again.npz", allow_pickle=False) as data:
+        assert int(data["format"]) == 1
+    pca.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz", allow_pickle=False) as data:
+        assert int(data["format"]) == 2
 
 
 def test_a_corrupt_pca_file_names_itself(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The HNSW graph (hnswlib, space 'l2' on unit vectors) with hnswlib's sharp edges filed off.
+"""The HNSW graph (hnswlib, space 'l2' on unit vectors or a reduced catalog's PCA projections)
+with hnswlib's sharp edges filed off.
 
 hnswlib forgets ``ef`` on save, raises when full, when k exceeds what it holds and on a double
 delete, and is not safe when searches run during adds or deletes. This wrapper grows capacity,

@@ -201,7 +201,7 @@ def bounded_within(
     """`bounded_topk` for many queries with ``known`` allowed labels each (a search's answer,
     -1 padded): the k-th best distance among them bounds the exact one from above, so one pass
     over the tier collects every row whose bound is within it, and only those rows are read.
-    ``graph_space``: the queries and distances are in the graph's space (unit PCA projections,
+    ``graph_space``: the queries and distances are in the graph's space (the PCA projections,
     as `exact_topk` with the PCA's transform computes them)."""
     queries = np.atleast_2d(np.asarray(queries, np.float32))
     allowed = allowed[:rows]

@@ -206,7 +206,7 @@ class Tier:
         return projected * projected + outside * outside
 
     def within(
-        self, rows: np.ndarray, prepared: Prepared, limit: np.ndarray
+        self, rows: np.ndarray, prepared: Prepared, limit: np.ndarray, residual: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(query, row)`` index pairs whose bound is at most the query's ``limit``: many
         queries against a block, with no bound matrix. A test on the product alone (the bound
@@ -223,15 +223,23 @@ class Tier:
         np.sqrt(projected, out=projected)
         projected -= stats[where, 1]
         np.maximum(projected, 0.0, out=projected)
-        outside = prepared.residual[which] - stats[where, 0]
-        keep = projected * projected + outside * outside <= limit[which]
+        bound = projected * projected
+        if residual:  # False: distances within the PCA space (a format 2 graph's own)
+            outside = prepared.residual[which] - stats[where, 0]
+            bound += outside * outside
+        keep = bound <= limit[which]
         return which[keep], where[keep]
 
     def within_graph_space(
         self, rows: np.ndarray, reduced: np.ndarray, limit: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The same in the graph's space (unit projections, no whitening) for ``reduced``
-        queries there: ``||n(P(x)) - n(decoded)|| <= 2 e_x / ||decoded||`` keeps it a bound."""
+        """The same in the graph's space (no whitening) for ``reduced`` queries there. Format 2:
+        the tier's own space without the residual term. Format 1 (unit projections):
+        ``||n(P(x)) - n(decoded)|| <= 2 e_x / ||decoded||`` keeps it a bound."""
+        if not self.pca.normalise:
+            squared = np.einsum("qd,qd->q", reduced, reduced)
+            scaled = (reduced * self.scales).astype(np.float32)
+            return self.within(rows, Prepared(scaled, squared, np.zeros_like(squared)), limit, residual=False)
         codes = self._codes(rows)
         stats = rows[:, self.code_bytes :].view("<f4")
         inverse = 1.0 / np.maximum(np.sqrt(stats[:, 2]), 1e-12)
