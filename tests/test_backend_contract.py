@@ -15,6 +15,7 @@ from fashionrec_onnx.catalog.backend import Backend
 from fashionrec_onnx.catalog.local_backend import LocalBackend
 from fashionrec_onnx.catalog.remote import RemoteCatalog
 from fashionrec_onnx.catalog.store import NewItem
+from fashionrec_onnx.errors import BadArgumentError
 
 ODD_VALUES = ['O\'Neil "quoted"', "東京 Ünïcode", "[brackets] and \\ backslash", "a' or '1'='1"]
 
@@ -142,6 +143,29 @@ def test_feed_owners_are_recorded_and_cleared(opened: tuple[Backend, int]) -> No
     backend.set_feed(["shop/2"], None)
     assert backend.feed_owners(["shop/1", "shop/2"]) == {"shop/1": "shop/"}
     backend.set_feed([], "shop/")  # nothing to record: no error
+
+
+def test_a_write_records_its_feed_and_brings_a_removed_key_back(opened: tuple[Backend, int]) -> None:
+    backend, dim = opened
+    first = [NewItem("shop/1", _unit(dim, 1), feed="shop/"), NewItem("shop/2", _unit(dim, 2), feed="shop/")]
+    backend.write(first)
+    assert backend.feed_owners(["shop/1", "shop/2"]) == {"shop/1": "shop/", "shop/2": "shop/"}
+    backend.write([NewItem("shop/1", _unit(dim, 3))])  # written again by hand: no feed's
+    assert backend.feed_owners(["shop/1", "shop/2"]) == {"shop/2": "shop/"}
+    assert backend.remove(["shop/2"]) == ["shop/2"]
+    assert backend.feed_owners(["shop/2"]) == {} and backend.keys_of_feed("shop/") == []
+    backend.remember_removed(["shop/2"])
+    backend.write([NewItem("shop/2", _unit(dim, 2))])
+    assert backend.removed_keys() == []
+
+
+def test_metadata_that_cannot_be_stored_is_refused_before_anything_is(opened: tuple[Backend, int]) -> None:
+    backend, dim = opened
+    with pytest.raises(BadArgumentError, match="'price'"):
+        backend.write(
+            [NewItem("ok", _unit(dim, 1)), NewItem("bad", _unit(dim, 2), metadata={"price": float("nan")})]
+        )
+    assert backend.count() == 0
 
 
 def test_keys_removed_by_hand_are_remembered_and_forgotten(opened: tuple[Backend, int]) -> None:

@@ -44,10 +44,11 @@ class Backend(Protocol):
         """Record settings (other processes see them at their next read)."""
 
     def write(self, items: Sequence[NewItem]) -> None:
-        """Add or replace items by key; all of them or (on failure) an error."""
+        """Add or replace items by key, each owned by its ``feed`` (None: by no feed), and no
+        longer removed by hand. Metadata that cannot be stored is refused before anything is."""
 
     def remove(self, keys: Sequence[str]) -> list[str]:
-        """Remove items; returns the keys that were there."""
+        """Remove items (and their owners); returns the keys that were there, once each."""
 
     def top_k(
         self, vector: np.ndarray, k: int, wanted: Mapping[str, Any] | None, exclude: Sequence[str], ef: int
