@@ -371,7 +371,7 @@ class RemoteCatalog(RemoteSearching):
         return []
 
     def index_folder(self, folder: str | os.PathLike[str], **options: Any) -> IndexReport:
-        """See `Catalog.index_folder`; done by `feeds.remote_folders` (registered in `jobs`)."""
+        """See `Catalog.index_folder`; done by `feeds.folders` over the backend (registered in `jobs`)."""
         report: IndexReport = jobs.job("index_folder_remote")(self, folder, **options)
         return report
 
