@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..json_values import storable
 from . import search as planner
 from .backend import Neighbour
 from .core import CatalogCore
@@ -36,6 +37,15 @@ ITERATE_READ = 10_000  # items read from SQLite per round of `iterate`
 
 def _row(item: Item) -> dict[str, Any]:
     return {"path": item.path, "size": item.size, "mtime_ns": item.mtime_ns, "metadata": dict(item.metadata)}
+
+
+def _neighbours(items: Mapping[int, Item], labels: np.ndarray, distances: np.ndarray) -> list[Neighbour]:
+    """Hits by key; a damaged stored vector (a non-finite distance) ranks nowhere."""
+    return [
+        Neighbour(items[label].key, max(float(d), 0.0))
+        for label, d in zip(labels.tolist(), distances.tolist())
+        if label in items and np.isfinite(d)
+    ]
 
 
 class LocalBackend:
@@ -133,7 +143,7 @@ class LocalBackend:
         return self.core.count
 
     def fetch(self, keys: Sequence[str], vectors: bool = False) -> dict[str, tuple[dict[str, Any], Any]]:
-        wanted = [key for key in keys if isinstance(key, str)]
+        wanted = [key for key in keys if isinstance(key, str) and storable(key)]  # else never stored
         with self._reading() as core:
             items = core.store.items_by_key(wanted)
             stored = self._vectors(core, list(items.values())) if vectors else {}
@@ -196,22 +206,22 @@ class LocalBackend:
                 allowed = core.columns.mask(wanted, core.live_mask())
                 allowed[excluded[excluded < len(allowed)]] = False
             labels, distances = planner.search(core, query, int(k), excluded, allowed)
-            return self._neighbours(core, labels, distances)
+            return _neighbours(core.store.items_by_label(labels.tolist()), labels, distances)
 
     def top_k_many(self, vectors: np.ndarray, k: int, ef: int) -> list[list[Neighbour]]:
-        none = np.zeros(0, np.int64)
+        """One graph call for all of them (hnswlib's threads); a reduced graph's hits are
+        re-ranked one query at a time by the planner."""
+        queries = np.asarray(vectors, np.float32)
         with self._reading() as core:
-            found = [planner.search(core, np.asarray(v, np.float32), int(k), none, None) for v in vectors]
-            return [self._neighbours(core, labels, distances) for labels, distances in found]
-
-    @staticmethod
-    def _neighbours(core: CatalogCore, labels: np.ndarray, distances: np.ndarray) -> list[Neighbour]:
-        items = core.store.items_by_label(labels.tolist())
-        return [
-            Neighbour(items[label].key, max(float(d), 0.0))
-            for label, d in zip(labels.tolist(), distances.tolist())
-            if label in items and np.isfinite(d)
-        ]
+            if core.reduction is not None or core.graph.index is None:
+                none = np.zeros(0, np.int64)
+                found = [planner.search(core, query, int(k), none, None) for query in queries]
+            else:
+                labels, distances = core.graph.index.search(queries, int(k), core.count)
+                found = [(row[row >= 0], far[row >= 0]) for row, far in zip(labels, distances)]
+            wanted = np.concatenate([labels for labels, _ in found]) if found else np.zeros(0, np.int64)
+            items = core.store.items_by_label(np.unique(wanted).tolist())
+            return [_neighbours(items, labels, distances) for labels, distances in found]
 
     # -- the catalog as a whole -------------------------------------------------------------------
 
