@@ -1,12 +1,18 @@
 """The storage seam: what a catalog needs from where its items and vectors live.
 
-A backend stores items (key, unit vector, path, file size and mtime, metadata), answers top-k
-with a metadata filter, fetches by key, iterates, counts, records which feed owns an item, and
-keeps the catalog's settings
-(model fingerprint, dimension, product field...). `remote.RemoteCatalog` is the `Catalog` API
-written once over this interface; `milvus_backend.MilvusBackend` implements it on a Milvus
-collection. The local directory catalog (SQLite + vector file + HNSW graph, `core`) predates the
-seam and keeps its own planner, tuned for one machine.
+A backend stores items (key, unit vector, path, file size and mtime, metadata, owning feed),
+answers top-k with a metadata filter, fetches by key, iterates, counts, remembers keys removed
+by hand and which feed owns an item, and keeps the catalog's settings (model fingerprint,
+dimension, product field...). Two implement it: `local_backend.LocalBackend`, over the local
+directory catalog's core (SQLite + vector file + HNSW graph, with its own planner tuned for one
+machine), and `milvus_backend.MilvusBackend`, on a Milvus collection. `tests/test_backend_contract.py`
+asserts the same behaviour of both.
+
+Above the seam, written once for both: folder indexing (`feeds.folders`, whose `LocalTarget`
+keeps what a local catalog does in place: thumbnails, re-pathing moved files, graph saves).
+`remote.RemoteCatalog` is the `Catalog` API over this interface; a local `Catalog` still runs its
+searches, products, near-duplicates and maintenance on its core directly (its label-indexed
+masks, thumbnails and graph have no counterpart across the seam).
 
 Keys are the identity (no integer labels cross the seam). Filters are the `Catalog` mapping form
 (field -> value or list of values); a callable filter is applied above the seam.
@@ -44,10 +50,11 @@ class Backend(Protocol):
         """Record settings (other processes see them at their next read)."""
 
     def write(self, items: Sequence[NewItem]) -> None:
-        """Add or replace items by key; all of them or (on failure) an error."""
+        """Add or replace items by key, each owned by its ``feed`` (None: by no feed), and no
+        longer removed by hand. Metadata that cannot be stored is refused before anything is."""
 
     def remove(self, keys: Sequence[str]) -> list[str]:
-        """Remove items; returns the keys that were there."""
+        """Remove items (and their owners); returns the keys that were there, once each."""
 
     def top_k(
         self, vector: np.ndarray, k: int, wanted: Mapping[str, Any] | None, exclude: Sequence[str], ef: int

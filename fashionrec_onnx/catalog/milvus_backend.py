@@ -37,6 +37,7 @@ from ..errors import CatalogError, StorageUnavailableError
 from . import expressions as expr
 from .backend import Neighbour
 from .location import MilvusLocation
+from .milvus_rows import FIELDS, TEXT_MAX, described, row_of, vector_of
 from .store import NewItem
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,9 @@ CONNECT_SECONDS = 5.0  # connecting; each call then has READ_SECONDS or CALL_SEC
 # when that is an int (a float is ignored, and it retries 75 times, three and a half minutes).
 CALL_SECONDS = 30  # a write or a schema change
 READ_SECONDS = 10  # a read: a replica must tell its load balancer it is unwell within seconds
-TEXT_MAX = 65_535  # Milvus' longest VARCHAR (bytes)
 WRITE_BATCH = 256  # rows per upsert: 2048-d rows are ~20 kB each on the wire
 GET_BATCH = 1_000
 TOP_K_MAX = 16_384  # Milvus' limit on limit
-FIELDS = ["key", "path", "size", "mtime_ns", "metadata"]
 
 T = TypeVar("T")
 _READS = frozenset({"get", "count", "query", "search"})
@@ -261,13 +260,21 @@ class MilvusBackend:
     # -- writing ----------------------------------------------------------------------------------
 
     def write(self, items: Sequence[NewItem]) -> None:
-        for start in range(0, len(items), WRITE_BATCH):
-            rows = [_row(item) for item in items[start : start + WRITE_BATCH]]
-            self._call("upsert", self._client.upsert, self.collection, rows)
+        """Upserts (every row checked before any is sent), then each item's owner (its ``feed``),
+        then its key is no longer removed by hand. A crash in between leaves an item without its
+        owner, which the feed's next sync claims back by its path."""
+        rows = [row_of(item) for item in items]
+        for start in range(0, len(rows), WRITE_BATCH):
+            self._call("upsert", self._client.upsert, self.collection, rows[start : start + WRITE_BATCH])
+        for feed in dict.fromkeys(item.feed for item in items):
+            self.set_feed([item.key for item in items if item.feed == feed], feed)
+        self.forget_removed([item.key for item in items])
 
     def remove(self, keys: Sequence[str]) -> list[str]:
+        """Items and then their owners (a stale owner of an absent key is ignored)."""
         present = list(self.fetch(list(dict.fromkeys(keys))))
         self._delete_keys(self.collection, present)
+        self.set_feed(present, None)
         return present
 
     def _query_keys(
@@ -319,12 +326,10 @@ class MilvusBackend:
             self._delete_keys(self.removed_collection, list(keys))
 
     def removed_keys(self, among: Sequence[str] | None = None) -> list[str]:
-        if among is None:
-            if not self._has_removed():
-                return []
-            return [row["key"] for rows in self._scan(self.removed_collection, "", ["key"]) for row in rows]
         if not self._has_removed():
             return []
+        if among is None:
+            return [row["key"] for rows in self._scan(self.removed_collection, "", ["key"]) for row in rows]
         return [row["key"] for row in self._query_keys(self.removed_collection, list(among), ["key"])]
 
     def set_feed(self, keys: Sequence[str], feed: str | None) -> None:
@@ -370,7 +375,7 @@ class MilvusBackend:
         fields = FIELDS + (["vector"] if vectors else [])
         keys = [key for key in keys if isinstance(key, str) and len(key.encode()) <= TEXT_MAX]
         for row in self._query_keys(self.collection, keys, fields):
-            out[row["key"]] = (_described(row), _vector(row) if vectors else None)
+            out[row["key"]] = (described(row), vector_of(row) if vectors else None)
         return out
 
     def iterate(
@@ -379,7 +384,7 @@ class MilvusBackend:
         fields = FIELDS + (["vector"] if vectors else [])
         condition = expr.metadata_filter(wanted) if wanted else ""
         for rows in self._scan(self.collection, condition, fields, batch):
-            yield [(row["key"], _described(row), _vector(row) if vectors else None) for row in rows]
+            yield [(row["key"], described(row), vector_of(row) if vectors else None) for row in rows]
 
     def keys_with_field(self, field: str, values: Sequence[str]) -> list[str]:
         if not values:
@@ -511,34 +516,6 @@ class MilvusBackend:
             )
             out += [[Neighbour(str(hit["id"]), float(hit["distance"])) for hit in hits] for hits in results]
         return out
-
-
-def _row(item: NewItem) -> dict[str, Any]:
-    path = item.path or ""
-    if len(path.encode()) > TEXT_MAX or len(item.key.encode()) > TEXT_MAX:
-        raise CatalogError(f"a key or path longer than {TEXT_MAX} bytes cannot be stored in Milvus")
-    return {
-        "key": item.key,
-        "vector": np.asarray(item.vector, np.float32).tolist(),
-        "path": path,
-        "size": -1 if item.size is None else int(item.size),
-        "mtime_ns": -1 if item.mtime_ns is None else int(item.mtime_ns),
-        "metadata": dict(item.metadata or {}),
-    }
-
-
-def _described(row: Mapping[str, Any]) -> dict[str, Any]:
-    size, mtime = int(row.get("size", -1)), int(row.get("mtime_ns", -1))
-    return {
-        "path": row.get("path") or None,
-        "size": None if size < 0 else size,
-        "mtime_ns": None if mtime < 0 else mtime,
-        "metadata": dict(row.get("metadata") or {}),
-    }
-
-
-def _vector(row: Mapping[str, Any]) -> np.ndarray:
-    return np.asarray(row["vector"], np.float32)
 
 
 def _cause(exc: BaseException) -> str:

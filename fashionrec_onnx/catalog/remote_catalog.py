@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ import numpy as np
 
 from ..embedder import Embedder
 from ..errors import BadArgumentError, CatalogError, ModelError, ModelMismatchError, UnknownKeyError
-from ..json_values import bad_field
 from ..model import ModelInfo, recorded_fingerprint
 from . import jobs, products
 from .backend import Backend
@@ -296,16 +296,11 @@ class RemoteCatalog(RemoteSearching):
     # -- writing -------------------------------------------------------------------------------
 
     def _write(self, new: list[NewItem], feed: str | None = None) -> None:
-        """Items, then their owner (``feed``, or none: an item written again by a folder or by
-        hand is no feed's, as on a local catalog). A crash in between leaves an item without its
-        owner, which the feed's next sync claims back by its path."""
+        """Items owned by ``feed``, or by none: an item written again by a folder or by hand is
+        no feed's, as on a local catalog (the backend records owners and forgets removals)."""
         self._writable()
-        _check_metadata(new)
         self._groups = None
-        self._backend.write(new)
-        keys = [item.key for item in new]
-        self._backend.set_feed(keys, feed)
-        self._backend.forget_removed(keys)
+        self._backend.write([replace(item, feed=feed) for item in new])
 
     def add(
         self,
@@ -352,9 +347,7 @@ class RemoteCatalog(RemoteSearching):
         present = list(self._backend.fetch(list(keys)))
         if remember and present:  # remembered first: a crash in between leaves the item present
             self._backend.remember_removed(present)
-        removed = self._backend.remove(present)
-        self._backend.set_feed(removed, None)  # after: a stale owner of an absent key is ignored
-        return len(removed)
+        return len(self._backend.remove(present))
 
     def removed_keys(self) -> list[str]:
         return self._backend.removed_keys()
@@ -363,12 +356,12 @@ class RemoteCatalog(RemoteSearching):
         self._writable()
         values = {str(key): dict(fields) for key, fields in metadata.items()}
         found = self._backend.fetch(list(values), vectors=True)
+        owners = self._backend.feed_owners(list(found))  # kept: new metadata is no new owner
         changed = [
-            NewItem(key, vector, row["path"], row["size"], row["mtime_ns"], metadata=values[key])
+            NewItem(key, vector, row["path"], row["size"], row["mtime_ns"], values[key], owners.get(key))
             for key, (row, vector) in found.items()
             if row["metadata"] != values[key]
         ]
-        _check_metadata(changed)
         self._backend.write(changed)
         return len(changed)
 
@@ -378,23 +371,10 @@ class RemoteCatalog(RemoteSearching):
         return []
 
     def index_folder(self, folder: str | os.PathLike[str], **options: Any) -> IndexReport:
-        """See `Catalog.index_folder`; done by `feeds.remote_folders` (registered in `jobs`)."""
+        """See `Catalog.index_folder`; done by `feeds.folders` over the backend (registered in `jobs`)."""
         report: IndexReport = jobs.job("index_folder_remote")(self, folder, **options)
+        self._groups = None  # it wrote through the backend: the near-duplicate groups are stale
         return report
 
     def reduce(self, dim: int | None, **options: Any) -> None:
         raise CatalogError(f"PCA reduction is not available on a Milvus catalog ({self.path})")
-
-
-def _check_metadata(new: Sequence[NewItem]) -> None:
-    """The gate every write passes: metadata that JSON cannot hold finitely is refused, naming the
-    item and field, before anything reaches the server."""
-    for item in new:
-        if bad := bad_field(item.metadata or {}):
-            field, reason = bad
-            raise BadArgumentError(
-                f"item {item.key!r}: metadata field {field[:60]!r} cannot be stored ({reason}); "
-                "nothing of the batch was written"
-            )
-
-

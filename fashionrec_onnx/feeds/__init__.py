@@ -2,10 +2,10 @@
 their images, keeping a catalog in step with a feed. Built on `catalog`, which never imports it.
 
 Modules: `scan` (walking a folder, reading metadata files), `metadata_match` (metadata rows to
-images), `folders` (`Catalog.index_folder`), `feed` (reading a feed), `download` (fetching and
-caching images), `sync` (`Catalog.sync`), `lock` (one remover at a time: a sync, `index --prune`).
-Importing this package registers those jobs with the catalog (`catalog.jobs`); `sync` and
-`download` are imported when a sync runs.
+images), `folders` (`Catalog.index_folder`, local or remote), `feed` (reading a feed), `download`
+(fetching and caching images), `sync` (`Catalog.sync`), `lock` (one remover at a time: a sync,
+`index --prune`). Importing this package registers those jobs with the catalog (`catalog.jobs`);
+`sync` and `download` are imported when a sync runs.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from ..catalog import jobs
 from .folders import IndexReport
 from .folders import index_folder as _index_local_folder
+from .folders import index_folder_remote as _index_remote_folder
 from .lock import catalog_home, one_remover
-from .remote_folders import index_folder as _index_remote_folder
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
