@@ -74,8 +74,10 @@ def catalog_peer(
 ) -> Peer:
     """This library through its public API (a local folder, or ``milvus://`` for the Milvus backend;
     ``drop`` drops that collection when done)."""
-    catalog, seconds = build(location, vectors, labels, **options)
     remote = location.startswith("milvus://")
+    if not remote:
+        shutil.rmtree(location, ignore_errors=True)  # a catalog left by an earlier run in --work
+    catalog, seconds = build(location, vectors, labels, **options)
     note = "" if remote else f"{catalog.graph_dim}-d graph"
     if remote:
         wait = indexed(catalog)
