@@ -111,6 +111,19 @@ def write_report(out: Path, results: dict[str, Any], markdown: str) -> None:
     logging.getLogger("benchmarks").info("wrote %s", out.with_suffix(".md"))
 
 
+def milvus_test_server(base_dir: Path) -> Any:
+    """A Milvus 2.3 standalone server from PyPI (`tests/milvus_server.py`, the one the test suite
+    starts), its data in ``base_dir``; call ``start()`` and ``stop()``."""
+    import sys
+
+    tests = str(ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from milvus_server import TestServer
+
+    return TestServer(base_dir)
+
+
 def bench_model(size: int = 224, seed: int = 0) -> Path:
     """The random-weights model the benchmarks use (ImageNet weights cannot be had offline)."""
     from fashionrec_export.export_resnet50 import export_cached

@@ -31,7 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS, bench_model, embed_corpus, machine_info, summary_ms, write_report
+from benchmarks.common import (
+    RESULTS,
+    bench_model,
+    embed_corpus,
+    machine_info,
+    milvus_test_server,
+    summary_ms,
+    write_report,
+)
 from benchmarks.scale import SELECTIVITY, metadata
 from benchmarks.search import structured_blocks
 
@@ -56,10 +64,12 @@ def corpus(items: int, base: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return grown.astype(np.float32), labels, queries
 
 
-def build(location: str, vectors: np.ndarray, labels: np.ndarray) -> tuple[Any, float]:
+def build(location: str, vectors: np.ndarray, labels: np.ndarray, **options: Any) -> tuple[Any, float]:
+    """A catalog of ``vectors`` with the scale probe's metadata (``options`` go to `Catalog.create`),
+    and the seconds its `add_many` calls took."""
     from fashionrec_onnx import Catalog
 
-    catalog = Catalog.create(location, bench_model(64))
+    catalog = Catalog.create(location, bench_model(64), **options)
     started = time.perf_counter()
     for start in range(0, len(vectors), BATCH):
         count = min(BATCH, len(vectors) - start)
@@ -193,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.uri:
         uri, described = args.uri, args.uri
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from milvus_server import TestServer
-
-        server = TestServer(work / "milvus")
+        server = milvus_test_server(work / "milvus")
         server.start()
         uri, described = server.uri(f"bench_{uuid.uuid4().hex[:8]}"), "PyPI milvus 2.3.5 standalone, loopback"
     try:

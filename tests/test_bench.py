@@ -24,3 +24,28 @@ def test_tiny_benchmark_writes_json_report_and_plots(tmp_path: Path) -> None:
     assert 0.0 <= results["duplicates"]["thresholds"][0]["recall"] <= 1.0
     for plot in ("tiny-recall-vs-qps.png", "tiny-embedding.png", "tiny-precision.png"):
         assert (tmp_path / plot).read_bytes().startswith(b"\x89PNG")
+
+
+def test_peers_side_by_side_at_a_tiny_size(tmp_path: Path, milvus_uri: str) -> None:
+    """Every peer's row is there, on the same vectors, with recall a working index has."""
+    from benchmarks import peers
+
+    out = tmp_path / "peers"
+    tiny = ["--items", "2000", "--real", "600", "--uri", milvus_uri]  # the session's Milvus server
+    argv = [*tiny, "--work", str(tmp_path), "--out", str(out)]
+    assert peers.main(argv) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    names = [row["row"].split(" ")[0] for row in results["rows"]]
+    assert names == ["fashionrec", "fashionrec", "faiss", "usearch", "fashionrec"]
+    assert "Milvus" in results["rows"][-1]["row"]
+    for row in results["rows"]:
+        assert row["build_s"] > 0 and row["search"]["median_ms"] > 0
+        assert row["search"]["recall@5"] >= 0.9, row  # a graph of 2,000 items finds its neighbours
+        if "usearch" in row["row"]:
+            assert "filter_1%" not in row  # no filtered search in its Python API: said, not faked
+        else:
+            assert 0.0 < row["filter_1%"]["recall@5"] <= 1.0
+    catalogs = [row for row in results["rows"] if row["row"].startswith("fashionrec")]
+    assert len(catalogs) == 3 and all(row["filter_1%"]["recall@5"] >= 0.9 for row in catalogs)
+    report = out.with_suffix(".md").read_text()
+    assert "| 1% filter p50 ms |" in report and "load average" in report and "Command:" in report
