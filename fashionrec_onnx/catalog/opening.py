@@ -234,18 +234,24 @@ def _start(core: CatalogCore, rebuild: bool) -> None:
 
 def load_embedder(core: CatalogCore, model_path: Path, threads: int | None) -> Embedder:
     """The recorded model, checked against the catalog's fingerprint and probe embedding."""
+    return load_recorded_model(model_path, core.info.fingerprint, str(core.root), threads)
+
+
+def load_recorded_model(model_path: Path, fingerprint: str, catalog: str, threads: int | None) -> Embedder:
+    """The model a catalog (local or remote, named by ``catalog``) recorded, refused unless it is
+    here and has the recorded ``fingerprint``; both catalogs load their model through this."""
     if not model_path.is_file():
         raise ModelError(
-            f"the model this catalog was built with, {model_path}, is missing; pass "
-            "the same model explicitly (Catalog.open(path, model=...) or --model)."
+            f"the model {catalog} was built with, {model_path}, is not on this machine; pass the "
+            "same model explicitly (Catalog.open(..., model=...) or --model)."
         )
     embedder = Embedder(model_path, threads=threads)
-    if embedder.fingerprint != core.info.fingerprint:
+    if embedder.fingerprint != fingerprint:
         embedder.close()
         raise ModelMismatchError(
-            f"{model_path} has changed since {core.root} was built (fingerprint "
-            f"{embedder.fingerprint}, catalog {core.info.fingerprint}); pass the original "
-            "model with --model or index into a new catalog."
+            f"{model_path} is not the model {catalog} was built with (fingerprint "
+            f"{embedder.fingerprint}, catalog {fingerprint}); pass the original model with --model, "
+            "or index into a new catalog."
         )
     return embedder
 

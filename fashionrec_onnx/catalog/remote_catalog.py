@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from ..embedder import Embedder
-from ..errors import BadArgumentError, CatalogError, ModelError, ModelMismatchError, UnknownKeyError
+from ..errors import BadArgumentError, CatalogError, UnknownKeyError
 from ..model import ModelInfo, recorded_fingerprint
 from . import jobs, products
 from .backend import Backend
 from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from .location import MilvusLocation
-from .opening import compare_probe
+from .opening import compare_probe, load_recorded_model
 from .querying import is_vector, shown, unit
 from .remote_search import RemoteSearching, stored_item
 from .reports import IndexReport
@@ -186,20 +186,9 @@ class RemoteCatalog(RemoteSearching):
         exists here; checked against the recorded fingerprint and probe embedding."""
         with self._embedder_lock:
             if self._embedder is None:
-                if not self.model_path.is_file():
-                    raise ModelError(
-                        f"the model {self.path} was built with, {self.model_path}, is not on this "
-                        "machine; pass the same model explicitly (Catalog.open(uri, model=...) or --model)."
-                    )
-                embedder = Embedder(self.model_path, threads=self._threads)
-                if embedder.fingerprint != self._info.fingerprint:
-                    embedder.close()
-                    raise ModelMismatchError(
-                        f"{self.model_path} is not the model {self.path} was built with (fingerprint "
-                        f"{embedder.fingerprint}, catalog {self._info.fingerprint}); pass the original "
-                        "model with --model."
-                    )
-                self._embedder = embedder
+                self._embedder = load_recorded_model(
+                    self.model_path, self._info.fingerprint, str(self.path), self._threads
+                )
             if not self._probed:
                 self._check_probe(self._embedder)
                 self._probed = True
