@@ -13,8 +13,7 @@ from ..errors import FashionrecError
 Job = Callable[..., Any]
 
 PROVIDERS = {
-    "index_folder": "fashionrec_onnx.feeds",
-    "index_folder_remote": "fashionrec_onnx.feeds",  # into a `remote.RemoteCatalog`
+    "index_folder": "fashionrec_onnx.feeds",  # local catalogs and `remote.RemoteCatalog`s alike
     "sync": "fashionrec_onnx.feeds",
     "import_vectors": "fashionrec_onnx.interchange",
     "export_vectors": "fashionrec_onnx.interchange",

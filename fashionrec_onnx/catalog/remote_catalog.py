@@ -361,7 +361,7 @@ class RemoteCatalog(RemoteSearching):
 
     def index_folder(self, folder: str | os.PathLike[str], **options: Any) -> IndexReport:
         """See `Catalog.index_folder`; done by `feeds.folders` over the backend (registered in `jobs`)."""
-        report: IndexReport = jobs.job("index_folder_remote")(self, folder, **options)
+        report: IndexReport = jobs.job("index_folder")(self, folder, **options)
         self._groups = None  # it wrote through the backend: the near-duplicate groups are stale
         return report
 

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..catalog import jobs
 from .folders import IndexReport
-from .folders import index_folder as _index_local_folder
-from .folders import index_folder_remote as _index_remote_folder
+from .folders import index_folder as _index_folder
 from .lock import catalog_home, one_remover
 
 if TYPE_CHECKING:
@@ -44,12 +43,10 @@ def _pruning_under_the_lock(index: Callable[..., IndexReport]) -> Callable[..., 
     return indexing
 
 
-index_folder = _pruning_under_the_lock(_index_local_folder)
-index_folder_remote = _pruning_under_the_lock(_index_remote_folder)
+index_folder = _pruning_under_the_lock(_index_folder)
 
 
 jobs.register("index_folder", index_folder)
-jobs.register("index_folder_remote", index_folder_remote)
 jobs.register("sync", _sync)
 
 __all__ = ["IndexReport", "index_folder"]

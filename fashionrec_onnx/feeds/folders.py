@@ -36,7 +36,6 @@ from .scan import ImageFile, Skipped, read_metadata, scan_folder
 
 if TYPE_CHECKING:
     from ..catalog.facade import Catalog
-    from ..catalog.remote import RemoteCatalog
 
 log = logging.getLogger(__name__)
 
@@ -206,34 +205,12 @@ def index_folder(
     key_prefix: str = "",
     readd_removed: bool = False,
 ) -> IndexReport:
-    """`Catalog.index_folder` of a local catalog."""
-    return index_into(
-        LocalTarget(catalog), folder, metadata, prune, progress, batch_size, key_prefix, readd_removed
-    )
+    """`Catalog.index_folder`, of a local catalog or of one on a server (`remote.RemoteCatalog`,
+    written to through its backend alone)."""
+    from ..catalog.remote_catalog import RemoteCatalog
 
-
-def index_folder_remote(
-    catalog: RemoteCatalog,
-    folder: str | os.PathLike[str],
-    *,
-    metadata: str | os.PathLike[str] | Mapping[str, Mapping[str, Any]] | None = None,
-    prune: bool = False,
-    progress: bool = True,
-    batch_size: int = 32,
-    key_prefix: str = "",
-    readd_removed: bool = False,
-) -> IndexReport:
-    """`Catalog.index_folder` of a catalog on a server (`remote.RemoteCatalog`)."""
-    return index_into(
-        Target(catalog, catalog.backend),
-        folder,
-        metadata,
-        prune,
-        progress,
-        batch_size,
-        key_prefix,
-        readd_removed,
-    )
+    target = Target(catalog, catalog.backend) if isinstance(catalog, RemoteCatalog) else LocalTarget(catalog)
+    return index_into(target, folder, metadata, prune, progress, batch_size, key_prefix, readd_removed)
 
 
 def index_into(
