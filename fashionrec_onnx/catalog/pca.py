@@ -4,7 +4,7 @@ Fitted on a catalog's own vectors and stored beside it as a plain ``.npz`` (no p
 indexes the centred projections as they are (format 2): a projection is an isometry of the PCA
 subspace, so the graph's L2 order is the full space's up to what lies outside it. Format 1
 re-normalised them to unit length, which reorders neighbours whose residual norms differ
-(recall@5 after the full-space rerank 0.895 against 0.970 at 200,000 structured items, same pool;
+(search recall@5 0.878 against 0.965 at 200,000 structured items, same p50;
 docs/scale.md); its files load and keep working as they were written.
 The stored full vectors stay the truth: exact search, and `Catalog.check`, compare in the full space.
 """
