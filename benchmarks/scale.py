@@ -68,24 +68,33 @@ def metadata(start: int, count: int, labels: np.ndarray) -> list[dict[str, str]]
     ]
 
 
-def _embedded(split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _embedded(split: str, count: int, fingerprint: str = "*") -> tuple[np.ndarray, np.ndarray, str]:
     """Cached embeddings when there are (no model, no TensorFlow in a measured process): the
-    largest cache of the split, cut to ``count``; embedded with the model when there is none."""
+    smallest cache of the split holding ``count`` rows (of the model ``fingerprint``), cut to
+    ``count``; embedded with the model when none holds enough (a smaller cache once stood in
+    silently for a larger corpus). Also returns the model's fingerprint."""
     from fashionrec_onnx.quality.datasets import load_split
 
-    cached = sorted(RAW.glob(f"fmnist-{split}-*-*.npy"), key=lambda path: int(path.name.split("-")[2]))
-    enough = [path for path in cached if int(path.name.split("-")[2]) >= count]
-    if enough or cached:
-        vectors = np.load((enough or cached)[0] if enough else cached[-1], allow_pickle=False)[:count]
-        return vectors, load_split(split)[1][: len(vectors)]
-    return embed_corpus(bench_model(64), split, count)
+    def rows(path: Path) -> int:
+        return int(path.name.split("-")[2])
+
+    enough = sorted(
+        (path for path in RAW.glob(f"fmnist-{split}-*-{fingerprint}.npy") if rows(path) >= count), key=rows
+    )
+    if enough:
+        vectors = np.load(enough[0], allow_pickle=False)[:count]
+        return vectors, load_split(split)[1][: len(vectors)], enough[0].stem.split("-")[3]
+    from fashionrec_onnx import read_model_info
+
+    model = bench_model(64)
+    return (*embed_corpus(model, split, count), read_model_info(model).fingerprint)
 
 
 def corpus(items: int, real_count: int = REAL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Catalog vectors, their labels, and query vectors (Fashion-MNIST test images): the real
     embeddings first, then structured vectors near them up to ``items``."""
-    real, labels = _embedded("train", real_count)
-    queries, _ = _embedded("test", QUERIES)
+    real, labels, fingerprint = _embedded("train", real_count)
+    queries, _, _ = _embedded("test", QUERIES, fingerprint)  # the same model's
     cache = RAW / f"scale-{items}-{len(real)}.npy"
     if items <= len(real):
         return real[:items], labels, queries
