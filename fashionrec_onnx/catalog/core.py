@@ -273,6 +273,18 @@ class CatalogCore:
         with self.rw.write():
             self.catch_up()
 
+    @contextlib.contextmanager
+    def consistent(self) -> Iterator[CatalogCore]:
+        """One consistent state to read: other processes' writes taken in, then the read lock and
+        a snapshot of the database at that generation (retried if a write lands in between)."""
+        while True:
+            self.sync()
+            with self.rw.read(), self.store.snapshot():
+                if self.store.state()[0] != self.generation:
+                    continue  # a write landed between the catch-up and the snapshot
+                yield self
+                return
+
     def catch_up(self) -> None:
         """Under the write lock: take in what other processes committed since we last looked."""
         with self.store.snapshot():

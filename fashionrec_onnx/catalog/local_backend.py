@@ -15,7 +15,6 @@ by hand keeps the metadata it had (restored when it is indexed back).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -125,26 +124,13 @@ class LocalBackend:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[CatalogCore]:
-        """One consistent state: other processes' writes taken in, then the read lock and a
-        snapshot of the database (as `querying.Querier.searching` does)."""
-        core = self.core
-        while True:
-            core.sync()
-            with core.rw.read(), core.store.snapshot():
-                if core.store.state()[0] != core.generation:
-                    continue  # a write landed between the catch-up and the snapshot
-                yield core
-                return
-
     def count(self) -> int:
         self.core.sync()
         return self.core.count
 
     def fetch(self, keys: Sequence[str], vectors: bool = False) -> dict[str, tuple[dict[str, Any], Any]]:
         wanted = [key for key in keys if isinstance(key, str) and storable(key)]  # else never stored
-        with self._reading() as core:
+        with self.core.consistent() as core:
             items = core.store.items_by_key(wanted)
             stored = self._vectors(core, list(items.values())) if vectors else {}
         return {key: (_row(item), stored.get(key)) for key, item in items.items()}
@@ -164,7 +150,7 @@ class LocalBackend:
         batch = max(1, int(batch))
         mask = None
         if wanted:
-            with self._reading() as core:
+            with self.core.consistent() as core:
                 mask = core.columns.mask(wanted, core.live_mask())
         out: list[tuple[str, dict[str, Any], Any]] = []
         pending: list[Item] = []
@@ -186,7 +172,7 @@ class LocalBackend:
     def keys_with_field(self, field: str, values: Sequence[str]) -> list[str]:
         if not values:
             return []
-        with self._reading() as core:
+        with self.core.consistent() as core:
             if field not in core.columns.field_names():
                 return []
             labels = np.flatnonzero(core.columns.mask({field: list(values)}, core.live_mask()))
@@ -198,7 +184,7 @@ class LocalBackend:
     ) -> list[Neighbour]:
         """The local planner's answer (see `search`): the graph, or exact among a filter's matches."""
         query = np.asarray(vector, np.float32)
-        with self._reading() as core:
+        with self.core.consistent() as core:
             held = core.store.items_by_key([key for key in exclude if isinstance(key, str)])
             excluded = np.asarray(sorted(item.label for item in held.values()), np.int64)
             allowed = None
@@ -212,7 +198,7 @@ class LocalBackend:
         """One graph call for all of them (hnswlib's threads); a reduced graph's hits are
         re-ranked one query at a time by the planner."""
         queries = np.asarray(vectors, np.float32)
-        with self._reading() as core:
+        with self.core.consistent() as core:
             if core.reduction is not None or core.graph.index is None:
                 none = np.zeros(0, np.int64)
                 found = [planner.search(core, query, int(k), none, None) for query in queries]

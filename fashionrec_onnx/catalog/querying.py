@@ -212,29 +212,24 @@ class Querier:
             raise BadArgumentError("a box crops one query image; it cannot apply to several queries")
         core = self._core
         prepared = [self._prepared(q, box) for q in positives], [self._prepared(q, None) for q in negatives]
-        while True:
-            core.sync()
-            with core.rw.read(), core.store.snapshot():
-                if core.store.state()[0] != core.generation:
-                    continue  # a write landed between the catch-up and the snapshot
-                wanted = [self._vectors(qs, ready) for qs, ready in zip((positives, negatives), prepared)]
-                vector = combined([v for v, _ in wanted[0]], [v for v, _ in wanted[1]])
-                excluded = np.asarray(
-                    [label for side in wanted for _, label in side if label is not None], np.int64
-                )
-                products = self.products()
-                if products is not None:
-                    excluded = products.whole(excluded)
-                allowed = None
-                if filter is not None:
-                    live = core.live_mask()
-                    if isinstance(filter, Mapping):
-                        allowed = core.columns.mask(filter, live)
-                    else:
-                        allowed = callable_mask(filter, core.store, len(live)) & live
-                    allowed[excluded[excluded < len(allowed)]] = False
-                yield vector, excluded, allowed
-                return
+        with core.consistent():
+            wanted = [self._vectors(qs, ready) for qs, ready in zip((positives, negatives), prepared)]
+            vector = combined([v for v, _ in wanted[0]], [v for v, _ in wanted[1]])
+            excluded = np.asarray(
+                [label for side in wanted for _, label in side if label is not None], np.int64
+            )
+            products = self.products()
+            if products is not None:
+                excluded = products.whole(excluded)
+            allowed = None
+            if filter is not None:
+                live = core.live_mask()
+                if isinstance(filter, Mapping):
+                    allowed = core.columns.mask(filter, live)
+                else:
+                    allowed = callable_mask(filter, core.store, len(live)) & live
+                allowed[excluded[excluded < len(allowed)]] = False
+            yield vector, excluded, allowed
 
     def _vectors(
         self, queries: list[Query], ready: list[np.ndarray | None]
