@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadArgumentError, CatalogError
-from ..json_values import bad_field
-from .store import NewItem
+from ..errors import CatalogError
+from .store import NewItem, metadata_text
 
 TEXT_MAX = 65_535  # Milvus' longest VARCHAR (bytes)
 FIELDS = ["key", "path", "size", "mtime_ns", "metadata"]
@@ -24,11 +23,7 @@ def row_of(item: NewItem) -> dict[str, Any]:
     path = item.path or ""
     if len(path.encode()) > TEXT_MAX or len(item.key.encode()) > TEXT_MAX:
         raise CatalogError(f"a key or path longer than {TEXT_MAX} bytes cannot be stored in Milvus")
-    if bad := bad_field(item.metadata or {}):
-        raise BadArgumentError(
-            f"item {item.key!r}: metadata field {bad[0][:60]!r} cannot be stored ({bad[1]}); "
-            "nothing of the batch was written"
-        )
+    metadata_text(item.key, item.metadata)  # the local store's check and wording
     return {
         "key": item.key,
         "vector": np.asarray(item.vector, np.float32).tolist(),
