@@ -181,23 +181,27 @@ def recall(
     return hits / (K * len(queries))
 
 
+def _answered(
+    search: Callable[[np.ndarray], list[int]], queries: np.ndarray
+) -> tuple[list[float], list[list[int]]]:
+    """Each query's answer and its seconds, one query at a time."""
+    times, found = [], []
+    for query in queries:
+        started = time.perf_counter()
+        found.append(search(query))
+        times.append(time.perf_counter() - started)
+    return times, found
+
+
 def measure(
     peer: Peer, vectors: np.ndarray, queries: np.ndarray, truth: dict[str, np.ndarray], allowed: np.ndarray
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {"row": peer.name, "build_s": peer.build_s, "note": peer.note}
-    times, found = [], []
-    for query in queries:
-        started = time.perf_counter()
-        found.append(peer.search(query))
-        times.append(time.perf_counter() - started)
+    times, found = _answered(peer.search, queries)
     figures["search"] = {**summary_ms(times), "recall@5": recall(vectors, queries, found, truth["all"])}
     if peer.filtered is not None:
         few = queries[:FILTER_QUERIES]
-        times, found = [], []
-        for query in few:
-            started = time.perf_counter()
-            found.append(peer.filtered(query))
-            times.append(time.perf_counter() - started)
+        times, found = _answered(peer.filtered, few)
         figures["filter_1%"] = {
             **summary_ms(times),
             "recall@5": recall(vectors, few, found, truth["1%"], allowed),
