@@ -14,7 +14,7 @@ from oracle import assert_same_ranking, catalog_distances
 from PIL import Image
 
 from fashionrec_onnx import Catalog
-from fashionrec_onnx.catalog.querying import NEGATIVE_WEIGHT
+from fashionrec_onnx.catalog.answering import NEGATIVE_WEIGHT
 from fashionrec_onnx.errors import BadArgumentError, CatalogError
 
 PRODUCTS = 80

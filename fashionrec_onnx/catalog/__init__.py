@@ -26,11 +26,11 @@ Nothing here imports the packages built on the catalog (`feeds`, `interchange`, 
 """
 
 from . import remote as remote  # registers milvus:// catalogs with the facade (no pymilvus import)
+from .answering import Hit, KeyQuery
 from .columns import Filter
 from .duplicates import DuplicateGroup, DuplicateReport
 from .facade import Catalog
 from .maintenance import CheckReport
-from .querying import Hit, KeyQuery
 from .store import Item, NewItem
 
 __all__ = [

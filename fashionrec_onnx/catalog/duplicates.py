@@ -320,26 +320,3 @@ def _group(
     pairs.sort(key=lambda pair: -pair[2])
     return DuplicateGroup(keys, tuple(pairs))
 
-
-def _groups(labels: np.ndarray, group_of: np.ndarray) -> np.ndarray:
-    groups = np.full(len(labels), -1, np.int64)
-    inside = labels < len(group_of)
-    groups[inside] = group_of[labels[inside]]
-    return groups
-
-
-def collapse(labels: np.ndarray, group_of: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the first k ``labels`` (best first) once every hit whose group already showed
-    up is dropped. The groups of ``exclude`` (a "more like this" item) count as shown: copies of
-    the item itself are not more like it."""
-    seen = set(_groups(exclude, group_of).tolist()) - {-1}
-    kept: list[int] = []
-    for position, group in enumerate(_groups(labels, group_of).tolist()):
-        if group >= 0:
-            if group in seen:
-                continue
-            seen.add(group)
-        kept.append(position)
-        if len(kept) == k:
-            break
-    return np.asarray(kept, np.int64)

@@ -15,15 +15,15 @@ from ..embedder import Embedder
 from ..errors import BadArgumentError, UnknownKeyError
 from ..images import Box
 from ..model import ModelInfo
-from . import maintenance, opening
-from . import search as planner
+from . import answering, maintenance, opening
+from .answering import Hit, KeyQuery, Queries, Query, Request, Searches, shown
 from .columns import Filter
 from .core import CatalogCore, read_only_refusal
 from .duplicates import NEIGHBOURS, DuplicateReport
 from .hnsw import HnswParams
+from .local_search import LocalSearches
 from .maintenance import CheckReport
 from .pca import PCA
-from .querying import Hit, KeyQuery, Querier, Queries, Query, exact, shown
 from .store import Item
 from .vectors import read_sound
 
@@ -42,7 +42,7 @@ class CatalogReader:
         self._threads = threads
         self._closed = False
         self._probed = False
-        self._querier = Querier(core, lambda: self.embedder)
+        self._searches = LocalSearches(core, lambda: self.embedder)
 
     @property
     def info(self) -> ModelInfo:
@@ -86,7 +86,7 @@ class CatalogReader:
 
     def product_count(self) -> int | None:
         """How many distinct products the catalog holds (None without a product field)."""
-        return self._querier.product_count()
+        return self._searches.product_count()
 
     @property
     def embedder(self) -> Embedder:
@@ -254,11 +254,9 @@ class CatalogReader:
 
         ``query`` may be a list (several positives) and ``negative`` a list of images, vectors or
         keys to move away from: the search then looks for mean(positives) - 0.5 * mean(negatives),
-        scaled to unit length (see `querying.combined`); every key among them is left out.
+        scaled to unit length (see `answering.combined`); every key among them is left out.
         """
-        return self._querier.answer(
-            planner.search, query, k, filter, box, collapse_duplicates, group_by, negative
-        )
+        return self._answer(False, query, k, filter, box, collapse_duplicates, group_by, negative)
 
     def more_like_this(
         self,
@@ -276,9 +274,7 @@ class CatalogReader:
         keys = key if isinstance(key, (list, tuple)) else [key]
         queries: list[Query] = [self._key_query(x) for x in keys]
         unlike: list[Query] = [self._key_query(x) for x in negative or []]
-        return self._querier.answer(
-            planner.search, queries, k, filter, None, collapse_duplicates, group_by, unlike or None
-        )
+        return self._answer(False, queries, k, filter, None, collapse_duplicates, group_by, unlike or None)
 
     def _key_query(self, key: object) -> KeyQuery:
         if not isinstance(key, str):
@@ -290,7 +286,7 @@ class CatalogReader:
         through the graph: each item's ``neighbours`` nearest, then the connected components of
         the pairs whose similarity is at least ``threshold``. ``threshold=None`` calibrates it on
         this catalog (see `duplicates`), as `search(..., collapse_duplicates=True)` does."""
-        return self._querier.duplicates(threshold, neighbours=neighbours)
+        return self._searches.duplicates(threshold, neighbours=neighbours)
 
     def exact_search(
         self,
@@ -305,7 +301,26 @@ class CatalogReader:
     ) -> list[Hit]:
         """The oracle: exact KNN over every stored vector, read in blocks (see `oracle`); the
         same arguments as `search`."""
-        return self._querier.answer(exact, query, k, filter, box, collapse_duplicates, group_by, negative)
+        return self._answer(True, query, k, filter, box, collapse_duplicates, group_by, negative)
+
+    def _answer(
+        self,
+        exact: bool,
+        query: Queries,
+        k: int,
+        filter: Filter | None,
+        box: Box | None,
+        collapse_duplicates: bool,
+        group_by: str | None,
+        negative: Queries | None,
+    ) -> list[Hit]:
+        searches = self._searchable()
+        request = Request.of(query, k, box, negative, collapse_duplicates, group_by, searches.product_field)
+        return answering.answer(searches, exact, request, filter)
+
+    def _searchable(self) -> Searches:
+        """What the searches read this catalog through (a remote catalog gives its own)."""
+        return self._searches
 
     # -- checking and reshaping -----------------------------------------------------------------------
 

@@ -17,11 +17,11 @@ from ..embedder import Embedder
 from ..errors import BadArgumentError, CatalogError, UnknownKeyError
 from ..model import ModelInfo, recorded_fingerprint
 from . import jobs, products
+from .answering import is_vector, shown, unit
 from .backend import Backend
 from .hnsw import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswParams
 from .location import MilvusLocation
 from .opening import compare_probe, load_recorded_model
-from .querying import is_vector, shown, unit
 from .remote_search import RemoteSearching, stored_item
 from .reports import IndexReport
 from .store import Item, NewItem

@@ -1,39 +1,29 @@
-"""`RemoteSearching`: the searches of a `remote_catalog.RemoteCatalog` (Milvus), answered through
-its backend: approximate ones by the engine's HNSW, exact ones and `check` by brute force over
-the stored vectors streamed in batches, grouped and collapsed ones on the client."""
+"""A remote catalog's (Milvus) side of the searches (`answering` answers them, written once for
+every backend), through its `Backend`: approximate ones by the engine's HNSW, exact ones and
+`check` by brute force over the stored vectors streamed in batches, near-duplicate groups found
+through the engine and kept a while."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import BadArgumentError, CatalogError, UnknownKeyError
-from ..images import Box, check_box
-from . import products
+from ..errors import BadArgumentError, CatalogError
+from ..images import Box
+from .answering import Hit
 from .backend import NO_LABEL, Backend, Neighbour
 from .duplicates import NEIGHBOURS, DuplicateReport
 from .facade import Catalog
 from .maintenance import CheckReport, recall_at_k
 from .oracle import squared_distances
-from .querying import (
-    COLLAPSE_EXTRA,
-    Hit,
-    KeyQuery,
-    Queries,
-    Query,
-    combined,
-    is_vector,
-    several,
-    shown,
-    unit,
-)
 from .store import Item
 
 EXACT_BATCH = 2_000
+WIDEST = 16_384  # Milvus answers at most this many hits a search
 GROUPS_SECONDS = 600.0  # how long near-duplicate groups found for collapsed searches are kept
 
 Method = Callable[[np.ndarray, int, "Mapping[str, Any] | None", list[str]], list[Neighbour]]
@@ -52,47 +42,8 @@ class RemoteSearching(Catalog):
 
     # -- searching -----------------------------------------------------------------------------
 
-    def search(
-        self,
-        query: Queries,
-        k: int = 5,
-        filter: Any = None,
-        *,
-        box: Box | None = None,
-        collapse_duplicates: bool = False,
-        group_by: str | None = None,
-        negative: Queries | None = None,
-    ) -> list[Hit]:
-        return self._answer(self._approximate, query, k, filter, box, collapse_duplicates, group_by, negative)
-
-    def exact_search(
-        self,
-        query: Queries,
-        k: int = 5,
-        filter: Any = None,
-        *,
-        box: Box | None = None,
-        collapse_duplicates: bool = False,
-        group_by: str | None = None,
-        negative: Queries | None = None,
-    ) -> list[Hit]:
-        return self._answer(self._exact, query, k, filter, box, collapse_duplicates, group_by, negative)
-
-    def more_like_this(
-        self,
-        key: str | list[str],
-        k: int = 5,
-        filter: Any = None,
-        *,
-        collapse_duplicates: bool = False,
-        group_by: str | None = None,
-        negative: list[str] | None = None,
-    ) -> list[Hit]:
-        queries: list[Query] = [self._key_query(x) for x in ([key] if isinstance(key, str) else key)]
-        unlike: list[Query] = [self._key_query(x) for x in negative or []]
-        return self._answer(
-            self._approximate, queries, k, filter, None, collapse_duplicates, group_by, unlike or None
-        )
+    def _searchable(self) -> RemoteSearches:
+        return RemoteSearches(self)
 
     def duplicates(self, threshold: float | None = None, *, neighbours: int = NEIGHBOURS) -> DuplicateReport:
         """See `Catalog.duplicates`; each item's neighbours come from the engine's index, in
@@ -122,77 +73,6 @@ class RemoteSearching(Catalog):
         with self._embedder_lock:
             self._groups = (time.monotonic(), report.items, groups)
         return groups
-
-    def _query_vector(self, query: Query, box: Box | None) -> tuple[np.ndarray, str | None]:
-        """The vector of one query, and the key to leave out ("more like this")."""
-        if box is not None:
-            check_box(box)
-            if isinstance(query, KeyQuery) or is_vector(query):
-                raise BadArgumentError("a box crops an image; it cannot apply to a catalog key or a vector")
-            return self.embedder.embed_one(query, box=box), None
-        key = query.key if isinstance(query, KeyQuery) else query if isinstance(query, str) else None
-        if key is not None:
-            found = self._backend.fetch([key], vectors=True) if len(key) <= 4096 else {}
-            if key in found:
-                return found[key][1], key
-            if isinstance(query, KeyQuery):
-                raise UnknownKeyError(f"no item with key {shown(key)} in {self.path}.")
-            try:
-                exists = Path(key).expanduser().exists()
-            except (OSError, ValueError):
-                exists = False
-            if not exists:
-                raise CatalogError(f"{shown(key)} is neither a key in {self.path} nor an image file.")
-        if is_vector(query):
-            return unit(query, self.dim), None  # type: ignore[arg-type]
-        return self.embedder.embed_one(query), None  # type: ignore[arg-type]
-
-    def _answer(
-        self,
-        method: Method,
-        query: Queries,
-        k: int,
-        filter: Any,
-        box: Box | None,
-        collapse_duplicates: bool,
-        group_by: str | None,
-        negative: Queries | None,
-    ) -> list[Hit]:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise BadArgumentError(f"k must be a whole number >= 1, got {k!r}")
-        field = self.product_field
-        grouped = products.checked_group_by(group_by, field)
-        positives, negatives = several(query), several(negative) if negative is not None else []
-        if not positives:
-            raise BadArgumentError("a search needs at least one query (an image, a vector or a key)")
-        if box is not None and (len(positives) > 1 or negatives):
-            raise BadArgumentError("a box crops one query image; it cannot apply to several queries")
-        wanted = [
-            [self._query_vector(q, box) for q in positives],
-            [self._query_vector(q, None) for q in negatives],
-        ]
-        vector = combined([v for v, _ in wanted[0]], [v for v, _ in wanted[1]])
-        exclude = [key for side in wanted for _, key in side if key is not None]
-        if field is not None and exclude:
-            exclude = self._whole_products(exclude, field)
-        condition: Mapping[str, Any] | None = None
-        if callable(filter):
-            method, condition = self._among(filter), None
-        elif filter is not None:
-            condition = dict(filter)
-        copies = self._duplicate_groups() if collapse_duplicates else None
-        if grouped or copies is not None:
-            found = self._distinct(
-                method, vector, int(k), condition, exclude, field if grouped else None, copies
-            )
-        else:
-            found = method(vector, int(k), condition, exclude)
-        return self._hits(found, vector if grouped else None, field)
-
-    def _whole_products(self, keys: list[str], field: str) -> list[str]:
-        rows = self._backend.fetch(keys)
-        ids = sorted({str(row["metadata"][field]) for row, _ in rows.values() if field in row["metadata"]})
-        return sorted(set(keys) | set(self._backend.keys_with_field(field, ids)))
 
     def _approximate(
         self, vector: np.ndarray, k: int, condition: Mapping[str, Any] | None, exclude: list[str]
@@ -256,75 +136,6 @@ class RemoteSearching(Catalog):
 
         return method
 
-    def _distinct(
-        self,
-        method: Method,
-        vector: np.ndarray,
-        k: int,
-        condition: Mapping[str, Any] | None,
-        exclude: list[str],
-        field: str | None,
-        copies: Mapping[str, int] | None = None,
-    ) -> list[Neighbour]:
-        """k hits, one per group: of near-duplicates (``copies``, key -> group), then of products
-        (``field``); more asked for until enough are in hand. As on a local catalog, the groups
-        of the excluded items (a "more like this" query) count as shown."""
-        wanted = 2 * k + COLLAPSE_EXTRA
-        while True:
-            found = method(vector, wanted, condition, exclude)
-            rows = self._backend.fetch([n.key for n in found]) if field is not None else {}
-            shown_copies = {copies[key] for key in exclude if key in copies} if copies else set()
-            seen: set[str] = set()
-            kept: list[Neighbour] = []
-            for neighbour in found:
-                if copies is not None and neighbour.key in copies:
-                    if copies[neighbour.key] in shown_copies:
-                        continue
-                    shown_copies.add(copies[neighbour.key])
-                if field is not None:
-                    metadata = rows[neighbour.key][0]["metadata"] if neighbour.key in rows else {}
-                    product = str(metadata[field]) if field in metadata else "\x00" + neighbour.key
-                    if product in seen:
-                        continue
-                    seen.add(product)
-                kept.append(neighbour)
-            if len(kept) >= k or len(found) < wanted or wanted >= 16_384:
-                return kept[:k]
-            wanted = min(wanted * 4, 16_384)
-
-    def _hits(self, found: list[Neighbour], query: np.ndarray | None, field: str | None) -> list[Hit]:
-        rows = self._backend.fetch([n.key for n in found])
-        photos: dict[str, tuple[str, ...]] = {}
-        if query is not None and field is not None:
-            for neighbour in found:
-                metadata = rows[neighbour.key][0]["metadata"] if neighbour.key in rows else {}
-                if field not in metadata:
-                    continue
-                others = [
-                    x
-                    for x in self._backend.keys_with_field(field, [str(metadata[field])])
-                    if x != neighbour.key
-                ]
-                if others:
-                    stored = self._backend.fetch(others, vectors=True)
-                    names = list(stored)
-                    distances = squared_distances(query[None, :], np.stack([stored[x][1] for x in names]))[0]
-                    photos[neighbour.key] = tuple(names[i] for i in np.lexsort((names, distances)))
-        hits: list[Hit] = []
-        for neighbour in found:
-            if neighbour.key not in rows:
-                continue  # removed between the search and the fetch
-            row = rows[neighbour.key][0]
-            d = max(neighbour.distance, 0.0)
-            product = str(row["metadata"][field]) if field is not None and field in row["metadata"] else None
-            hits.append(
-                Hit(
-                    len(hits) + 1, neighbour.key, row["path"], d, 1.0 - d / 2.0, dict(row["metadata"]),
-                    product, photos.get(neighbour.key, ()),
-                )
-            )  # fmt: skip
-        return hits
-
     # -- checking -------------------------------------------------------------------------------
 
     def check(self, k: int = 5, sample: int = 1000, seed: int = 0) -> CheckReport:
@@ -364,3 +175,110 @@ class RemoteSearching(Catalog):
                     problems.append(f"{key!r}: the stored vector is not a unit vector of {self.dim} values")
         return problems
 
+
+
+class RemoteSearches:
+    """`answering.Searches` of a remote catalog."""
+
+    def __init__(self, catalog: RemoteSearching) -> None:
+        self._catalog = catalog
+        self.product_field = catalog.product_field
+
+    @property
+    def where(self) -> str:
+        return str(self._catalog.path)
+
+    @property
+    def dim(self) -> int:
+        return self._catalog.dim
+
+    def embed(self, image: Any, box: Box | None) -> np.ndarray:
+        return self._catalog.embedder.embed_one(image, box=box)
+
+    def is_key(self, key: str) -> bool:
+        return key in self._catalog
+
+    @contextlib.contextmanager
+    def view(self, exact: bool, filter: Any) -> Iterator[RemoteView]:
+        """The collection as its consistency level shows it (nothing to hold)."""
+        catalog = self._catalog
+        condition: Mapping[str, Any] | None = None
+        method: Method = catalog._exact if exact else catalog._approximate
+        if callable(filter):
+            method = catalog._among(filter)
+        elif filter is not None:
+            condition = dict(filter)
+        yield RemoteView(catalog, self.product_field, method, condition)
+
+
+class RemoteView:
+    """`answering.View` of a remote catalog: keys as ids."""
+
+    widest = WIDEST
+
+    def __init__(
+        self, catalog: RemoteSearching, field: str | None, method: Method, condition: Mapping[str, Any] | None
+    ) -> None:
+        self._catalog = catalog
+        self._backend = catalog._backend
+        self._field = field
+        self._method = method
+        self._condition = condition
+        self._product_codes: dict[str, int] = {}
+
+    def stored(self, key: str) -> tuple[np.ndarray, str] | None:
+        found = self._backend.fetch([key], vectors=True)
+        return (found[key][1], key) if key in found else None
+
+    def whole_products(self, ids: list[str]) -> list[str]:
+        if self._field is None:
+            return ids
+        rows = self._backend.fetch(ids)
+        field = self._field
+        names = sorted({str(row["metadata"][field]) for row, _ in rows.values() if field in row["metadata"]})
+        return sorted(set(ids) | set(self._backend.keys_with_field(field, names)))
+
+    def nearest(self, vector: np.ndarray, wanted: int, exclude: list[str]) -> tuple[list[str], np.ndarray]:
+        found = self._method(vector, wanted, self._condition, exclude)
+        return [n.key for n in found], np.asarray([n.distance for n in found], np.float32)
+
+    def groups(self, ids: list[str], duplicates: bool, products: bool) -> list[np.ndarray]:
+        found: list[np.ndarray] = []
+        if duplicates:
+            copies = self._catalog._duplicate_groups()
+            found.append(np.asarray([copies.get(key, -1) for key in ids], np.int64))
+        if products:
+            rows = self._backend.fetch(ids)
+            names = [self._product(rows[key][0]["metadata"]) if key in rows else None for key in ids]
+            codes = self._product_codes  # one number per product for the whole search
+            found.append(
+                np.asarray([-1 if x is None else codes.setdefault(x, len(codes)) for x in names], np.int64)
+            )
+        return found
+
+    def _product(self, metadata: Mapping[str, Any]) -> str | None:
+        return str(metadata[self._field]) if self._field is not None and self._field in metadata else None
+
+    def hits(self, ids: list[str], distances: np.ndarray, query: np.ndarray | None) -> list[Hit]:
+        rows = self._backend.fetch(ids)
+        photos: dict[str, tuple[str, ...]] = {}
+        if query is not None and self._field is not None:
+            for key in ids:
+                product = self._product(rows[key][0]["metadata"]) if key in rows else None
+                if product is None:
+                    continue
+                others = [x for x in self._backend.keys_with_field(self._field, [product]) if x != key]
+                if others:
+                    stored = self._backend.fetch(others, vectors=True)
+                    names = list(stored)
+                    d = squared_distances(query[None, :], np.stack([stored[x][1] for x in names]))[0]
+                    photos[key] = tuple(names[i] for i in np.lexsort((names, d)))
+        hits: list[Hit] = []
+        for key, distance in zip(ids, distances.tolist()):
+            if key not in rows:
+                continue  # removed between the search and the fetch
+            row = rows[key][0]
+            product = self._product(row["metadata"])
+            shots = photos.get(key, ())
+            hits.append(Hit.at(len(hits) + 1, key, row["path"], distance, row["metadata"], product, shots))
+        return hits

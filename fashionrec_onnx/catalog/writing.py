@@ -14,10 +14,10 @@ import numpy as np
 from ..errors import BadArgumentError, CatalogError, DiskFullError
 from ..images import Source
 from . import maintenance, products, removals, thumbnails
+from .answering import is_vector, unit
 from .hnsw import HnswParams
 from .kernels import normalised, row_norms
 from .pca import PCA
-from .querying import is_vector, unit
 from .reading import CatalogReader
 from .store import NewItem
 
