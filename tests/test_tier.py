@@ -13,7 +13,7 @@ import pytest
 from oracle import assert_same_ranking, assert_true_top_k, brute_force, catalog_distances
 
 from fashionrec_onnx import Catalog
-from fashionrec_onnx.catalog import oracle, writing
+from fashionrec_onnx.catalog import oracle, search, writing
 from fashionrec_onnx.catalog.pca import PCA
 from fashionrec_onnx.catalog.tier import Tier
 
@@ -164,6 +164,36 @@ def test_the_tier_bound_never_exceeds_the_true_distance(vectors: np.ndarray, tmp
         true = ((batch[:, None, :].astype(np.float64) - vectors[None, :, :]) ** 2).sum(axis=2)
         assert (bounds <= true + 1e-5).all()
         assert (tier.mismatched(rows, vectors) == 0).all()
+
+
+def test_search_reads_the_full_rows_of_only_the_candidates_the_tier_estimates_nearest(
+    reduced: Catalog,
+) -> None:
+    core = reduced._core
+    _, matrix = stored(reduced)
+    none = np.zeros(0, np.int64)
+    found_too, wanted = 0, 0
+    for k in (1, 5, 20):
+        for query in queries(matrix, 5, seed=20 + k):
+            pool, _ = search._graph(core, query, search._pool(core, k))
+            want, want_d = search.rerank(core, query, pool)  # every candidate's full row
+            with CountingReads(reduced) as reads:
+                found, found_d = search.search(core, query, k, none, None)
+            assert reads.rows == search.READ_FACTOR * k + search.READ_EXTRA < len(pool)
+            assert (np.diff(found_d) >= 0).all() and (found_d >= want_d[: len(found_d)] - 1e-5).all()
+            found_too, wanted = found_too + len(set(found) & set(want[:k])), wanted + k
+    assert found_too / wanted >= 0.95  # an estimate orders the candidates: not exact, nearly as good
+
+
+def test_a_filter_of_many_values_is_the_union_of_its_values(reduced: Catalog) -> None:
+    query = queries(stored(reduced)[1], 1, seed=5)[0]
+    shades = [f"s{i}" for i in range(12)]  # more values than are compared one by one
+    together = reduced.exact_search(query, k=30, filter={"shade": shades})
+    apart = sorted(
+        (h for s in shades for h in reduced.exact_search(query, k=30, filter={"shade": s})),
+        key=lambda h: (h.distance, h.key),
+    )
+    assert [h.key for h in together] == [h.key for h in apart[:30]]
 
 
 def test_filtered_search_scans_the_tier_and_finds_the_exact_filtered_top_k(reduced: Catalog) -> None:
