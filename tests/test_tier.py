@@ -207,6 +207,25 @@ def test_filtered_search_scans_the_tier_and_finds_the_exact_filtered_top_k(reduc
         assert reads.rows < len(inside) / 3
 
 
+def test_a_filter_searched_in_the_graph_reads_only_the_re_ranks_rows(
+    reduced: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner scans so few matches here; the thresholds are moved so the graph path runs."""
+    monkeypatch.setattr(search, "EXACT_AMONG_MAX", 0)
+    monkeypatch.setattr(search, "TIER_MATCH_COST", 1e9)
+    keys, matrix = stored(reduced)
+    inside = [i for i, key in enumerate(keys) if int(key[5:]) % 2 == 1]
+    found_too = 0
+    for query in queries(matrix, 10, seed=6):
+        with CountingReads(reduced) as reads:
+            hits = reduced.search(query, k=5, filter={"half": "1"})
+        assert reads.rows == search.READ_FACTOR * 5 + search.READ_EXTRA
+        assert len(hits) == 5 and all(int(h.key[5:]) % 2 == 1 for h in hits)
+        exact = brute_force([keys[i] for i in inside], matrix[inside], query)
+        found_too += len({h.key for h in hits} & set(sorted(exact, key=exact.__getitem__)[:5]))
+    assert found_too / 50 >= 0.95
+
+
 def test_writes_keep_the_tier_in_step(reduced: Catalog, vectors: np.ndarray) -> None:
     extra = clustered(300, seed=5)
     reduced.add_many([f"new-{i}" for i in range(300)], extra)

@@ -30,6 +30,9 @@ RERANK_EXTRA = 100
 # With a compact tier, the pool's full rows are read only for the 6k + 10 = 40 candidates the tier
 # estimates nearest. Measured at 200,000 items (200 real-image queries, pool of 140): the first 20
 # by the estimate found 0.996 of the exact top 5, the first 30 0.999, as many as all 140 did.
+# A filter's graph search then collects 60 matches, not 140: at 10% selectivity (width 750, not
+# 1,750) it found 1.000 of the exact filtered top 5 in 1.8 ms, not 3.3 ms (200 queries, 200,000
+# items); at 50%, 0.999 in 1.0 ms.
 READ_FACTOR = 6
 READ_EXTRA = 10
 EXACT_AMONG_MAX = 2_000  # this many matches or fewer: always exact among them
@@ -37,16 +40,24 @@ GRAPH_WIDTH_MAX = 2_000  # a post-filtered graph search wider than this: exact a
 OVERSAMPLE = 1.25  # graph hits asked for per expected match
 # With a compact tier, a filter's matches are scanned there (their bounds, then the few full rows
 # that can rank) when that costs less than the graph search: about 0.25 us per match against
-# 7.6 us per unit of graph width (1,000,000 items, PCA-256: a search 1,750 wide took 21.5 ms and
-# one 350 wide 10.8 ms; the tier's int8 rows convert and multiply at about 0.11 us each, and
-# gathering scattered ones costs as much again).
+# 2 us per unit of graph width, re-rank included (200,000 items, PCA-256, this 2-core machine: a
+# scan of 20,000 matches took 5.2 ms; graph searches 500 and 1,000 wide 1.2 and 2.2 ms).
 TIER_MATCH_COST = 0.25
-GRAPH_WIDTH_COST = 7.6
+GRAPH_WIDTH_COST = 2.0
 
 
 def _pool(core: CatalogCore, k: int) -> int:
     """Candidates needed for k results: more when a reduced graph's order is re-ranked."""
     return k if core.reduction is None else RERANK_FACTOR * k + RERANK_EXTRA
+
+
+def _filtered_pool(core: CatalogCore, k: int) -> int:
+    """Matches a post-filtered graph search collects for its re-rank. With a compact tier, 1.5
+    times the rows the re-rank reads: the graph's width, and so its cost, grows with the pool
+    divided by the filter's selectivity."""
+    if core.reduction is not None and core.tier is not None:
+        return 3 * (READ_FACTOR * k + READ_EXTRA) // 2
+    return _pool(core, k)
 
 
 def _graph(core: CatalogCore, vector: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +113,7 @@ def search(
     matches = int(np.count_nonzero(allowed))  # a bool sum widens every element first: 100x slower
     if matches == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    pool = _pool(core, k)
+    pool = _filtered_pool(core, k)
     width = math.ceil(pool * OVERSAMPLE * core.count / matches) + len(exclude)
     if core.tier is not None and matches * TIER_MATCH_COST <= width * GRAPH_WIDTH_COST:
         return oracle.bounded_among(
