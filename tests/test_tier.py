@@ -207,12 +207,14 @@ def test_filtered_search_scans_the_tier_and_finds_the_exact_filtered_top_k(reduc
         assert reads.rows < len(inside) / 3
 
 
-def test_a_filter_searched_in_the_graph_reads_only_the_re_ranks_rows(
-    reduced: Catalog, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("path", ["graph", "scan"])
+def test_a_broad_filter_reads_only_the_full_rows_the_tier_estimates_nearest(
+    reduced: Catalog, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The planner scans so few matches here; the thresholds are moved so the graph path runs."""
-    monkeypatch.setattr(search, "EXACT_AMONG_MAX", 0)
-    monkeypatch.setattr(search, "TIER_MATCH_COST", 1e9)
+    """Broad filters: through the graph, or scanned in the tier past EXACT_AMONG_MAX matches. The
+    thresholds are moved so that 1,500 matches take each path."""
+    monkeypatch.setattr(search, "EXACT_AMONG_MAX", 100)
+    monkeypatch.setattr(search, "TIER_MATCH_COST" if path == "graph" else "GRAPH_WIDTH_COST", 1e9)
     keys, matrix = stored(reduced)
     inside = [i for i, key in enumerate(keys) if int(key[5:]) % 2 == 1]
     found_too = 0

@@ -178,10 +178,11 @@ def estimated_among(
     if len(labels) > reads:
         inside = np.flatnonzero(labels < covered)
         estimates = np.full(len(labels), -np.inf, np.float32)  # uncovered: always read
-        if len(inside):
-            with kernels.one_blas_thread():
-                rows = tier.rows.take(labels[inside])
-                estimates[inside] = tier.estimates(rows, tier.prepare(query[None, :]))[0]
+        with kernels.one_blas_thread():
+            prepared = tier.prepare(query[None, :])
+            for start in range(0, len(inside), GATHERED):
+                block = inside[start : start + GATHERED]
+                estimates[block] = tier.estimates(tier.rows.take(labels[block]), prepared)[0]
         labels = labels[np.argpartition(estimates, reads - 1)[:reads]]
     labels = np.sort(labels)  # label order: the file is read front to back
     distances = squared_distances(query[None, :], vectors.read(labels, raw=True))[0]

@@ -1,14 +1,16 @@
 """Query planning: the cheapest way to answer a search that still finds what exact search finds.
 
 - No filter: the graph, asked for a few extra hits to leave out the query item; on a reduced
-  graph, a larger candidate pool re-ranked with the full stored vectors.
+  graph, a larger candidate pool re-ranked with the full stored vectors (with a compact tier,
+  of the candidates it estimates nearest only).
 - A filter: its matches are a mask over labels. Few matches, or so few that the graph would
   have to be searched very wide to meet k of them: exact search among the matches (only their
   rows are read; with a compact tier, their tier rows, and full rows only where a match's lower
   bound can still rank). With a tier, the planner weighs the scan of the matches against the
-  graph search their count calls for, and takes the cheaper. Otherwise the graph is searched
-  wide enough for k matches at the filter's selectivity and its hits are filtered by the mask,
-  widening until k matches are in hand.
+  graph search their count calls for, and takes the cheaper; past `EXACT_AMONG_MAX` matches the
+  scan reads the full rows the tier estimates nearest, as a graph pool's re-rank does.
+  Otherwise the graph is searched wide enough for k matches at the filter's selectivity and its
+  hits are filtered by the mask, widening until k matches are in hand.
   No Python runs per visited graph node.
 """
 
@@ -30,6 +32,9 @@ RERANK_EXTRA = 100
 # With a compact tier, the pool's full rows are read only for the 6k + 10 = 40 candidates the tier
 # estimates nearest. Measured at 200,000 items (200 real-image queries, pool of 140): the first 20
 # by the estimate found 0.996 of the exact top 5, the first 30 0.999, as many as all 140 did.
+# A filter's matches scanned in the tier are read the same way past EXACT_AMONG_MAX (the bounds
+# rule out too few: 20,000 matches at 200,000 items needed 107 full rows for the exact answer;
+# the first 40 by the estimate found 1.000 of it, 200 queries, in 2.5 times less time).
 # A filter's graph search then collects 60 matches, not 140: at 10% selectivity (width 750, not
 # 1,750) it found 1.000 of the exact filtered top 5 in 1.8 ms, not 3.3 ms (200 queries, 200,000
 # items); at 50%, 0.999 in 1.0 ms.
@@ -116,9 +121,14 @@ def search(
     pool = _filtered_pool(core, k)
     width = math.ceil(pool * OVERSAMPLE * core.count / matches) + len(exclude)
     if core.tier is not None and matches * TIER_MATCH_COST <= width * GRAPH_WIDTH_COST:
-        return oracle.bounded_among(
-            core.vectors, core.tier, core.tier_rows, np.flatnonzero(allowed), vector, k
-        )
+        if matches <= EXACT_AMONG_MAX:
+            return oracle.bounded_among(
+                core.vectors, core.tier, core.tier_rows, np.flatnonzero(allowed), vector, k
+            )
+        return oracle.estimated_among(  # as the graph's pool is re-ranked, from all the matches
+            core.vectors, core.tier, core.tier_rows, np.flatnonzero(allowed), vector, k,
+            READ_FACTOR * k + READ_EXTRA,
+        )  # fmt: skip
     if matches <= EXACT_AMONG_MAX or width > GRAPH_WIDTH_MAX:
         return _exact_among(core, allowed, vector, k)
     while True:
