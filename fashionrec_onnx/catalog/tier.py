@@ -110,6 +110,7 @@ class Tier:
             return None
         if len(scales) != pca.dim:
             return None
+        rows.prefetch()
         return cls(rows, pca, codes, scales.copy())
 
     def close(self) -> None:
@@ -213,8 +214,8 @@ class Tier:
         30 than the graph's own order or the lower bound's did (benchmarks/results/scale-million5.md)."""
         codes = self._codes(rows)
         stats = rows[:, self.code_bytes :].view("<f4")
-        if len(rows) <= 256 and len(prepared.scaled) <= FEW:
-            dots = np.einsum("qd,nd->qn", prepared.scaled, codes)
+        if len(prepared.scaled) == 1:  # callers hold one BLAS thread (`kernels.one_blas_thread`)
+            dots = (codes @ prepared.scaled[0])[None, :]
         else:
             dots = prepared.scaled @ codes.T
         inside = prepared.residual[:, None]

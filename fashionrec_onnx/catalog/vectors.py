@@ -220,6 +220,19 @@ class VectorFile:
             yield start, matrix[chunk] if raw else to_float32(matrix[chunk])
             self._release(mapping, int(chunk[0]), int(chunk[-1]) + 1)
 
+    def prefetch(self) -> None:
+        """Ask the kernel to read the whole file into the page cache in the background (returns at
+        once): for the compact tier, whose rows every search reads, so the first searches after
+        an open do not wait on a disk read per scattered row."""
+        if WILLNEED is None:
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, WILLNEED)
+            finally:
+                os.close(fd)
+
     def take(self, labels: np.ndarray) -> np.ndarray:
         """Rows of any labels as stored, through the map, whose pages stay mapped: for a file small
         enough to keep resident (the compact tier), where a filter's thousands of scattered rows
