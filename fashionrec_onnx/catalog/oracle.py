@@ -167,19 +167,26 @@ def bounded_among(
 
 
 def estimated_among(
-    vectors: VectorFile, tier: Tier, covered: int, labels: np.ndarray, query: np.ndarray, k: int, reads: int
+    vectors: VectorFile,
+    tier: Tier,
+    covered: int,
+    labels: np.ndarray,
+    query: np.ndarray,
+    k: int,
+    reads: int,
+    projected: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest of a graph's candidates (any order) in the full space, reading the full rows
     of only the ``reads`` candidates the tier estimates nearest (`Tier.estimates`), and of any
     the tier does not cover yet. Not exact: a search's re-rank, where reading every candidate's
-    row is what costs."""
+    row is what costs. ``projected``: the query's tier projection, when the caller has it."""
     query = np.asarray(query, np.float32).reshape(-1)
     labels = np.asarray(labels, np.int64)
     if len(labels) > reads:
         inside = np.flatnonzero(labels < covered)
         estimates = np.full(len(labels), -np.inf, np.float32)  # uncovered: always read
         with kernels.one_blas_thread():
-            prepared = tier.prepare(query[None, :])
+            prepared = tier.prepare(query[None, :], projected)
             for start in range(0, len(inside), GATHERED):
                 block = inside[start : start + GATHERED]
                 estimates[block] = tier.estimates(tier.rows.take(labels[block]), prepared)[0]

@@ -65,9 +65,21 @@ def _filtered_pool(core: CatalogCore, k: int) -> int:
     return _pool(core, k)
 
 
-def _graph(core: CatalogCore, vector: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+def _projected(core: CatalogCore, vector: np.ndarray) -> np.ndarray | None:
+    """The query in the graph's space when that is also the tier's (PCA format 2, not whitened):
+    one projection serves the graph search and the tier's estimates (0.1 ms each at 2048 x 256)."""
+    pca = core.reduction
+    if pca is None or core.tier is None or core.tier.pca is not pca or pca.normalise or pca.whiten:
+        return None
+    return core.to_graph(vector)
+
+
+def _graph(
+    core: CatalogCore, vector: np.ndarray, wanted: int, projected: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     assert core.graph.index is not None
-    labels, distances = core.graph.index.search(core.to_graph(vector), wanted, core.count)
+    query = core.to_graph(vector) if projected is None else projected
+    labels, distances = core.graph.index.search(query, wanted, core.count)
     keep = labels[0] >= 0
     return labels[0][keep], distances[0][keep]
 
@@ -83,7 +95,7 @@ def rerank(core: CatalogCore, vector: np.ndarray, labels: np.ndarray) -> tuple[n
 
 
 def nearest(
-    core: CatalogCore, vector: np.ndarray, labels: np.ndarray, k: int
+    core: CatalogCore, vector: np.ndarray, labels: np.ndarray, k: int, projected: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k of a reduced graph's candidates nearest in the full space. With a compact tier,
     only the `_reads` candidates it estimates nearest are read in full: at a million items the
@@ -94,7 +106,7 @@ def nearest(
         found, distances = rerank(core, vector, labels)
         return found[:k], distances[:k]
     return oracle.estimated_among(
-        core.vectors, core.tier, core.tier_rows, labels, vector, k, READ_FACTOR * k + READ_EXTRA
+        core.vectors, core.tier, core.tier_rows, labels, vector, k, READ_FACTOR * k + READ_EXTRA, projected
     )
 
 
@@ -108,12 +120,13 @@ def search(
     """
     if allowed is None:
         pool = _pool(core, k + len(exclude))
-        labels, distances = _graph(core, vector, pool)
+        projected = _projected(core, vector)
+        labels, distances = _graph(core, vector, pool, projected)
         if len(exclude):
             keep = ~np.isin(labels, exclude)
             labels, distances = labels[keep], distances[keep]
         if core.reduction is not None:
-            return nearest(core, vector, labels, k)
+            return nearest(core, vector, labels, k, projected)
         return labels[:k], distances[:k]
     matches = int(np.count_nonzero(allowed))  # a bool sum widens every element first: 100x slower
     if matches == 0:
@@ -131,8 +144,9 @@ def search(
         )  # fmt: skip
     if matches <= EXACT_AMONG_MAX or width > GRAPH_WIDTH_MAX:
         return _exact_among(core, allowed, vector, k)
+    projected = _projected(core, vector)
     while True:
-        labels, distances = _graph(core, vector, width)
+        labels, distances = _graph(core, vector, width, projected)
         inside = labels < len(allowed)
         keep = np.zeros(len(labels), bool)
         keep[inside] = allowed[labels[inside]]
@@ -143,7 +157,7 @@ def search(
         if width > 4 * GRAPH_WIDTH_MAX:  # a filter far less even than its count suggested
             return _exact_among(core, allowed, vector, k)
     if core.reduction is not None:
-        return nearest(core, vector, labels[:pool], k)
+        return nearest(core, vector, labels[:pool], k, projected)
     return labels[:k], distances[:k]
 
 

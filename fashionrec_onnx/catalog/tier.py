@@ -187,8 +187,8 @@ class Tier:
             return rows[:, : self.code_bytes].view(np.int8).astype(np.float32)
         return kernels.to_float32(np.ascontiguousarray(rows[:, : self.code_bytes]).view(self.codes))
 
-    def prepare(self, queries: np.ndarray) -> Prepared:
-        return Prepared.of(self, queries)
+    def prepare(self, queries: np.ndarray, projected: np.ndarray | None = None) -> Prepared:
+        return Prepared.of(self, queries, projected)
 
     def bounds(self, rows: np.ndarray, prepared: Prepared) -> np.ndarray:
         """Lower bounds ``(queries, len(rows))`` on the squared distance to each row's vector."""
@@ -281,10 +281,11 @@ class Prepared:
         self.residual = residual
 
     @classmethod
-    def of(cls, tier: Tier, queries: np.ndarray) -> Prepared:
+    def of(cls, tier: Tier, queries: np.ndarray, projected: np.ndarray | None = None) -> Prepared:
+        """``projected``: the queries' `project`ion, when the caller has it already."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         centred = queries - tier.pca.mean
-        projected = project(tier.pca, queries)
+        projected = project(tier.pca, queries) if projected is None else np.atleast_2d(projected)
         squared = np.einsum("qd,qd->q", projected, projected)
         residual = np.sqrt(np.maximum(np.einsum("qd,qd->q", centred, centred) - squared, 0.0))
         return cls((projected * tier.scales).astype(np.float32), squared, residual)
