@@ -207,6 +207,16 @@ def test_filtered_search_scans_the_tier_and_finds_the_exact_filtered_top_k(reduc
         assert reads.rows < len(inside) / 3
 
 
+def test_the_estimated_re_rank_reads_every_row_the_tier_does_not_cover(reduced: Catalog) -> None:
+    core = reduced._core
+    assert core.tier is not None
+    query = queries(stored(reduced)[1], 1, seed=30)[0]
+    labels = np.arange(0, ITEMS, 10)  # 300 candidates, 150 of them past a lagging tier's rows
+    with CountingReads(reduced) as reads:
+        found, distances = oracle.estimated_among(core.vectors, core.tier, 1500, labels, query, 5, 40)
+    assert reads.rows == 40 + 150 and len(found) == 5 and (np.diff(distances) >= 0).all()
+
+
 @pytest.mark.parametrize("path", ["graph", "scan"])
 def test_a_broad_filter_reads_only_the_full_rows_the_tier_estimates_nearest(
     reduced: Catalog, path: str, monkeypatch: pytest.MonkeyPatch

@@ -148,8 +148,8 @@ def bounded_topk(
 def bounded_among(
     vectors: VectorFile, tier: Tier, covered: int, labels: np.ndarray, query: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`exact_among` through the tier for sorted ``labels`` (a filter's matches, or a graph's
-    candidates to re-rank): their tier rows are gathered, few full rows read. The tier's pages
+    """`exact_among` through the tier for sorted ``labels`` (a filter's matches): their tier
+    rows are gathered, few full rows read. The tier's pages
     stay mapped (`VectorFile.take`): 10,000 scattered matches would otherwise fault 10,000 pages
     in again on every search."""
     query = np.asarray(query, np.float32).reshape(-1)
@@ -182,9 +182,10 @@ def estimated_among(
     row is what costs. ``projected``: the query's tier projection, when the caller has it."""
     query = np.asarray(query, np.float32).reshape(-1)
     labels = np.asarray(labels, np.int64)
+    inside = np.flatnonzero(labels < covered)
+    reads += len(labels) - len(inside)  # uncovered: always read
     if len(labels) > reads:
-        inside = np.flatnonzero(labels < covered)
-        estimates = np.full(len(labels), -np.inf, np.float32)  # uncovered: always read
+        estimates = np.full(len(labels), -np.inf, np.float32)
         with kernels.one_blas_thread():
             prepared = tier.prepare(query[None, :], projected)
             for start in range(0, len(inside), GATHERED):

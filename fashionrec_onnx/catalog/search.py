@@ -98,7 +98,7 @@ def nearest(
     core: CatalogCore, vector: np.ndarray, labels: np.ndarray, k: int, projected: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k of a reduced graph's candidates nearest in the full space. With a compact tier,
-    only the `_reads` candidates it estimates nearest are read in full: at a million items the
+    only the 6k+10 candidates it estimates nearest are read in full: at a million items the
     vector file is mostly not in the page cache, and reading all 140 candidates' rows cost 2 to
     7 ms a search (benchmarks/results/scale-pca2-1m.md). The tier's lower bounds rule out too
     few of a graph's candidates for that: all of them lie near the query (120 of 140 read)."""
