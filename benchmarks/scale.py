@@ -141,15 +141,29 @@ def build(root: Path, items: int, graph: str, dtype: str, real_count: int) -> di
     }
 
 
-def measure(root: Path, items: int, real_count: int) -> dict[str, object]:
-    """In a fresh process: open, search, filters, exact search, check, and the memory of each."""
+def evict(root: Path) -> None:
+    """Hand the catalog's vector files' pages back to the kernel (they are written and synced):
+    searches start as on a machine whose page cache does not hold them, whatever ran before."""
+    for path in root.glob("vectors-*"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def measure(root: Path, items: int, real_count: int, cold: bool = False) -> dict[str, object]:
+    """In a fresh process: open, search, filters, exact search, check, and the memory of each.
+    ``cold``: the vector file is evicted from the page cache first, and again before the filters."""
     from fashionrec_onnx import Catalog
     from fashionrec_onnx.catalog import oracle
     from fashionrec_onnx.quality.evaluation import recall_at_k
 
     _, _, queries = corpus(items, real_count)
     queries = np.resize(queries, (QUERIES, queries.shape[1]))  # fewer cached: each asked again
-    figures: dict[str, object] = {"rss_start_mb": status("VmRSS") / 1e6}
+    if cold:
+        evict(root)
+    figures: dict[str, object] = {"rss_start_mb": status("VmRSS") / 1e6, "vectors_evicted": cold}
     reset_peak()
     opened = time.perf_counter()
     catalog = Catalog.open(root, readonly=True)
@@ -186,6 +200,8 @@ def measure(root: Path, items: int, real_count: int) -> dict[str, object]:
     figures["rss_peak_exact_and_check_mb"] = status("VmHWM") / 1e6
     figures["rss_peak_above_before_mb"] = (status("VmHWM") - before) / 1e6
 
+    if cold:  # the exact searches and check above read the whole file
+        evict(root)
     for name, (field, _) in SELECTIVITY.items():
         wanted = {field: "True"}
         times, hit, total = [], 0, 0
@@ -210,6 +226,7 @@ def run_size(
     reuse: bool = False,
     real_count: int = REAL,
     previous: Path | None = None,
+    cold: bool = False,
 ) -> dict[str, object]:
     """Build and measure one catalog, each step in a fresh process. With ``previous`` the steps
     run in that source tree (its `fashionrec_onnx`, this benchmark copied beside it)."""
@@ -232,7 +249,7 @@ def run_size(
     for step in steps:  # each in a fresh process: its memory is its own
         command = [sys.executable, "-m", "benchmarks.scale", "--step", step, "--items", str(items),
                    "--graph", graph, "--dtype", dtype, "--work", str(work.resolve()),
-                   "--real", str(real_count), "--design", design]  # fmt: skip
+                   "--real", str(real_count), "--design", design] + (["--cold"] if cold else [])  # fmt: skip
         load = os.getloadavg()[0]
         output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, cwd=where).stdout
         figures.update(json.loads(output.strip().splitlines()[-1]))
@@ -378,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=int, default=REAL, help="real embeddings the corpus grows from")
     parser.add_argument("--previous", type=Path, help="source tree of the previous version, measured beside")
     parser.add_argument("--reuse", action="store_true", help="measure catalogs built by an earlier run again")
+    parser.add_argument(
+        "--cold", action="store_true", help="evict the vector file from the page cache before measuring"
+    )
     parser.add_argument("--step", choices=("build", "measure"), help=argparse.SUPPRESS)
     parser.add_argument("--design", default="current", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -389,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = (
             build(root, args.items[0], graph, args.dtype, args.real)
             if args.step == "build"
-            else measure(root, args.items[0], args.real)
+            else measure(root, args.items[0], args.real, args.cold)
         )
         print(json.dumps(figures))
         return 0
@@ -403,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     for items in args.items:
         for graph in args.graph:
             for source in designs:
-                runs.append(run_size(items, graph, args.dtype, args.work, args.reuse, args.real, source))
+                runs.append(
+                    run_size(items, graph, args.dtype, args.work, args.reuse, args.real, source, args.cold)
+                )
                 runs.sort(key=lambda r: (r["graph"], r["items"], r.get("design", "")))
                 out.parent.mkdir(parents=True, exist_ok=True)
                 command = "python -m benchmarks.scale " + " ".join(sys.argv[1:])

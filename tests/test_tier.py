@@ -13,7 +13,7 @@ import pytest
 from oracle import assert_same_ranking, assert_true_top_k, brute_force, catalog_distances
 
 from fashionrec_onnx import Catalog
-from fashionrec_onnx.catalog import oracle, writing
+from fashionrec_onnx.catalog import oracle, search, writing
 from fashionrec_onnx.catalog.pca import PCA
 from fashionrec_onnx.catalog.tier import Tier
 
@@ -166,6 +166,36 @@ def test_the_tier_bound_never_exceeds_the_true_distance(vectors: np.ndarray, tmp
         assert (tier.mismatched(rows, vectors) == 0).all()
 
 
+def test_search_reads_the_full_rows_of_only_the_candidates_the_tier_estimates_nearest(
+    reduced: Catalog,
+) -> None:
+    core = reduced._core
+    _, matrix = stored(reduced)
+    none = np.zeros(0, np.int64)
+    found_too, wanted = 0, 0
+    for k in (1, 5, 20):
+        for query in queries(matrix, 5, seed=20 + k):
+            pool, _ = search._graph(core, query, search._pool(core, k))
+            want, want_d = search.rerank(core, query, pool)  # every candidate's full row
+            with CountingReads(reduced) as reads:
+                found, found_d = search.search(core, query, k, none, None)
+            assert reads.rows == search.READ_FACTOR * k + search.READ_EXTRA < len(pool)
+            assert (np.diff(found_d) >= 0).all() and (found_d >= want_d[: len(found_d)] - 1e-5).all()
+            found_too, wanted = found_too + len(set(found) & set(want[:k])), wanted + k
+    assert found_too / wanted >= 0.95  # an estimate orders the candidates: not exact, nearly as good
+
+
+def test_a_filter_of_many_values_is_the_union_of_its_values(reduced: Catalog) -> None:
+    query = queries(stored(reduced)[1], 1, seed=5)[0]
+    shades = [f"s{i}" for i in range(12)]  # more values than are compared one by one
+    together = reduced.exact_search(query, k=30, filter={"shade": shades})
+    apart = sorted(
+        (h for s in shades for h in reduced.exact_search(query, k=30, filter={"shade": s})),
+        key=lambda h: (h.distance, h.key),
+    )
+    assert [h.key for h in together] == [h.key for h in apart[:30]]
+
+
 def test_filtered_search_scans_the_tier_and_finds_the_exact_filtered_top_k(reduced: Catalog) -> None:
     keys, matrix = stored(reduced)
     for query in queries(matrix, 5, seed=4):
@@ -175,6 +205,37 @@ def test_filtered_search_scans_the_tier_and_finds_the_exact_filtered_top_k(reduc
         distances = brute_force([keys[i] for i in inside], matrix[inside], query)
         assert_true_top_k(hits, distances, 5)
         assert reads.rows < len(inside) / 3
+
+
+def test_the_estimated_re_rank_reads_every_row_the_tier_does_not_cover(reduced: Catalog) -> None:
+    core = reduced._core
+    assert core.tier is not None
+    query = queries(stored(reduced)[1], 1, seed=30)[0]
+    labels = np.arange(0, ITEMS, 10)  # 300 candidates, 150 of them past a lagging tier's rows
+    with CountingReads(reduced) as reads:
+        found, distances = oracle.estimated_among(core.vectors, core.tier, 1500, labels, query, 5, 40)
+    assert reads.rows == 40 + 150 and len(found) == 5 and (np.diff(distances) >= 0).all()
+
+
+@pytest.mark.parametrize("path", ["graph", "scan"])
+def test_a_broad_filter_reads_only_the_full_rows_the_tier_estimates_nearest(
+    reduced: Catalog, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Broad filters: through the graph, or scanned in the tier past EXACT_AMONG_MAX matches. The
+    thresholds are moved so that 1,500 matches take each path."""
+    monkeypatch.setattr(search, "EXACT_AMONG_MAX", 100)
+    monkeypatch.setattr(search, "TIER_MATCH_COST" if path == "graph" else "GRAPH_WIDTH_COST", 1e9)
+    keys, matrix = stored(reduced)
+    inside = [i for i, key in enumerate(keys) if int(key[5:]) % 2 == 1]
+    found_too = 0
+    for query in queries(matrix, 10, seed=6):
+        with CountingReads(reduced) as reads:
+            hits = reduced.search(query, k=5, filter={"half": "1"})
+        assert reads.rows == search.READ_FACTOR * 5 + search.READ_EXTRA
+        assert len(hits) == 5 and all(int(h.key[5:]) % 2 == 1 for h in hits)
+        exact = brute_force([keys[i] for i in inside], matrix[inside], query)
+        found_too += len({h.key for h in hits} & set(sorted(exact, key=exact.__getitem__)[:5]))
+    assert found_too / 50 >= 0.95
 
 
 def test_writes_keep_the_tier_in_step(reduced: Catalog, vectors: np.ndarray) -> None:

@@ -15,7 +15,7 @@ from ..errors import CatalogCorruptError, CatalogError, DiskFullError
 from . import oracle
 from .core import CatalogCore
 from .pca import PCA
-from .search import _pool, rerank
+from .search import _pool, nearest
 from .store import is_disk_full
 from .vectors import sound_rows
 
@@ -78,7 +78,7 @@ def sample_labels(core: CatalogCore, size: int, seed: int) -> np.ndarray:
 
 
 def check(core: CatalogCore, k: int, sample: int, seed: int) -> CheckReport:
-    """recall@k of searches (the graph, plus the rerank of a reduced catalog) against exact KNN
+    """recall@k of searches (the graph, plus the re-rank of a reduced catalog) against exact KNN
     over the full stored vectors, queried with the catalog's own items (each its own top hit)."""
     if core.count == 0:
         raise CatalogError(f"{core.root} is empty: index some images first.")
@@ -110,7 +110,7 @@ def check(core: CatalogCore, k: int, sample: int, seed: int) -> CheckReport:
     candidates, _ = core.graph.index.search(reduced, _pool(core, kk), core.count)
     approx = np.full((len(picks), kk), -1, np.int64)
     for row, (query, found) in enumerate(zip(queries, candidates)):
-        ranked = rerank(core, query, found[found >= 0])[0][:kk]
+        ranked = nearest(core, query, found[found >= 0], kk)[0]
         approx[row, : len(ranked)] = ranked
     if core.tier is not None:  # the search's own answers bound the exact k-th distance from above
         exact, _ = oracle.bounded_within(

@@ -102,7 +102,8 @@ def exact_among(
 # rounding in the bound and in the oracle's own distances is far below it, so no row that could
 # rank (or tie) is ever skipped.
 SLACK = 1e-4
-FIRST = 64  # full rows read first, those with the smallest bounds, to find a k-th best distance
+FIRST = 8  # full rows read first (at least 2k), those with the smallest bounds, to find a k-th best
+GATHERED = 8192  # tier rows gathered at a time
 BOUNDS_HELD = 32 << 20  # lower bounds held at once (queries x rows): 128 MB of float32
 
 
@@ -147,7 +148,10 @@ def bounded_topk(
 def bounded_among(
     vectors: VectorFile, tier: Tier, covered: int, labels: np.ndarray, query: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`exact_among` through the tier: the matches' tier rows are gathered, few full rows read."""
+    """`exact_among` through the tier for sorted ``labels`` (a filter's matches): their tier
+    rows are gathered, few full rows read. The tier's pages
+    stay mapped (`VectorFile.take`): 10,000 scattered matches would otherwise fault 10,000 pages
+    in again on every search."""
     query = np.asarray(query, np.float32).reshape(-1)
     k = min(k, len(labels))
     if k <= 0:
@@ -156,9 +160,42 @@ def bounded_among(
     inside = int(np.searchsorted(labels, covered))
     with kernels.one_blas_thread():
         prepared = tier.prepare(query[None, :])
-        for start, block in tier.rows.gather_blocks(labels[:inside], 8192, raw=True):
+        for start in range(0, inside, GATHERED):
+            block = tier.rows.take(labels[start : min(inside, start + GATHERED)])
             bounds[start : start + len(block)] = tier.bounds(block, prepared)[0]
         return _refine(vectors, labels, bounds, query, k)
+
+
+def estimated_among(
+    vectors: VectorFile,
+    tier: Tier,
+    covered: int,
+    labels: np.ndarray,
+    query: np.ndarray,
+    k: int,
+    reads: int,
+    projected: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest of a graph's candidates (any order) in the full space, reading the full rows
+    of only the ``reads`` candidates the tier estimates nearest (`Tier.estimates`), and of any
+    the tier does not cover yet. Not exact: a search's re-rank, where reading every candidate's
+    row is what costs. ``projected``: the query's tier projection, when the caller has it."""
+    query = np.asarray(query, np.float32).reshape(-1)
+    labels = np.asarray(labels, np.int64)
+    inside = np.flatnonzero(labels < covered)
+    reads += len(labels) - len(inside)  # uncovered: always read
+    if len(labels) > reads:
+        estimates = np.full(len(labels), -np.inf, np.float32)
+        with kernels.one_blas_thread():
+            prepared = tier.prepare(query[None, :], projected)
+            for start in range(0, len(inside), GATHERED):
+                block = inside[start : start + GATHERED]
+                estimates[block] = tier.estimates(tier.rows.take(labels[block]), prepared)[0]
+        labels = labels[np.argpartition(estimates, reads - 1)[:reads]]
+    labels = np.sort(labels)  # label order: the file is read front to back
+    distances = squared_distances(query[None, :], vectors.read(labels, raw=True))[0]
+    order = np.lexsort((labels, distances))[:k]
+    return labels[order], distances[order]
 
 
 def _refine(

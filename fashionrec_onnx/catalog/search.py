@@ -1,14 +1,16 @@
 """Query planning: the cheapest way to answer a search that still finds what exact search finds.
 
 - No filter: the graph, asked for a few extra hits to leave out the query item; on a reduced
-  graph, a larger candidate pool re-ranked with the full stored vectors.
+  graph, a larger candidate pool re-ranked with the full stored vectors (with a compact tier,
+  of the candidates it estimates nearest only).
 - A filter: its matches are a mask over labels. Few matches, or so few that the graph would
   have to be searched very wide to meet k of them: exact search among the matches (only their
   rows are read; with a compact tier, their tier rows, and full rows only where a match's lower
   bound can still rank). With a tier, the planner weighs the scan of the matches against the
-  graph search their count calls for, and takes the cheaper. Otherwise the graph is searched
-  wide enough for k matches at the filter's selectivity and its hits are filtered by the mask,
-  widening until k matches are in hand.
+  graph search their count calls for, and takes the cheaper; past `EXACT_AMONG_MAX` matches the
+  scan reads the full rows the tier estimates nearest, as a graph pool's re-rank does.
+  Otherwise the graph is searched wide enough for k matches at the filter's selectivity and its
+  hits are filtered by the mask, widening until k matches are in hand.
   No Python runs per visited graph node.
 """
 
@@ -27,16 +29,26 @@ from .core import CatalogCore
 # 1.000 in 2.4 ms.
 RERANK_FACTOR = 8
 RERANK_EXTRA = 100
+# With a compact tier, the pool's full rows are read only for the 6k + 10 = 40 candidates the tier
+# estimates nearest. Measured at 200,000 items (200 real-image queries, pool of 140): the first 20
+# by the estimate found 0.996 of the exact top 5, the first 30 0.999, as many as all 140 did.
+# A filter's matches scanned in the tier are read the same way past EXACT_AMONG_MAX (the bounds
+# rule out too few: 20,000 matches at 200,000 items needed 107 full rows for the exact answer;
+# the first 40 by the estimate found 1.000 of it, 200 queries, in 2.5 times less time).
+# A filter's graph search then collects 60 matches, not 140: at 10% selectivity (width 750, not
+# 1,750) it found 1.000 of the exact filtered top 5 in 1.8 ms, not 3.3 ms (200 queries, 200,000
+# items); at 50%, 0.999 in 1.0 ms.
+READ_FACTOR = 6
+READ_EXTRA = 10
 EXACT_AMONG_MAX = 2_000  # this many matches or fewer: always exact among them
 GRAPH_WIDTH_MAX = 2_000  # a post-filtered graph search wider than this: exact among the matches
 OVERSAMPLE = 1.25  # graph hits asked for per expected match
 # With a compact tier, a filter's matches are scanned there (their bounds, then the few full rows
 # that can rank) when that costs less than the graph search: about 0.25 us per match against
-# 7.6 us per unit of graph width (1,000,000 items, PCA-256: a search 1,750 wide took 21.5 ms and
-# one 350 wide 10.8 ms; the tier's int8 rows convert and multiply at about 0.11 us each, and
-# gathering scattered ones costs as much again).
+# 2 us per unit of graph width, re-rank included (200,000 items, PCA-256, this 2-core machine: a
+# scan of 20,000 matches took 5.2 ms; graph searches 500 and 1,000 wide 1.2 and 2.2 ms).
 TIER_MATCH_COST = 0.25
-GRAPH_WIDTH_COST = 7.6
+GRAPH_WIDTH_COST = 2.0
 
 
 def _pool(core: CatalogCore, k: int) -> int:
@@ -44,9 +56,30 @@ def _pool(core: CatalogCore, k: int) -> int:
     return k if core.reduction is None else RERANK_FACTOR * k + RERANK_EXTRA
 
 
-def _graph(core: CatalogCore, vector: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+def _filtered_pool(core: CatalogCore, k: int) -> int:
+    """Matches a post-filtered graph search collects for its re-rank. With a compact tier, 1.5
+    times the rows the re-rank reads: the graph's width, and so its cost, grows with the pool
+    divided by the filter's selectivity."""
+    if core.reduction is not None and core.tier is not None:
+        return 3 * (READ_FACTOR * k + READ_EXTRA) // 2
+    return _pool(core, k)
+
+
+def _projected(core: CatalogCore, vector: np.ndarray) -> np.ndarray | None:
+    """The query in the graph's space when that is also the tier's (PCA format 2, not whitened):
+    one projection serves the graph search and the tier's estimates (0.1 ms each at 2048 x 256)."""
+    pca = core.reduction
+    if pca is None or core.tier is None or core.tier.pca is not pca or pca.normalise or pca.whiten:
+        return None
+    return core.to_graph(vector)
+
+
+def _graph(
+    core: CatalogCore, vector: np.ndarray, wanted: int, projected: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     assert core.graph.index is not None
-    labels, distances = core.graph.index.search(core.to_graph(vector), wanted, core.count)
+    query = core.to_graph(vector) if projected is None else projected
+    labels, distances = core.graph.index.search(query, wanted, core.count)
     keep = labels[0] >= 0
     return labels[0][keep], distances[0][keep]
 
@@ -61,6 +94,22 @@ def rerank(core: CatalogCore, vector: np.ndarray, labels: np.ndarray) -> tuple[n
     return labels[order], distances[order]
 
 
+def nearest(
+    core: CatalogCore, vector: np.ndarray, labels: np.ndarray, k: int, projected: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k of a reduced graph's candidates nearest in the full space. With a compact tier,
+    only the 6k+10 candidates it estimates nearest are read in full: at a million items the
+    vector file is mostly not in the page cache, and reading all 140 candidates' rows cost 2 to
+    7 ms a search (benchmarks/results/scale-pca2-1m.md). The tier's lower bounds rule out too
+    few of a graph's candidates for that: all of them lie near the query (120 of 140 read)."""
+    if core.tier is None:
+        found, distances = rerank(core, vector, labels)
+        return found[:k], distances[:k]
+    return oracle.estimated_among(
+        core.vectors, core.tier, core.tier_rows, labels, vector, k, READ_FACTOR * k + READ_EXTRA, projected
+    )
+
+
 def search(
     core: CatalogCore, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -71,24 +120,33 @@ def search(
     """
     if allowed is None:
         pool = _pool(core, k + len(exclude))
-        labels, distances = _graph(core, vector, pool)
+        projected = _projected(core, vector)
+        labels, distances = _graph(core, vector, pool, projected)
+        if len(exclude):
+            keep = ~np.isin(labels, exclude)
+            labels, distances = labels[keep], distances[keep]
         if core.reduction is not None:
-            labels, distances = rerank(core, vector, labels)
-        keep = ~np.isin(labels, exclude)
-        return labels[keep][:k], distances[keep][:k]
-    matches = int(allowed.sum())
+            return nearest(core, vector, labels, k, projected)
+        return labels[:k], distances[:k]
+    matches = int(np.count_nonzero(allowed))  # a bool sum widens every element first: 100x slower
     if matches == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    pool = _pool(core, k)
+    pool = _filtered_pool(core, k)
     width = math.ceil(pool * OVERSAMPLE * core.count / matches) + len(exclude)
     if core.tier is not None and matches * TIER_MATCH_COST <= width * GRAPH_WIDTH_COST:
-        return oracle.bounded_among(
-            core.vectors, core.tier, core.tier_rows, np.flatnonzero(allowed), vector, k
-        )
+        if matches <= EXACT_AMONG_MAX:
+            return oracle.bounded_among(
+                core.vectors, core.tier, core.tier_rows, np.flatnonzero(allowed), vector, k
+            )
+        return oracle.estimated_among(  # as the graph's pool is re-ranked, from all the matches
+            core.vectors, core.tier, core.tier_rows, np.flatnonzero(allowed), vector, k,
+            READ_FACTOR * k + READ_EXTRA,
+        )  # fmt: skip
     if matches <= EXACT_AMONG_MAX or width > GRAPH_WIDTH_MAX:
         return _exact_among(core, allowed, vector, k)
+    projected = _projected(core, vector)
     while True:
-        labels, distances = _graph(core, vector, width)
+        labels, distances = _graph(core, vector, width, projected)
         inside = labels < len(allowed)
         keep = np.zeros(len(labels), bool)
         keep[inside] = allowed[labels[inside]]
@@ -99,7 +157,7 @@ def search(
         if width > 4 * GRAPH_WIDTH_MAX:  # a filter far less even than its count suggested
             return _exact_among(core, allowed, vector, k)
     if core.reduction is not None:
-        labels, distances = rerank(core, vector, labels[:pool])
+        return nearest(core, vector, labels[:pool], k, projected)
     return labels[:k], distances[:k]
 
 

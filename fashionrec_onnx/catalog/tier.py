@@ -110,6 +110,7 @@ class Tier:
             return None
         if len(scales) != pca.dim:
             return None
+        rows.prefetch()
         return cls(rows, pca, codes, scales.copy())
 
     def close(self) -> None:
@@ -186,8 +187,8 @@ class Tier:
             return rows[:, : self.code_bytes].view(np.int8).astype(np.float32)
         return kernels.to_float32(np.ascontiguousarray(rows[:, : self.code_bytes]).view(self.codes))
 
-    def prepare(self, queries: np.ndarray) -> Prepared:
-        return Prepared.of(self, queries)
+    def prepare(self, queries: np.ndarray, projected: np.ndarray | None = None) -> Prepared:
+        return Prepared.of(self, queries, projected)
 
     def bounds(self, rows: np.ndarray, prepared: Prepared) -> np.ndarray:
         """Lower bounds ``(queries, len(rows))`` on the squared distance to each row's vector."""
@@ -204,6 +205,23 @@ class Tier:
         np.maximum(projected, 0.0, out=projected)
         outside = prepared.residual[:, None] - stats[:, 0][None, :]
         return projected * projected + outside * outside
+
+    def estimates(self, rows: np.ndarray, prepared: Prepared) -> np.ndarray:
+        """Estimates ``(queries, len(rows))`` of the squared distance, to order a search's
+        candidates (no bound): the coded projection's distance, plus the residuals' as if their
+        angle were 60 degrees (``||r_q||^2 + ||r_x||^2 - ||r_q|| ||r_x||``; the true angle is not
+        stored). At 200,000 items this order put more of the exact top 5 in a graph pool's first
+        30 than the graph's own order or the lower bound's did (benchmarks/results/scale-million5.md)."""
+        codes = self._codes(rows)
+        stats = rows[:, self.code_bytes :].view("<f4")
+        if len(prepared.scaled) == 1:  # callers hold one BLAS thread (`kernels.one_blas_thread`)
+            dots = (codes @ prepared.scaled[0])[None, :]
+        else:
+            dots = prepared.scaled @ codes.T
+        inside = prepared.residual[:, None]
+        outside = stats[:, 0][None, :]
+        return (prepared.squared[:, None] + stats[:, 2][None, :] - 2.0 * dots
+                + inside * inside + outside * outside - inside * outside)  # fmt: skip
 
     def within(
         self, rows: np.ndarray, prepared: Prepared, limit: np.ndarray, residual: bool = True
@@ -263,10 +281,11 @@ class Prepared:
         self.residual = residual
 
     @classmethod
-    def of(cls, tier: Tier, queries: np.ndarray) -> Prepared:
+    def of(cls, tier: Tier, queries: np.ndarray, projected: np.ndarray | None = None) -> Prepared:
+        """``projected``: the queries' `project`ion, when the caller has it already."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         centred = queries - tier.pca.mean
-        projected = project(tier.pca, queries)
+        projected = project(tier.pca, queries) if projected is None else np.atleast_2d(projected)
         squared = np.einsum("qd,qd->q", projected, projected)
         residual = np.sqrt(np.maximum(np.einsum("qd,qd->q", centred, centred) - squared, 0.0))
         return cls((projected * tier.scales).astype(np.float32), squared, residual)

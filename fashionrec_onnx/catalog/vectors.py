@@ -31,6 +31,8 @@ MAGIC = b"FRVECTS\n"
 HEADER_BYTES = 4096
 FORMAT = 1
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14; not named by Python 3.11
+WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)  # not on macOS or Windows: plain reads there
+RANDOM = getattr(os, "POSIX_FADV_RANDOM", None)
 BLOCK_BYTES = 4 << 20  # rows scanned at a time: big enough for BLAS; a float16 block converted stays in cache
 
 
@@ -160,10 +162,18 @@ class VectorFile:
         re-ranking, "more like this", the candidates a bounded scan could not rule out).
 
         Read with pread, not through the map: a page fault on a map also maps the pages around
-        it, so a few hundred searches would leave most of the file resident in the process."""
+        it, so a few hundred searches would leave most of the file resident in the process.
+        Rows not in the page cache are asked of the disk together first (``WILLNEED``), and none
+        of their neighbours with them (``RANDOM``): at a million items most re-rank reads miss
+        the cache, and 140 such reads took 11.9 ms one after another, 2.6 ms asked together
+        (2 GB file evicted, this machine's disk)."""
         labels = np.asarray(labels, np.int64)
         rows = np.empty((len(labels), self.dim), self.dtype)
         fd = self._reader_fd()
+        if len(labels) > 1 and WILLNEED is not None:  # rows not in the page cache: fetched together
+            with contextlib.suppress(OSError):  # a kernel that refuses the hint reads them one by one
+                for label in labels.tolist():
+                    os.posix_fadvise(fd, HEADER_BYTES + label * self.row_bytes, self.row_bytes, WILLNEED)
         for row, label in zip(rows, labels.tolist()):
             if (
                 os.preadv(fd, [memoryview(row).cast("B")], HEADER_BYTES + label * self.row_bytes)
@@ -176,6 +186,9 @@ class VectorFile:
         with self._lock:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDONLY)
+                if RANDOM is not None:  # no readahead on this descriptor: scans map the file instead
+                    with contextlib.suppress(OSError):
+                        os.posix_fadvise(self._fd, 0, 0, RANDOM)
             return self._fd
 
     def blocks(
@@ -206,6 +219,29 @@ class VectorFile:
             chunk = labels[start : start + block_rows]
             yield start, matrix[chunk] if raw else to_float32(matrix[chunk])
             self._release(mapping, int(chunk[0]), int(chunk[-1]) + 1)
+
+    def prefetch(self) -> None:
+        """Ask the kernel to read the whole file into the page cache in the background (returns at
+        once): for the compact tier, whose rows every search reads, so the first searches after
+        an open do not wait on a disk read per scattered row."""
+        if WILLNEED is None:
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, WILLNEED)
+            finally:
+                os.close(fd)
+
+    def take(self, labels: np.ndarray) -> np.ndarray:
+        """Rows of any labels as stored, through the map, whose pages stay mapped: for a file small
+        enough to keep resident (the compact tier), where a filter's thousands of scattered rows
+        would otherwise cost a page fault each, every search."""
+        labels = np.asarray(labels, np.int64)
+        if len(labels) == 0:
+            return np.empty((0, self.dim), self.dtype)
+        _, matrix = self._matrix(int(labels.max()) + 1)
+        return matrix[labels]
 
     def _populate(self, mapping: mmap.mmap, start: int, stop: int) -> None:
         """Map the pages of rows start..stop in one call: a scan that faults them in one by one
