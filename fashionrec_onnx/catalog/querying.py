@@ -27,6 +27,7 @@ from .columns import Filter, callable_mask
 from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
 from .kernels import normalised, vector_problem
+from .local_duplicates import LocalSource
 from .products import Products, checked_group_by
 from .search import rerank
 from .vectors import sound_rows
@@ -339,7 +340,7 @@ class Querier:
         The caller holds the read lock on a caught-up catalog."""
         with self._groups_lock:
             if self._groups is None or self._groups[0] != self._core.generation:
-                _, group_of = near_duplicates.find(self._core, None, NEIGHBOURS)
+                _, group_of = near_duplicates.find(LocalSource(self._core), None, NEIGHBOURS)
                 self._groups = (self._core.generation, group_of)
             return self._groups[1]
 
@@ -351,7 +352,7 @@ class Querier:
         near_duplicates.validated(threshold, neighbours)
         self._core.sync()
         with self._core.rw.read():
-            report, group_of = near_duplicates.find(self._core, threshold, neighbours)
+            report, group_of = near_duplicates.find(LocalSource(self._core), threshold, neighbours)
             if threshold is None and neighbours == NEIGHBOURS:
                 with self._groups_lock:
                     self._groups = (self._core.generation, group_of)

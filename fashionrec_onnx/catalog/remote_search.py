@@ -95,11 +95,12 @@ class RemoteSearching(Catalog):
         )
 
     def duplicates(self, threshold: float | None = None, *, neighbours: int = NEIGHBOURS) -> DuplicateReport:
-        """See `Catalog.duplicates`; each item's neighbours come from the engine's index, in
-        batched searches (`remote_duplicates`)."""
-        from .remote_duplicates import find
+        """See `Catalog.duplicates`: the same rules and report (`duplicates`), each item's
+        neighbours from the engine's index in batched searches (`remote_duplicates`)."""
+        from .duplicates import find
+        from .remote_duplicates import BackendSource
 
-        report = find(self._backend, self.params.ef, threshold, neighbours)
+        report, _ = find(BackendSource(self._backend, self.params.ef), threshold, neighbours)
         if threshold is None and neighbours == NEIGHBOURS:
             self._remember_groups(report)
         return report
