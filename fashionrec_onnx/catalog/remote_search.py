@@ -15,7 +15,7 @@ from ..errors import BadArgumentError, CatalogError, UnknownKeyError
 from ..images import Box, check_box
 from . import products
 from .backend import NO_LABEL, Backend, Neighbour
-from .duplicates import NEIGHBOURS, DuplicateReport
+from .duplicates import NEIGHBOURS, DuplicateReport, find
 from .facade import Catalog
 from .maintenance import CheckReport, recall_at_k
 from .oracle import squared_distances
@@ -31,6 +31,7 @@ from .querying import (
     shown,
     unit,
 )
+from .remote_duplicates import BackendSource
 from .store import Item
 
 EXACT_BATCH = 2_000
@@ -97,9 +98,6 @@ class RemoteSearching(Catalog):
     def duplicates(self, threshold: float | None = None, *, neighbours: int = NEIGHBOURS) -> DuplicateReport:
         """See `Catalog.duplicates`: the same rules and report (`duplicates`), each item's
         neighbours from the engine's index in batched searches (`remote_duplicates`)."""
-        from .duplicates import find
-        from .remote_duplicates import BackendSource
-
         report, _ = find(BackendSource(self._backend, self.params.ef), threshold, neighbours)
         if threshold is None and neighbours == NEIGHBOURS:
             self._remember_groups(report)
