@@ -145,16 +145,17 @@ def confirmation_seconds(catalog: Catalog, repeats: int) -> dict[str, object]:
     side by side in one process, each ``repeats`` times: the median seconds, and whether both
     gave the same pairs."""
     from fashionrec_onnx.catalog import duplicates, thumbnails
+    from fashionrec_onnx.catalog.local_duplicates import LocalSource
 
     core = catalog._core
-    found = duplicates.neighbour_pairs(core, duplicates.NEIGHBOURS)
+    found = duplicates.neighbour_pairs(LocalSource(core), duplicates.NEIGHBOURS)
     items = core.store.items_by_label(core.liveness.labels().tolist())
     with thumbnails.Thumbnails(core.root, readonly=True).signals(list(items.values())) as signals:
         has = np.zeros(core.rows, bool)
         has[signals.labels] = True
         both = has[found.first] & has[found.second]
         pairs = duplicates.compared_pairs(
-            core, found.first[both], found.second[both], signals, duplicates.NEIGHBOURS
+            found.size, found.first[both], found.second[both], signals, duplicates.NEIGHBOURS
         )
 
         def per_pair() -> np.ndarray:

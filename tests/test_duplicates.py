@@ -94,6 +94,25 @@ def test_a_pca_graph_finds_the_copies_too(planted: tuple[Catalog, set, tuple], t
     assert recall >= RECALL_FLOOR and precision >= PRECISION_FLOOR, (precision, recall)
 
 
+def test_the_report_through_the_storage_seam_is_the_local_report(planted: tuple[Catalog, set, tuple]) -> None:
+    """One algorithm for both backends: fed through the seam (`BackendSource`, what a Milvus
+    catalog uses, here over the local backend), the pass finds the same groups, pixels and all."""
+    from fashionrec_onnx.catalog.duplicates import find
+    from fashionrec_onnx.catalog.local_backend import LocalBackend
+    from fashionrec_onnx.catalog.remote_duplicates import BackendSource
+
+    catalog, _, _ = planted
+    local = catalog.duplicates()
+    seam, _ = find(BackendSource(LocalBackend.of(catalog), catalog.params.ef), None, 8)
+    assert (seam.items, seam.by_pixels, seam.calibrated) == (local.items, local.by_pixels, True)
+    assert local.by_pixels == len(catalog) and len(local) > 20
+    assert seam.threshold == pytest.approx(local.threshold, abs=1e-6)
+    assert [group.keys for group in seam] == [group.keys for group in local]
+    assert [s for g in seam for _, _, s in g.pairs] == pytest.approx(
+        [s for g in local for _, _, s in g.pairs]
+    )
+
+
 def test_each_group_lists_its_keys_and_the_similarity_of_every_pair(
     planted: tuple[Catalog, set, tuple],
 ) -> None:

@@ -467,6 +467,7 @@ def test_cli_duplicates_on_milvus_finds_the_groups_a_local_catalog_finds(pair) -
     report = json.loads(result.stdout)
     want = local.duplicates()
     assert report["items"] == want.items == len(local)
+    assert report["judged_by_pixels"] == want.by_pixels == len(local)  # the images are on this machine
     assert report["threshold"] == pytest.approx(want.threshold, abs=1e-5)
     assert [group["keys"] for group in report["groups"]] == [list(g.keys) for g in want]
     assert [[p["similarity"] for p in g["pairs"]] for g in report["groups"]] == pytest.approx(

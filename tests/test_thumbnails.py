@@ -216,14 +216,17 @@ def test_the_batched_rule_gives_the_per_pair_answers(planted: tuple[Path, Path, 
     """`pixel_pairs.same_photos` (matrices over stacked pairs) against `same_photo` one pair at a
     time: on every candidate pair of the fixture, and on odd sizes (wide, tall, tiny, a crop)."""
     from fashionrec_onnx.catalog import duplicates, pixel_pairs
+    from fashionrec_onnx.catalog.local_duplicates import LocalSource
 
     _, root, truth = planted
     with Catalog.open(root) as catalog:
         core = catalog._core
-        found = duplicates.neighbour_pairs(core, duplicates.NEIGHBOURS)
+        found = duplicates.neighbour_pairs(LocalSource(core), duplicates.NEIGHBOURS)
         items = core.store.items_by_label(core.liveness.labels().tolist())
         with thumbnails.Thumbnails(core.root, readonly=True).signals(list(items.values())) as signals:
-            pairs = duplicates.compared_pairs(core, found.first, found.second, signals, duplicates.NEIGHBOURS)
+            pairs = duplicates.compared_pairs(
+                found.size, found.first, found.second, signals, duplicates.NEIGHBOURS
+            )
             held = signals.pixels(np.unique(pairs).tolist())
     labels = sorted(held)
     thumbs = [held[label] for label in labels]

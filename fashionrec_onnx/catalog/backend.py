@@ -9,10 +9,18 @@ machine), and `milvus_backend.MilvusBackend`, on a Milvus collection. `tests/tes
 asserts the same behaviour of both.
 
 Above the seam, written once for both: folder indexing (`feeds.folders`, whose `LocalTarget`
-keeps what a local catalog does in place: thumbnails, re-pathing moved files, graph saves).
-`remote.RemoteCatalog` is the `Catalog` API over this interface; a local `Catalog` still runs its
-searches, products, near-duplicates and maintenance on its core directly (its label-indexed
-masks, thumbnails and graph have no counterpart across the seam).
+keeps what a local catalog does in place: thumbnails, re-pathing moved files, graph saves), and
+near-duplicates (`duplicates`: candidate pairs, similarities, pixel and threshold judging,
+components, groups, the report), fed by a `duplicates.Source` per backend:
+`remote_duplicates.BackendSource` over this interface (`iterate`, `top_k_many`, `fetch`), and
+`local_duplicates.LocalSource` over a local catalog's core in place (its graph searched a block at
+a time on every core, its thumbnail cache); and the searches (`answering`: the request checked,
+queries resolved, positives and negatives combined, whole products left out, near-duplicates
+collapsed and products grouped), fed by an `answering.Searches` per backend:
+`remote_search.RemoteSearches` over this interface, `local_search.LocalSearches` over a local
+catalog's core in place (its snapshot under the read lock, its planner, label-indexed masks and
+product codes). `remote.RemoteCatalog` is the `Catalog` API over this interface; a local
+`Catalog`'s maintenance (`check`, `verify`, `reduce`, `rebuild`) runs on its core directly.
 
 Keys are the identity (no integer labels cross the seam). Filters are the `Catalog` mapping form
 (field -> value or list of values); a callable filter is applied above the seam.
@@ -62,7 +70,8 @@ class Backend(Protocol):
         """The k nearest items (approximate), nearest first, passing the filter, not excluded."""
 
     def top_k_many(self, vectors: np.ndarray, k: int, ef: int) -> list[list[Neighbour]]:
-        """`top_k` of each of several vectors, unfiltered (checks, near-duplicates)."""
+        """`top_k` of each of several vectors, unfiltered (checks, near-duplicates: at most k each,
+        the vector's own item among them when it is held)."""
 
     def fetch(self, keys: Sequence[str], vectors: bool = False) -> dict[str, tuple[dict[str, Any], Any]]:
         """``key -> (row, vector or None)`` for the keys held; a row has path, size, mtime_ns,

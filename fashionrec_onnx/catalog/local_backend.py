@@ -1,10 +1,11 @@
 """The local directory catalog as a `backend.Backend`: the seam's methods over `core.CatalogCore`.
 
-Jobs written once above the seam (folder indexing, near-duplicates...) reach a local catalog
-through this. It adds no storage of its own: items, vectors, the graph, removed keys and feed
-owners stay where `CatalogCore` keeps them, every write goes through `CatalogCore.write` (the
-finite unit-vector gate, the flock, the change log), and `top_k` is the local planner
-(`search.search`) on a filter's mask, so answers equal `Catalog.search`'s.
+Jobs written once above the seam (folder indexing...) reach a local catalog through this;
+near-duplicates take the faster way in, `local_duplicates` on the core in place. It adds no
+storage of its own: items, vectors, the graph, removed keys and feed owners stay where
+`CatalogCore` keeps them, every write goes through `CatalogCore.write` (the finite unit-vector
+gate, the flock, the change log), and `top_k` is the local planner (`search.search`) on a
+filter's mask, so answers equal `Catalog.search`'s.
 
 Where the two backends differ, the differences are the local catalog's own strengths:
 ``ef`` is ignored (the graph's breadth is the catalog's recorded ``hnsw.ef``, set with

@@ -23,6 +23,7 @@ from .answering import Hit, shown
 from .columns import callable_mask
 from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
+from .local_duplicates import LocalSource
 from .products import Products
 from .search import rerank
 from .vectors import sound_rows
@@ -128,7 +129,7 @@ class LocalSearches:
         The caller holds the read lock on a caught-up catalog."""
         with self._groups_lock:
             if self._groups is None or self._groups[0] != self._core.generation:
-                _, group_of = near_duplicates.find(self._core, None, NEIGHBOURS)
+                _, group_of = near_duplicates.find(LocalSource(self._core), None, NEIGHBOURS)
                 self._groups = (self._core.generation, group_of)
             return self._groups[1]
 
@@ -138,7 +139,7 @@ class LocalSearches:
         near_duplicates.validated(threshold, neighbours)
         self._core.sync()
         with self._core.rw.read():
-            report, group_of = near_duplicates.find(self._core, threshold, neighbours)
+            report, group_of = near_duplicates.find(LocalSource(self._core), threshold, neighbours)
             if threshold is None and neighbours == NEIGHBOURS:
                 with self._groups_lock:
                     self._groups = (self._core.generation, group_of)

@@ -15,7 +15,9 @@ directory does with its own files are done here through the backend:
 - settings (model fingerprint and probe, model path, dimension, HNSW parameters, product field,
   format) in the backend, so any machine that opens the URI gets the same catalog.
 
-- near-duplicate reports: each item's neighbours from the engine's index (`remote_duplicates`).
+- near-duplicate reports: the local catalog's rules and report (`duplicates`), each item's
+  neighbours from the engine's index (`remote_duplicates`); items whose image file can be read
+  on this machine are judged by pixels from thumbnails made for the pass (none are kept).
 - feed ownership: which feed added an item is recorded beside it (`set_feed`), so a sync keeps
   its hands off items indexed from folders or added by other feeds, as on a local catalog.
 

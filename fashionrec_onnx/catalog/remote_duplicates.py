@@ -1,107 +1,93 @@
-"""Near-duplicate reports on a remote catalog: the rules of `duplicates` (calibrated threshold,
-connected components of close pairs, groups largest first) over a `Backend`.
+"""A catalog behind the storage seam (Milvus) as the near-duplicate pass's `duplicates.Source`:
+the stored vectors streamed once from the backend, each batch's nearest items asked of the
+engine's own index in one batched search. Items are numbered as their keys are first seen (only
+keys cross the seam); the rows seen while streaming are kept for the pixels and the groups.
 
-Each item's few nearest neighbours come from the engine's own index, asked in batched searches
-while the stored vectors are streamed once; items are numbered as their keys are first seen, so
-nothing but keys crosses the seam. The cost is one search per item, as on a local catalog.
+Thumbnails: a remote catalog has no directory on this machine to keep them in, so the items
+whose image file can be read here are judged by their pixels from thumbnails made for the pass
+and kept in a temporary side file (each such image is read on every pass); the others by the
+embedding threshold, as on a local catalog.
 """
 
 from __future__ import annotations
 
-import logging
-import time
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 import numpy as np
 
+from . import thumbnails as pixels
 from .backend import Backend
-from .duplicates import (
-    PAIRWISE_MAX,
-    DuplicateGroup,
-    DuplicateReport,
-    calibrated_threshold,
-    components,
-    validated,
-)
-
-log = logging.getLogger(__name__)
+from .store import Item
 
 BATCH = 1_024  # items streamed, and searched, at a time
 
 
-def find(backend: Backend, ef: int, threshold: float | None, neighbours: int) -> DuplicateReport:
-    """Groups of near-duplicates among the backend's items, largest first."""
-    validated(threshold, neighbours)
-    started = time.perf_counter()
-    number: dict[str, int] = {}
-    firsts: list[int] = []
-    seconds: list[int] = []
-    sims: list[float] = []
-    nearest: list[float] = []
-    items = 0
+class BackendSource:
+    """A backend's items for one near-duplicate pass; ``ef``: the engine index's search breadth."""
 
-    def numbered(key: str) -> int:
-        return number.setdefault(key, len(number))
+    def __init__(self, backend: Backend, ef: int) -> None:
+        self.backend = backend
+        self.ef = ef
+        self._number: dict[str, int] = {}
+        self._keys: list[str] = []  # label -> key
+        self._items: dict[int, Item] = {}
+        self._dim = 0
 
-    for batch in backend.iterate(vectors=True, batch=BATCH):
-        items += len(batch)
-        found = backend.top_k_many(np.stack([vector for _, _, vector in batch]), neighbours + 1, ef)
-        for (key, _, _), hits in zip(batch, found):
-            me = numbered(key)
-            best = -np.inf
-            for hit in hits:
-                if hit.key == key:
-                    continue
-                close = 1.0 - max(hit.distance, 0.0) / 2.0
-                firsts.append(me)
-                seconds.append(numbered(hit.key))
-                sims.append(close)
-                best = max(best, close)
-            if best > -np.inf:
-                nearest.append(best)
-    first, second = np.asarray(firsts, np.int64), np.asarray(seconds, np.int64)
-    similarity = np.asarray(sims, np.float32)
-    used = calibrated_threshold(np.asarray(nearest, np.float32)) if threshold is None else float(threshold)
-    above = similarity >= used
-    group_of = components(first[above], second[above], len(number))
-    members: dict[int, list[int]] = {}
-    for label in np.flatnonzero(group_of >= 0).tolist():
-        members.setdefault(int(group_of[label]), []).append(label)
-    names = list(number)
-    linked = (first[above], second[above], similarity[above])
-    groups = [_group(backend, [names[i] for i in labels], names, linked) for labels in members.values()]
-    groups = [group for group in groups if len(group) >= 2]  # items removed meanwhile
-    groups.sort(key=lambda g: (-len(g), -max(s for _, _, s in g.pairs), g.keys))
-    seconds_taken = time.perf_counter() - started
-    log.info("%d groups of near-duplicates among %d items (threshold %.4f) in %.1fs",
-             len(groups), items, used, seconds_taken)  # fmt: skip
-    return DuplicateReport(groups, used, threshold is None, items, neighbours, seconds_taken)
+    @property
+    def where(self) -> str:
+        return self.backend.describe()
+
+    @property
+    def size(self) -> int:
+        return len(self._number)
+
+    def _numbered(self, key: str) -> int:
+        label = self._number.setdefault(key, len(self._keys))
+        if label == len(self._keys):
+            self._keys.append(key)
+        return label
+
+    def stream(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch in self.backend.iterate(vectors=True, batch=BATCH):
+            labels = np.asarray([self._numbered(key) for key, _, _ in batch], np.int64)
+            for label, (key, row, _) in zip(labels.tolist(), batch):
+                self._items[label] = Item(label, key, row["path"], row["size"], row["mtime_ns"], {})
+            vectors = np.stack([np.asarray(vector, np.float32) for _, _, vector in batch])
+            self._dim = vectors.shape[1]
+            yield labels, vectors
+
+    def nearest(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        found = np.full((len(vectors), k), -1, np.int64)
+        distances = np.full((len(vectors), k), np.inf, np.float32)
+        for row, hits in enumerate(self.backend.top_k_many(vectors, k, self.ef)):
+            for column, hit in enumerate(hits[:k]):
+                found[row, column] = self._numbered(hit.key)
+                distances[row, column] = hit.distance
+        return found, distances
+
+    def items(self, labels: Sequence[int]) -> dict[int, Item]:
+        """The rows seen while streaming."""
+        return {label: self._items[label] for label in labels if label in self._items}
+
+    def vectors(self, labels: Sequence[int]) -> np.ndarray:
+        """Fetched now, by key (NaN rows for keys removed since they were streamed)."""
+        keys = [self._keys[label] for label in labels]
+        stored = self.backend.fetch(list(dict.fromkeys(keys)), vectors=True)
+        rows = np.full((len(keys), self._dim), np.nan, np.float32)
+        for row, key in enumerate(keys):
+            if key in stored:
+                rows[row] = stored[key][1]
+        return rows
+
+    def thumbnails(self) -> AbstractContextManager[pixels.Thumbnails]:
+        return _temporary_thumbnails()
 
 
-def _group(
-    backend: Backend,
-    keys: list[str],
-    names: list[str],
-    linked: tuple[np.ndarray, np.ndarray, np.ndarray],
-) -> DuplicateGroup:
-    """One group: every pair's similarity from the stored vectors, or for a large group the pairs
-    that linked it."""
-    stored = backend.fetch(keys, vectors=len(keys) <= PAIRWISE_MAX)
-    held = tuple(sorted(key for key in keys if key in stored))
-    if len(keys) <= PAIRWISE_MAX:
-        vectors = np.stack([stored[key][1] for key in held]) if held else np.zeros((0, 1), np.float32)
-        similarity = np.clip(vectors @ vectors.T, -1.0, 1.0)
-        pairs = [
-            (held[i], held[j], float(similarity[i, j]))
-            for i in range(len(held))
-            for j in range(i + 1, len(held))
-        ]
-    else:
-        inside = set(held)
-        seen: dict[tuple[str, str], float] = {}
-        for a, b, s in zip(*(column.tolist() for column in linked)):
-            if names[a] in inside and names[b] in inside:
-                low, high = sorted((names[a], names[b]))
-                seen[low, high] = max(seen.get((low, high), -1.0), s)
-        pairs = [(a, b, s) for (a, b), s in sorted(seen.items())]
-    pairs.sort(key=lambda pair: -pair[2])
-    return DuplicateGroup(held, tuple(pairs))
+@contextmanager
+def _temporary_thumbnails() -> Iterator[pixels.Thumbnails]:
+    """A thumbnail side file for one pass, removed after it."""
+    with tempfile.TemporaryDirectory(prefix="fashionrec-thumbnails-") as folder:
+        yield pixels.Thumbnails(Path(folder), readonly=False)

@@ -16,10 +16,11 @@ from ..errors import BadArgumentError, CatalogError
 from ..images import Box
 from .answering import Hit
 from .backend import NO_LABEL, Backend, Neighbour
-from .duplicates import NEIGHBOURS, DuplicateReport
+from .duplicates import NEIGHBOURS, DuplicateReport, find
 from .facade import Catalog
 from .maintenance import CheckReport, recall_at_k
 from .oracle import squared_distances
+from .remote_duplicates import BackendSource
 from .store import Item
 
 EXACT_BATCH = 2_000
@@ -46,11 +47,9 @@ class RemoteSearching(Catalog):
         return RemoteSearches(self)
 
     def duplicates(self, threshold: float | None = None, *, neighbours: int = NEIGHBOURS) -> DuplicateReport:
-        """See `Catalog.duplicates`; each item's neighbours come from the engine's index, in
-        batched searches (`remote_duplicates`)."""
-        from .remote_duplicates import find
-
-        report = find(self._backend, self.params.ef, threshold, neighbours)
+        """See `Catalog.duplicates`: the same rules and report (`duplicates`), each item's
+        neighbours from the engine's index in batched searches (`remote_duplicates`)."""
+        report, _ = find(BackendSource(self._backend, self.params.ef), threshold, neighbours)
         if threshold is None and neighbours == NEIGHBOURS:
             self._remember_groups(report)
         return report
