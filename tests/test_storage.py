@@ -262,3 +262,39 @@ def test_the_float16_conversion_graph_is_the_one_onnx_builds() -> None:
     rng = np.random.default_rng(0)
     half = rng.standard_normal((5, 7)).astype(np.float16)
     assert np.array_equal(kernels.to_float32(half), half.astype(np.float32))
+
+
+def test_a_query_projection_never_waits_for_another_threads_scan() -> None:
+    """A search projects its query on one BLAS thread when BLAS is free, and with einsum while
+    another thread's scan holds it (a search must not queue behind a 200 ms exact scan); inside
+    a scan of its own, the same thread projects without deadlock. The product is the same."""
+    import threading
+
+    from fashionrec_onnx.catalog import kernels
+
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((2, 64)).astype(np.float32)
+    matrix = rng.standard_normal((16, 64)).astype(np.float32)
+    want = rows.astype(np.float64) @ matrix.T.astype(np.float64)
+    assert np.allclose(kernels.few_rows_times(rows, matrix), want, atol=1e-4)
+    with kernels.one_blas_thread():
+        assert np.allclose(kernels.few_rows_times(rows, matrix), want, atol=1e-4)
+    holding, release = threading.Event(), threading.Event()
+
+    def scan() -> None:
+        with kernels.one_blas_thread():
+            holding.set()
+            release.wait(60)
+
+    other = threading.Thread(target=scan)
+    other.start()
+    try:
+        assert holding.wait(60)
+        got: list[np.ndarray] = []
+        searcher = threading.Thread(target=lambda: got.append(kernels.few_rows_times(rows, matrix)))
+        searcher.start()
+        searcher.join(60)
+        assert not searcher.is_alive() and np.allclose(got[0], want, atol=1e-4)
+    finally:
+        release.set()
+        other.join(60)

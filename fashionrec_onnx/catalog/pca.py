@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CatalogCorruptError, CatalogError
+from . import kernels
 
 FORMAT = 2
 FORMATS = (1, 2)  # 1: unit-length projections (read, never written)
@@ -72,7 +73,7 @@ class PCA:
             raise CatalogError(f"PCA expects {self.input_dim}-d vectors, got {vectors.shape[1]}-d")
         centred = vectors - self.mean
         if len(centred) <= FEW:  # a query: BLAS would wake worker threads for a tiny product
-            reduced = np.einsum("nd,od->no", centred, self.components)
+            reduced = kernels.few_rows_times(centred, self.components)
         else:
             reduced = centred @ self.components.T
         if self.whiten:

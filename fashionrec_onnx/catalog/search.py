@@ -52,17 +52,16 @@ GRAPH_WIDTH_COST = 2.0
 
 
 def _pool(core: CatalogCore, k: int) -> int:
-    """Candidates needed for k results: more when a reduced graph's order is re-ranked."""
-    return k if core.reduction is None else RERANK_FACTOR * k + RERANK_EXTRA
-
-
-def _filtered_pool(core: CatalogCore, k: int) -> int:
-    """Matches a post-filtered graph search collects for its re-rank. With a compact tier, 1.5
-    times the rows the re-rank reads: the graph's width, and so its cost, grows with the pool
-    divided by the filter's selectivity."""
-    if core.reduction is not None and core.tier is not None:
+    """Candidates needed for k results: more when a reduced graph's order is re-ranked. With a
+    compact tier, 1.5 times the rows the re-rank reads: for a filter, the graph's width, and so
+    its cost, grows with the pool divided by the filter's selectivity; unfiltered, a wider pool
+    only adds estimates (at 1,000,000 items, 300 queries: pools of 60, 80, 100 and 140 put the
+    same share of the exact top 5 among the 10 to 40 rows read, the graph's ef being 128)."""
+    if core.reduction is None:
+        return k
+    if core.tier is not None:
         return 3 * (READ_FACTOR * k + READ_EXTRA) // 2
-    return _pool(core, k)
+    return RERANK_FACTOR * k + RERANK_EXTRA
 
 
 def _projected(core: CatalogCore, vector: np.ndarray) -> np.ndarray | None:
@@ -131,7 +130,7 @@ def search(
     matches = int(np.count_nonzero(allowed))  # a bool sum widens every element first: 100x slower
     if matches == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    pool = _filtered_pool(core, k)
+    pool = _pool(core, k)
     width = math.ceil(pool * OVERSAMPLE * core.count / matches) + len(exclude)
     if core.tier is not None and matches * TIER_MATCH_COST <= width * GRAPH_WIDTH_COST:
         if matches <= EXACT_AMONG_MAX:

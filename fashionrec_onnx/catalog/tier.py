@@ -295,5 +295,5 @@ def project(pca: PCA, vectors: np.ndarray) -> np.ndarray:
     """The centred projection, not normalised (the tier's space, unlike the graph's)."""
     centred = np.atleast_2d(np.asarray(vectors, np.float32)) - pca.mean
     if len(centred) <= FEW:
-        return np.einsum("nd,od->no", centred, pca.components)
+        return kernels.few_rows_times(centred, pca.components)
     return centred @ pca.components.T
