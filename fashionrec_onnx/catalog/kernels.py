@@ -69,7 +69,7 @@ def few_rows_times(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """``rows @ matrix.T`` for a query or a few (a PCA projection): BLAS on one thread, 53 us
     for one 2048-d row and 256 components, where einsum took 135 us and two BLAS threads risk
     the wait above (this machine, quiet). While another thread's scan holds BLAS, einsum: a
-    search never waits for a scan."""
+    query's projection never waits for a scan (its tier estimates still take their turn)."""
     if not _blas_lock.acquire(blocking=False):
         return np.einsum("nd,od->no", rows, matrix)
     try:
