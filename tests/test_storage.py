@@ -265,8 +265,8 @@ def test_the_float16_conversion_graph_is_the_one_onnx_builds() -> None:
 
 
 def test_a_query_projection_never_waits_for_another_threads_scan() -> None:
-    """A search projects its query on one BLAS thread when BLAS is free, and with einsum while
-    another thread's scan holds it (a search must not queue behind a 200 ms exact scan); inside
+    """A query is projected on one BLAS thread when BLAS is free, and with einsum while another
+    thread's scan holds it (the projection must not queue behind a 200 ms exact scan); inside
     a scan of its own, the same thread projects without deadlock. The product is the same."""
     import threading
 

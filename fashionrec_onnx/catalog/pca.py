@@ -66,16 +66,19 @@ class PCA:
             explained_variance_ratio=float(variance[:dim].sum() / variance.sum()),
         )
 
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """The centred projection, neither whitened nor normalised (the compact tier's space)."""
+        centred = np.atleast_2d(np.asarray(vectors, dtype=np.float32)) - self.mean
+        if len(centred) <= FEW:  # a query: BLAS would wake worker threads for a tiny product
+            return kernels.few_rows_times(centred, self.components)
+        return centred @ self.components.T
+
     def transform(self, vectors: np.ndarray) -> np.ndarray:
         """Project (and, for a format 1 file, re-normalise to unit length; rows of zeros stay zero)."""
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.input_dim:
             raise CatalogError(f"PCA expects {self.input_dim}-d vectors, got {vectors.shape[1]}-d")
-        centred = vectors - self.mean
-        if len(centred) <= FEW:  # a query: BLAS would wake worker threads for a tiny product
-            reduced = kernels.few_rows_times(centred, self.components)
-        else:
-            reduced = centred @ self.components.T
+        reduced = self.project(vectors)
         if self.whiten:
             reduced /= np.maximum(self.scales, 1e-12)
         if not self.normalise:

@@ -76,7 +76,7 @@ class Tier:
         """A new, empty tier; int8 scales are fitted on the projections of ``sample``."""
         sample = sample[np.isfinite(sample).all(axis=1)]  # a damaged stored vector scales nothing
         if np.dtype(codes) == np.int8:
-            largest = np.abs(project(pca, sample)).max(axis=0) if len(sample) else np.ones(pca.dim)
+            largest = np.abs(pca.project(sample)).max(axis=0) if len(sample) else np.ones(pca.dim)
             scales = np.maximum(largest * HEADROOM / 127.0, 1e-12).astype(np.float32)
         else:
             scales = np.ones(pca.dim, np.float32)
@@ -166,7 +166,7 @@ class Tier:
         stats = coded[:, self.code_bytes :].view("<f4")
         vectors = np.asarray(vectors, np.float32)
         centred = vectors - self.pca.mean
-        projected = project(self.pca, vectors)
+        projected = self.pca.project(vectors)
         residual = np.sqrt(np.maximum(np.einsum("nd,nd->n", centred, centred)
                                       - np.einsum("nd,nd->n", projected, projected), 0.0))  # fmt: skip
         with np.errstate(invalid="ignore"):
@@ -285,15 +285,7 @@ class Prepared:
         """``projected``: the queries' `project`ion, when the caller has it already."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         centred = queries - tier.pca.mean
-        projected = project(tier.pca, queries) if projected is None else np.atleast_2d(projected)
+        projected = tier.pca.project(queries) if projected is None else np.atleast_2d(projected)
         squared = np.einsum("qd,qd->q", projected, projected)
         residual = np.sqrt(np.maximum(np.einsum("qd,qd->q", centred, centred) - squared, 0.0))
         return cls((projected * tier.scales).astype(np.float32), squared, residual)
-
-
-def project(pca: PCA, vectors: np.ndarray) -> np.ndarray:
-    """The centred projection, not normalised (the tier's space, unlike the graph's)."""
-    centred = np.atleast_2d(np.asarray(vectors, np.float32)) - pca.mean
-    if len(centred) <= FEW:
-        return kernels.few_rows_times(centred, pca.components)
-    return centred @ pca.components.T
