@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from ..errors import CatalogCorruptError
 from .hnsw import HnswIndex, HnswParams
+from .hnsw_file import expected_size
 from .store import Delta, Store, disk_full, is_disk_full
 from .vectors import VectorFile, sound_rows
 
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "graph-"
 SUFFIX = ".hnsw"
-_HEADER = struct.Struct("<QQQQQQiIQQQdQ")  # hnswlib 0.8 saveIndex header
 _SAMPLES = 64
 _SAMPLE_BYTES = 64 * 1024
 ADD_BLOCK = 20_000  # vectors added to the graph at a time when filling it
@@ -51,26 +50,6 @@ def sampled_digest(path: Path) -> str:
             handle.seek(int(offset))
             digest.update(handle.read(_SAMPLE_BYTES))
     return digest.hexdigest()
-
-
-def expected_size(path: Path) -> int:
-    """The length hnswlib's header and link-list sizes imply; a short write falls short of it."""
-    with path.open("rb") as handle:
-        header = handle.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            return _HEADER.size
-        fields = _HEADER.unpack(header)
-        count, per_element = fields[2], fields[3]
-        position = _HEADER.size + count * per_element
-        handle.seek(position)
-        tail = handle.read()
-    view = memoryview(tail)
-    offset = 0
-    for _ in range(count):
-        if offset + 4 > len(view):
-            return position + offset + 4
-        offset += 4 + int.from_bytes(view[offset : offset + 4], "little")
-    return position + offset
 
 
 class GraphCache:
@@ -138,7 +117,8 @@ class GraphCache:
     def _read(self, path: Path) -> HnswIndex:
         try:
             return HnswIndex.load(path, self.dim, self.params)
-        except (RuntimeError, ValueError, MemoryError) as exc:
+        # FileNotFoundError: replaced since it was checked; load() then looks for the newer one
+        except (RuntimeError, ValueError, MemoryError, FileNotFoundError) as exc:
             raise CatalogCorruptError(f"cannot load the HNSW graph {path} ({exc}); {self.recovery}.") from exc
 
     def full_checksum_problem(self) -> str | None:

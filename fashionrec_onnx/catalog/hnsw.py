@@ -20,6 +20,7 @@ import hnswlib
 import numpy as np
 
 from ..errors import BadArgumentError
+from . import hnsw_file
 
 DEFAULT_M = 16
 MAX_EF = 2**31 - 1  # what hnswlib takes (a larger one is its TypeError)
@@ -104,8 +105,7 @@ class HnswIndex:
         self = cls.__new__(cls)
         self.dim = dim
         self.params = params
-        self._index = hnswlib.Index(space="l2", dim=dim)
-        self._index.load_index(str(path), allow_replace_deleted=True)
+        self._index = hnsw_file.load(path, dim)
         self._index.set_ef(params.ef)  # hnswlib does not save ef
         return self
 
