@@ -15,7 +15,8 @@ of the items). Per row: build seconds (catalogs: `add_many` in batches with meta
 the wait until its engine serves every item through its HNSW index), p50 of single-query searches,
 recall@5 against brute force, and the same two for the 1% filter against brute force over the
 matching items. Recall counts a hit when it is as near as the true k-th neighbour (ties count).
-Writes ``results/peers.json`` and ``results/peers.md``.
+Writes ``results/peers.json`` and ``results/peers.md`` after each row (a run stopped midway keeps
+the rows it finished).
 """
 
 from __future__ import annotations
@@ -314,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             figures["load"] = [load, os.getloadavg()[0]]
             results["rows"].append(figures)
             log.info("%s", figures)
+            results["uptime_end"] = uptime()
+            write_report(args.out, results, markdown(results))  # a long run that dies keeps its rows
             peer.close()
             del peer
             gc.collect()
@@ -325,10 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    results["uptime_end"] = uptime()
-    report = markdown(results)
-    write_report(args.out, results, report)
-    print(report)
+    print(markdown(results))
     return 0
 
 
