@@ -49,3 +49,20 @@ def test_peers_side_by_side_at_a_tiny_size(tmp_path: Path, milvus_uri: str) -> N
     assert len(catalogs) == 3 and all(row["filter_1%"]["recall@5"] >= 0.9 for row in catalogs)
     report = out.with_suffix(".md").read_text()
     assert "| 1% filter p50 ms |" in report and "load average" in report and "Command:" in report
+
+
+def test_graph_load_puts_both_loaders_side_by_side(tmp_path: Path, small_model: Path, capsys) -> None:
+    import numpy as np
+
+    from benchmarks import graph_load
+    from fashionrec_onnx import Catalog
+
+    vectors = np.random.default_rng(5).standard_normal((500, 2048)).astype(np.float32)
+    with Catalog.create(tmp_path / "catalog", small_model) as catalog:
+        catalog.add_many(
+            [f"a-{i}" for i in range(500)], vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        )
+    assert graph_load.main([str(tmp_path / "catalog"), "--rounds", "2"]) == 0
+    printed = capsys.readouterr().out
+    for how in ("load_index", "hnsw_file.load", "Catalog.open", "hnsw_file.load / load_index"):
+        assert how in printed
