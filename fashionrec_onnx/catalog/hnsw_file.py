@@ -15,7 +15,6 @@ import contextlib
 import logging
 import mmap
 import struct
-from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,26 +79,28 @@ def walk(tail: np.ndarray, count: int) -> LinkLists:
     """Follow the tail's ``[size][links]`` records of ``count`` elements.
 
     Most elements live on level 0 only and have a zero size, so the walk jumps from one non-zero
-    word to the next instead of stepping through a million records one by one.
+    word to the next (found for every word at once) instead of stepping through a million records.
     """
-    nonzero = np.flatnonzero(tail)
-    positions = nonzero.tolist()
-    sizes = tail[nonzero].tolist()
+    words = len(tail)
+    marks = np.where(tail != 0, np.arange(words), words)
+    following = memoryview(np.minimum.accumulate(marks[::-1])[::-1].copy())  # next non-zero word
+    sizes = memoryview(tail)
     elements: list[int] = []
     starts: list[int] = []
     lengths: list[int] = []
-    position = element = found = 0
+    position = element = 0
     while element < count:
-        found = bisect_left(positions, position, found)
-        if found == len(positions) or element + positions[found] - position >= count:
-            # the rest are level-0 elements (past the end of a tail written short)
-            position += count - element
+        upcoming = following[position] if position < words else words
+        if upcoming == words or element + upcoming - position >= count:
+            position += count - element  # the rest are level-0 elements (past a short tail's end)
             break
-        element += positions[found] - position
-        position = positions[found]
-        if sizes[found] % _WORD:
-            raise GraphFileError(f"element {element}'s link list has {sizes[found]} bytes, not whole words")
-        length = sizes[found] // _WORD
+        element += upcoming - position
+        position = upcoming
+        if sizes[position] % _WORD:
+            raise GraphFileError(
+                f"element {element}'s link list has {sizes[position]} bytes, not whole words"
+            )
+        length = sizes[position] // _WORD
         elements.append(element)
         starts.append(position + 1)
         lengths.append(length)
