@@ -66,3 +66,18 @@ def test_graph_load_puts_both_loaders_side_by_side(tmp_path: Path, small_model: 
     printed = capsys.readouterr().out
     for how in ("load_index", "hnsw_file.load", "Catalog.open", "hnsw_file.load / load_index"):
         assert how in printed
+
+
+def test_parquet_import_beside_add_many_at_a_tiny_size(tmp_path: Path) -> None:
+    from benchmarks import parquet_import
+
+    out = tmp_path / "import"
+    assert (
+        parquet_import.main(["--items", "2000", "--real", "600", "--work", str(tmp_path), "--out", str(out)])
+        == 0
+    )
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert results["added"] == 2000 and results["import_s"] > 0 and results["add_many_s"] > 0
+    assert results["rebuild_s"] > 0
+    report = out.with_suffix(".md").read_text()
+    assert "import / add_many" in report and "Command:" in report
