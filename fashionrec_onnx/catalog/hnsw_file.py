@@ -83,8 +83,8 @@ def walk(tail: np.ndarray, count: int) -> LinkLists:
     """
     words = len(tail)
     marks = np.where(tail != 0, np.arange(words), words)
-    following = memoryview(np.minimum.accumulate(marks[::-1])[::-1].copy())  # next non-zero word
-    sizes = memoryview(tail)
+    following = np.ascontiguousarray(np.minimum.accumulate(marks[::-1])[::-1]).data  # next non-zero word
+    sizes = np.ascontiguousarray(tail).data
     elements: list[int] = []
     starts: list[int] = []
     lengths: list[int] = []
@@ -137,19 +137,22 @@ def load(path: Path, dim: int) -> hnswlib.Index:
     """The index saved at ``path`` (space 'l2', ``dim`` dimensions), deleted items still marked."""
     blank = hnswlib.Index(space="l2", dim=dim)
     base: dict[str, Any] = blank.__getstate__()[0]
-    if base.get("ser_version") != _STATE_VERSION:
-        log.debug("hnswlib's state version is %s: loading %s with load_index", base.get("ser_version"), path)
-        blank.load_index(str(path), allow_replace_deleted=True)
-        return blank
-    with path.open("rb") as handle:
-        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        index = hnswlib.Index.__new__(hnswlib.Index)
-        index.__setstate__((_state(mapped, dim, base),))  # hnswlib copies what it keeps
-        return index
-    finally:
-        with contextlib.suppress(BufferError):  # a view kept by an error's traceback: unmapped with it
-            mapped.close()
+    if base.get("ser_version") == _STATE_VERSION:
+        with path.open("rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            index = hnswlib.Index.__new__(hnswlib.Index)
+            index.__setstate__((_state(mapped, dim, base),))  # hnswlib copies what it keeps
+            return index
+        except GraphFileError:
+            raise
+        except Exception as exc:  # an hnswlib whose state has other keys: its own loader reads the file
+            log.debug("hnswlib refused the state read from %s (%s); loading it with load_index", path, exc)
+        finally:
+            with contextlib.suppress(BufferError):  # a view kept by an error's traceback: unmapped with it
+                mapped.close()
+    blank.load_index(str(path), allow_replace_deleted=True)
+    return blank
 
 
 def _state(mapped: mmap.mmap, dim: int, base: dict[str, Any]) -> dict[str, Any]:
