@@ -26,14 +26,19 @@ def _saved(
     )
     if count:
         index.add_items(rng.standard_normal((count, DIM)).astype(np.float32), np.arange(count) * 7 + 3)
-    if churn:  # deleted items, and new ones in the slots of some of them
-        for label in range(3, count * 7, 35):
+    if churn:  # deleted items, new ones in the slots of some, and deleted labels added again
+        deleted = list(range(3, count * 7, 35))
+        for label in deleted:
             index.mark_deleted(label)
         fresh = count // 20
         index.add_items(
             rng.standard_normal((fresh, DIM)).astype(np.float32),
             10**9 + np.arange(fresh),
             replace_deleted=True,
+        )
+        again = deleted[-5:]  # into other deleted slots: the label is then on two slots, one deleted
+        index.add_items(
+            rng.standard_normal((len(again), DIM)).astype(np.float32), again, replace_deleted=True
         )
     path = tmp_path / f"graph-{count}-{M}-{churn}.hnsw"
     index.save_index(str(path))
@@ -78,6 +83,17 @@ def test_the_loader_builds_the_index_hnswlib_would(tmp_path, count, M, capacity,
         ours.set_ef(64), theirs.set_ef(64)
         for mine, other in zip(ours.knn_query(queries, k=5), theirs.knn_query(queries, k=5)):
             np.testing.assert_array_equal(mine, other)
+        if churn:  # a label added again after its deletion is deleted again, as load_index's is
+            label = (count * 7 - 4) // 35 * 35 + 3
+            ours.mark_deleted(label), theirs.mark_deleted(label)
+            for found in (ours.knn_query(queries, k=5)[0], theirs.knn_query(queries, k=5)[0]):
+                assert label not in found
+        # items added after the load go where load_index's would: the same levels, the same graph
+        more = np.random.default_rng(2).standard_normal((50, DIM)).astype(np.float32)
+        for index in (ours, theirs):
+            index.resize_index(index.get_max_elements() + 50)
+            index.add_items(more, 5_000_000 + np.arange(50), num_threads=1)
+        assert _same(_state(ours), _state(theirs))
         # and it keeps working as an index: it grows, reuses deleted slots, finds new items
         ours.resize_index(ours.get_max_elements() + 3)
         ours.add_items(queries[:3], [1, 2, 4], replace_deleted=True)
@@ -129,6 +145,11 @@ def test_a_damaged_header_or_link_list_is_an_error_not_a_crash(tmp_path):
     damaged.append(
         _patched(tmp_path, whole, header.level0_end + 4 * first, "<I", 4 * 5 * (header.max_level + 1))
     )
+    damaged.append(_patched(tmp_path, whole, 8, "<Q", 2**62))  # a capacity past 32-bit ids
+    empty = _saved(tmp_path, 0, capacity=10).read_bytes()
+    damaged.append(_patched(tmp_path, empty, 48, "<i", 3))  # no element, yet a top level
+    (tmp_path / "nothing.hnsw").write_bytes(b"")
+    damaged.append(tmp_path / "nothing.hnsw")
     for broken in damaged:
         with pytest.raises(GraphFileError):
             hnsw_file.load(broken, DIM)

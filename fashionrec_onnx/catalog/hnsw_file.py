@@ -4,9 +4,11 @@ hnswlib's own ``load_index`` checks the file by walking it with two ``tellg`` ca
 two million ``lseek`` system calls for a million items, about 40% of a 2 s open (perf, 1,000,000
 items of 256 dimensions). :func:`load` maps the file instead, finds the link lists with numpy and
 hands hnswlib the state its pickle support takes (``Index.__setstate__``, called directly: no
-pickle is involved), after checking every offset hnswlib would copy by. A file that is not a whole
-index is a :class:`GraphFileError`, never a crash; an hnswlib whose state has another shape is
-loaded by its own ``load_index``.
+pickle is involved), after checking every size and offset hnswlib would copy by. A file written
+short, or whose sizes and offsets disagree, is a :class:`GraphFileError`; like ``load_index``, it
+does not check the neighbour ids inside the link lists (damage there can crash a search: the
+sampled checksum at open and `verify`'s full one are what catch it). An hnswlib whose state has
+another shape is loaded by its own ``load_index``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import mmap
+import os
 import struct
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,8 @@ log = logging.getLogger(__name__)
 HEADER = struct.Struct("<QQQQQQiIQQQdQ")  # what hnswlib 0.8's saveIndex writes first
 _STATE_VERSION = 1  # the ser_version of hnswlib 0.8's pickle state, whose keys _state fills
 _WORD = 4  # link lists are counted in 4-byte words (tableint and linklistsizeint)
+_NO_ELEMENT = 2**32 - 1  # an empty index's entry point; internal ids are 32-bit
+_SEED = 1  # load_index leaves hnswlib's level generator default-seeded: 1
 
 
 class GraphFileError(ValueError):
@@ -137,20 +143,34 @@ def load(path: Path, dim: int) -> hnswlib.Index:
     """The index saved at ``path`` (space 'l2', ``dim`` dimensions), deleted items still marked."""
     blank = hnswlib.Index(space="l2", dim=dim)
     base: dict[str, Any] = blank.__getstate__()[0]
-    if base.get("ser_version") == _STATE_VERSION:
-        with path.open("rb") as handle:
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    if base.get("ser_version") != _STATE_VERSION:
+        log.debug("hnswlib's state version is %s: loading %s with load_index", base.get("ser_version"), path)
+        blank.load_index(str(path), allow_replace_deleted=True)
+        return blank
+    with path.open("rb") as handle:
+        length = os.fstat(handle.fileno()).st_size
+        if length < HEADER.size:
+            raise GraphFileError(f"the file holds {length} bytes, less than hnswlib's header")
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
         try:
-            index = hnswlib.Index.__new__(hnswlib.Index)
-            index.__setstate__((_state(mapped, dim, base),))  # hnswlib copies what it keeps
+            state = _state(mapped, dim, base)
+        except (GraphFileError, MemoryError, ValueError) as exc:
+            traceback.clear_frames(exc.__traceback__)  # their views of the mapping, so that it closes
+            if isinstance(exc, GraphFileError):
+                raise
+            raise GraphFileError(f"its header asks for what no index of this file needs ({exc})") from None
+        index = hnswlib.Index.__new__(hnswlib.Index)
+        try:
+            index.__setstate__((state,))  # hnswlib copies what it keeps
             return index
-        except GraphFileError:
-            raise
         except Exception as exc:  # an hnswlib whose state has other keys: its own loader reads the file
             log.debug("hnswlib refused the state read from %s (%s); loading it with load_index", path, exc)
         finally:
-            with contextlib.suppress(BufferError):  # a view kept by an error's traceback: unmapped with it
-                mapped.close()
+            del state
+    finally:
+        with contextlib.suppress(BufferError):  # a view still held elsewhere: unmapped with it
+            mapped.close()
     blank.load_index(str(path), allow_replace_deleted=True)
     return blank
 
@@ -181,6 +201,7 @@ def _state(mapped: mmap.mmap, dim: int, base: dict[str, Any]) -> dict[str, Any]:
         labels = np.ndarray((header.count,), np.uint64, mapped, start, (stride,))
     return {
         **base,
+        "seed": _SEED,
         "index_inited": True,
         "offset_level0": header.offset_level0,
         "max_elements": header.max_elements,
@@ -198,8 +219,10 @@ def _state(mapped: mmap.mmap, dim: int, base: dict[str, Any]) -> dict[str, Any]:
         "has_deletions": True,  # hnswlib then counts the marked ones, as load_index does
         "size_links_per_element": header.words_per_level * _WORD,
         "allow_replace_deleted": True,
-        "label_lookup_external": labels.copy(),
-        "label_lookup_internal": np.arange(header.count, dtype=np.uint32),
+        # A label on two slots (deleted, then added again into another slot) is the last slot's,
+        # as in load_index; hnswlib's state loader keeps the first it meets, hence the reversal.
+        "label_lookup_external": labels[::-1].copy(),
+        "label_lookup_internal": np.arange(header.count, dtype=np.uint32)[::-1].copy(),
         "element_levels": levels,
         "data_level0": level0,
         "link_lists": words.view(np.int8),
@@ -228,6 +251,10 @@ def _check(header: Header, dim: int, length: int) -> None:
         raise GraphFileError(
             f"its header is not an index's (M {header.M}, {header.count} of {header.max_elements})"
         )
+    if header.max_elements > _NO_ELEMENT:
+        raise GraphFileError(f"its header's capacity {header.max_elements} exceeds 32-bit element ids")
+    if not header.count and (header.max_level, header.enterpoint_node) != (-1, _NO_ELEMENT):
+        raise GraphFileError("its header has no element but a top level or an entry point")
     if header.count and header.enterpoint_node >= header.count:
         raise GraphFileError(
             f"its entry point {header.enterpoint_node} is not one of its {header.count} elements"
