@@ -102,11 +102,10 @@ def walk(tail: np.ndarray, count: int) -> LinkLists:
             break
         element += upcoming - position
         position = upcoming
-        if sizes[position] % _WORD:
-            raise GraphFileError(
-                f"element {element}'s link list has {sizes[position]} bytes, not whole words"
-            )
-        length = sizes[position] // _WORD
+        size = sizes[position]
+        if size % _WORD:
+            raise GraphFileError(f"element {element}'s link list has {size} bytes, not whole words")
+        length = size // _WORD
         elements.append(element)
         starts.append(position + 1)
         lengths.append(length)
@@ -143,13 +142,21 @@ def load(path: Path, dim: int) -> hnswlib.Index:
     """The index saved at ``path`` (space 'l2', ``dim`` dimensions), deleted items still marked."""
     blank = hnswlib.Index(space="l2", dim=dim)
     base: dict[str, Any] = blank.__getstate__()[0]
-    if base.get("ser_version") != _STATE_VERSION:
+    if base.get("ser_version") == _STATE_VERSION:
+        index = _from_state(path, dim, base)
+        if index is not None:
+            return index
+    else:
         log.debug("hnswlib's state version is %s: loading %s with load_index", base.get("ser_version"), path)
-        blank.load_index(str(path), allow_replace_deleted=True)
-        return blank
+    blank.load_index(str(path), allow_replace_deleted=True)
+    return blank
+
+
+def _from_state(path: Path, dim: int, base: dict[str, Any]) -> hnswlib.Index | None:
+    """The index built from the state read off the mapped file; None when hnswlib refuses it."""
     with path.open("rb") as handle:
         length = os.fstat(handle.fileno()).st_size
-        if length < HEADER.size:
+        if length < HEADER.size:  # mmap refuses an empty file
             raise GraphFileError(f"the file holds {length} bytes, less than hnswlib's header")
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     try:
@@ -163,16 +170,15 @@ def load(path: Path, dim: int) -> hnswlib.Index:
         index = hnswlib.Index.__new__(hnswlib.Index)
         try:
             index.__setstate__((state,))  # hnswlib copies what it keeps
-            return index
         except Exception as exc:  # an hnswlib whose state has other keys: its own loader reads the file
             log.debug("hnswlib refused the state read from %s (%s); loading it with load_index", path, exc)
+            return None
         finally:
             del state
+        return index
     finally:
         with contextlib.suppress(BufferError):  # a view still held elsewhere: unmapped with it
             mapped.close()
-    blank.load_index(str(path), allow_replace_deleted=True)
-    return blank
 
 
 def _state(mapped: mmap.mmap, dim: int, base: dict[str, Any]) -> dict[str, Any]:
