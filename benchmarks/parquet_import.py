@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RAW, RESULTS, bench_model, machine_info, write_report
-from benchmarks.scale import BATCH, REAL, corpus, metadata
+from benchmarks.common import RESULTS, machine_info, write_report
+from benchmarks.scale import BATCH, REAL, catalog_model, corpus, metadata
 
 log = logging.getLogger("benchmarks.parquet_import")
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     vectors, labels, _ = corpus(args.items, args.real)
-    model = (sorted((RAW / "models").glob("resnet50-64-seed0-*.onnx")) or [bench_model(64)])[0]
+    model = catalog_model()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-import-"))
     load_start = os.getloadavg()[0]
     try:

@@ -112,16 +112,22 @@ def corpus(items: int, real_count: int = REAL) -> tuple[np.ndarray, np.ndarray, 
     return np.load(cache, mmap_mode="r"), labels, queries
 
 
+def catalog_model() -> Path:
+    """The model the scale catalogs are created with (only its dimension and fingerprint count:
+    the vectors are given); a cached export, so that no measured process loads TensorFlow."""
+    return (sorted((RAW / "models").glob("resnet50-64-seed0-*.onnx")) or [bench_model(64)])[0]
+
+
 def build(root: Path, items: int, graph: str, dtype: str, real_count: int) -> dict[str, object]:
     from fashionrec_onnx import Catalog
 
     vectors, labels, _ = corpus(items, real_count)
     shutil.rmtree(root, ignore_errors=True)
     reduce = 256 if graph == "reduced" else None
-    model = sorted((RAW / "models").glob("resnet50-64-seed0-*.onnx")) or [bench_model(64)]
+    model = catalog_model()
     reset_peak()
     started = time.perf_counter()
-    with Catalog.create(root, model[0], vector_dtype=dtype, reduce_to=reduce) as catalog:
+    with Catalog.create(root, model, vector_dtype=dtype, reduce_to=reduce) as catalog:
         for start in range(0, items, BATCH):
             count = min(BATCH, items - start)
             keys = [f"item-{i:07d}" for i in range(start, start + count)]
