@@ -95,6 +95,8 @@ def loads_stored(text: str) -> Any:
 def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
     """`DepthError` (a ``ValueError``) when brackets nest deeper than ``limit`` (strings are
     skipped), so that a recursive parser never meets a hostile depth."""
+    if text.count("[") + text.count("{") <= limit:  # too few brackets to nest deeper (most rows)
+        return
     depth = 0
     in_string = escaped = False
     for char in text:
@@ -167,6 +169,8 @@ def bad_field(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
     """``(field, reason)`` of the first field of ``metadata`` that cannot be stored."""
     if not isinstance(metadata, Mapping):
         return "", f"metadata is a mapping of field names to values, not a {type(metadata).__name__}"
+    if _plain(metadata):
+        return None
     for name, value in metadata.items():
         if not isinstance(name, _KEYS):
             return str(name), "the field name is not text"
@@ -177,6 +181,29 @@ def bad_field(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
         if (reason := problem(value, 1)) is not None:
             return name, reason
     return None
+
+
+def _plain(metadata: Mapping[str, Any]) -> bool:
+    """Whether every name is text without NUL and every value text, a 64-bit integer, a finite
+    number, a boolean or null, all the text storable as UTF-8: the common row, checked with one
+    encode instead of one per string (a nested value takes the field by field walk)."""
+    texts = []
+    for name, value in metadata.items():
+        if type(name) is not str or "\x00" in name:
+            return False
+        texts.append(name)
+        kind = type(value)
+        if kind is str:
+            texts.append(value)
+        elif kind is int:
+            if not -INT_RANGE <= value < INT_RANGE:
+                return False
+        elif kind is float:
+            if not math.isfinite(value):
+                return False
+        elif kind is not bool and value is not None:
+            return False
+    return storable("".join(texts))  # a surrogate stays one when joined: UTF-8 refuses it alone
 
 
 def dumps_metadata(metadata: Mapping[str, Any]) -> str:

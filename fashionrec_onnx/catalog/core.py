@@ -59,10 +59,9 @@ def checked_vectors(vectors: np.ndarray, dim: int, keys: Sequence[str]) -> np.nd
         raise CatalogError(
             f"expected vectors of {dim} values, got an array of shape {vectors.shape}; nothing was written"
         )
-    vectors = vectors.astype(np.float32)
-    bad = ~np.isfinite(vectors).all(axis=1)
-    norms = row_norms(np.where(bad[:, None], 0, vectors))  # float64: a norm of 1e39 is no overflow
-    bad |= np.abs(norms - 1.0) > UNIT_TOLERANCE
+    vectors = vectors.astype(np.float32, copy=False)
+    norms = row_norms(vectors)  # float64: a norm of 1e39 is no overflow; NaN or inf in, not finite out
+    bad = ~(np.abs(norms - 1.0) <= UNIT_TOLERANCE)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise CatalogError(
@@ -356,8 +355,7 @@ class CatalogCore:
                     f"every key must be a non-empty string, got {item.key!r}; nothing was written"
                 )
         _check_text([n.key for n in new] + [n.path for n in new if n.path] + list(remove_keys))
-        for item in new:  # before any byte is written (the store checks again)
-            metadata_text(item.key, item.metadata)
+        texts = [metadata_text(item.key, item.metadata) for item in new]  # before any byte is written
         vectors = (
             checked_vectors(np.stack([n.vector for n in new]), self.dim, [n.key for n in new])
             if new
@@ -371,15 +369,14 @@ class CatalogCore:
             ):
                 self.ensure_tier()
             with self.store.writing() as writer:
-                removed = [label for key in remove_keys if (label := writer.remove(key)) is not None]
-                removed += [label for item in new if (label := writer.remove(item.key)) is not None]
+                removed = writer.remove([*remove_keys, *(item.key for item in new)])
                 if vectors is not None:
                     self.vectors.write_rows(writer.next_label, vectors)
                     if self.tier is not None and self.tier_rows == writer.next_label:
                         stored = to_float32(vectors.astype(self.vectors.dtype))  # as the file holds them
                         self.tier.write_rows(writer.next_label, stored)
                         writer.note({"tier.rows": str(writer.next_label + len(vectors))})
-                added = writer.insert(new)
+                added = writer.insert(new, texts)
             if not (added or removed):
                 return added, removed
             delta = Delta(np.asarray(added, np.int64), np.asarray(removed, np.int64), np.zeros(0, np.int64))

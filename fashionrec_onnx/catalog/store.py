@@ -389,25 +389,38 @@ class Writer:
         self._log.append((label, kind))
         self.changed += 1
 
-    def remove(self, key: str) -> int | None:
-        row = self.db.execute("DELETE FROM items WHERE key = ? RETURNING label", (key,)).fetchone()
-        if row is None:
-            return None
-        self.log(row[0], REMOVED)
-        self._count_delta -= 1
-        return int(row[0])
+    def remove(self, keys: Sequence[str]) -> list[int]:
+        """Delete the items of ``keys`` (those present; a key given twice counts once): their labels,
+        in label order. A statement per `CHUNK` keys, not per key (a batch of 20,000 new items
+        asks for each key's old row)."""
+        labels: list[int] = []
+        for start in range(0, len(keys), CHUNK):
+            chunk = list(keys[start : start + CHUNK])
+            labels += (
+                row[0]
+                for row in self.db.execute(
+                    f"DELETE FROM items WHERE key IN ({','.join('?' * len(chunk))}) RETURNING label", chunk
+                )
+            )
+        labels.sort()
+        for label in labels:
+            self.log(label, REMOVED)
+        self._count_delta -= len(labels)
+        return labels
 
-    def insert(self, items: Sequence[NewItem]) -> list[int]:
-        """Rows for new items at the next labels (their vectors must already be written there)."""
+    def insert(self, items: Sequence[NewItem], texts: Sequence[str] | None = None) -> list[int]:
+        """Rows for new items at the next labels (their vectors must already be written there);
+        ``texts``: their metadata as `metadata_text` gives it, when the caller has it already."""
         now = time.time()
         labels = list(range(self.next_label, self.next_label + len(items)))
+        if texts is None:
+            texts = [metadata_text(item.key, item.metadata) for item in items]
         self.db.executemany(
             "INSERT INTO items(label, key, path, size, mtime_ns, metadata, added_at, feed) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (label, item.key, item.path, item.size, item.mtime_ns,
-                 metadata_text(item.key, item.metadata), now, item.feed)
-                for label, item in zip(labels, items)
+                (label, item.key, item.path, item.size, item.mtime_ns, text, now, item.feed)
+                for label, item, text in zip(labels, items, texts)
             ],
         )  # fmt: skip
         self.db.executemany("DELETE FROM removed_keys WHERE key = ?", [(item.key,) for item in items])
