@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from fashionrec_onnx import Catalog
 from fashionrec_onnx.catalog.kernels import _scaled, row_norms
 from fashionrec_onnx.catalog.pca import PCA
+from fashionrec_onnx.interchange.vector_transfer import read_ahead
 from fashionrec_onnx.json_values import DepthError, bad_field, check_depth
 
 
@@ -103,3 +106,27 @@ def test_a_batch_replacing_stored_keys_removes_each_old_row_once(small_model: Pa
         assert np.allclose(catalog.vector("k500"), expected, atol=1e-6)
         assert catalog.search(expected, k=1)[0].key == "k500"
         assert catalog.check(k=1, sample=50).recall == 1.0
+
+
+def test_read_ahead_yields_every_batch_in_order_and_raises_where_the_reading_failed() -> None:
+    closed: list[bool] = []
+
+    def batches(fail_at: int | None) -> Generator[Any, None, None]:
+        try:
+            for number in range(5):
+                if number == fail_at:
+                    raise OSError(f"batch {number} unreadable")
+                yield number
+        finally:
+            closed.append(True)
+
+    assert list(read_ahead(batches(None))) == [0, 1, 2, 3, 4]
+    seen = []
+    with pytest.raises(OSError, match="batch 3 unreadable"):
+        for batch in read_ahead(batches(3)):
+            seen.append(batch)
+    assert seen == [0, 1, 2]
+    early = read_ahead(batches(None))
+    assert next(early) == 0
+    early.close()  # the caller stopped: the reader's generator is closed too
+    assert closed == [True, True, True]

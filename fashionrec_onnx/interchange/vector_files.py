@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -356,7 +356,7 @@ def read_batches(
     batch_size: int = ROW_GROUP_ROWS,
     target: str = "the first file",
     also: Collection[str] = (),
-) -> Iterator[VectorBatch]:
+) -> Generator[VectorBatch, None, None]:
     """Stream the rows of a folder (or one file) batch by batch, in bounded memory.
 
     Every file is checked before its rows are read: a fingerprint or dimension other than the
