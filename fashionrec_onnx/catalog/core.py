@@ -148,9 +148,10 @@ class CatalogCore:
     def graph_dim(self) -> int:
         return self.reduction.dim if self.reduction is not None else self.dim
 
-    def to_graph(self, vectors: np.ndarray) -> np.ndarray:
-        """What the graph indexes: the vectors themselves, or their PCA projection."""
-        return vectors if self.reduction is None else self.reduction.transform(vectors)
+    def to_graph(self, vectors: np.ndarray, projected: np.ndarray | None = None) -> np.ndarray:
+        """What the graph indexes: the vectors themselves, or their PCA projection (``projected``,
+        when the caller has it already)."""
+        return vectors if self.reduction is None else self.reduction.transform(vectors, projected)
 
     def load_reduction(self) -> None:
         """The recorded PCA; a missing or damaged file names itself and both ways out."""
@@ -361,6 +362,7 @@ class CatalogCore:
             if new
             else None
         )
+        projected = None  # the PCA projection of the new vectors, once computed
         with self.writing():
             if (
                 vectors is not None
@@ -374,7 +376,10 @@ class CatalogCore:
                     self.vectors.write_rows(writer.next_label, vectors)
                     if self.tier is not None and self.tier_rows == writer.next_label:
                         stored = to_float32(vectors.astype(self.vectors.dtype))  # as the file holds them
-                        self.tier.write_rows(writer.next_label, stored)
+                        if self.vectors.dtype == np.float32 and self.tier.pca is self.reduction:
+                            # the graph's projection too: one product for both
+                            projected = self.tier.pca.project(stored)
+                        self.tier.write_rows(writer.next_label, stored, projected)
                         writer.note({"tier.rows": str(writer.next_label + len(vectors))})
                 added = writer.insert(new, texts)
             if not (added or removed):
@@ -390,7 +395,7 @@ class CatalogCore:
                 if len(delta.removed):
                     self.graph.index.delete(delta.removed.tolist())
                 if vectors is not None:
-                    self.graph.index.add(delta.added, self.to_graph(vectors))
+                    self.graph.index.add(delta.added, self.to_graph(vectors, projected))
                 self.graph.generation = self.generation
                 self.graph.dirty = True
         return added, removed

@@ -73,12 +73,13 @@ class PCA:
             return kernels.few_rows_times(centred, self.components)
         return centred @ self.components.T
 
-    def transform(self, vectors: np.ndarray) -> np.ndarray:
-        """Project (and, for a format 1 file, re-normalise to unit length; rows of zeros stay zero)."""
+    def transform(self, vectors: np.ndarray, projected: np.ndarray | None = None) -> np.ndarray:
+        """Project (and, for a format 1 file, re-normalise to unit length; rows of zeros stay zero).
+        ``projected``: `project` of these vectors, when the caller has it already."""
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.input_dim:
             raise CatalogError(f"PCA expects {self.input_dim}-d vectors, got {vectors.shape[1]}-d")
-        reduced = self.project(vectors)
+        reduced = self.project(vectors) if projected is None else projected.copy()
         if self.whiten:
             reduced /= np.maximum(self.scales, 1e-12)
         if not self.normalise:

@@ -118,11 +118,12 @@ class Tier:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def encode(self, vectors: np.ndarray) -> np.ndarray:
-        """Byte rows for float32 ``vectors`` (the stored values, after any float16 rounding)."""
+    def encode(self, vectors: np.ndarray, projected: np.ndarray | None = None) -> np.ndarray:
+        """Byte rows for float32 ``vectors`` (the stored values, after any float16 rounding);
+        ``projected``: their `PCA.project`, when the caller has it already (it is not changed)."""
         vectors = np.asarray(vectors, np.float32)
         centred = vectors - self.pca.mean
-        projected = centred @ self.pca.components.T
+        projected = centred @ self.pca.components.T if projected is None else projected.copy()
         residual = np.sqrt(np.maximum(np.einsum("nd,nd->n", centred, centred)
                                       - np.einsum("nd,nd->n", projected, projected), 0.0))  # fmt: skip
         # A damaged (non-finite) stored vector gets zero codes and an infinite residual: every
@@ -144,9 +145,9 @@ class Tier:
         out[:, self.code_bytes :] = stats.astype("<f4").view(np.uint8)
         return out
 
-    def write_rows(self, start: int, vectors: np.ndarray) -> None:
+    def write_rows(self, start: int, vectors: np.ndarray, projected: np.ndarray | None = None) -> None:
         """Rows ``start..`` for stored float32 vectors, synced (see `VectorFile.write_rows`)."""
-        self.rows.write_rows(start, self.encode(vectors))
+        self.rows.write_rows(start, self.encode(vectors, projected))
 
     def fill(self, vectors: VectorFile, start: int, stop: int) -> None:
         """Rows ``start..stop`` computed from the vector file, a block at a time."""
