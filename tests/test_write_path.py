@@ -130,3 +130,13 @@ def test_read_ahead_yields_every_batch_in_order_and_raises_where_the_reading_fai
     assert next(early) == 0
     early.close()  # the caller stopped: the reader's generator is closed too
     assert closed == [True, True, True]
+
+
+def test_a_sample_with_almost_no_variance_past_some_axes_is_fitted_by_the_svd() -> None:
+    rng = np.random.default_rng(5)
+    basis = np.linalg.qr(rng.standard_normal((64, 64)))[0]
+    rows = (rng.standard_normal((500, 64)) * np.geomspace(1.0, 1e-8, 64)) @ basis.T
+    fitted = PCA.fit(rows, 60)
+    _, singular, axes = np.linalg.svd(rows - rows.mean(axis=0), full_matrices=False)
+    assert np.allclose(fitted.scales, singular[:60] / np.sqrt(500), rtol=1e-4)
+    assert np.allclose(np.abs(np.sum(fitted.components * axes[:60], axis=1)), 1.0, atol=1e-6)

@@ -420,7 +420,7 @@ class Writer:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (label, item.key, item.path, item.size, item.mtime_ns, text, now, item.feed)
-                for label, item, text in zip(labels, items, texts)
+                for label, item, text in zip(labels, items, texts, strict=True)
             ],
         )  # fmt: skip
         self.db.executemany("DELETE FROM removed_keys WHERE key = ?", [(item.key,) for item in items])

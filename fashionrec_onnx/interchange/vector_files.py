@@ -59,7 +59,7 @@ META_DIM = b"fashionrec.vectors.dim"
 META_PRODUCT_FIELD = b"fashionrec.catalog.product_field"
 SUFFIX = ".parquet"
 MAX_DIM = 65_536  # a dimension read from a file's metadata above this is not one of a model's
-ROW_GROUP_ROWS = 4096  # 32 MB of 2048-d vectors: the unit a reader holds in memory at once
+ROW_GROUP_ROWS = 4096  # 32 MB of 2048-d vectors: the unit written at once, and read by default
 COLUMNS = ("key", "path", "size", "mtime_ns", "vector", "metadata", "error")
 
 
@@ -380,8 +380,11 @@ def _to_batch(info: FileInfo, record: pa.RecordBatch) -> VectorBatch:
     vector = record.column("vector")
     has_vector = np.asarray(vector.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
     flat = vector.flatten().to_numpy(zero_copy_only=False)  # only the non-null rows' values
-    vectors = np.zeros((len(keys), info.dim), np.float32)
-    vectors[has_vector] = np.asarray(flat, np.float32).reshape(-1, info.dim)
+    if has_vector.all():  # the usual batch: its values as they are, no second copy
+        vectors = np.asarray(flat, np.float32).reshape(len(keys), info.dim)
+    else:
+        vectors = np.zeros((len(keys), info.dim), np.float32)
+        vectors[has_vector] = np.asarray(flat, np.float32).reshape(-1, info.dim)
     finite = np.asarray(np.isfinite(vectors).all(axis=1))
     direction = (vectors != 0).any(axis=1)  # a zero vector has none: its row's error, not the batch's
     texts = record.column("metadata").to_pylist()
@@ -406,7 +409,7 @@ def _to_batch(info: FileInfo, record: pa.RecordBatch) -> VectorBatch:
     return VectorBatch(
         file=info.path,
         keys=[keys[i] for i in pick],
-        vectors=vectors[rows],
+        vectors=vectors if len(rows) == len(keys) else vectors[rows],
         paths=[paths[i] for i in pick],
         sizes=[sizes[i] for i in pick],
         mtimes_ns=[mtimes[i] for i in pick],
