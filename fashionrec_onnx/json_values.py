@@ -184,24 +184,17 @@ def bad_field(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 def _plain(metadata: Mapping[str, Any]) -> bool:
-    """Whether every name is text without NUL and every value text, a 64-bit integer, a finite
-    number, a boolean or null, all the text storable as UTF-8: the common row, checked with one
-    encode instead of one per string (a nested value takes the field by field walk)."""
+    """Whether every name is text without NUL and every value storable, with all the top-level
+    text checked by one UTF-8 encode instead of one per string (the common row: a few text
+    fields); other values are `problem`'s to judge, as in the field by field walk."""
     texts = []
     for name, value in metadata.items():
         if type(name) is not str or "\x00" in name:
             return False
         texts.append(name)
-        kind = type(value)
-        if kind is str:
+        if type(value) is str:
             texts.append(value)
-        elif kind is int:
-            if not -INT_RANGE <= value < INT_RANGE:
-                return False
-        elif kind is float:
-            if not math.isfinite(value):
-                return False
-        elif kind is not bool and value is not None:
+        elif problem(value, 1) is not None:
             return False
     return storable("".join(texts))  # a surrogate stays one when joined: UTF-8 refuses it alone
 

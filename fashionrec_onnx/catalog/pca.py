@@ -76,13 +76,13 @@ class PCA:
 
     def transform(self, vectors: np.ndarray, projected: np.ndarray | None = None) -> np.ndarray:
         """Project (and, for a format 1 file, re-normalise to unit length; rows of zeros stay zero).
-        ``projected``: `project` of these vectors, when the caller has it already."""
+        ``projected``: `project` of these vectors, when the caller has it already (not changed)."""
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.input_dim:
             raise CatalogError(f"PCA expects {self.input_dim}-d vectors, got {vectors.shape[1]}-d")
-        reduced = self.project(vectors) if projected is None else projected.copy()
+        reduced = self.project(vectors) if projected is None else projected
         if self.whiten:
-            reduced /= np.maximum(self.scales, 1e-12)
+            reduced = reduced / np.maximum(self.scales, 1e-12)
         if not self.normalise:
             return reduced.astype(np.float32, copy=False)
         norms = np.linalg.norm(reduced, axis=1, keepdims=True)

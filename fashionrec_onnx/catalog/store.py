@@ -408,13 +408,11 @@ class Writer:
         self._count_delta -= len(labels)
         return labels
 
-    def insert(self, items: Sequence[NewItem], texts: Sequence[str] | None = None) -> list[int]:
+    def insert(self, items: Sequence[NewItem], texts: Sequence[str]) -> list[int]:
         """Rows for new items at the next labels (their vectors must already be written there);
-        ``texts``: their metadata as `metadata_text` gives it, when the caller has it already."""
+        ``texts``: their metadata as `metadata_text` gave it, checked before any byte was written."""
         now = time.time()
         labels = list(range(self.next_label, self.next_label + len(items)))
-        if texts is None:
-            texts = [metadata_text(item.key, item.metadata) for item in items]
         self.db.executemany(
             "INSERT INTO items(label, key, path, size, mtime_ns, metadata, added_at, feed) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -123,7 +123,7 @@ class Tier:
         ``projected``: their `PCA.project`, when the caller has it already (it is not changed)."""
         vectors = np.asarray(vectors, np.float32)
         centred = vectors - self.pca.mean
-        projected = centred @ self.pca.components.T if projected is None else projected.copy()
+        projected = centred @ self.pca.components.T if projected is None else projected
         residual = np.sqrt(np.maximum(np.einsum("nd,nd->n", centred, centred)
                                       - np.einsum("nd,nd->n", projected, projected), 0.0))  # fmt: skip
         # A damaged (non-finite) stored vector gets zero codes and an infinite residual: every
@@ -131,7 +131,7 @@ class Tier:
         # (a NaN coding error would hide the whole block from `within`).
         rotten = ~(np.isfinite(projected).all(axis=1) & np.isfinite(residual))
         if rotten.any():
-            projected[rotten] = 0.0
+            projected = np.where(rotten[:, None], np.float32(0.0), projected)
             residual[rotten] = np.inf
         if self.codes == np.int8:
             codes = np.clip(np.rint(projected / self.scales), -127, 127).astype(np.int8)
