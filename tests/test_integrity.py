@@ -300,15 +300,20 @@ def test_a_missing_or_damaged_pca_file_is_named_and_the_advised_recovery_works(
 
 RE_ADDER = """
 import sys
+from pathlib import Path
 import numpy as np
 from fashionrec_onnx import Catalog
 rng = np.random.default_rng(1)
+enough = Path(sys.argv[2])
 with Catalog.open(sys.argv[1]) as catalog:
     print("ready", flush=True)
-    for round in range(40):
+    rounds = 0
+    while rounds < 5 or (not enough.exists() and rounds < 5000):
         keys = [f"a-{i}" for i in rng.choice(800, 100, replace=False)]
         catalog.add_many(keys, rng.normal(size=(100, 2048)).astype(np.float32))
+        rounds += 1
 """
+SEARCHES_DURING_WRITES = 40
 
 
 def test_more_like_this_sees_one_consistent_state_while_another_process_re_adds_items(
@@ -317,7 +322,9 @@ def test_more_like_this_sees_one_consistent_state_while_another_process_re_adds_
     root = tmp_path / "catalog"
     with Catalog.create(root, small_model) as catalog:
         catalog.add_many([f"a-{i}" for i in range(800)], unit_vectors(800, 6))
-    writer = subprocess.Popen([sys.executable, "-c", RE_ADDER, str(root)], stdout=subprocess.PIPE)
+    enough = tmp_path / "enough"  # the writer re-adds until the reader has searched this often
+    command = [sys.executable, "-c", RE_ADDER, str(root), str(enough)]
+    writer = subprocess.Popen(command, stdout=subprocess.PIPE)
     assert writer.stdout is not None and writer.stdout.readline().strip() == b"ready"
     errors: list[BaseException] = []
     searches = 0
@@ -330,7 +337,9 @@ def test_more_like_this_sees_one_consistent_state_while_another_process_re_adds_
             except (UnknownKeyError, AssertionError, IndexError, KeyError) as exc:
                 errors.append(exc)
             searches += 1
-    assert writer.returncode == 0 and searches > 20
+            if searches == SEARCHES_DURING_WRITES:
+                enough.touch()
+    assert writer.returncode == 0 and searches >= SEARCHES_DURING_WRITES
     assert not errors, errors[:3]
 
 
