@@ -54,7 +54,7 @@ def served(catalog: Path, *options: str, env: dict[str, str] | None = None) -> I
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a hang detector, not a speed bound: CI machines are shared
         while True:
             assert process.poll() is None, process.stdout.read() if process.stdout else ""
             try:
@@ -62,7 +62,7 @@ def served(catalog: Path, *options: str, env: dict[str, str] | None = None) -> I
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "the service did not start within 60 s"
+            assert time.monotonic() < deadline, "the service did not start within 180 s"
             time.sleep(0.2)
         yield url
     finally:
