@@ -70,7 +70,7 @@ def check(config: ServiceConfig) -> int:
     """Everything a worker would fail on, checked once before any starts; returns the item count."""
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart, for uploads)
+        import python_multipart  # noqa: F401  (python-multipart, for uploads)
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise FashionrecError(
