@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from oracle import assert_same_ranking, assert_true_top_k, brute_force, catalog_
 
 from fashionrec_onnx import Catalog
 from fashionrec_onnx.catalog import oracle, search, writing
+from fashionrec_onnx.catalog.matches import LONGEST_KEY, MatchCache
 from fashionrec_onnx.catalog.pca import PCA
 from fashionrec_onnx.catalog.tier import Tier
 
@@ -373,3 +375,73 @@ def test_sigkill_while_writing_a_reduced_catalog_leaves_the_tier_in_step(reduced
         keys, matrix = stored(catalog)
         for query in queries(matrix, 3, seed=12):
             assert_true_top_k(catalog.exact_search(query, k=5), brute_force(keys, matrix, query), 5)
+
+
+# -- a filter's matches, kept until the next write ---------------------------------------------------
+
+
+class CountingMasks:
+    """Counts the filter masks a catalog builds and the tier rows it gathers (and does both)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        core = catalog._core
+        self.columns, self.rows = core.columns, core.tier.rows if core.tier is not None else None
+        self.masks = self.gathered = 0
+
+    def __enter__(self) -> CountingMasks:
+        mask, take = self.columns.mask, self.rows.take
+
+        def counted_mask(*args):  # type: ignore[no-untyped-def]
+            self.masks += 1
+            return mask(*args)
+
+        def counted_take(labels):  # type: ignore[no-untyped-def]
+            self.gathered += len(labels)
+            return take(labels)
+
+        self.columns.mask, self.rows.take = counted_mask, counted_take
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.columns.mask, self.rows.take
+
+
+def test_a_repeated_filter_is_worked_out_once_and_again_after_a_write(reduced: Catalog) -> None:
+    keys, matrix = stored(reduced)
+    shades = {f"item-{i:05d}": f"s{i % 50}" for i in range(ITEMS)}
+    query = queries(matrix, 1, seed=40)[0]
+    inside = [i for i, key in enumerate(keys) if shades[key] in ("s3", "s7")]
+    with CountingMasks(reduced) as counted:
+        for wanted in (["s3", "s7"], ["s7", "s3", "s7"], ("s3", "s7")):  # one filter, written three ways
+            hits = reduced.search(query, k=5, filter={"shade": wanted})
+            assert_true_top_k(hits, brute_force([keys[i] for i in inside], matrix[inside], query), 5)
+        assert counted.masks == 1 and counted.gathered == len(inside)
+        reduced.add("new", query, metadata={"shade": "s7"})  # a write: the next search sees it
+        assert reduced.search(query, k=5, filter={"shade": ["s3", "s7"]})[0].key == "new"
+        assert counted.masks == 2
+        assert reduced.search(query, k=5, filter={"shade": "s3"})[0].key != "new"
+
+
+def test_more_like_this_in_a_kept_filter_leaves_the_filter_whole(reduced: Catalog) -> None:
+    key = "item-00101"  # half "1"
+    vector = reduced.vector(key)
+    assert key not in [h.key for h in reduced.more_like_this(key, k=5, filter={"half": "1"})]
+    assert reduced.search(vector, k=5, filter={"half": "1"})[0].key == key
+
+
+def test_the_kept_filters_are_few_and_short() -> None:
+    cache = MatchCache(filters=3)
+    built: list[str] = []
+
+    def build(name: str) -> Callable[[], np.ndarray]:
+        return lambda: built.append(name) or np.ones(10, bool)
+
+    for name in ("a", "b", "c", "d", "a"):  # "a" was dropped for "d", the least recently used
+        cache.get(0, {"f": name}, build(name))
+    assert built == ["a", "b", "c", "d", "a"]
+    cache.get(0, {"f": "d"}, build("d"))
+    long = "x" * (LONGEST_KEY + 1)
+    for _ in range(2):
+        cache.get(0, {"f": long}, build("long"))
+        cache.get(1, {"f": "d"}, build("d"))  # another generation: worked out again
+    assert built == ["a", "b", "c", "d", "a", "long", "d", "long"]

@@ -18,12 +18,12 @@ import numpy as np
 
 from ..errors import BadArgumentError, CatalogError
 from ..json_values import LONE_SURROGATE, storable
+from .expressions import ANY_OF
 from .store import Delta, Item, Store
 
 log = logging.getLogger(__name__)
 
 Filter = Mapping[str, Any] | Callable[[Item], bool]
-_ANY_OF = (list, tuple, set, frozenset)
 FEW_VALUES = 8  # a filter's values compared one by one up to this many, then numpy.isin
 
 
@@ -136,7 +136,7 @@ class MetadataColumns:
                     f"no item has the metadata field {field!r}; the fields are: "
                     f"{', '.join(known) if known else '(none: the catalog has no metadata)'}."
                 )
-            texts = [str(v) for v in value] if isinstance(value, _ANY_OF) else [str(value)]
+            texts = [str(v) for v in value] if isinstance(value, ANY_OF) else [str(value)]
             codes = [column.code_of[t] for t in texts if t in column.code_of]
             unknown = [text for text in texts if text not in column.code_of]
             if unknown:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import BadArgumentError
 
-_ANY_OF = (list, tuple, set, frozenset)
+ANY_OF = (list, tuple, set, frozenset)
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 MAX_VALUES = 10_000  # one expression must stay a reasonable size for the server's parser
 
@@ -72,7 +72,7 @@ def _numbers(texts: list[str]) -> tuple[list[str], list[str]]:
 
 def condition(name: str, value: Any) -> str:
     """One field's condition: any of the texts, as a string, number or boolean value."""
-    texts = [str(v) for v in value] if isinstance(value, _ANY_OF) else [str(value)]
+    texts = [str(v) for v in value] if isinstance(value, ANY_OF) else [str(value)]
     if not texts:
         return "false"
     if len(texts) > MAX_VALUES:

@@ -26,6 +26,7 @@ from ..json_values import storable
 from . import search as planner
 from .backend import Neighbour
 from .core import CatalogCore
+from .matches import Matches
 from .store import Item, NewItem
 
 if TYPE_CHECKING:
@@ -190,8 +191,7 @@ class LocalBackend:
             excluded = np.asarray(sorted(item.label for item in held.values()), np.int64)
             allowed = None
             if wanted:
-                allowed = core.columns.mask(wanted, core.live_mask())
-                allowed[excluded[excluded < len(allowed)]] = False
+                allowed = Matches(core.columns.mask(wanted, core.live_mask())).without(excluded)
             labels, distances = planner.search(core, query, int(k), excluded, allowed)
             return _neighbours(core.store.items_by_label(labels.tolist()), labels, distances)
 

@@ -24,6 +24,7 @@ from .columns import callable_mask
 from .core import CatalogCore
 from .duplicates import NEIGHBOURS, DuplicateReport
 from .local_duplicates import LocalSource
+from .matches import MatchCache, Matches
 from .products import Products
 from .search import rerank
 from .vectors import sound_rows
@@ -32,14 +33,14 @@ NO_LABELS = np.zeros(0, np.int64)
 
 
 Ranked = tuple[np.ndarray, np.ndarray]
-Method = Callable[[CatalogCore, np.ndarray, int, np.ndarray, "np.ndarray | None"], Ranked]
+Method = Callable[[CatalogCore, np.ndarray, int, np.ndarray, "Matches | None"], Ranked]
 
 
 def exact(
-    core: CatalogCore, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None
+    core: CatalogCore, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: Matches | None
 ) -> Ranked:
     """The oracle with the planner's signature: exact KNN among the allowed live items."""
-    mask = core.live_mask() if allowed is None else allowed
+    mask = core.live_mask() if allowed is None else allowed.mask
     if allowed is None and len(exclude):
         mask = mask.copy()
         mask[exclude] = False
@@ -63,6 +64,7 @@ class LocalSearches:
         self._groups: tuple[int, np.ndarray] | None = None  # (generation, label -> duplicate group)
         self._groups_lock = threading.Lock()
         self._products: tuple[tuple[int, str], Products] | None = None
+        self._matches = MatchCache()
 
     # -- what `answering.Searches` asks ---------------------------------------------------------
 
@@ -90,12 +92,14 @@ class LocalSearches:
         """One consistent state (other processes' writes taken in) for the whole search."""
         with self._core.consistent() as core:
             allowed = None
-            if filter is not None:
+            if isinstance(filter, Mapping):
+                wanted = filter
+                allowed = self._matches.get(
+                    core.generation, wanted, lambda: core.columns.mask(wanted, core.live_mask())
+                )
+            elif filter is not None:
                 live = core.live_mask()
-                if isinstance(filter, Mapping):
-                    allowed = core.columns.mask(filter, live)
-                else:
-                    allowed = callable_mask(filter, core.store, len(live)) & live
+                allowed = Matches(callable_mask(filter, core.store, len(live)) & live)
             yield LocalView(self, exact if exact_search else planner.search, allowed)
 
     # -- kept between searches ------------------------------------------------------------------
@@ -157,11 +161,11 @@ def _codes(labels: np.ndarray, of_label: np.ndarray) -> np.ndarray:
 class LocalView:
     """`answering.View` of a local catalog: labels as ids, read under the read lock."""
 
-    def __init__(self, searches: LocalSearches, method: Method, allowed: np.ndarray | None) -> None:
+    def __init__(self, searches: LocalSearches, method: Method, allowed: Matches | None) -> None:
         self._searches = searches
         self._core = searches._core
         self._method = method
-        self._allowed = allowed  # the filter's mask; the excluded labels are cleared once
+        self._allowed = allowed  # the filter's matches; the excluded labels are taken out once
         self._cleared = False
 
     @property
@@ -190,7 +194,7 @@ class LocalView:
     def nearest(self, vector: np.ndarray, wanted: int, exclude: list[int]) -> tuple[list[int], np.ndarray]:
         excluded = np.asarray(exclude, np.int64)
         if self._allowed is not None and not self._cleared:
-            self._allowed[excluded[excluded < len(self._allowed)]] = False
+            self._allowed = self._allowed.without(excluded)
             self._cleared = True
         labels, distances = self._method(self._core, vector, wanted, excluded, self._allowed)
         return labels.tolist(), distances

@@ -10,7 +10,7 @@ computed the way scikit-learn's brute-force euclidean search computes them (``|q
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -104,6 +104,11 @@ def exact_among(
 SLACK = 1e-4
 FIRST = 8  # full rows read first (at least 2k), those with the smallest bounds, to find a k-th best
 GATHERED = 8192  # tier rows gathered at a time
+# Tier rows gathered and estimated at a time in a search: their float32 codes (2 MB at 256-d) stay
+# in the core's cache between the conversion and the product. A 1% filter at 1,000,000 items
+# (10,000 matches, 150 queries, one run): 1.03 ms of estimates a search in blocks of 2,048 rows,
+# 1.59 ms in blocks of 8,192.
+ESTIMATED = 2048
 BOUNDS_HELD = 32 << 20  # lower bounds held at once (queries x rows): 128 MB of float32
 
 
@@ -145,24 +150,41 @@ def bounded_topk(
     return found_l, found_d
 
 
+def _tier_blocks(
+    tier: Tier, labels: np.ndarray, inside: np.ndarray, gathered: np.ndarray | None, size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(positions, tier rows)`` of ``labels[inside]`` a block at a time: from ``gathered``
+    (those rows, gathered earlier in that order) or gathered here. The tier's pages stay mapped
+    (`VectorFile.take`): 10,000 scattered matches would otherwise fault 10,000 pages in again on
+    every search."""
+    for start in range(0, len(inside), size):
+        block = inside[start : start + size]
+        rows = tier.rows.take(labels[block]) if gathered is None else gathered[start : start + size]
+        yield block, rows
+
+
 def bounded_among(
-    vectors: VectorFile, tier: Tier, covered: int, labels: np.ndarray, query: np.ndarray, k: int
+    vectors: VectorFile,
+    tier: Tier,
+    covered: int,
+    labels: np.ndarray,
+    query: np.ndarray,
+    k: int,
+    gathered: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`exact_among` through the tier for sorted ``labels`` (a filter's matches): their tier
-    rows are gathered, few full rows read. The tier's pages
-    stay mapped (`VectorFile.take`): 10,000 scattered matches would otherwise fault 10,000 pages
-    in again on every search."""
+    rows are scanned (``gathered``: those below ``covered``, when the caller has them), few
+    full rows read."""
     query = np.asarray(query, np.float32).reshape(-1)
     k = min(k, len(labels))
     if k <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     bounds = np.zeros(len(labels), np.float32)
-    inside = int(np.searchsorted(labels, covered))
+    inside = np.arange(int(np.searchsorted(labels, covered)))
     with kernels.one_blas_thread():
         prepared = tier.prepare(query[None, :])
-        for start in range(0, inside, GATHERED):
-            block = tier.rows.take(labels[start : min(inside, start + GATHERED)])
-            bounds[start : start + len(block)] = tier.bounds(block, prepared)[0]
+        for block, rows in _tier_blocks(tier, labels, inside, gathered, GATHERED):
+            bounds[block] = tier.bounds(rows, prepared)[0]
         return _refine(vectors, labels, bounds, query, k)
 
 
@@ -175,11 +197,13 @@ def estimated_among(
     k: int,
     reads: int,
     projected: np.ndarray | None = None,
+    gathered: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest of a graph's candidates (any order) in the full space, reading the full rows
-    of only the ``reads`` candidates the tier estimates nearest (`Tier.estimates`), and of any
-    the tier does not cover yet. Not exact: a search's re-rank, where reading every candidate's
-    row is what costs. ``projected``: the query's tier projection, when the caller has it."""
+    """The k nearest of a graph's candidates or a filter's matches in the full space, reading
+    the full rows of only the ``reads`` the tier estimates nearest (`Tier.estimates`), and of
+    any the tier does not cover yet. Not exact: a search's re-rank, where reading every
+    candidate's row is what costs. ``projected``: the query's tier projection, when the caller
+    has it; ``gathered``: the tier rows of the covered labels, in their order."""
     query = np.asarray(query, np.float32).reshape(-1)
     labels = np.asarray(labels, np.int64)
     inside = np.flatnonzero(labels < covered)
@@ -188,9 +212,8 @@ def estimated_among(
         estimates = np.full(len(labels), -np.inf, np.float32)
         with kernels.one_blas_thread():
             prepared = tier.prepare(query[None, :], projected)
-            for start in range(0, len(inside), GATHERED):
-                block = inside[start : start + GATHERED]
-                estimates[block] = tier.estimates(tier.rows.take(labels[block]), prepared)[0]
+            for block, rows in _tier_blocks(tier, labels, inside, gathered, ESTIMATED):
+                estimates[block] = tier.estimates(rows, prepared)[0]
         labels = labels[np.argpartition(estimates, reads - 1)[:reads]]
     labels = np.sort(labels)  # label order: the file is read front to back
     distances = squared_distances(query[None, :], vectors.read(labels, raw=True))[0]

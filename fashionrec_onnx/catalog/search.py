@@ -22,6 +22,7 @@ import numpy as np
 
 from . import oracle
 from .core import CatalogCore
+from .matches import Matches
 
 # A reduced graph returns 8k + 100 candidates for the full-space re-rank. Measured at 1,000,000
 # items (PCA-256, ef 128, 200 real-image queries, one run; benchmarks/results/rerank-sweep.json):
@@ -29,17 +30,19 @@ from .core import CatalogCore
 # 1.000 in 2.4 ms.
 RERANK_FACTOR = 8
 RERANK_EXTRA = 100
-# With a compact tier, the pool's full rows are read only for the 6k + 10 = 40 candidates the tier
+# With a compact tier, the pool's full rows are read only for the 5k + 5 = 30 candidates the tier
 # estimates nearest. Measured at 200,000 items (200 real-image queries, pool of 140): the first 20
-# by the estimate found 0.996 of the exact top 5, the first 30 0.999, as many as all 140 did.
+# by the estimate found 0.996 of the exact top 5, the first 30 0.999, as many as all 140 did. At
+# 1,000,000 (ef 128, 300 real-image queries, one run): 30 rows read found 0.997, 40 rows 0.999,
+# 20 rows 0.993; each row read costs 5 to 10 us from the page cache, a disk read when evicted.
 # A filter's matches scanned in the tier are read the same way past EXACT_AMONG_MAX (the bounds
 # rule out too few: 20,000 matches at 200,000 items needed 107 full rows for the exact answer;
 # the first 40 by the estimate found 1.000 of it, 200 queries, in 2.5 times less time).
 # A filter's graph search then collects 60 matches, not 140: at 10% selectivity (width 750, not
 # 1,750) it found 1.000 of the exact filtered top 5 in 1.8 ms, not 3.3 ms (200 queries, 200,000
 # items); at 50%, 0.999 in 1.0 ms.
-READ_FACTOR = 6
-READ_EXTRA = 10
+READ_FACTOR = 5
+READ_EXTRA = 5
 EXACT_AMONG_MAX = 2_000  # this many matches or fewer: always exact among them
 GRAPH_WIDTH_MAX = 2_000  # a post-filtered graph search wider than this: exact among the matches
 OVERSAMPLE = 1.25  # graph hits asked for per expected match
@@ -97,7 +100,7 @@ def nearest(
     core: CatalogCore, vector: np.ndarray, labels: np.ndarray, k: int, projected: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k of a reduced graph's candidates nearest in the full space. With a compact tier,
-    only the 6k+10 candidates it estimates nearest are read in full: at a million items the
+    only the 5k+5 candidates it estimates nearest are read in full: at a million items the
     vector file is mostly not in the page cache, and reading all 140 candidates' rows cost 2 to
     7 ms a search (benchmarks/results/scale-pca2-1m.md). The tier's lower bounds rule out too
     few of a graph's candidates for that: all of them lie near the query (120 of 140 read)."""
@@ -110,12 +113,12 @@ def nearest(
 
 
 def search(
-    core: CatalogCore, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: np.ndarray | None
+    core: CatalogCore, vector: np.ndarray, k: int, exclude: np.ndarray, allowed: Matches | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, squared distances)``: the k nearest live items, nearest first.
 
-    ``exclude`` are labels to leave out ("more like this"); ``allowed`` is a filter's mask over
-    labels (already without the excluded ones), or None for no filter.
+    ``exclude`` are labels to leave out ("more like this"); ``allowed`` is a filter's matches
+    (already without the excluded ones), or None for no filter.
     """
     if allowed is None:
         pool = _pool(core, k + len(exclude))
@@ -127,28 +130,29 @@ def search(
         if core.reduction is not None:
             return nearest(core, vector, labels, k, projected)
         return labels[:k], distances[:k]
-    matches = int(np.count_nonzero(allowed))  # a bool sum widens every element first: 100x slower
+    matches = allowed.count
     if matches == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     pool = _pool(core, k)
     width = math.ceil(pool * OVERSAMPLE * core.count / matches) + len(exclude)
     if core.tier is not None and matches * TIER_MATCH_COST <= width * GRAPH_WIDTH_COST:
+        gathered = allowed.tier_rows(core.tier, core.tier_rows)
         if matches <= EXACT_AMONG_MAX:
             return oracle.bounded_among(
-                core.vectors, core.tier, core.tier_rows, np.flatnonzero(allowed), vector, k
+                core.vectors, core.tier, core.tier_rows, allowed.labels, vector, k, gathered
             )
         return oracle.estimated_among(  # as the graph's pool is re-ranked, from all the matches
-            core.vectors, core.tier, core.tier_rows, np.flatnonzero(allowed), vector, k,
-            READ_FACTOR * k + READ_EXTRA,
+            core.vectors, core.tier, core.tier_rows, allowed.labels, vector, k,
+            READ_FACTOR * k + READ_EXTRA, None, gathered,
         )  # fmt: skip
     if matches <= EXACT_AMONG_MAX or width > GRAPH_WIDTH_MAX:
         return _exact_among(core, allowed, vector, k)
     projected = _projected(core, vector)
     while True:
         labels, distances = _graph(core, vector, width, projected)
-        inside = labels < len(allowed)
+        inside = labels < len(allowed.mask)
         keep = np.zeros(len(labels), bool)
-        keep[inside] = allowed[labels[inside]]
+        keep[inside] = allowed.mask[labels[inside]]
         labels, distances = labels[keep], distances[keep]
         if len(labels) >= pool or width >= core.count:
             break
@@ -161,10 +165,11 @@ def search(
 
 
 def _exact_among(
-    core: CatalogCore, allowed: np.ndarray, vector: np.ndarray, k: int
+    core: CatalogCore, allowed: Matches, vector: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact search among a filter's matches: through the compact tier when there is one."""
-    labels = np.flatnonzero(allowed)
     if core.tier is not None:
-        return oracle.bounded_among(core.vectors, core.tier, core.tier_rows, labels, vector, k)
-    return oracle.exact_among(core.vectors, labels, vector, k)
+        gathered = allowed.tier_rows(core.tier, core.tier_rows)
+        labels = allowed.labels
+        return oracle.bounded_among(core.vectors, core.tier, core.tier_rows, labels, vector, k, gathered)
+    return oracle.exact_among(core.vectors, allowed.labels, vector, k)
