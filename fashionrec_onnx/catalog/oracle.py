@@ -140,11 +140,12 @@ def bounded_topk(
             prepared = tier.prepare(batch)
             for start, block in tier.rows.blocks(min(covered, rows), raw=True):
                 keep = allowed[start : start + len(block)]
-                count = int(keep.sum())
-                if count:
-                    picked = block if count == len(block) else block[keep]
-                    bounds[:, position : position + count] = tier.bounds(picked, prepared)
-                    position += count
+                count = int(np.count_nonzero(keep))
+                picked = block if count == len(block) else block[keep]
+                for offset in range(0, count, ESTIMATED):  # float32 codes that stay in cache
+                    part = picked[offset : offset + ESTIMATED]
+                    bounds[:, position : position + len(part)] = tier.bounds(part, prepared)
+                    position += len(part)
             for row, (query, bound) in enumerate(zip(batch, bounds)):
                 found_l[first + row], found_d[first + row] = _refine(vectors, labels, bound, query, k)
     return found_l, found_d
