@@ -15,7 +15,7 @@ from oracle import assert_same_ranking, assert_true_top_k, brute_force, catalog_
 
 from fashionrec_onnx import Catalog
 from fashionrec_onnx.catalog import oracle, search, writing
-from fashionrec_onnx.catalog.matches import LONGEST_KEY, MatchCache
+from fashionrec_onnx.catalog.matches import LONGEST_KEY, MatchCache, Matches
 from fashionrec_onnx.catalog.pca import PCA
 from fashionrec_onnx.catalog.tier import Tier
 
@@ -445,3 +445,25 @@ def test_the_kept_filters_are_few_and_short() -> None:
         cache.get(0, {"f": long}, build("long"))
         cache.get(1, {"f": "d"}, build("d"))  # another generation: worked out again
     assert built == ["a", "b", "c", "d", "a", "long", "d", "long"]
+
+
+def test_kept_filters_stay_within_their_budget_as_they_grow_and_others_gather_nothing_whole(
+    reduced: Catalog,
+) -> None:
+    core = reduced._core
+    assert core.tier is not None
+
+    def mask_of(shade: str) -> Callable[[], np.ndarray]:
+        return lambda: core.columns.mask({"shade": shade}, core.live_mask())
+
+    masks_and_labels = ITEMS + 8 * (ITEMS // 50)  # a mask's bytes and its 60 labels'
+    cache = MatchCache(budget=2 * masks_and_labels + 100)
+    first = cache.get(0, {"shade": "s1"}, mask_of("s1"))
+    second = cache.get(0, {"shade": "s2"}, mask_of("s2"))
+    assert first.count == second.count == ITEMS // 50 and len(first.labels) + len(second.labels) == 120
+    assert len(cache) == 2
+    rows = second.tier_rows(core.tier, core.tier_rows)  # 60 gathered rows: over the budget
+    assert rows is not None and np.array_equal(rows, core.tier.rows.take(second.labels))
+    assert len(cache) == 1 and cache.get(0, {"shade": "s2"}, mask_of("never")) is second
+    assert Matches(mask_of("s1")()).tier_rows(core.tier, core.tier_rows) is None  # kept by no cache
+    assert second.without(second.labels[:1]).tier_rows(core.tier, core.tier_rows) is None

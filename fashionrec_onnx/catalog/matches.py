@@ -25,43 +25,61 @@ LONGEST_KEY = 4096  # characters of field names and values: a longer filter is w
 
 
 class Matches:
-    """The labels a filter lets through, as a mask by label; its sorted labels and their
-    compact-tier rows are worked out on first use and kept. Never changed once made."""
+    """The labels a filter lets through, as a mask by label; its sorted labels are worked out on
+    first use and kept. Matches a `MatchCache` keeps (``grown`` set) also keep their compact-tier
+    rows gathered, and tell the cache when they grow; others hand no gathered rows out (a scan
+    then gathers 2,048 rows at a time, never a whole filter's at once). Never changed once made."""
 
-    def __init__(self, mask: np.ndarray) -> None:
+    def __init__(self, mask: np.ndarray, grown: Callable[[], None] | None = None) -> None:
         self.mask = mask
+        self._grown = grown
         self._lock = threading.Lock()
+        self._count: int | None = None
         self._labels: np.ndarray | None = None
         self._rows: tuple[tuple[str, int], np.ndarray] | None = None
+
+    @property
+    def count(self) -> int:
+        if self._labels is not None:
+            return len(self._labels)
+        if self._count is None:
+            self._count = int(np.count_nonzero(self.mask))  # a bool sum widens every element first
+        return self._count
 
     @property
     def labels(self) -> np.ndarray:
         """The matching labels, ascending."""
         with self._lock:
-            if self._labels is None:
-                self._labels = np.flatnonzero(self.mask)
-            return self._labels
-
-    @property
-    def count(self) -> int:
-        return len(self.labels)
+            labels = self._labels
+            fresh = labels is None
+            if labels is None:
+                labels = self._labels = np.flatnonzero(self.mask)
+        if fresh and self._grown is not None:
+            self._grown()
+        return labels
 
     def tier_rows(self, tier: Tier, covered: int) -> np.ndarray | None:
         """The tier rows of the matches below ``covered`` (the rows the tier holds), in label
-        order, gathered once: a later search reads them front to back. None when they would
-        take more than `GATHERED_BYTES` (the scan then gathers a block at a time)."""
+        order, gathered once: a later search reads them front to back. None for matches no
+        cache keeps, or when the rows would take more than `GATHERED_BYTES`."""
+        if self._grown is None:
+            return None
         labels = self.labels
         inside = labels[: int(np.searchsorted(labels, covered))]
         if len(inside) * tier.rows.row_bytes > GATHERED_BYTES:
             return None
         key = (str(tier.path), covered)
-        with self._lock:
-            if self._rows is None or self._rows[0] != key:
-                self._rows = (key, tier.rows.take(inside))
-            return self._rows[1]
+        with self._lock:  # another search of the same filter waits for these rows, not gathers them again
+            held = self._rows
+            fresh = held is None or held[0] != key
+            if held is None or held[0] != key:
+                held = self._rows = (key, tier.rows.take(inside))
+        if fresh:
+            self._grown()
+        return held[1]
 
     def without(self, labels: np.ndarray) -> Matches:
-        """These matches less some labels (a "more like this" query's own items)."""
+        """These matches less some labels (a "more like this" query's own items), not kept."""
         labels = labels[labels < len(self.mask)]
         if not self.mask[labels].any():
             return self
@@ -71,8 +89,8 @@ class Matches:
 
     @property
     def nbytes(self) -> int:
-        with self._lock:
-            held = [self.mask, self._labels, self._rows[1] if self._rows is not None else None]
+        rows = self._rows  # read without the lock: a gather in progress is counted when it is done
+        held = [self.mask, self._labels, rows[1] if rows is not None else None]
         return sum(array.nbytes for array in held if array is not None)
 
 
@@ -113,16 +131,21 @@ class MatchCache:
             if found is not None:
                 self._kept.move_to_end(key)
                 return found
-        found = Matches(build())
+        found = Matches(build(), grown=self._trim)
         with self._lock:
             if generation == self._generation:
                 self._kept[key] = found
-                self._trim()
+        self._trim()
         return found
 
+    def __len__(self) -> int:
+        return len(self._kept)
+
     def _trim(self) -> None:
-        """Drop the least recently used until the kept fit (the newest is always kept)."""
-        while len(self._kept) > 1 and (
-            len(self._kept) > self._filters or sum(m.nbytes for m in self._kept.values()) > self._budget
-        ):
-            self._kept.popitem(last=False)
+        """Drop the least recently used until the kept fit (the most recent is always kept); on
+        every new entry and whenever one grows (its labels listed, its tier rows gathered)."""
+        with self._lock:
+            while len(self._kept) > 1 and (
+                len(self._kept) > self._filters or sum(m.nbytes for m in self._kept.values()) > self._budget
+            ):
+                self._kept.popitem(last=False)
