@@ -298,3 +298,24 @@ def test_a_query_projection_never_waits_for_another_threads_scan() -> None:
     finally:
         release.set()
         other.join(60)
+
+
+def test_one_blas_thread_limits_blas_and_gives_back_what_it_found() -> None:
+    """Inside, BLAS runs on one thread, also when entered again; after, each library has the
+    thread count it had before (two, when the test sets two)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from fashionrec_onnx.catalog import kernels
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        assert before and all(threads == 2 for threads in before)
+        with kernels.one_blas_thread():
+            assert all(threads == 1 for threads in blas_threads())
+            with kernels.one_blas_thread():
+                assert all(threads == 1 for threads in blas_threads())
+            assert all(threads == 1 for threads in blas_threads())
+        assert blas_threads() == before

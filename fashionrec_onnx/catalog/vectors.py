@@ -174,11 +174,10 @@ class VectorFile:
             with contextlib.suppress(OSError):  # a kernel that refuses the hint reads them one by one
                 for label in labels.tolist():
                     os.posix_fadvise(fd, HEADER_BYTES + label * self.row_bytes, self.row_bytes, WILLNEED)
-        for row, label in zip(rows, labels.tolist()):
-            if (
-                os.preadv(fd, [memoryview(row).cast("B")], HEADER_BYTES + label * self.row_bytes)
-                != self.row_bytes
-            ):
+        into = rows.data.cast("B")  # one view of the rows, sliced per row: no buffer export per row
+        size = self.row_bytes
+        for start, label in zip(range(0, len(labels) * size, size), labels.tolist()):
+            if os.preadv(fd, [into[start : start + size]], HEADER_BYTES + label * size) != size:
                 raise CatalogCorruptError(f"{self._recovery} (row {label} is past its end)")
         return rows if raw else to_float32(rows)
 
