@@ -45,7 +45,7 @@ def loads_finite(text: str) -> Any:
     """``json.loads`` that refuses NaN, Infinity and numbers that overflow (`NotFiniteError`) and
     nesting deeper than `MAX_DEPTH` (``ValueError``), before Python's parser could recurse."""
     check_depth(text)
-    return _FINITE.decode(text)
+    return _FINITE.decode(_text(text))
 
 
 class Refused:
@@ -74,7 +74,7 @@ def loads_row(text: str) -> Any:
     `MAX_DEPTH`), so that value fails its row, named by `problem`, and the other rows go through.
     ``ValueError`` only for text that is not JSON, or nested deeper than `READ_DEPTH`."""
     check_depth(text, READ_DEPTH)
-    return _ROW.decode(text)
+    return _ROW.decode(_text(text))
 
 
 def _tolerant_constant(name: str) -> None:
@@ -89,7 +89,17 @@ def _tolerant_float(text: str) -> float | None:
 def loads_stored(text: str) -> Any:
     """Stored metadata as Python values; a non-finite number (written before they were refused)
     reads as ``None`` so the item stays usable."""
-    return _STORED.decode(text)
+    return _STORED.decode(_text(text))
+
+
+def _text(value: str | bytes | bytearray) -> str:
+    """What ``json.loads`` takes: text, or bytes in the encoding their first bytes show; text
+    opening with a byte order mark is refused with its own message, as ``json.loads`` does."""
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode(json.detect_encoding(value), "surrogatepass")
+    if isinstance(value, str) and value.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", value, 0)
+    return value
 
 
 # One decoder each, made once: ``json.loads`` with hooks builds a decoder and its scanner at every

@@ -301,21 +301,65 @@ def test_a_query_projection_never_waits_for_another_threads_scan() -> None:
 
 
 def test_one_blas_thread_limits_blas_and_gives_back_what_it_found() -> None:
-    """Inside, BLAS runs on one thread, also when entered again; after, each library has the
-    thread count it had before (two, when the test sets two)."""
+    """Inside, the BLAS libraries the scans use run on one thread, also when entered again and on
+    another thread after this one has scanned (threadpoolctl lets one thread at a time set
+    OpenBLAS' pool, and its ``limit`` hands it back); after, each has the thread count it had."""
+    import threading
+
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from fashionrec_onnx.catalog import kernels
 
+    with kernels.one_blas_thread():  # the libraries a scan limits: those loaded at its first use
+        scanned = {lib["filepath"] for lib in kernels._controller.select(user_api="blas").info()}
+    if not scanned:
+        pytest.skip("threadpoolctl finds no BLAS library in this numpy")
+
     def blas_threads() -> list[int]:
-        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        return [lib["num_threads"] for lib in threadpool_info() if lib["filepath"] in scanned]
 
     with threadpool_limits(limits=2, user_api="blas"):
         before = blas_threads()
-        assert before and all(threads == 2 for threads in before)
+        assert all(threads == 2 for threads in before)
         with kernels.one_blas_thread():
             assert all(threads == 1 for threads in blas_threads())
             with kernels.one_blas_thread():
                 assert all(threads == 1 for threads in blas_threads())
             assert all(threads == 1 for threads in blas_threads())
         assert blas_threads() == before
+    # a service: this thread scans, then a worker thread does
+    with kernels.one_blas_thread():
+        pass
+    inside: list[list[int]] = []
+
+    def scan() -> None:
+        with kernels.one_blas_thread():
+            inside.append(blas_threads())
+
+    other = threading.Thread(target=scan)
+    other.start()
+    other.join(60)
+    assert inside and all(threads == 1 for threads in inside[0])
+
+
+def test_reading_no_rows_gives_an_empty_matrix(tmp_path: Path) -> None:
+    """`VectorFile.read` of no labels is a (0, dim) matrix of the stored type, not an error."""
+    for dtype in ("float32", "float16"):
+        vectors = vector_file.VectorFile.create(tmp_path / f"vectors.{dtype}", 8, dtype)
+        try:
+            assert vectors.read([], raw=True).shape == (0, 8)
+            assert vectors.read(np.zeros(0, np.int64)).dtype == np.float32
+        finally:
+            vectors.close()
+
+
+def test_stored_metadata_reads_from_text_or_bytes_as_json_loads_did() -> None:
+    """The decoders made once take what ``json.loads`` took: bytes in their encoding, and a
+    byte order mark refused with its own message."""
+    from fashionrec_onnx.json_values import loads_stored
+
+    text = '{"a": NaN, "b": [1, 2.5], "c": "\u00e9"}'
+    assert loads_stored(text) == loads_stored(text.encode()) == {"a": None, "b": [1, 2.5], "c": "é"}
+    assert loads_stored(text.encode("utf-16")) == loads_stored(text)
+    with pytest.raises(json.JSONDecodeError, match="BOM"):
+        loads_stored("\ufeff" + text)

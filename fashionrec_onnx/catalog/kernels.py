@@ -24,7 +24,7 @@ GRAPHS = {
 }
 _sessions: dict[str, Any] = {}
 _lock = threading.Lock()
-_libraries: list[Any] | None = None  # see _blas_libraries
+_controller: Any = None
 _blas_lock = threading.RLock()  # a scan's transform may project a few rows inside it
 
 
@@ -49,34 +49,20 @@ def to_float32(block: np.ndarray) -> np.ndarray:
     return _session("to_float32").run(None, {"half": np.ascontiguousarray(block)})[0]
 
 
-def _blas_libraries() -> list[Any]:
-    """The BLAS libraries loaded in this process (threadpoolctl's controllers of them), found
-    once: `one_blas_thread` sets their thread counts directly, 2 us a scan, where threadpoolctl's
-    ``limit`` reads every library's whole description first (11 us; twice per search)."""
-    global _libraries
-    if _libraries is None:
-        from threadpoolctl import ThreadpoolController
-
-        _libraries = list(ThreadpoolController().select(user_api="blas").lib_controllers)
-    return _libraries
-
-
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
     """BLAS on the calling thread, for a scan with one query (a matrix-vector product each
     block): OpenBLAS would wake its worker threads for every block, and a busy machine keeps
     them waiting for milliseconds. Scans take turns, so no scan restores another's setting; a
-    thread already inside may enter again (it finds one thread and leaves one)."""
+    thread already inside may enter again."""
+    global _controller
     with _blas_lock:
-        libraries = _blas_libraries()
-        before = [library.num_threads for library in libraries]
-        for library in libraries:
-            library.set_num_threads(1)
-        try:
+        if _controller is None:
+            from threadpoolctl import ThreadpoolController
+
+            _controller = ThreadpoolController()
+        with _controller.limit(limits=1, user_api="blas"):
             yield
-        finally:
-            for library, threads in zip(libraries, before):
-                library.set_num_threads(threads)
 
 
 def few_rows_times(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -174,7 +174,7 @@ class VectorFile:
             with contextlib.suppress(OSError):  # a kernel that refuses the hint reads them one by one
                 for label in labels.tolist():
                     os.posix_fadvise(fd, HEADER_BYTES + label * self.row_bytes, self.row_bytes, WILLNEED)
-        into = rows.data.cast("B")  # one view of the rows, sliced per row: no buffer export per row
+        into = rows.view(np.uint8).reshape(-1).data  # bytes of the rows (none too), sliced per row
         size = self.row_bytes
         for start, label in zip(range(0, len(labels) * size, size), labels.tolist()):
             if os.preadv(fd, [into[start : start + size]], HEADER_BYTES + label * size) != size:
