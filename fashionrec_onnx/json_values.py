@@ -45,7 +45,7 @@ def loads_finite(text: str) -> Any:
     """``json.loads`` that refuses NaN, Infinity and numbers that overflow (`NotFiniteError`) and
     nesting deeper than `MAX_DEPTH` (``ValueError``), before Python's parser could recurse."""
     check_depth(text)
-    return _FINITE.decode(_text(text))
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 class Refused:
@@ -74,7 +74,7 @@ def loads_row(text: str) -> Any:
     `MAX_DEPTH`), so that value fails its row, named by `problem`, and the other rows go through.
     ``ValueError`` only for text that is not JSON, or nested deeper than `READ_DEPTH`."""
     check_depth(text, READ_DEPTH)
-    return _ROW.decode(_text(text))
+    return json.loads(text, strict=False, parse_int=_bounded_int)
 
 
 def _tolerant_constant(name: str) -> None:
@@ -89,24 +89,7 @@ def _tolerant_float(text: str) -> float | None:
 def loads_stored(text: str) -> Any:
     """Stored metadata as Python values; a non-finite number (written before they were refused)
     reads as ``None`` so the item stays usable."""
-    return _STORED.decode(_text(text))
-
-
-def _text(value: str | bytes | bytearray) -> str:
-    """What ``json.loads`` takes: text, or bytes in the encoding their first bytes show; text
-    opening with a byte order mark is refused with its own message, as ``json.loads`` does."""
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode(json.detect_encoding(value), "surrogatepass")
-    if isinstance(value, str) and value.startswith("\ufeff"):
-        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", value, 0)
-    return value
-
-
-# One decoder each, made once: ``json.loads`` with hooks builds a decoder and its scanner at every
-# call, which was half the time of reading a search hit's metadata and of a feed row.
-_FINITE = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
-_ROW = json.JSONDecoder(strict=False, parse_int=_bounded_int)
-_STORED = json.JSONDecoder(parse_constant=_tolerant_constant, parse_float=_tolerant_float)
+    return json.loads(text, parse_constant=_tolerant_constant, parse_float=_tolerant_float)
 
 
 def check_depth(text: str, limit: int = MAX_DEPTH) -> None:

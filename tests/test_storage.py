@@ -354,8 +354,8 @@ def test_reading_no_rows_gives_an_empty_matrix(tmp_path: Path) -> None:
 
 
 def test_stored_metadata_reads_from_text_or_bytes_as_json_loads_did() -> None:
-    """The decoders made once take what ``json.loads`` took: bytes in their encoding, and a
-    byte order mark refused with its own message."""
+    """Stored metadata reads as ``json.loads`` reads it: bytes in their encoding, and a byte
+    order mark refused with its own message."""
     from fashionrec_onnx.json_values import loads_stored
 
     text = '{"a": NaN, "b": [1, 2.5], "c": "\u00e9"}'
