@@ -160,12 +160,33 @@ def test_the_tier_bound_never_exceeds_the_true_distance(vectors: np.ndarray, tmp
     pca = PCA.fit(vectors[:1000], 32)
     for codes in ("int8", "float16"):
         tier = Tier.create(tmp_path / f"tier.{codes}", pca, "pca.npz", "vectors", vectors[:500], codes)
+        assert tier.widened and tier.pca.dim == 64 and tier.pca.extends(pca)  # twice the graph's
         rows = tier.encode(vectors)  # the scales come from 500 rows: some codes are clipped
         batch = queries(vectors, 20, seed=3)
-        bounds = tier.bounds(rows, tier.prepare(batch))
         true = ((batch[:, None, :].astype(np.float64) - vectors[None, :, :]) ** 2).sum(axis=2)
-        assert (bounds <= true + 1e-5).all()
+        fine = tier.bounds(rows, tier.prepare(batch))
+        coarse = tier.bounds(rows, tier.prepare(batch), coarse=True)  # the graph's 32 coordinates
+        assert (fine <= true + 1e-5).all() and (coarse <= true + 1e-5).all()
+        assert (fine >= coarse - 1e-4).mean() > 0.99  # the wider space bounds tighter
         assert (tier.mismatched(rows, vectors) == 0).all()
+        # the estimates order rows better on every coordinate than on the graph's alone
+        nearest = np.argsort(true, axis=1)[:, :5]
+        shares = []
+        for coarse_order in (False, True):
+            estimated = np.argsort(tier.estimates(rows, tier.prepare(batch), coarse_order), axis=1)[:, :15]
+            shares.append(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(nearest, estimated)]))
+        assert shares[0] >= shares[1] and shares[0] > 0.9
+
+
+def test_a_wider_space_extends_the_graph_pca_with_orthonormal_axes_outside_it(vectors: np.ndarray) -> None:
+    pca = PCA.fit(vectors[:1000], 32)
+    wide = pca.widened(vectors[1000:2000], 32)
+    assert wide.dim == 64 and wide.extends(pca) and not wide.whiten
+    gram = wide.components.astype(np.float64) @ wide.components.T.astype(np.float64)
+    np.testing.assert_allclose(gram, np.eye(64), atol=1e-5)
+    assert wide.explained_variance_ratio > pca.explained_variance_ratio
+    few = pca.widened(vectors[:20], 32)  # a sample spans no more than its rows
+    assert 32 < few.dim <= 52 and few.extends(pca)
 
 
 def test_search_reads_the_full_rows_of_only_the_candidates_the_tier_estimates_nearest(
@@ -181,7 +202,7 @@ def test_search_reads_the_full_rows_of_only_the_candidates_the_tier_estimates_ne
             want, want_d = search.rerank(core, query, pool)  # every candidate's full row
             with CountingReads(reduced) as reads:
                 found, found_d = search.search(core, query, k, none, None)
-            assert reads.rows == search.READ_FACTOR * k + search.READ_EXTRA < len(pool)
+            assert reads.rows == search._reads(core, k) == 5 * k + 5 < len(pool)  # a 128-d tier
             assert (np.diff(found_d) >= 0).all() and (found_d >= want_d[: len(found_d)] - 1e-5).all()
             found_too, wanted = found_too + len(set(found) & set(want[:k])), wanted + k
     assert found_too / wanted >= 0.95  # an estimate orders the candidates: not exact, nearly as good
@@ -233,7 +254,7 @@ def test_a_broad_filter_reads_only_the_full_rows_the_tier_estimates_nearest(
     for query in queries(matrix, 10, seed=6):
         with CountingReads(reduced) as reads:
             hits = reduced.search(query, k=5, filter={"half": "1"})
-        assert reads.rows == search.READ_FACTOR * 5 + search.READ_EXTRA
+        assert reads.rows == search._reads(reduced._core, 5) == 30  # a 128-d tier
         assert len(hits) == 5 and all(int(h.key[5:]) % 2 == 1 for h in hits)
         exact = brute_force([keys[i] for i in inside], matrix[inside], query)
         found_too += len({h.key for h in hits} & set(sorted(exact, key=exact.__getitem__)[:5]))
@@ -340,7 +361,7 @@ def test_a_reduced_catalog_written_before_the_tier_gains_it_and_answers_as_befor
             bags, expected["filtered"], catalog_distances(catalog, catalog.vector("p000/photo-0.jpg"))
         )
         assert catalog.verify() == []
-    assert len(list(root.glob("tier-*"))) == 1
+    assert sorted(p.suffix for p in root.glob("tier-*")) == [".int8", ".npz"]  # the tier, its space
 
 
 WRITER = """
@@ -467,3 +488,45 @@ def test_kept_filters_stay_within_their_budget_as_they_grow_and_others_gather_no
     assert len(cache) == 1 and cache.get(0, {"shade": "s2"}, mask_of("never")) is second
     assert Matches(mask_of("s1")()).tier_rows(core.tier, core.tier_rows) is None  # kept by no cache
     assert second.without(second.labels[:1]).tier_rows(core.tier, core.tier_rows) is None
+
+
+V4_CATALOGS = Path(__file__).parent / "data" / "v4-catalogs"
+
+
+def test_a_tier_of_format_1_serves_read_only_and_is_widened_by_the_first_writable_open(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "reduced-float32"
+    shutil.copytree(V4_CATALOGS / "reduced-float32", root)
+    expected = json.loads((root / "expected.json").read_text())
+    files = lambda: {p.name: p.read_bytes() for p in root.iterdir() if "sqlite-" not in p.name}  # noqa: E731
+    before = files()
+    with Catalog.open(root, readonly=True) as catalog:
+        tier = catalog._core.tier
+        assert tier is not None and tier.space is None and not tier.widened  # as it was written
+        assert catalog._core.tier_rows == catalog._core.rows
+        for key, neighbours in expected["exact"].items():
+            distance = catalog_distances(catalog, catalog.vector(key))
+            assert_same_ranking(catalog.exact_search(key, k=5), neighbours, distance)
+            assert [h.key for h in catalog.search(key, k=5)] == expected["search"][key]
+        assert catalog.verify() == []
+    assert files() == before
+    with Catalog.open(root) as catalog:
+        core = catalog._core
+        assert core.tier is not None and core.tier.widened and core.tier.space is not None
+        assert core.tier.pca.dim == 32 and core.tier.pca.extends(core.reduction)
+        assert core.tier_rows == core.rows
+        found_too = 0
+        for key, neighbours in expected["exact"].items():
+            distance = catalog_distances(catalog, catalog.vector(key))
+            assert_same_ranking(catalog.exact_search(key, k=5), neighbours, distance)
+            found_too += len({h.key for h in catalog.search(key, k=5)} & set(neighbours))
+        assert found_too >= 0.95 * 5 * len(expected["exact"])
+        bags = catalog.exact_search("p000/photo-0.jpg", k=5, filter={"category": "Bag"})
+        assert_same_ranking(
+            bags, expected["filtered"], catalog_distances(catalog, catalog.vector("p000/photo-0.jpg"))
+        )
+        assert catalog.verify() == []
+    assert sorted(p.name for p in root.glob("tier-*")) == ["tier-pca-16-1-2.int8", "tier-pca-16-1-2.npz"]
+    with Catalog.open(root, readonly=True) as catalog:  # and opens as it was left
+        assert catalog._core.tier is not None and catalog._core.tier.widened

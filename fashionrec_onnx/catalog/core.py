@@ -192,9 +192,15 @@ class CatalogCore:
             recorded = int(settings.get("tier.rows", "0") or 0)
             self.tier_rows = min(recorded, self.rows, self.tier.rows.rows_on_disk)
 
+    @property
+    def tier_lags(self) -> bool:
+        """Whether a writer has the tier to make, widen (format 1) or catch up (`ensure_tier`)."""
+        return self.tier is None or self.tier.space is None or self.tier_rows < self.rows
+
     def ensure_tier(self) -> None:
         """Under the write lock: a reduced catalog's tier made (a catalog written before the
-        tier existed, or whose tier file was lost) or caught up with rows written without it."""
+        tier existed, or whose tier file was lost), remade in the wider space of format 2 (a
+        format 1 tier), or caught up with rows written without it."""
         if self.reduction is None or self.reduction_file is None:
             if self.store.get_setting("tier.file"):
                 self.store.set_settings({"tier.file": "", "tier.rows": "0"})
@@ -202,10 +208,11 @@ class CatalogCore:
             self._remove_tiers(keep=None)
             return
         self.open_tier(self.store.settings())
-        if self.tier is not None and self.tier_rows >= self.rows:
+        if not self.tier_lags:
             return
         try:
-            if self.tier is None:
+            if self.tier is None or self.tier.space is None:
+                self._drop_tier()
                 name = tier_name(self.reduction_file)
                 log.info("%s: building the compact tier %s from the stored vectors", self.root, name)
                 live = self.liveness.labels()
@@ -224,11 +231,12 @@ class CatalogCore:
                 raise disk_full(self.root, exc) from exc
             raise
         self.tier_rows = self.rows
-        self._remove_tiers(keep=self.tier.path.name)
+        self._remove_tiers(keep=self.tier)
 
-    def _remove_tiers(self, keep: str | None) -> None:
+    def _remove_tiers(self, keep: Tier | None) -> None:
+        kept = set() if keep is None else {keep.path.name, keep.space}
         for old in self.root.glob("tier-*"):
-            if old.name != keep:
+            if old.name not in kept:
                 old.unlink(missing_ok=True)
 
     def start_graph(self, rebuild: bool) -> bool:
@@ -364,11 +372,7 @@ class CatalogCore:
         )
         projected = None  # the PCA projection of the new vectors, once computed
         with self.writing():
-            if (
-                vectors is not None
-                and self.reduction is not None
-                and (self.tier is None or self.tier_rows < self.rows)
-            ):
+            if vectors is not None and self.reduction is not None and self.tier_lags:
                 self.ensure_tier()
             with self.store.writing() as writer:
                 removed = writer.remove([*remove_keys, *(item.key for item in new)])
@@ -376,10 +380,10 @@ class CatalogCore:
                     self.vectors.write_rows(writer.next_label, vectors)
                     if self.tier is not None and self.tier_rows == writer.next_label:
                         stored = to_float32(vectors.astype(self.vectors.dtype))  # as the file holds them
-                        if self.vectors.dtype == np.float32 and self.tier.pca is self.reduction:
-                            # the graph's projection too: one product for both
-                            projected = self.tier.pca.project(stored)
-                        self.tier.write_rows(writer.next_label, stored, projected)
+                        in_tier = self.tier.pca.project(stored)
+                        self.tier.write_rows(writer.next_label, stored, in_tier)
+                        if self.vectors.dtype == np.float32:  # the graph's projection is its start
+                            projected = np.ascontiguousarray(in_tier[:, : self.graph_dim])
                         writer.note({"tier.rows": str(writer.next_label + len(vectors))})
                 added = writer.insert(new, texts)
             if not (added or removed):

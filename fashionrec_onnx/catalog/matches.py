@@ -20,7 +20,7 @@ from .tier import Tier
 
 CACHED_FILTERS = 8  # filters whose matches are kept, the least recently used dropped first
 CACHED_BYTES = 64 << 20  # and no more than this in all (masks, labels, gathered tier rows)
-GATHERED_BYTES = 16 << 20  # a filter's tier rows kept gathered up to this size (60,000 rows of 256-d)
+GATHERED_BYTES = 32 << 20  # a filter's tier rows kept gathered up to this size (60,000 rows of 512-d)
 LONGEST_KEY = 4096  # characters of field names and values: a longer filter is worked out each time
 
 

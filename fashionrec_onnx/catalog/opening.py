@@ -225,7 +225,7 @@ def _start(core: CatalogCore, rebuild: bool) -> None:
             core.store.set_settings({"reduction.file": name}, bump=True)
             core.reduction_file, core.reduction = name, pca
             core.generation = core.store.generation
-    if core.reduction is not None and not core.readonly and (core.tier is None or core.tier_rows < core.rows):
+    if core.reduction is not None and not core.readonly and core.tier_lags:
         with core.writing():  # a catalog written before the compact tier existed gains it here
             core.ensure_tier()
     if core.start_graph(rebuild) and not core.readonly:

@@ -103,12 +103,20 @@ def exact_among(
 # rank (or tie) is ever skipped.
 SLACK = 1e-4
 FIRST = 8  # full rows read first (at least 2k), those with the smallest bounds, to find a k-th best
-# Tier rows bounded or estimated at a time: their float32 codes (2 MB at 256-d) stay in the core's
-# cache between the conversion and the product. At 1,000,000 items (one run each): a 1% filter's
+# Tier rows bounded or estimated at a time: their float32 codes (2 MB) stay in the core's cache
+# between the conversion and the product. At 1,000,000 items, 256-d (one run each): a 1% filter's
 # estimates took 1.03 ms a search in blocks of 2,048 rows, 1.59 ms in blocks of 8,192; exact
 # search 143-191 ms, 252-301 ms in blocks of a 4 MB mapped block's 15,650 rows.
-TIER_BLOCK = 2048
+TIER_BLOCK_BYTES = 2 << 20
 BOUNDS_HELD = 32 << 20  # lower bounds held at once (queries x rows): 128 MB of float32
+# A wider tier's estimates of many candidates (a filter's matches) on the graph's coordinates
+# keep this many times the rows to read, which are then estimated on all the tier's coordinates.
+FINE_FACTOR = 4
+
+
+def _tier_block(tier: Tier) -> int:
+    """Tier rows whose float32 codes fill `TIER_BLOCK_BYTES` (2,048 at 256-d, 1,024 at 512-d)."""
+    return max(256, TIER_BLOCK_BYTES // (4 * tier.dim))
 
 
 def bounded_topk(
@@ -131,6 +139,7 @@ def bounded_topk(
     found_l = np.empty((len(queries), k), np.int64)
     found_d = np.empty((len(queries), k), np.float32)
     chunk = max(1, BOUNDS_HELD // len(labels))
+    step = _tier_block(tier)
     with kernels.one_blas_thread() if len(queries) <= FEW else contextlib.nullcontext():
         for first in range(0, len(queries), chunk):
             batch = queries[first : first + chunk]
@@ -141,9 +150,9 @@ def bounded_topk(
                 keep = allowed[start : start + len(block)]
                 count = int(np.count_nonzero(keep))
                 picked = block if count == len(block) else block[keep]
-                for offset in range(0, count, TIER_BLOCK):
-                    part = picked[offset : offset + TIER_BLOCK]
-                    bounds[:, position : position + len(part)] = tier.bounds(part, prepared)
+                for offset in range(0, count, step):
+                    part = picked[offset : offset + step]
+                    bounds[:, position : position + len(part)] = tier.bounds(part, prepared, coarse=True)
                     position += len(part)
             for row, (query, bound) in enumerate(zip(batch, bounds)):
                 found_l[first + row], found_d[first + row] = _refine(vectors, labels, bound, query, k)
@@ -157,9 +166,10 @@ def _tier_blocks(
     (those rows, gathered earlier in that order) or gathered here. The tier's pages stay mapped
     (`VectorFile.take`): 10,000 scattered matches would otherwise fault 10,000 pages in again on
     every search."""
-    for start in range(0, len(inside), TIER_BLOCK):
-        block = inside[start : start + TIER_BLOCK]
-        rows = tier.rows.take(labels[block]) if gathered is None else gathered[start : start + TIER_BLOCK]
+    step = _tier_block(tier)
+    for start in range(0, len(inside), step):
+        block = inside[start : start + step]
+        rows = tier.rows.take(labels[block]) if gathered is None else gathered[start : start + step]
         yield block, rows
 
 
@@ -202,18 +212,29 @@ def estimated_among(
     """The k nearest of a graph's candidates or a filter's matches in the full space, reading
     the full rows of only the ``reads`` the tier estimates nearest (`Tier.estimates`), and of
     any the tier does not cover yet. Not exact: a search's re-rank, where reading every
-    candidate's row is what costs. ``projected``: the query's tier projection, when the caller
-    has it; ``gathered``: the tier rows of the covered labels, in their order."""
+    candidate's row is what costs. Past `FINE_FACTOR` times ``reads`` covered candidates (a
+    filter's matches), a wider tier first estimates on the graph's coordinates alone and keeps
+    that many. ``projected``: the query's tier projection, when the caller has it;
+    ``gathered``: the tier rows of the covered labels, in their order."""
     query = np.asarray(query, np.float32).reshape(-1)
     labels = np.asarray(labels, np.int64)
     inside = np.flatnonzero(labels < covered)
     reads += len(labels) - len(inside)  # uncovered: always read
     if len(labels) > reads:
         estimates = np.full(len(labels), -np.inf, np.float32)
+        fine = FINE_FACTOR * reads
+        coarse = tier.widened and len(inside) > fine
         with kernels.one_blas_thread():
             prepared = tier.prepare(query[None, :], projected)
             for block, rows in _tier_blocks(tier, labels, inside, gathered):
-                estimates[block] = tier.estimates(rows, prepared)[0]
+                estimates[block] = tier.estimates(rows, prepared, coarse)[0]
+            if coarse:  # the nearest on the graph's coordinates, estimated again on them all
+                kept = np.sort(np.argpartition(estimates, fine - 1)[:fine])
+                kept = kept[labels[kept] < covered]
+                at = np.searchsorted(inside, kept)  # their places among the covered rows
+                rows = tier.rows.take(labels[kept]) if gathered is None else gathered[at]
+                estimates[inside] = np.inf  # the others are not compared with finer estimates
+                estimates[kept] = tier.estimates(rows, prepared)[0]
         labels = labels[np.argpartition(estimates, reads - 1)[:reads]]
     labels = np.sort(labels)  # label order: the file is read front to back
     distances = squared_distances(query[None, :], vectors.read(labels, raw=True))[0]
@@ -277,7 +298,7 @@ def bounded_within(
         wanted = np.asarray([x for x in labels.tolist() if x not in projected], np.int64)
         for start in range(0, len(wanted), 4096):
             chunk = wanted[start : start + 4096]
-            projected.update(zip(chunk.tolist(), tier.pca.transform(vectors.read(chunk, raw=True))))
+            projected.update(zip(chunk.tolist(), tier.graph.transform(vectors.read(chunk, raw=True))))
 
     def distances(query: np.ndarray, labels: np.ndarray) -> np.ndarray:
         if graph_space:
@@ -296,7 +317,7 @@ def bounded_within(
     unbounded = np.flatnonzero(~np.isfinite(upper))
     if len(unbounded) and graph_space:
         found_l[unbounded], found_d[unbounded] = exact_topk(
-            vectors, rows, allowed, queries[unbounded], k, transform=tier.pca.transform
+            vectors, rows, allowed, queries[unbounded], k, transform=tier.graph.transform
         )
     elif len(unbounded):
         found_l[unbounded], found_d[unbounded] = bounded_topk(

@@ -67,6 +67,45 @@ class PCA:
             explained_variance_ratio=float(variance[:dim].sum() / variance.sum()),
         )
 
+    def widened(self, sample: np.ndarray, extra: int) -> PCA:
+        """This PCA's components followed by up to ``extra`` principal axes of what ``sample``
+        keeps outside them (the compact tier's wider space: its first `dim` coordinates are this
+        PCA's projection). Fewer axes when the sample spans fewer; never whitened or normalised."""
+        centred = np.asarray(sample, np.float64) - self.mean
+        inside = self.components.astype(np.float64)
+        residual = centred - (centred @ inside.T) @ inside
+        extra = min(extra, self.input_dim - self.dim, len(residual))
+        axes = np.zeros((0, self.input_dim))
+        singular = np.zeros(0)
+        if extra > 0:
+            singular, axes = _principal_axes(residual, extra)
+            # Only axes along which the sample truly varies: past its rank an axis is arbitrary
+            # and may lie in this PCA's space.
+            extra = min(extra, int(np.count_nonzero(singular > 1e-6 * max(float(singular[0]), 1e-300))))
+            singular, axes = singular[:extra], axes[:extra]
+            axes = axes - (axes @ inside.T) @ inside  # orthogonal to this PCA's axes to rounding,
+            axes = np.linalg.qr(axes.T)[0].T  # and to each other
+        components = np.vstack([inside, axes])
+        total = float(np.einsum("nd,nd->", centred, centred))
+        kept = centred @ components.T
+        return PCA(
+            mean=self.mean,
+            components=components.astype(np.float32),
+            scales=np.concatenate([self.scales, singular / np.sqrt(max(len(sample), 1))]).astype(np.float32),
+            whiten=False,
+            explained_variance_ratio=float(np.einsum("nd,nd->", kept, kept) / total) if total > 0 else 1.0,
+        )
+
+    def extends(self, other: PCA) -> bool:
+        """Whether this PCA's first coordinates are ``other``'s projection (a tier's wider space)."""
+        return (
+            self.input_dim == other.input_dim
+            and self.dim >= other.dim
+            and self.normalise == other.normalise
+            and np.array_equal(self.mean, other.mean)
+            and np.array_equal(self.components[: other.dim], other.components)
+        )
+
     def project(self, vectors: np.ndarray) -> np.ndarray:
         """The centred projection, neither whitened nor normalised (the compact tier's space)."""
         centred = np.atleast_2d(np.asarray(vectors, dtype=np.float32)) - self.mean

@@ -38,9 +38,13 @@ RERANK_EXTRA = 100
 # A filter's matches scanned in the tier are read the same way past EXACT_AMONG_MAX (the bounds
 # rule out too few: 20,000 matches at 200,000 items needed 107 full rows for the exact answer;
 # the first 40 by the estimate found 1.000 of it, 200 queries, in 2.5 times less time).
-# A filter's graph search then collects as many matches as are read (`_pool`): 30, once 140.
+# A filter's graph search collects 5k + 5 matches (`_pool`): 30, once 140.
+# A tier estimating in 512 dimensions (format 2, a graph of 256 or more): its first 2k + 5 = 15
+# held 0.9993 of the exact top 5 at 1,000,000 items (300 real-image queries; 256-d: 0.985;
+# benchmarks/results/tier-width-1m.md), so half the rows are read.
 READ_FACTOR = 5
 READ_EXTRA = 5
+WIDE_READ_FACTOR = 2
 EXACT_AMONG_MAX = 2_000  # this many matches or fewer: always exact among them
 GRAPH_WIDTH_MAX = 2_000  # a post-filtered graph search wider than this: exact among the matches
 OVERSAMPLE = 1.25  # graph hits asked for per expected match
@@ -65,25 +69,30 @@ def _pool(core: CatalogCore, k: int, filtered: bool = False) -> int:
     if core.reduction is None:
         return k
     if core.tier is not None:
-        reads = READ_FACTOR * k + READ_EXTRA
-        return reads if filtered else 3 * reads // 2
+        pool = READ_FACTOR * k + READ_EXTRA
+        return pool if filtered else 3 * pool // 2
     return RERANK_FACTOR * k + RERANK_EXTRA
 
 
+def _reads(core: CatalogCore, k: int) -> int:
+    """Full rows a re-rank through the tier reads: fewer when it estimates in 512 dimensions."""
+    assert core.tier is not None
+    return (WIDE_READ_FACTOR if core.tier.wide else READ_FACTOR) * k + READ_EXTRA
+
+
 def _projected(core: CatalogCore, vector: np.ndarray) -> np.ndarray | None:
-    """The query in the graph's space when that is also the tier's (PCA format 2, not whitened):
-    one projection serves the graph search and the tier's estimates (0.1 ms each at 2048 x 256)."""
-    pca = core.reduction
-    if pca is None or core.tier is None or core.tier.pca is not pca or pca.normalise or pca.whiten:
-        return None
-    return core.to_graph(vector)
+    """The query in the tier's space, whose first coordinates are the graph's projection: one
+    product serves the graph search and the tier's estimates."""
+    return None if core.tier is None else core.tier.pca.project(vector)
 
 
 def _graph(
     core: CatalogCore, vector: np.ndarray, wanted: int, projected: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
+    """``projected``: the query in the tier's space (`_projected`), or None."""
     assert core.graph.index is not None
-    query = core.to_graph(vector) if projected is None else projected
+    inside = None if projected is None else projected[:, : core.graph_dim]
+    query = core.to_graph(vector, inside)
     labels, distances = core.graph.index.search(query, wanted, core.count)
     keep = labels[0] >= 0
     return labels[0][keep], distances[0][keep]
@@ -111,7 +120,7 @@ def nearest(
         found, distances = rerank(core, vector, labels)
         return found[:k], distances[:k]
     return oracle.estimated_among(
-        core.vectors, core.tier, core.tier_rows, labels, vector, k, READ_FACTOR * k + READ_EXTRA, projected
+        core.vectors, core.tier, core.tier_rows, labels, vector, k, _reads(core, k), projected
     )
 
 
@@ -146,7 +155,7 @@ def search(
             )
         return oracle.estimated_among(  # as the graph's pool is re-ranked, from all the matches
             core.vectors, core.tier, core.tier_rows, allowed.labels, vector, k,
-            READ_FACTOR * k + READ_EXTRA, None, gathered,
+            _reads(core, k), None, gathered,
         )  # fmt: skip
     if matches <= EXACT_AMONG_MAX or width > GRAPH_WIDTH_MAX:
         return _exact_among(core, allowed, vector, k)
