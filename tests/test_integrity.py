@@ -391,6 +391,27 @@ def test_rebuild_and_sync_on_a_read_only_medium_fail_at_once_in_one_line(
         server.stop()
 
 
+def test_a_tier_remade_on_a_full_disk_stays_of_format_1_and_leaves_nothing_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    v4 = Path(__file__).parent / "data" / "v4-catalogs" / "reduced-float32"
+    with tmpfs(tmp_path / "disk", 8) as disk:
+        root = disk / "catalog"
+        shutil.copytree(v4, root)
+        filler = fill(disk, 120_000)  # the wider tier's PCA alone is 270 kB
+        with caplog.at_level("WARNING"), Catalog.open(root) as catalog:
+            tier = catalog._core.tier
+            assert tier is not None and tier.space is None  # the format 1 tier, still serving
+            key = next(iter(catalog.keys()))
+            assert len(catalog.exact_search(key, k=5)) == 5
+        assert "stays of format 1" in caplog.text and "full" in caplog.text
+        assert sorted(p.name for p in root.glob("tier-*")) == ["tier-pca-16-1.int8"]
+        filler.unlink()
+        with Catalog.open(root) as catalog:
+            assert catalog._core.tier is not None and catalog._core.tier.widened and catalog.verify() == []
+        assert sorted(p.name for p in root.glob("tier-*")) == ["tier-pca-16-1-2.int8", "tier-pca-16-1-2.npz"]
+
+
 def test_reduce_on_a_full_disk_names_the_file_and_the_state_it_left(
     tmp_path: Path, small_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,7 +17,8 @@ from fashionrec_onnx import Catalog
 from fashionrec_onnx.catalog import oracle, search, writing
 from fashionrec_onnx.catalog.matches import LONGEST_KEY, MatchCache, Matches
 from fashionrec_onnx.catalog.pca import PCA
-from fashionrec_onnx.catalog.tier import Tier
+from fashionrec_onnx.catalog.tier import MAX_GRAPH_DIM, Tier
+from fashionrec_onnx.errors import CatalogCorruptError
 
 V3_CATALOGS = Path(__file__).parent / "data" / "v3-catalogs"
 ITEMS = 3000
@@ -530,3 +531,59 @@ def test_a_tier_of_format_1_serves_read_only_and_is_widened_by_the_first_writabl
     assert sorted(p.name for p in root.glob("tier-*")) == ["tier-pca-16-1-2.int8", "tier-pca-16-1-2.npz"]
     with Catalog.open(root, readonly=True) as catalog:  # and opens as it was left
         assert catalog._core.tier is not None and catalog._core.tier.widened
+
+
+def widened_copy(tmp_path: Path) -> Path:
+    """The v4 catalog, its tier remade in format 2 by a writable open."""
+    root = tmp_path / "widened"
+    shutil.copytree(V4_CATALOGS / "reduced-float32", root)
+    Catalog.open(root).close()
+    return root
+
+
+def test_a_damaged_space_file_leaves_the_catalog_serving_and_is_rebuilt_on_a_writable_open(
+    tmp_path: Path,
+) -> None:
+    root = widened_copy(tmp_path)
+    expected = json.loads((root / "expected.json").read_text())
+    space = root / "tier-pca-16-1-2.npz"
+    space.write_bytes(space.read_bytes()[:1000])  # a truncated zip
+    with Catalog.open(root, readonly=True) as catalog:
+        assert catalog._core.tier is None  # the rows are read in full meanwhile
+        for key, neighbours in expected["exact"].items():
+            distance = catalog_distances(catalog, catalog.vector(key))
+            assert_same_ranking(catalog.exact_search(key, k=5), neighbours, distance)
+        assert any("compact tier" in problem for problem in catalog.verify())
+    with Catalog.open(root) as catalog:
+        assert catalog._core.tier is not None and catalog._core.tier.widened and catalog.verify() == []
+    graph_pca = root / "pca-16-1.npz"
+    graph_pca.write_bytes(graph_pca.read_bytes()[:1000])
+    with pytest.raises(CatalogCorruptError, match="pca-16-1.npz"):
+        Catalog.open(root, readonly=True)
+
+
+def test_a_writable_open_removes_tier_files_a_crash_left_behind(tmp_path: Path) -> None:
+    root = widened_copy(tmp_path)
+    stray = root / "tier-pca-16-1.int8"  # as if killed between recording the new tier and this
+    shutil.copyfile(V4_CATALOGS / "reduced-float32" / stray.name, stray)
+    with Catalog.open(root, readonly=True):
+        pass
+    assert stray.exists()
+    with Catalog.open(root) as catalog:
+        assert catalog.verify() == []
+    assert sorted(p.name for p in root.glob("tier-*")) == ["tier-pca-16-1-2.int8", "tier-pca-16-1-2.npz"]
+
+
+def test_a_graph_too_wide_for_the_tier_header_has_no_tier_and_searches_exactly(
+    tmp_path: Path, small_model: Path
+) -> None:
+    vectors = clustered(700, seed=9)
+    with Catalog.create(tmp_path / "wide", small_model) as catalog:
+        catalog.add_many([f"w-{i}" for i in range(700)], vectors)
+        catalog.reduce(MAX_GRAPH_DIM + 10)
+        assert catalog._core.tier is None and not list((tmp_path / "wide").glob("tier-*"))
+        catalog.add_many(["w-extra"], vectors[:1])
+        query = queries(vectors, 1, seed=2)[0]
+        keys, matrix = stored(catalog)
+        assert_true_top_k(catalog.exact_search(query, k=5), brute_force(keys, matrix, query), 5)
+        assert catalog.verify() == []

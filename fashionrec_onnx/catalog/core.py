@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadArgumentError, CatalogCorruptError, CatalogError, ModelError
+from ..errors import BadArgumentError, CatalogCorruptError, CatalogError, DiskFullError, ModelError
 from ..model import ModelInfo, recorded_fingerprint
 from . import products
 from .columns import Liveness, MetadataColumns
@@ -26,7 +26,7 @@ from .hnsw import HnswParams, ReadWriteLock
 from .kernels import row_norms, to_float32
 from .pca import PCA
 from .store import Delta, NewItem, Store, disk_full, is_disk_full, metadata_text
-from .tier import Tier
+from .tier import Tier, space_name
 from .tier import file_name as tier_name
 from .vectors import VectorFile
 
@@ -194,36 +194,77 @@ class CatalogCore:
 
     @property
     def tier_lags(self) -> bool:
-        """Whether a writer has the tier to make, widen (format 1) or catch up (`ensure_tier`)."""
-        return self.tier is None or self.tier.space is None or self.tier_rows < self.rows
+        """Whether a write has the tier to make or catch up first (`ensure_tier`)."""
+        if self.reduction is None or not Tier.possible(self.reduction):
+            return False
+        return self.tier is None or self.tier_rows < self.rows
 
-    def ensure_tier(self) -> None:
+    @property
+    def tier_untidy(self) -> bool:
+        """Whether a writable open has work on the tier: make it, catch it up, remake a format 1
+        tier in the wider space, or remove files a crash left beside it (`ensure_tier`)."""
+        if self.reduction is None or not Tier.possible(self.reduction):
+            return any(self.root.glob("tier-*"))
+        if self.tier_lags or self.tier is None or self.tier.space is None:
+            return True
+        return any(p.name not in (self.tier.path.name, self.tier.space) for p in self.root.glob("tier-*"))
+
+    def ensure_tier(self, widen: bool = False) -> None:
         """Under the write lock: a reduced catalog's tier made (a catalog written before the
-        tier existed, or whose tier file was lost), remade in the wider space of format 2 (a
-        format 1 tier), or caught up with rows written without it."""
-        if self.reduction is None or self.reduction_file is None:
+        tier existed, or whose tier file was lost) or caught up with rows written without it;
+        ``widen`` (a writable open): a format 1 tier remade in the wider space of format 2. A
+        remake that fails on a full disk keeps the format 1 tier (with a warning) and removes
+        what it wrote; other files of tiers no longer used are removed."""
+        if self.reduction is None or self.reduction_file is None or not Tier.possible(self.reduction):
             if self.store.get_setting("tier.file"):
                 self.store.set_settings({"tier.file": "", "tier.rows": "0"})
             self._drop_tier()
             self._remove_tiers(keep=None)
             return
         self.open_tier(self.store.settings())
-        if not self.tier_lags:
-            return
+        if self.tier is not None and self.tier.space is None and widen:
+            try:
+                self._make_tier()
+            except DiskFullError as exc:
+                self.open_tier(self.store.settings())  # the format 1 tier, still recorded
+                log.warning("%s; the compact tier stays of format 1 until the next writable open", exc)
+        elif self.tier is None:
+            self._make_tier()
+        if self.tier is not None and self.tier_rows < self.rows:
+            self._catch_up_tier()
+        self._remove_tiers(keep=self.tier)
+
+    def _make_tier(self) -> None:
+        """A new tier of format 2 from the stored vectors, recorded; on failure its files are removed."""
+        assert self.reduction is not None and self.reduction_file is not None
+        name = tier_name(self.reduction_file)
+        log.info("%s: building the compact tier %s from the stored vectors", self.root, name)
+        live = self.liveness.labels()
+        picks = np.random.default_rng(0).choice(live, min(TIER_SAMPLE, len(live)), replace=False)
+        sample = self.vectors.read(np.sort(picks)) if len(picks) else np.zeros((0, self.dim), np.float32)
+        made: Tier | None = None
         try:
-            if self.tier is None or self.tier.space is None:
-                self._drop_tier()
-                name = tier_name(self.reduction_file)
-                log.info("%s: building the compact tier %s from the stored vectors", self.root, name)
-                live = self.liveness.labels()
-                picks = np.random.default_rng(0).choice(live, min(TIER_SAMPLE, len(live)), replace=False)
-                sample = (
-                    self.vectors.read(np.sort(picks)) if len(picks) else np.zeros((0, self.dim), np.float32)
-                )
-                self.tier = Tier.create(
-                    self.root / name, self.reduction, self.reduction_file, self.vectors.path.name, sample
-                )
-                self.tier_rows = 0
+            made = Tier.create(
+                self.root / name, self.reduction, self.reduction_file, self.vectors.path.name, sample
+            )
+            made.fill(self.vectors, 0, self.rows)
+            self.store.set_settings({"tier.file": made.path.name, "tier.rows": str(self.rows)})
+        except BaseException as exc:
+            if made is not None:
+                made.close()
+            for path in (self.root / name, self.root / space_name(name)):
+                path.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and is_disk_full(exc):
+                raise disk_full(self.root, exc) from exc
+            raise
+        self._drop_tier()
+        self.tier, self.tier_rows = made, self.rows
+
+    def _catch_up_tier(self) -> None:
+        """Tier rows for the rows written without it (a version without the tier, or a read-only
+        open's lag)."""
+        assert self.tier is not None
+        try:
             self.tier.fill(self.vectors, self.tier_rows, self.rows)
             self.store.set_settings({"tier.file": self.tier.path.name, "tier.rows": str(self.rows)})
         except OSError as exc:
@@ -231,7 +272,6 @@ class CatalogCore:
                 raise disk_full(self.root, exc) from exc
             raise
         self.tier_rows = self.rows
-        self._remove_tiers(keep=self.tier)
 
     def _remove_tiers(self, keep: Tier | None) -> None:
         kept = set() if keep is None else {keep.path.name, keep.space}

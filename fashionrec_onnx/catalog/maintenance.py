@@ -17,6 +17,7 @@ from .core import CatalogCore
 from .pca import PCA
 from .search import _pool, nearest
 from .store import is_disk_full
+from .tier import Tier
 from .vectors import sound_rows
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,9 @@ def verify(core: CatalogCore) -> list[str]:
 
 def tier_problems(core: CatalogCore, live: np.ndarray) -> list[str]:
     """The compact tier of a reduced catalog: there, made from this PCA, and every row it claims
-    to cover holding its vector's bound (recomputed from the vector file, a block at a time)."""
-    if core.reduction is None:
+    to cover holding its vector's bound (recomputed from the vector file, a block at a time).
+    A graph too wide for a tier (`Tier.possible`) has none to check."""
+    if core.reduction is None or not Tier.possible(core.reduction):
         return []
     tier = core.tier
     if tier is None:

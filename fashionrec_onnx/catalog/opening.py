@@ -225,9 +225,9 @@ def _start(core: CatalogCore, rebuild: bool) -> None:
             core.store.set_settings({"reduction.file": name}, bump=True)
             core.reduction_file, core.reduction = name, pca
             core.generation = core.store.generation
-    if core.reduction is not None and not core.readonly and core.tier_lags:
-        with core.writing():  # a catalog written before the compact tier existed gains it here
-            core.ensure_tier()
+    if not core.readonly and core.tier_untidy:
+        with core.writing():  # a catalog written before the compact tier (or its format 2) gains it here
+            core.ensure_tier(widen=True)
     if core.start_graph(rebuild) and not core.readonly:
         core.save()
 

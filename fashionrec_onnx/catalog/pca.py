@@ -12,6 +12,8 @@ The stored full vectors stay the truth: exact search, and `Catalog.check`, compa
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,7 +167,7 @@ class PCA:
                     explained_variance_ratio=float(data["explained_variance_ratio"]),
                     normalise=int(data["format"]) == 1,
                 )
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise CatalogCorruptError(
                 f"the PCA file {path} is missing or corrupt ({exc}); recreate it with "
                 "`fashionrec reduce --catalog DIR --dim N` (the stored vectors are intact)."

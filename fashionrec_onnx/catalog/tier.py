@@ -58,6 +58,10 @@ FORMAT = 2  # 1: the graph's own space (read, rebuilt when the catalog is opened
 # of the exact top 5 among a graph pool's first 10 candidates and 0.9993 among 15 (384-d: 0.986
 # and 0.9967). It also keeps the int8 scales within the file's header (4 KB).
 WIDTH = 512
+# A graph wider than this gets no tier: the int8 scales of its coordinates would not fit the
+# file's 4 KB header (base64 of 640 float32 is 3,416 bytes). Its searches read every candidate's
+# full row, as before the tier.
+MAX_GRAPH_DIM = 640
 
 
 def file_name(pca_file: str, codes: str = CODES) -> str:
@@ -98,6 +102,11 @@ class Tier:
         return self.pca.dim >= WIDTH
 
     # -- creating and opening ------------------------------------------------------------------------
+
+    @staticmethod
+    def possible(graph: PCA) -> bool:
+        """Whether a graph of this PCA can have a tier (`MAX_GRAPH_DIM`)."""
+        return graph.dim <= MAX_GRAPH_DIM
 
     @staticmethod
     def row_bytes(pca: PCA, codes: str, form: int) -> int:
@@ -150,7 +159,7 @@ class Tier:
             if header.get("pca") != pca_file or header.get("vectors") != vectors_file:
                 return None
             space = header.get("space")
-            pca = graph if space is None else PCA.load(path.with_name(str(space)))
+            pca = graph if space is None else cls._space(path, str(space))
             if pca is not graph and not pca.extends(graph):
                 return None
             form = 1 if space is None else 2
@@ -165,6 +174,13 @@ class Tier:
             return None
         rows.prefetch()
         return cls(rows, pca, codes, scales.copy(), graph, None if space is None else str(space))
+
+    @classmethod
+    def _space(cls, path: Path, name: str) -> PCA:
+        try:
+            return PCA.load(path.with_name(name))
+        except CatalogCorruptError as exc:  # the tier's own, not the graph's: rebuilt with the tier
+            raise CatalogCorruptError(f"{cls.recovery(path)} ({exc.args[0].split(';')[0]})") from exc
 
     def close(self) -> None:
         self.rows.close()
