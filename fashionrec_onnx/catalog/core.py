@@ -193,21 +193,23 @@ class CatalogCore:
             self.tier_rows = min(recorded, self.rows, self.tier.rows.rows_on_disk)
 
     @property
+    def tier_wanted(self) -> bool:
+        """Whether the catalog has a tier: a reduced graph not too wide for one (`Tier.possible`)."""
+        reduction = self.reduction
+        return reduction is not None and self.reduction_file is not None and Tier.possible(reduction)
+
+    @property
     def tier_lags(self) -> bool:
         """Whether a write has the tier to make or catch up first (`ensure_tier`)."""
-        if self.reduction is None or not Tier.possible(self.reduction):
-            return False
-        return self.tier is None or self.tier_rows < self.rows
+        return self.tier_wanted and (self.tier is None or self.tier_rows < self.rows)
 
     @property
     def tier_untidy(self) -> bool:
         """Whether a writable open has work on the tier: make it, catch it up, remake a format 1
         tier in the wider space, or remove files a crash left beside it (`ensure_tier`)."""
-        if self.reduction is None or not Tier.possible(self.reduction):
-            return any(self.root.glob("tier-*"))
-        if self.tier_lags or self.tier is None or self.tier.space is None:
+        if self.tier_lags or (self.tier_wanted and self.tier is not None and self.tier.space is None):
             return True
-        return any(p.name not in (self.tier.path.name, self.tier.space) for p in self.root.glob("tier-*"))
+        return any(self._stray_tiers(self.tier if self.tier_wanted else None))
 
     def ensure_tier(self, widen: bool = False) -> None:
         """Under the write lock: a reduced catalog's tier made (a catalog written before the
@@ -215,7 +217,7 @@ class CatalogCore:
         ``widen`` (a writable open): a format 1 tier remade in the wider space of format 2. A
         remake that fails on a full disk keeps the format 1 tier (with a warning) and removes
         what it wrote; other files of tiers no longer used are removed."""
-        if self.reduction is None or self.reduction_file is None or not Tier.possible(self.reduction):
+        if not self.tier_wanted:
             if self.store.get_setting("tier.file"):
                 self.store.set_settings({"tier.file": "", "tier.rows": "0"})
             self._drop_tier()
@@ -236,7 +238,7 @@ class CatalogCore:
 
     def _make_tier(self) -> None:
         """A new tier of format 2 from the stored vectors, recorded; on failure its files are removed."""
-        assert self.reduction is not None and self.reduction_file is not None
+        assert self.reduction is not None and self.reduction_file is not None  # `tier_wanted`
         name = tier_name(self.reduction_file)
         log.info("%s: building the compact tier %s from the stored vectors", self.root, name)
         live = self.liveness.labels()
@@ -273,11 +275,14 @@ class CatalogCore:
             raise
         self.tier_rows = self.rows
 
-    def _remove_tiers(self, keep: Tier | None) -> None:
+    def _stray_tiers(self, keep: Tier | None) -> Iterator[Path]:
+        """Files of tiers other than ``keep`` (its rows and its space)."""
         kept = set() if keep is None else {keep.path.name, keep.space}
-        for old in self.root.glob("tier-*"):
-            if old.name not in kept:
-                old.unlink(missing_ok=True)
+        return (path for path in self.root.glob("tier-*") if path.name not in kept)
+
+    def _remove_tiers(self, keep: Tier | None) -> None:
+        for old in self._stray_tiers(keep):
+            old.unlink(missing_ok=True)
 
     def start_graph(self, rebuild: bool) -> bool:
         """The saved graph brought up to date, or a fresh one when there is none, when it indexes

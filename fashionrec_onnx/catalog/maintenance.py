@@ -17,7 +17,6 @@ from .core import CatalogCore
 from .pca import PCA
 from .search import _pool, nearest
 from .store import is_disk_full
-from .tier import Tier
 from .vectors import sound_rows
 
 log = logging.getLogger(__name__)
@@ -206,8 +205,8 @@ def verify(core: CatalogCore) -> list[str]:
 def tier_problems(core: CatalogCore, live: np.ndarray) -> list[str]:
     """The compact tier of a reduced catalog: there, made from this PCA, and every row it claims
     to cover holding its vector's bound (recomputed from the vector file, a block at a time).
-    A graph too wide for a tier (`Tier.possible`) has none to check."""
-    if core.reduction is None or not Tier.possible(core.reduction):
+    A graph too wide for a tier (`CatalogCore.tier_wanted`) has none to check."""
+    if not core.tier_wanted:
         return []
     tier = core.tier
     if tier is None:

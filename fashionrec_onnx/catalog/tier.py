@@ -187,23 +187,23 @@ class Tier:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def _residuals(self, centred: np.ndarray, projected: np.ndarray) -> np.ndarray:
-        """``||r||`` outside the first ``projected.shape[1]`` coordinates."""
-        inside = np.einsum("nd,nd->n", projected, projected)
-        return np.sqrt(np.maximum(np.einsum("nd,nd->n", centred, centred) - inside, 0.0))
-
     def _statistics(
         self, centred: np.ndarray, projected: np.ndarray, decoded: np.ndarray
     ) -> list[np.ndarray]:
         """A row's float32 statistics (`STATS`), from its centred vector, projection and decoding."""
+        whole = np.einsum("nd,nd->n", centred, centred)
+
+        def residual(inside: np.ndarray) -> np.ndarray:  # ``||r||`` outside these coordinates
+            return np.sqrt(np.maximum(whole - np.einsum("nd,nd->n", inside, inside), 0.0))
+
         stats = [
-            self._residuals(centred, projected),
+            residual(projected),
             np.linalg.norm(projected - decoded, axis=1),
             np.einsum("nd,nd->n", decoded, decoded),
         ]
         if self.format == 2:
             graph = self.graph.dim
-            stats.append(self._residuals(centred, projected[:, :graph]))
+            stats.append(residual(projected[:, :graph]))
             stats.append(np.einsum("nd,nd->n", decoded[:, :graph], decoded[:, :graph]))
         return stats
 
@@ -410,7 +410,7 @@ class Prepared:
         scaled = (projected * tier.scales).astype(np.float32)
         squared = np.einsum("qd,qd->q", projected, projected)
         residual = np.sqrt(np.maximum(whole - squared, 0.0))
-        if tier.format == 1 or not tier.widened:
+        if not tier.widened:  # the graph's coordinates are all of them
             return cls(scaled, squared, residual)
         inside = projected[:, : tier.graph.dim]
         part = np.einsum("qd,qd->q", inside, inside)
