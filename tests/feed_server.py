@@ -34,6 +34,8 @@ class FeedServer(ThreadingHTTPServer):
         self.requests: Counter[str] = Counter()  # every request, by path
         self.bodies: Counter[str] = Counter()  # 200 answers with the image's bytes
         self.delay = 0.0  # seconds before every /img/ answer (the kill -9 test's slow shop)
+        self.gate = threading.Event()  # /img/ answers wait while it is clear: a sync held mid-way
+        self.gate.set()
         self.slow_seconds = 2.0  # /slow.png waits this long before answering
         self.oversized = 2 * 1024 * 1024
         self.redirects: dict[str, str] = {}  # path -> Location of a 302 answer
@@ -84,6 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif self.path.startswith("/img/"):
             time.sleep(server.delay)
+            server.gate.wait(timeout=60)
             data = server.images.get(self.path[len("/img/") :])
             if data is None:
                 self._send(404, b"not found", "text/plain")

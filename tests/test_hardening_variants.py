@@ -295,19 +295,22 @@ def test_an_index_prune_during_a_sync_is_refused_and_a_sync_during_a_prune_too(
         )
         (tmp_path / "photos").mkdir()
         photos(tmp_path / "photos", "a.png")
-        server.delay = 0.3
-        patient = DownloadSettings(timeout=10, allow_private_network=True)
+        server.gate.clear()  # the sync's downloads wait until the prune is refused
+        patient = DownloadSettings(timeout=30, allow_private_network=True)
         results: list = []
         running = threading.Thread(target=lambda: results.append(catalog.sync(feed, download=patient)))
         running.start()
-        while not server.requests and running.is_alive():
-            time.sleep(0.01)
-        with (
-            Catalog.open(catalog.path) as other,
-            pytest.raises(CatalogError, match="another sync of .* is running"),
-        ):
-            other.index_folder(tmp_path / "photos", prune=True, progress=False)
-        running.join()
+        try:
+            while not server.requests and running.is_alive():
+                time.sleep(0.01)
+            with (
+                Catalog.open(catalog.path) as other,
+                pytest.raises(CatalogError, match="another sync of .* is running"),
+            ):
+                other.index_folder(tmp_path / "photos", prune=True, progress=False)
+        finally:
+            server.gate.set()
+            running.join()
         assert results[0].added == 4 and catalog.keys(prefix="feed/") == [
             f"feed/{server.url(f'/img/{n}.png')}" for n in range(4)
         ]

@@ -26,9 +26,11 @@ from fashionrec_onnx.cli import main
 from fashionrec_onnx.errors import DownloadError
 from fashionrec_onnx.feeds.download import DownloadSettings, ImageCache, address_problem
 
-# The test shop listens on 127.0.0.1: a private address, refused unless allowed.
-FAST = DownloadSettings(
-    timeout=0.3, deadline=5.0, max_bytes=1024 * 1024, retries=1, backoff=0.01, allow_private_network=True
+# The test shop listens on 127.0.0.1: a private address, refused unless allowed. A patient
+# timeout: on a loaded machine 0.3 s can pass before the shop's thread answers, and a retry would
+# count a second request (only the tests of a slow shop set a short one).
+ONE_RETRY = DownloadSettings(
+    timeout=30.0, deadline=60.0, max_bytes=1024 * 1024, retries=1, backoff=0.01, allow_private_network=True
 )
 LOCAL = DownloadSettings(allow_private_network=True)
 
@@ -223,7 +225,7 @@ def test_url_images_are_cached_in_the_catalog_under_their_digest(
     tmp_path: Path, catalog: Catalog, server: FeedServer
 ) -> None:
     feed = url_shop(tmp_path, server, ["a.png", "b.png"])
-    report = catalog.sync(feed, download=FAST)
+    report = catalog.sync(feed, download=ONE_RETRY)
     assert (report.added, report.downloaded) == (2, 2)
     path = Path(catalog.get(f"feed/{server.url('/img/a.png')}").path)
     assert path.parent == (catalog.path / "feed-images").resolve()
@@ -234,9 +236,9 @@ def test_unchanged_url_images_are_not_fetched_again(
     tmp_path: Path, catalog: Catalog, server: FeedServer
 ) -> None:
     feed = url_shop(tmp_path, server, ["a.png", "b.png"])
-    catalog.sync(feed, download=FAST)
+    catalog.sync(feed, download=ONE_RETRY)
     before = generation(catalog)
-    report = catalog.sync(feed, download=FAST)
+    report = catalog.sync(feed, download=ONE_RETRY)
     assert (report.not_modified, report.downloaded, report.changed) == (2, 0, False)
     assert server.bodies == {"/img/a.png": 1, "/img/b.png": 1}  # the second sync got 304s
     assert generation(catalog) == before
@@ -244,25 +246,25 @@ def test_unchanged_url_images_are_not_fetched_again(
 
 def test_changed_url_image_is_reembedded(tmp_path: Path, catalog: Catalog, server: FeedServer) -> None:
     feed = url_shop(tmp_path, server, ["a.png", "b.png"])
-    catalog.sync(feed, download=FAST)
+    catalog.sync(feed, download=ONE_RETRY)
     key = f"feed/{server.url('/img/a.png')}"
     old_path, old_vector = catalog.get(key).path, catalog.vector(key)
     server.images["a.png"] = png(777)  # a new ETag
-    report = catalog.sync(feed, download=FAST)
+    report = catalog.sync(feed, download=ONE_RETRY)
     assert (report.reembedded, report.unchanged) == (1, 1)
     assert catalog.get(key).path != old_path and not np.allclose(catalog.vector(key), old_vector)
     assert not Path(old_path).exists()  # the replaced image left the cache
 
 
 def test_trickling_download_stops_at_the_deadline(tmp_path: Path, server: FeedServer) -> None:
-    settings = DownloadSettings(timeout=0.3, deadline=0.5, retries=0, allow_private_network=True)
+    settings = DownloadSettings(timeout=5.0, deadline=0.5, retries=0, allow_private_network=True)
     with pytest.raises(DownloadError, match=r"not done within 0\.5s"):
         ImageCache(tmp_path, settings).fetch(server.url("/trickle.png"))
 
 
 def test_server_error_is_retried(tmp_path: Path, catalog: Catalog, server: FeedServer) -> None:
     feed = url_shop(tmp_path, server, [], extra=["/flaky.png"])
-    report = catalog.sync(feed, download=FAST)
+    report = catalog.sync(feed, download=ONE_RETRY)
     assert (report.added, report.failed, server.requests["/flaky.png"]) == (1, [], 2)
 
 
@@ -281,10 +283,8 @@ def test_url_that_cannot_be_had_is_reported_and_the_sync_goes_on(
     tmp_path: Path, catalog: Catalog, server: FeedServer, path: str, reason: str, requests: int
 ) -> None:
     feed = url_shop(tmp_path, server, ["a.png"], extra=[path])
-    # Only the slow answer needs the short timeout: on a loaded machine 0.3 s can pass before
-    # any answer, and the retry would be counted as a second request of the oversized image.
-    patient = dataclasses.replace(FAST, timeout=FAST.timeout if path == "/slow.png" else 30.0)
-    report = catalog.sync(feed, download=patient)
+    settings = dataclasses.replace(ONE_RETRY, timeout=0.3) if path == "/slow.png" else ONE_RETRY
+    report = catalog.sync(feed, download=settings)
     assert report.added == 1 and [failed.line for failed in report.failed] == [3]
     assert reason in report.failed[0].reason and server.requests[path] == requests
     assert len(list((catalog.path / "feed-images").glob("*.*"))) == 1  # nothing else was cached
@@ -292,18 +292,18 @@ def test_url_that_cannot_be_had_is_reported_and_the_sync_goes_on(
 
 def test_failed_row_keeps_the_item_it_had(tmp_path: Path, catalog: Catalog, server: FeedServer) -> None:
     feed = url_shop(tmp_path, server, ["a.png", "b.png"])
-    catalog.sync(feed, download=FAST)
+    catalog.sync(feed, download=ONE_RETRY)
     key = f"feed/{server.url('/img/a.png')}"
     before = catalog.get(key)
     del server.images["a.png"]  # now a 404
-    report = catalog.sync(feed, download=FAST)
+    report = catalog.sync(feed, download=ONE_RETRY)
     assert (len(report.failed), report.removed) == (1, 0)
     assert catalog.get(key) == before
 
 
 def test_download_error_names_the_url_and_the_reason(tmp_path: Path, server: FeedServer) -> None:
     with pytest.raises(DownloadError, match=r"cannot download http://127\.0\.0\.1:\d+/img/x\.png: HTTP 404"):
-        ImageCache(tmp_path, FAST).fetch(server.url("/img/x.png"))
+        ImageCache(tmp_path, ONE_RETRY).fetch(server.url("/img/x.png"))
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -518,19 +518,22 @@ def test_a_second_sync_of_the_same_catalog_is_refused_while_one_runs(
     tmp_path: Path, catalog: Catalog, server: FeedServer
 ) -> None:
     feed = url_shop(tmp_path, server, [f"{n}.png" for n in range(6)])
-    server.delay = 0.3
-    patient = DownloadSettings(timeout=10, allow_private_network=True)
+    server.gate.clear()  # the first sync's downloads wait until the second is refused
+    patient = DownloadSettings(timeout=30, allow_private_network=True)
     first = threading.Thread(target=lambda: results.append(catalog.sync(feed, download=patient)))
     results: list = []
     first.start()
-    while not server.requests and first.is_alive():
-        time.sleep(0.01)
-    refused = pytest.raises(CatalogError, match="another sync of .* is running")
-    with Catalog.open(catalog.path) as other, refused:
-        other.sync(feed, download=patient)
-    first.join()
+    try:
+        while not server.requests and first.is_alive():
+            time.sleep(0.01)
+        refused = pytest.raises(CatalogError, match="another sync of .* is running")
+        with Catalog.open(catalog.path) as other, refused:
+            other.sync(feed, download=patient)
+    finally:
+        server.gate.set()
+        first.join()
     assert results[0].added == 6 and results[0].failed == []
-    assert catalog.sync(feed, download=FAST).changed is False  # the lock went with the first sync
+    assert catalog.sync(feed, download=ONE_RETRY).changed is False  # the lock went with the first sync
 
 
 def test_a_nul_in_one_rows_image_fails_that_row_and_the_others_sync(tmp_path: Path, catalog: Catalog) -> None:
@@ -574,7 +577,7 @@ def test_a_sync_of_a_read_only_catalog_is_refused_before_any_download(
     feed = url_shop(tmp_path, server, ["a.png", "b.png"])
     catalog.set_product_field("product_id")  # as after a first sync
     with Catalog.open(catalog.path, readonly=True) as reader, pytest.raises(CatalogError, match="read-only"):
-        reader.sync(feed, download=FAST)
+        reader.sync(feed, download=ONE_RETRY)
     assert server.requests == {} and not (catalog.path / "feed-images").exists()
 
 
@@ -586,7 +589,7 @@ def test_a_trickling_server_gets_the_deadline_once_in_all_not_per_attempt(
     tmp_path: Path, server: FeedServer, path: str
 ) -> None:
     settings = DownloadSettings(
-        timeout=0.3, deadline=1.0, retries=2, backoff=0.01, allow_private_network=True
+        timeout=5.0, deadline=1.0, retries=2, backoff=0.01, allow_private_network=True
     )
     with pytest.raises(DownloadError, match=r"not done within 1s in all"):
         ImageCache(tmp_path, settings).fetch(server.url(path))
@@ -628,7 +631,7 @@ def test_a_redirect_to_link_local_or_another_scheme_is_refused_even_on_a_private
 ) -> None:
     server.redirects["/p/1.png"] = target
     with pytest.raises(DownloadError, match="refused: |only http"):
-        ImageCache(tmp_path, FAST).fetch(server.url("/p/1.png"))
+        ImageCache(tmp_path, ONE_RETRY).fetch(server.url("/p/1.png"))
 
 
 def test_redirects_within_an_allowed_network_are_followed_a_few_times_only(
@@ -636,10 +639,10 @@ def test_redirects_within_an_allowed_network_are_followed_a_few_times_only(
 ) -> None:
     server.images["a.png"] = png(7)
     server.redirects["/p/a.png"] = "/img/a.png"
-    assert ImageCache(tmp_path, FAST).fetch(server.url("/p/a.png")).size == len(server.images["a.png"])
+    assert ImageCache(tmp_path, ONE_RETRY).fetch(server.url("/p/a.png")).size == len(server.images["a.png"])
     server.redirects.update({"/loop/1": "/loop/2", "/loop/2": "/loop/1"})
     with pytest.raises(DownloadError, match="more than 5 redirects"):
-        ImageCache(tmp_path, FAST).fetch(server.url("/loop/1"))
+        ImageCache(tmp_path, ONE_RETRY).fetch(server.url("/loop/1"))
 
 
 def test_cli_sync_reaches_a_private_network_only_when_allowed(
