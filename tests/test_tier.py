@@ -509,7 +509,8 @@ def test_a_tier_of_format_1_serves_read_only_and_is_widened_by_the_first_writabl
         for key, neighbours in expected["exact"].items():
             distance = catalog_distances(catalog, catalog.vector(key))
             assert_same_ranking(catalog.exact_search(key, k=5), neighbours, distance)
-            assert [h.key for h in catalog.search(key, k=5)] == expected["search"][key]
+            # what that version answered, near-ties aside (another CPU may sum them the other way)
+            assert_same_ranking(catalog.search(key, k=5), expected["search"][key], distance)
         assert catalog.verify() == []
     assert files() == before
     with Catalog.open(root) as catalog:
