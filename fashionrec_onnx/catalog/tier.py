@@ -193,8 +193,8 @@ class Tier:
         """A row's float32 statistics (`STATS`), from its centred vector, projection and decoding."""
         whole = np.einsum("nd,nd->n", centred, centred)
 
-        def residual(inside: np.ndarray) -> np.ndarray:  # ``||r||`` outside these coordinates
-            return np.sqrt(np.maximum(whole - np.einsum("nd,nd->n", inside, inside), 0.0))
+        def residual(inside: np.ndarray) -> np.ndarray:
+            return _outside(whole, np.einsum("nd,nd->n", inside, inside))
 
         stats = [
             residual(projected),
@@ -358,6 +358,12 @@ class Tier:
         return which[keep], where[keep]
 
 
+def _outside(whole: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``||r||``, the norm outside some coordinates, from the centred vectors' squared norms
+    and the squared norms of their coordinates there (rounding may make the difference negative)."""
+    return np.sqrt(np.maximum(whole - inside, 0.0))
+
+
 def _close(
     dots: np.ndarray,
     squared: np.ndarray,
@@ -408,11 +414,16 @@ class Prepared:
         projected = tier.pca.project(queries) if projected is None else np.atleast_2d(projected)
         whole = np.einsum("qd,qd->q", centred, centred)
         scaled = (projected * tier.scales).astype(np.float32)
-        squared = np.einsum("qd,qd->q", projected, projected)
-        residual = np.sqrt(np.maximum(whole - squared, 0.0))
         if not tier.widened:  # the graph's coordinates are all of them
-            return cls(scaled, squared, residual)
-        inside = projected[:, : tier.graph.dim]
-        part = np.einsum("qd,qd->q", inside, inside)
-        coarse = cls(scaled[:, : tier.graph.dim], part, np.sqrt(np.maximum(whole - part, 0.0)))
-        return cls(scaled, squared, residual, coarse)
+            return cls._side(scaled, projected, whole)
+        graph = tier.graph.dim
+        return cls._side(scaled, projected, whole, cls._side(scaled[:, :graph], projected[:, :graph], whole))
+
+    @classmethod
+    def _side(
+        cls, scaled: np.ndarray, projected: np.ndarray, whole: np.ndarray, coarse: Prepared | None = None
+    ) -> Prepared:
+        """The query's side in the coordinates ``projected`` holds (``whole``: the centred
+        queries' squared norms, for the residual outside them)."""
+        squared = np.einsum("qd,qd->q", projected, projected)
+        return cls(scaled, squared, _outside(whole, squared), coarse)
